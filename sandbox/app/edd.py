@@ -1,0 +1,30 @@
+"""A tiny Celery app standing in for EDD on the sandbox hosts.
+
+The Pulumi program deploys workers that run
+``/opt/edd-sandbox/venv/bin/celery -A edd worker -Q edd -n edd-worker-1@%h``
+from ``/opt/edd-sandbox/app``; this module is what they import. It is
+configured only from the environment, as a real deployment would be:
+
+- ``CELERY_BROKER_URL``: the broker (default: guest on the local RabbitMQ).
+- ``CELERY_RESULT_BACKEND``: where results go (default ``rpc://``).
+"""
+
+import os
+
+from celery import Celery
+
+app = Celery("edd")
+app.conf.update(
+    broker_url=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
+    result_backend=os.environ.get("CELERY_RESULT_BACKEND", "rpc://"),
+    task_default_queue="edd",
+    # Without publisher confirms a refused publish is dropped silently (field-facts.md).
+    broker_transport_options={"confirm_publish": True},
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="edd.add")
+def add(x, y):
+    """Return x + y: the round trip every deployment check can make."""
+    return x + y

@@ -1,0 +1,365 @@
+"""Sandbox hosts: throw-away copies of the image booted with systemd-nspawn, reached over SSH.
+
+Each host gets a veth link of its own: the machine's side ``ve-NAME`` has
+10.57.<i>.1/30, the host has 10.57.<i>.2/30 on ``host0`` and no other route. So
+the machine reaches every host, a host reaches only the machine's end of its own
+link, and nothing reaches any other address.
+
+``boot()`` starts hosts detached (they outlive the caller) and records them in
+``<cache>/sandbox/hosts.json``, so a later process (``python -m sandbox down``)
+can stop them. Processes are only ever signalled by the PIDs recorded there, and
+only links recorded there are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .image import cache_dir, client_key, ensure_image, file_lock, host_public_key, log
+
+SUBNET = "10.57"
+# "ve-" + name must fit in an interface name (15 characters) or nspawn hashes it.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+BOOT_TIMEOUT = 120.0
+
+# Popen objects of hosts this process started, so their exit is reaped (no zombies).
+_children: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class SandboxHost:
+    """A running sandbox host: where to reach it, how to log in, and which processes it is.
+
+    ``host_key`` is the ``ssh-ed25519 AAAA...`` public host key to pin (pulumi_command's
+    ``connection.host_key``). ``pid`` is the systemd-nspawn process, ``leader_pid``
+    the host's PID 1 (systemd) as seen from the machine.
+    """
+
+    name: str
+    address: str
+    user: str
+    port: int
+    private_key_path: str
+    host_key: str
+    pid: int
+    leader_pid: int
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """A known_hosts file that pins ``host_key`` for ``address``."""
+        return _run_dir(self.name) / "known_hosts"
+
+    def ssh_command(self, known_hosts: Path | None = None) -> list[str]:
+        """The ssh argv (up to and including ``user@address``) with the host key pinned."""
+        return ["ssh", "-F", "/dev/null", "-i", self.private_key_path, "-p", str(self.port),
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts_path}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "ConnectTimeout=5",
+                "-o", "LogLevel=ERROR", f"{self.user}@{self.address}"]
+
+
+def run(host: SandboxHost, command: str | list[str], input: str | None = None,
+        timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``command`` on ``host`` over SSH (a list is shell-quoted); text in, text out."""
+    if not isinstance(command, str):
+        command = shlex.join(command)
+    return subprocess.run([*host.ssh_command(), command], input=input, capture_output=True,
+                          text=True, timeout=timeout, check=check,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
+    """Boot hosts ``names`` in parallel (reusing any already running and healthy); return them.
+
+    Builds the image first if needed. If any host fails to come up, the hosts this
+    call started are stopped again and RuntimeError says why (with the nspawn log tail).
+    """
+    for name in names:
+        if not NAME_RE.match(name):
+            raise ValueError(f"host name {name!r} must match {NAME_RE.pattern}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate host names in {names}")
+    rootfs = ensure_image()
+    host_key = host_public_key(rootfs)
+    with file_lock(_state_dir() / "hosts.lock"):
+        state = _load_state()
+        ready: dict[str, SandboxHost] = {}
+        for name in names:
+            entry = state.get(name)
+            if entry and _healthy(entry):
+                ready[name] = _host(entry)
+            elif entry:
+                log(f"{name}: recorded but not healthy, stopping it")
+                _stop(entry)
+                del state[name]
+        _save_state(state)
+        todo = [n for n in names if n not in ready]
+        for name in todo:
+            if _link_exists(f"ve-{name}"):
+                raise RuntimeError(f"link ve-{name} exists but is not a sandbox host of ours")
+        started = time.monotonic()
+        indexes = _free_indexes(state, len(todo))
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            futures = {n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout)
+                       for n, i in zip(todo, indexes)}
+        errors = {n: f.exception() for n, f in futures.items() if f.exception()}
+        for name, future in futures.items():
+            if name not in errors:
+                state[name] = future.result()
+        if errors:
+            for name in futures:
+                if name not in errors:
+                    _stop(state.pop(name))
+            _save_state(state)
+            raise RuntimeError("; ".join(f"{n}: {e}" for n, e in errors.items()))
+        _save_state(state)
+        if todo:
+            log(f"booted {', '.join(todo)} in {time.monotonic() - started:.1f} s")
+        return [ready.get(n) or _host(state[n]) for n in names]
+
+
+def shutdown(hosts: Iterable[SandboxHost | str] | None = None) -> None:
+    """Power off ``hosts`` (names or SandboxHost; all recorded hosts if None) and remove their links."""
+    with file_lock(_state_dir() / "hosts.lock"):
+        state = _load_state()
+        names = list(state) if hosts is None else [h if isinstance(h, str) else h.name for h in hosts]
+        entries = [state[n] for n in names if n in state]
+        with ThreadPoolExecutor(max_workers=max(1, len(entries))) as pool:
+            list(pool.map(_stop, entries))
+        for entry in entries:
+            del state[entry["name"]]
+        _save_state(state)
+
+
+def status() -> list[dict]:
+    """The recorded hosts, each with ``alive`` and (when alive) its memory use."""
+    with file_lock(_state_dir() / "hosts.lock"):
+        rows = []
+        for entry in _load_state().values():
+            alive = _alive(entry["pid"], entry["pid_start"])
+            row = {**asdict(_host(entry)), "alive": alive}
+            if alive:
+                row.update(memory_usage(_host(entry)))
+            rows.append(row)
+        return rows
+
+
+def memory_usage(host: SandboxHost) -> dict[str, int]:
+    """Summed RSS and PSS (bytes) of the processes in the host's PID namespace."""
+    ns = os.readlink(f"/proc/{host.leader_pid}/ns/pid")
+    rss = pss = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+                continue
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                field, value = line.split(":", 1) if ":" in line else ("", "")
+                if field == "Rss":
+                    rss += int(value.split()[0]) * 1024
+                elif field == "Pss":
+                    pss += int(value.split()[0]) * 1024
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return {"rss_bytes": rss, "pss_bytes": pss}
+
+
+# --- one host ---------------------------------------------------------------------------
+
+def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float) -> dict:
+    """Start nspawn for ``name``, address its link, wait for sshd; return its state entry."""
+    run_dir = _run_dir(name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    address, gateway = f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1"
+    network = run_dir / "10-host0.network"
+    # Sorts before the image's 80-container-host0.network (DHCP); no gateway: no other route.
+    network.write_text(f"[Match]\nName=host0\n\n[Network]\nAddress={address}/30\n"
+                       "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+    (run_dir / "known_hosts").write_text(f"{address} {host_key}\n")
+    link = f"ve-{name}"
+    with open(run_dir / "nspawn.log", "w") as out:
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(rootfs), "-x", "-b", "-M", name, "--network-veth",
+             "--register=no", "--keep-unit", "--console=passive",
+             f"--bind-ro={network}:/etc/systemd/network/10-host0.network"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _children[proc.pid] = proc
+    entry = {"name": name, "address": address, "user": "root", "port": 22,
+             "private_key_path": str(client_key()), "host_key": host_key, "pid": proc.pid,
+             "pid_start": _start_time(proc.pid), "leader_pid": 0, "leader_start": None,
+             "index": index, "link": link, "rootfs": str(rootfs)}
+    deadline = time.monotonic() + timeout
+    try:
+        _wait(lambda: _link_exists(link), deadline, entry, f"link {link}")
+        _ip("addr", "add", f"{gateway}/30", "dev", link)
+        _ip("link", "set", link, "up")
+        # Only IPv4 on our link: no link-local chatter.
+        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1")
+        leader = _wait(lambda: _find_leader(proc.pid), deadline, entry, "container PID 1")
+        entry.update(leader_pid=leader, leader_start=_start_time(leader))
+        host = _host(entry)
+        _wait(lambda: run(host, "true", timeout=15).returncode == 0, deadline, entry, "sshd")
+        return entry
+    except BaseException:
+        _stop(entry)
+        raise
+
+
+def _wait(probe, deadline: float, entry: dict, what: str):
+    """Poll ``probe`` until it returns a truthy value; fail early if nspawn died."""
+    while True:
+        try:
+            value = probe()
+        except subprocess.TimeoutExpired:
+            value = None
+        if value:
+            return value
+        if not _alive(entry["pid"], entry["pid_start"]):
+            raise RuntimeError(f"systemd-nspawn exited while waiting for {what}:\n{_log_tail(entry)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}:\n{_log_tail(entry)}")
+        time.sleep(0.2)
+
+
+def _stop(entry: dict, timeout: float = 30.0) -> None:
+    """Power the host off; SIGTERM (then SIGKILL) its recorded PIDs if it does not go; delete its link."""
+    pid, start = entry["pid"], entry["pid_start"]
+    leader, leader_start = entry.get("leader_pid"), entry.get("leader_start")
+    if _alive(pid, start) and leader and _alive(leader, leader_start):
+        subprocess.run(["nsenter", "-t", str(leader), "-a", "systemctl", "poweroff"],
+                       capture_output=True, timeout=15)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _wait_gone(pid, start, timeout):
+            log(f"{entry['name']}: still running, sending {sig.name} to {pid}")
+            if sig == signal.SIGKILL and leader and _alive(leader, leader_start):
+                os.kill(leader, sig)
+            os.kill(pid, sig)
+    _wait_gone(pid, start, 10)
+    if _link_exists(entry["link"]):
+        _ip("link", "del", entry["link"])
+    shutil.rmtree(_run_dir(entry["name"]), ignore_errors=True)
+
+
+def _wait_gone(pid: int, start, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid, start):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    _children.pop(pid, None)
+    return True
+
+
+def _healthy(entry: dict) -> bool:
+    return (_alive(entry["pid"], entry["pid_start"]) and bool(entry.get("leader_pid"))
+            and _alive(entry["leader_pid"], entry["leader_start"])
+            and _link_exists(entry["link"])
+            and run(_host(entry), "true", timeout=15).returncode == 0)
+
+
+def _find_leader(nspawn_pid: int) -> int | None:
+    """The container's PID 1: the descendant of nspawn whose innermost PID is 1."""
+    for pid in _descendants(nspawn_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+    return None
+
+
+def _descendants(root: int) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        found += map(int, kids)
+        todo += map(int, kids)
+    return found
+
+
+# --- processes, links, state ------------------------------------------------------------
+
+def _start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of ``pid``: tells a reused PID from ours."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _alive(pid: int, start) -> bool:
+    """True if ``pid`` is running (not a zombie) and is the process that started at ``start``."""
+    if pid in _children:
+        _children[pid].poll()  # reaps it if it has exited
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z" and (start is None or int(fields[19]) == start)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _link_exists(link: str) -> bool:
+    return Path("/sys/class/net", link).exists()
+
+
+def _free_indexes(state: dict, count: int) -> list[int]:
+    """``count`` subnet indexes (10.57.<i>.0/30) used neither by a host nor by any address here."""
+    on_machine = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    taken = {e["index"] for e in state.values()}
+    taken |= {int(m) for m in re.findall(rf"inet {re.escape(SUBNET)}\.(\d+)\.", on_machine)}
+    free = [i for i in range(1, 255) if i not in taken][:count]
+    if len(free) < count:
+        raise RuntimeError(f"no free {SUBNET}.<i>.0/30 subnets left")
+    return free
+
+
+def _host(entry: dict) -> SandboxHost:
+    return SandboxHost(**{f: entry[f] for f in SandboxHost.__dataclass_fields__})
+
+
+def _log_tail(entry: dict, lines: int = 20) -> str:
+    path = _run_dir(entry["name"]) / "nspawn.log"
+    return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:]) if path.exists() else ""
+
+
+def _state_dir() -> Path:
+    return cache_dir() / "sandbox"
+
+
+def _run_dir(name: str) -> Path:
+    return _state_dir() / "run" / name
+
+
+def _load_state() -> dict[str, dict]:
+    path = _state_dir() / "hosts.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_state(state: dict[str, dict]) -> None:
+    path = _state_dir() / "hosts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,281 @@
+"""The sandbox image: a cached Debian bookworm root filesystem that boots systemd.
+
+``ensure_image()`` builds it once with debootstrap and returns the path of its
+rootfs; later calls return the cached one. The cache key covers everything that
+goes in (packages, Python requirements, the sandbox app, the client SSH key and
+a recipe version), so changing any of them builds a new image next to the old.
+
+What the image holds, and why:
+- systemd as init, sshd, networkd: a host the Pulumi program reaches over SSH.
+- rabbitmq-server *downloaded, not installed* (.debs in /var/cache/apt/archives,
+  lists in /var/lib/apt/lists): the program's ``apt-get install -y rabbitmq-server``
+  then works inside a host that has no route to any registry.
+- /opt/edd-sandbox/venv with pinned Celery and Flower, and the stand-in EDD app
+  in /opt/edd-sandbox/app, which the program's worker and Flower units run.
+- root's authorized_keys = the cache's client key; one set of SSH host keys whose
+  ed25519 public half sits beside the rootfs so callers can pin it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+# Bumped when the build steps change in a way the inputs below do not show.
+RECIPE_VERSION = "1"
+
+PACKAGES = [
+    "systemd", "systemd-sysv", "dbus", "libnss-myhostname",
+    "openssh-server", "iproute2", "iputils-ping", "procps", "curl", "ca-certificates",
+    "python3", "python3-venv", "sudo", "libcap2-bin", "less",
+]
+# Downloaded into the apt cache only; the program under test installs them.
+OFFLINE_PACKAGES = ["rabbitmq-server"]
+PYTHON_REQUIREMENTS = ["celery==5.7.0", "flower==2.2.0"]
+
+APP_DIR = Path(__file__).resolve().parent / "app"
+VENV = "/opt/edd-sandbox/venv"
+APP_TARGET = "/opt/edd-sandbox/app"
+MACHINE_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
+                 "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$EDD_INFRA_CACHE`` or ``~/.cache/edd-infra`` (outside the work tree)."""
+    return Path(os.environ.get("EDD_INFRA_CACHE") or Path.home() / ".cache" / "edd-infra")
+
+
+def log(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"[sandbox] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive flock on ``path`` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_machine_tools() -> None:
+    """Install debootstrap, systemd-nspawn and the ssh client on this machine if missing.
+
+    ``apt-get update`` runs only when the first install attempt fails (stale or no lists).
+    Raises RuntimeError naming the missing tool and the command that provides it.
+    """
+    missing = sorted({pkg for tool, pkg in MACHINE_TOOLS.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(f"{', '.join(missing)} missing and not root (apt-get install -y {' '.join(missing)})")
+    log(f"installing {' '.join(missing)} on this machine")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot install {' '.join(missing)} (apt-get install -y {' '.join(missing)}): "
+                               f"{done.stderr.strip().splitlines()[-1:]}")
+
+
+def client_key() -> Path:
+    """The ed25519 key pair callers log in with, made once in the cache (``ssh/id_ed25519``)."""
+    key = cache_dir() / "ssh" / "id_ed25519"
+    with file_lock(cache_dir() / "ssh.lock"):
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edd-sandbox",
+                            "-f", str(key)], check=True)
+    return key
+
+
+def _app_files() -> list[Path]:
+    return sorted(p for p in APP_DIR.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
+def image_key() -> str:
+    """Short sha256 of everything that goes into the image."""
+    digest = hashlib.sha256()
+    for part in [RECIPE_VERSION, SUITE, *PACKAGES, "|", *OFFLINE_PACKAGES, "|", *PYTHON_REQUIREMENTS]:
+        digest.update(part.encode() + b"\0")
+    for path in _app_files():
+        digest.update(str(path.relative_to(APP_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(client_key().with_suffix(".pub").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def image_dir(key: str | None = None) -> Path:
+    """``<cache>/images/<key>``: holds ``rootfs``, ``host_ed25519.pub`` and ``manifest.json``."""
+    return cache_dir() / "images" / (key or image_key())
+
+
+def host_public_key(rootfs: Path) -> str:
+    """The image's ed25519 host key as ``ssh-ed25519 AAAA...`` (no comment), for pinning."""
+    algo, blob = (rootfs.parent / "host_ed25519.pub").read_text().split()[:2]
+    return f"{algo} {blob}"
+
+
+def ensure_image() -> Path:
+    """Return the rootfs of the current image, building it first if it is not cached.
+
+    Safe to call from several processes at once: one builds under a lock, the
+    others wait and reuse. A failed build leaves nothing behind.
+    """
+    if os.geteuid() != 0:
+        raise RuntimeError("building the image needs root (run as root)")
+    key = image_key()
+    final = image_dir(key)
+    if (final / "rootfs").is_dir():
+        return final / "rootfs"
+    images = final.parent
+    with file_lock(images / ".build.lock"):
+        if (final / "rootfs").is_dir():
+            return final / "rootfs"
+        _remove_stale_builds(images)
+        ensure_machine_tools()
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=images))
+        try:
+            started = time.monotonic()
+            _build(work, key)
+            os.rename(work, final)
+            log(f"image {key} built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
+        except BaseException:
+            _remove_tree(work)
+            raise
+    return final / "rootfs"
+
+
+def _remove_stale_builds(images: Path) -> None:
+    """Delete half-made builds of a crashed process (we hold the build lock)."""
+    for stale in images.glob(".tmp-*"):
+        log(f"removing stale build {stale.name}")
+        _remove_tree(stale)
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree, refusing if anything is mounted below ``path`` (it would delete through it)."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as info:
+        mounted = [line.split()[4] for line in info if line.split()[4].startswith(prefix)]
+    if mounted:
+        raise RuntimeError(f"not removing {path}: still mounted: {mounted}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _phase(name: str):
+    """Context manager logging ``name`` with its duration."""
+    @contextlib.contextmanager
+    def timed():
+        started = time.monotonic()
+        log(f"{name} ...")
+        yield
+        log(f"{name}: {time.monotonic() - started:.1f} s")
+    return timed()
+
+
+def _run(cmd: list[str], logfile: Path, **kwargs) -> None:
+    """Run ``cmd`` with output appended to ``logfile``; on failure raise with its tail."""
+    with open(logfile, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+    if done.returncode != 0:
+        tail = "".join(logfile.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{cmd[0]} failed ({done.returncode}), see {logfile}:\n{tail}")
+
+
+def _build(work: Path, key: str) -> None:
+    """Make ``work/rootfs`` and its side files. ``work`` is renamed into place by the caller."""
+    rootfs = work / "rootfs"
+    buildlog = work / "build.log"
+    wheels = work / "wheels"
+
+    with _phase("downloading wheels on this machine"):
+        # The machine's pip has the registry access and CA setup; the chroot installs offline.
+        _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(wheels),
+              *PYTHON_REQUIREMENTS], buildlog)
+
+    with _phase(f"debootstrap {SUITE} ({len(PACKAGES)} packages)"):
+        # A private mount namespace: if debootstrap dies, its /proc and /sys mounts die with it.
+        _run(["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=minbase",
+              f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR], buildlog)
+
+    with _phase("configuring"):
+        _configure(rootfs)
+
+    with _phase(f"apt cache for offline {' '.join(OFFLINE_PACKAGES)}, venv with {' '.join(PYTHON_REQUIREMENTS)}"):
+        script = f"""
+            set -e
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update
+            apt-get install --download-only -y {' '.join(OFFLINE_PACKAGES)}
+            python3 -m venv {VENV}
+            {VENV}/bin/pip install --no-index --find-links /wheels --disable-pip-version-check {' '.join(PYTHON_REQUIREMENTS)}
+            systemctl enable systemd-networkd
+            systemctl mask systemd-resolved
+            """
+        # Not booted, network shared with the machine: apt reaches the registry from here.
+        _run(["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--pipe",
+              f"--bind-ro={wheels}:/wheels", "--resolv-conf=copy-host", "/bin/sh", "-c", script], buildlog)
+        (rootfs / "etc" / "resolv.conf").write_text("")  # hosts have no DNS server to ask
+
+    with _phase("app, keys and manifest"):
+        shutil.copytree(APP_DIR, rootfs / APP_TARGET.lstrip("/"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(rootfs / "etc/ssh/ssh_host_ed25519_key.pub", work / "host_ed25519.pub")
+        os.chmod(work / "host_ed25519.pub", 0o644)
+        shutil.rmtree(wheels)
+        archives = sorted(p.name for p in (rootfs / "var/cache/apt/archives").glob("*.deb"))
+        if not any(name.startswith("rabbitmq-server_") for name in archives):
+            raise RuntimeError("rabbitmq-server .deb missing from the image's apt cache")
+        manifest = {"key": key, "suite": SUITE, "packages": PACKAGES, "offline_debs": archives,
+                    "python": PYTHON_REQUIREMENTS, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(work, 0o755)
+
+
+def _configure(rootfs: Path) -> None:
+    """Write the files that make a booted copy an SSH-reachable host named by nspawn."""
+    etc = rootfs / "etc"
+    # debootstrap copies the machine's /etc/hostname; without it `-M NAME` names the host.
+    (etc / "hostname").unlink(missing_ok=True)
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    # Empty machine-id: every boot of a copy gets its own.
+    (etc / "machine-id").write_text("")
+    (etc / "apt/sources.list").write_text(
+        f"deb {MIRROR} {SUITE} main\n"
+        f"deb {MIRROR} {SUITE}-updates main\n"
+        f"deb {SECURITY_MIRROR} {SUITE}-security main\n")
+    (etc / "apt/apt.conf.d/90edd-sandbox").write_text(
+        "// Keep the downloaded .debs: hosts install from them offline.\n"
+        'APT::Keep-Downloaded-Packages "true";\n'
+        'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
+        "// The registry may serve a snapshot whose Release files are past Valid-Until.\n"
+        'Acquire::Check-Valid-Until "false";\n')
+    (etc / "apt/apt.conf.d/docker-clean").unlink(missing_ok=True)
+    (etc / "ssh/sshd_config.d/edd-sandbox.conf").write_text(
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n")
+    ssh_dir = rootfs / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(client_key().with_suffix(".pub").read_text())
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
