@@ -35,7 +35,7 @@ MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 # Bumped when the build steps change in a way the inputs below do not show.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "libnss-myhostname",
@@ -79,22 +79,24 @@ def ensure_machine_tools() -> None:
     """Install debootstrap, systemd-nspawn and the ssh client on this machine if missing.
 
     ``apt-get update`` runs only when the first install attempt fails (stale or no lists).
-    Raises RuntimeError naming the missing tool and the command that provides it.
+    Raises RuntimeError naming the missing tools and the command that provides them.
     """
-    missing = sorted({pkg for tool, pkg in MACHINE_TOOLS.items() if not shutil.which(tool)})
+    missing = {tool: pkg for tool, pkg in MACHINE_TOOLS.items() if not shutil.which(tool)}
     if not missing:
         return
+    packages = sorted(set(missing.values()))
+    what = f"{', '.join(missing)} missing (apt-get install -y {' '.join(packages)})"
     if os.geteuid() != 0:
-        raise RuntimeError(f"{', '.join(missing)} missing and not root (apt-get install -y {' '.join(missing)})")
-    log(f"installing {' '.join(missing)} on this machine")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+        raise RuntimeError(f"{what}, and not root to install it")
+    log(f"installing {' '.join(packages)} on this machine")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, capture_output=True)
         done = subprocess.run(install, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"cannot install {' '.join(missing)} (apt-get install -y {' '.join(missing)}): "
-                               f"{done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"{what}, and installing failed: {last}")
 
 
 def client_key() -> Path:
@@ -142,7 +144,8 @@ def ensure_image() -> Path:
     others wait and reuse. A failed build leaves nothing behind.
     """
     if os.geteuid() != 0:
-        raise RuntimeError("building the image needs root (run as root)")
+        raise RuntimeError("not root (debootstrap and systemd-nspawn need root: run as root)")
+    ensure_machine_tools()
     key = image_key()
     final = image_dir(key)
     if (final / "rootfs").is_dir():
@@ -152,7 +155,6 @@ def ensure_image() -> Path:
         if (final / "rootfs").is_dir():
             return final / "rootfs"
         _remove_stale_builds(images)
-        ensure_machine_tools()
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=images))
         try:
             started = time.monotonic()
@@ -227,6 +229,7 @@ def _build(work: Path, key: str) -> None:
         script = f"""
             set -e
             export DEBIAN_FRONTEND=noninteractive
+            apt-get clean  # drop debootstrap's .debs: only the offline set stays
             apt-get update
             apt-get install --download-only -y {' '.join(OFFLINE_PACKAGES)}
             python3 -m venv {VENV}

@@ -1,0 +1,18 @@
+"""ComponentResources: each wires commands and broker objects for one part of the queue."""
+
+from .celery_worker_service import CeleryWorkerService
+from .edd_vhost import EddVhost
+from .flower_service import FlowerService
+from .rabbit_broker import RabbitBroker
+from .service_account import ServiceAccount
+
+# Type tokens are part of every resource's URN: renaming one orphans existing stacks.
+TYPE_TOKENS = {
+    "RabbitBroker": "edd:infra:RabbitBroker",
+    "EddVhost": "edd:infra:EddVhost",
+    "ServiceAccount": "edd:infra:ServiceAccount",
+    "CeleryWorkerService": "edd:infra:CeleryWorkerService",
+    "FlowerService": "edd:infra:FlowerService",
+}
+
+__all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "TYPE_TOKENS"]

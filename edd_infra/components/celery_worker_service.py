@@ -1,0 +1,90 @@
+"""CeleryWorkerService: one Celery worker as a systemd unit (or a launchd daemon).
+
+Creates `<name>-service`: the environment file with the broker URL (0640, root:<group>,
+sent on stdin), the unit or plist, the service enabled at boot, restarted when either file
+changes, and a ping round trip through the broker before `up` calls it done.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pulumi
+
+from ..hosts import HostTarget
+from ..render import host_scripts
+from ..render.celery_commands import worker_argv
+from ..render.host_scripts import FileSpec
+from ..render.launchd_plists import render_daemon_plist
+from ..render.service_files import render_env_file
+from ..render.systemd_units import render_service_unit
+from ..settings import Worker
+
+ETC_DIR = "/etc/edd-infra"
+
+
+def worker_service_name(worker: Worker, manager: str) -> str:
+    return f"celery-{worker.name}" if manager == "systemd" else f"org.celeryq.{worker.name}"
+
+
+def worker_definition(worker: Worker, manager: str, env_path: str) -> str:
+    """The unit file (systemd) or plist (launchd) text for a worker."""
+    argv = worker_argv(
+        virtualenv=worker.virtualenv, app=worker.app, name=worker.name, queues=worker.queues,
+        concurrency=worker.concurrency, autoscale=worker.autoscale, log_level=worker.log_level,
+        events=worker.events,
+    )
+    if manager == "systemd":
+        return render_service_unit(
+            description=f"Celery worker {worker.name} (edd-infra)", argv=argv, user=worker.user,
+            group=worker.group, working_directory=worker.working_directory, environment_file=env_path,
+            supplementary_groups=worker.extra_groups,
+        )
+    return render_daemon_plist(
+        label=worker_service_name(worker, manager), argv=argv, user=worker.user, group=worker.group,
+        working_directory=worker.working_directory, environment_file=env_path,
+        log_path=f"/var/log/celery/{worker.name}.log",
+    )
+
+
+class CeleryWorkerService(pulumi.ComponentResource):
+    """A Celery worker daemon that reads its broker URL from a root-owned file."""
+
+    service_name: str
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        worker: Worker,
+        host: HostTarget,
+        broker_url: pulumi.Output[str],
+        result_backend: str = "rpc://",
+        depends_on: Sequence[pulumi.Resource] = (),
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        super().__init__("edd:infra:CeleryWorkerService", name, None, opts)
+        manager = host.manager
+        self.service_name = worker_service_name(worker, manager)
+        env_path = f"{ETC_DIR}/{self.service_name}.env"
+        env_file = broker_url.apply(
+            lambda url: host_scripts.secret_bundle([
+                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": result_backend}),
+                         "0640", "root", worker.group),
+            ])
+        )
+        health = host_scripts.worker_ping(
+            env_file=env_path, user=worker.user, working_directory=worker.working_directory,
+            virtualenv=worker.virtualenv, app=worker.app, node=worker.name,
+        ) if manager == "systemd" else ""
+        self.service = host.run(
+            f"{name}-service",
+            create=host_scripts.service_install(
+                manager=manager, name=self.service_name,
+                definition=worker_definition(worker, manager, env_path), health=health,
+            ),
+            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path]),
+            stdin=env_file,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
+        )
+        self.register_outputs({"serviceName": self.service_name})

@@ -1,0 +1,72 @@
+"""EddVhost: the `/edd` vhost and the two accounts that use it.
+
+Creates, through the management API (pulumi_rabbitmq):
+- the vhost;
+- the app user (seed: `edd_user`) with its configure/write/read regexes on the vhost;
+- the Flower user: by default the `monitoring` tag and read-only on the vhost (least
+  privilege, the seed's TODO); with profile `administrator`, the seed's `bunny` with `.*`
+  on `/` and on the vhost.
+Passwords update in place; tags are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+import pulumi_rabbitmq as rabbitmq
+
+from ..settings import AppUser, FlowerBrokerUser, Permissions
+
+READ_ONLY = Permissions(configure="^$", write="^$", read=".*")
+FULL = Permissions()
+
+
+def flower_grants(profile: str, vhost: str) -> tuple[list[str], dict[str, Permissions]]:
+    """Tags and per-vhost permissions for the Flower user's profile."""
+    if profile == "administrator":
+        return ["administrator"], {"/": FULL, vhost: FULL}
+    return ["monitoring"], {vhost: READ_ONLY}
+
+
+class EddVhost(pulumi.ComponentResource):
+    """The vhost with its app and Flower users."""
+
+    vhost: rabbitmq.VHost
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        vhost: str,
+        app_user: AppUser,
+        flower_user: FlowerBrokerUser,
+        app_password: pulumi.Output[str],
+        flower_password: pulumi.Output[str],
+        provider: rabbitmq.Provider,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        super().__init__("edd:infra:EddVhost", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        self.vhost = rabbitmq.VHost(f"{name}-vhost", name=vhost, opts=child)
+        after_vhost = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.vhost]))
+
+        def user(key: str, user_name: str, tags: list[str], password, grants: dict[str, Permissions]):
+            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=password, tags=tags, opts=child)
+            for target, perms in grants.items():
+                suffix = "root" if target == "/" else "vhost"
+                rabbitmq.Permissions(
+                    f"{name}-{key}-{suffix}-permissions",
+                    user=created.name,
+                    vhost=target if target == "/" else self.vhost.name,
+                    permissions=rabbitmq.PermissionsPermissionsArgs(
+                        configure=perms.configure, write=perms.write, read=perms.read
+                    ),
+                    opts=after_vhost,
+                )
+            return created
+
+        self.app_user = user("app-user", app_user.name, list(app_user.tags), app_password, {vhost: app_user.permissions})
+        tags, grants = flower_grants(flower_user.profile, vhost)
+        self.flower_user = user("flower-user", flower_user.name, tags, flower_password, grants)
+        self.register_outputs({"vhost": self.vhost.name, "appUser": self.app_user.name, "flowerUser": self.flower_user.name})

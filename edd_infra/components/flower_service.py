@@ -1,0 +1,101 @@
+"""FlowerService: Flower as a daemon behind basic auth, reading the management API.
+
+Creates `<name>-service`: flowerconfig.py (address, basic auth, broker_api with the Flower
+user, persistent db) and an environment file with the broker URL, both 0640 root:<group>
+and sent on stdin; the unit or plist; the service enabled, restarted when a file changes,
+and `/healthcheck` answering before `up` calls it done.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pulumi
+
+from ..hosts import HostTarget
+from ..render import host_scripts
+from ..render.broker_urls import management_api_url
+from ..render.celery_commands import flower_argv
+from ..render.host_scripts import FileSpec
+from ..render.launchd_plists import render_daemon_plist
+from ..render.service_files import render_env_file, render_flower_config
+from ..render.systemd_units import render_service_unit
+from ..settings import Flower
+from .celery_worker_service import ETC_DIR
+
+STATE_DIRECTORY = "flower"
+
+
+def flower_service_name(manager: str) -> str:
+    return "flower" if manager == "systemd" else "org.celeryq.flower"
+
+
+def flower_url(flower: Flower) -> str:
+    host = f"[{flower.address}]" if ":" in flower.address else flower.address
+    prefix = f"{flower.url_prefix}/" if flower.url_prefix else ""
+    return f"http://{host}:{flower.port}/{prefix}"
+
+
+class FlowerService(pulumi.ComponentResource):
+    """Flower, configured from a root-owned file, never from argv."""
+
+    url: str
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        flower: Flower,
+        host: HostTarget,
+        broker_url: pulumi.Output[str],
+        management_address: str,
+        management_port: int,
+        flower_user: str,
+        flower_password: pulumi.Output[str],
+        ui_password: pulumi.Output[str],
+        depends_on: Sequence[pulumi.Resource] = (),
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        super().__init__("edd:infra:FlowerService", name, None, opts)
+        manager = host.manager
+        service = flower_service_name(manager)
+        conf_path, env_path = f"{ETC_DIR}/flowerconfig.py", f"{ETC_DIR}/{service}.env"
+        db_path = f"/var/lib/{STATE_DIRECTORY}/flower.db"
+
+        def files(args: list[str]) -> str:
+            amqp, mgmt_pw, ui_pw = args
+            config = render_flower_config(
+                address=flower.address, port=flower.port, url_prefix=flower.url_prefix,
+                basic_auth_user=flower.ui_user, basic_auth_password=ui_pw,
+                broker_api=management_api_url(flower_user, mgmt_pw, management_address, management_port),
+                persistent=flower.persistent, db_path=db_path,
+            )
+            return host_scripts.secret_bundle([
+                FileSpec(conf_path, config, "0640", "root", flower.group),
+                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp}), "0640", "root", flower.group),
+            ])
+
+        argv = flower_argv(virtualenv=flower.virtualenv, app=flower.app, config_path=conf_path)
+        if manager == "systemd":
+            definition = render_service_unit(
+                description="Flower, the Celery dashboard (edd-infra)", argv=argv, user=flower.user,
+                group=flower.group, working_directory=flower.working_directory, environment_file=env_path,
+                state_directory=STATE_DIRECTORY,
+            )
+        else:
+            definition = render_daemon_plist(
+                label=service, argv=argv, user=flower.user, group=flower.group,
+                working_directory=flower.working_directory, environment_file=env_path,
+                log_path="/var/log/celery/flower.log",
+            )
+        self.url = flower_url(flower)
+        health = host_scripts.http_ok(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
+        self.service = host.run(
+            f"{name}-service",
+            create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
+            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path]),
+            stdin=pulumi.Output.all(broker_url, flower_password, ui_password).apply(files),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
+        )
+        self.service_name = service
+        self.register_outputs({"url": self.url, "serviceName": service})

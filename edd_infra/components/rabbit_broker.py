@@ -1,0 +1,95 @@
+"""RabbitBroker: RabbitMQ installed, locked to its listeners, with an admin for Pulumi.
+
+Creates, on the broker host:
+- `<name>-server`: rabbitmq.conf, enabled_plugins and the epmd binding written before the
+  package is installed, the service enabled at boot and restarted when they change;
+- `<name>-admin`: the administrator Pulumi uses (password on stdin) and `guest` removed;
+- `<name>-provider`: the pulumi_rabbitmq Provider for the management API, usable only after
+  the admin exists, so nothing touches the broker before it answers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+import pulumi_rabbitmq as rabbitmq
+
+from ..hosts import HostTarget
+from ..render import host_scripts
+from ..render.broker_urls import management_endpoint
+from ..render.host_scripts import FileSpec
+from ..render.rabbitmq_conf import render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
+from ..render.systemd_units import render_dropin
+from ..settings import Broker
+
+CONF_PATH = "/etc/rabbitmq/rabbitmq.conf"
+PLUGINS_PATH = "/etc/rabbitmq/enabled_plugins"
+DROPIN_PATH = "/etc/systemd/system/rabbitmq-server.service.d/edd-infra.conf"
+
+
+def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
+    """The broker's config files (no secrets in them)."""
+    conf = render_rabbitmq_conf(
+        amqp_listeners=broker.amqp_listeners,
+        amqp_port=broker.amqp_port,
+        management_address=broker.management_address,
+        management_port=broker.management_port,
+        node_address=broker.node_address,
+        loopback_users=loopback_users,
+    )
+    return [
+        FileSpec(CONF_PATH, conf),
+        FileSpec(PLUGINS_PATH, render_enabled_plugins()),
+        FileSpec(DROPIN_PATH, render_dropin("Service", render_epmd_environment(broker.node_address))),
+    ]
+
+
+class RabbitBroker(pulumi.ComponentResource):
+    """RabbitMQ on one host and the Provider that manages its users and vhosts."""
+
+    provider: rabbitmq.Provider
+    endpoint: pulumi.Output[str]
+    admin_user: str
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: Broker,
+        host: HostTarget,
+        loopback_users: list[str],
+        admin_password: pulumi.Output[str],
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        super().__init__("edd:infra:RabbitBroker", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        files = broker_files(broker, loopback_users)
+        server = host.run(
+            f"{name}-server",
+            create=host_scripts.broker_install(
+                files=files, package_version=broker.package_version, start_timeout=broker.start_timeout
+            ),
+            delete=host_scripts.broker_remove(files=[f.path for f in files], purge_package=broker.purge_on_destroy),
+            opts=child,
+        )
+        admin = host.run(
+            f"{name}-admin",
+            create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
+            delete=host_scripts.broker_admin_remove(user=broker.admin_user),
+            stdin=admin_password.apply(lambda pw: pw + "\n"),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[server]),
+        )
+        self.endpoint = pulumi.Output.from_input(
+            broker.management_url or management_endpoint(broker.management_address, broker.management_port)
+        )
+        self.admin_user = broker.admin_user
+        self.provider = rabbitmq.Provider(
+            f"{name}-provider",
+            endpoint=self.endpoint,
+            username=broker.admin_user,
+            password=admin_password,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[admin]),
+        )
+        self.ready = admin
+        self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})

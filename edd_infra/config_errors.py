@@ -1,0 +1,150 @@
+"""Turn bad stack configuration into one message per problem, each naming its config key.
+
+Pure: takes raw values and returns problems, so the program can stop before it registers
+any resource and tests can check every message without an engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from pydantic import ValidationError
+
+from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid stack configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+def config_key(loc: Iterable[Any]) -> str:
+    """`('workers', 1, 'concurrency')` -> `edd-infra:workers[1].concurrency`."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
+    return f"{PROJECT}:{text}"
+
+
+def _allowed_keys(model: type, loc: tuple) -> list[str]:
+    """The camelCase keys the model at `loc` accepts, for "unknown key" messages."""
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        annotation = field.annotation
+        # Unwrap list[X] / dict[K, X] / Optional[X] to the model inside.
+        for arg in getattr(annotation, "__args__", ()) or ():
+            if hasattr(arg, "model_fields"):
+                annotation = arg
+        model = annotation if hasattr(annotation, "model_fields") else None
+    if model is None:
+        return []
+    return sorted(f.alias or n for n, f in model.model_fields.items())
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """One message per pydantic error, with the key path and what is allowed."""
+    problems = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(StackSettings, loc)
+            problems.append(f"{config_key(loc)}: unknown key; allowed here: {', '.join(allowed)}")
+            continue
+        if item["type"] == "missing":
+            problems.append(f"{config_key(loc)}: required, not set")
+            continue
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            msg = f"must match {item['ctx']['pattern']}"
+        problems.append(f"{config_key(loc)}: {msg} (got {item.get('input')!r})")
+    return problems
+
+
+def reference_problems(settings: StackSettings) -> list[str]:
+    """Rules across keys: host names resolve, worker names are unique, hosts fit their roles."""
+    problems = []
+    hosts = settings.hosts
+
+    def check_host(key: str, name: str) -> None:
+        if name not in hosts:
+            problems.append(f"{PROJECT}:{key}: host {name!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(hosts))})")
+
+    check_host("broker.host", settings.broker.host)
+    check_host("flower.host", settings.flower.host)
+    seen: dict[str, int] = {}
+    for i, worker in enumerate(settings.workers):
+        check_host(f"workers[{i}].host", worker.host)
+        if worker.name in seen:
+            problems.append(
+                f"{PROJECT}:workers[{i}].name: duplicate worker name {worker.name!r} (also workers[{seen[worker.name]}])"
+            )
+        seen.setdefault(worker.name, i)
+        # Workers reach the broker on its AMQP listeners; only loopback is supported so far.
+        if worker.host != settings.broker.host:
+            problems.append(
+                f"{PROJECT}:workers[{i}].host: workers must run on the broker host "
+                f"({settings.broker.host!r}) while AMQP listens on loopback only"
+            )
+    if settings.flower.host != settings.broker.host:
+        problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")
+    for name, host in hosts.items():
+        if settings.require_host_keys and host.connection == "ssh" and host.host_key is None:
+            problems.append(
+                f"{PROJECT}:hosts.{name}.hostKey: required while requireHostKeys is true "
+                "(the host's 'ssh-ed25519 AAAA...' line, from ssh-keyscan)"
+            )
+    users = {settings.broker.admin_user: "broker.adminUser", settings.app_user.name: "appUser.name",
+             settings.flower_broker_user.name: "flowerBrokerUser.name"}
+    if len(users) < 3:
+        problems.append(f"{PROJECT}:broker.adminUser, appUser.name, flowerBrokerUser.name: must be three different users")
+    for name, key in users.items():
+        if name == "guest":
+            problems.append(f"{PROJECT}:{key}: 'guest' is removed from the broker; choose another name")
+    return problems
+
+
+def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bool]) -> list[str]:
+    """Checks on secret values; messages name the key and the rule, never the value."""
+    problems = []
+    for key in REQUIRED_SECRETS + OPTIONAL_SECRETS:
+        value = values.get(key)
+        full = f"{PROJECT}:{key}"
+        if value is None:
+            if key in REQUIRED_SECRETS:
+                problems.append(f"{full}: required, not set (pulumi config set --secret {key})")
+            continue
+        if not is_secret.get(key, False):
+            problems.append(f"{full}: stored in plaintext; set it with `pulumi config set --secret {key}`")
+        if key == "sshPrivateKey":
+            if "PRIVATE KEY-----" not in value:
+                problems.append(f"{full}: must be an OpenSSH or PEM private key")
+            continue
+        if value == "":
+            problems.append(f"{full}: must not be empty")
+        elif not value.isprintable():
+            problems.append(f"{full}: printable characters only (no newline, tab or control characters)")
+        elif len(value.encode()) > 1024:
+            problems.append(f"{full}: at most 1024 bytes")
+    return problems
+
+
+def validate(raw: Mapping[str, Any]) -> tuple[StackSettings | None, list[str]]:
+    """Model plus cross-key rules; returns (settings, problems)."""
+    try:
+        settings = StackSettings.model_validate(dict(raw))
+    except ValidationError as err:
+        return None, validation_problems(err)
+    return settings, reference_problems(settings)

@@ -1,0 +1,107 @@
+"""The whole program: stack config -> validated settings -> components -> stack outputs.
+
+`deploy` is what both entry points run: `__main__.py` (CLI, with the Python language host)
+and the Automation API's inline program (tests, `make sandbox`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .hosts import HostTarget
+from .render.broker_urls import amqp_url
+from .settings import StackSettings
+from .stack_config import StackSecrets, load_settings
+
+# Output names are shared with the tests and README.
+OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health")
+
+
+def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
+    """Register every resource for one stack; return the stack outputs."""
+    hosts = {name: HostTarget(name, host, secrets.ssh_private_key) for name, host in settings.hosts.items()}
+    broker_cfg = settings.broker
+    broker_host = hosts[broker_cfg.host]
+    broker = RabbitBroker(
+        "broker",
+        broker=broker_cfg,
+        host=broker_host,
+        loopback_users=["guest", settings.app_user.name],
+        admin_password=secrets.admin_password,
+    )
+    vhost = EddVhost(
+        "edd",
+        vhost=settings.vhost,
+        app_user=settings.app_user,
+        flower_user=settings.flower_broker_user,
+        app_password=secrets.app_password,
+        flower_password=secrets.flower_broker_password,
+        provider=broker.provider,
+    )
+    # Workers run on the broker host (validated), so they use its first AMQP listener.
+    amqp_host = broker_cfg.amqp_listeners[0]
+    broker_url = pulumi.Output.secret(secrets.app_password).apply(
+        lambda pw: amqp_url(settings.app_user.name, pw, amqp_host, broker_cfg.amqp_port, settings.vhost)
+    )
+    ready = [vhost]
+
+    accounts: dict[tuple[str, str], ServiceAccount] = {}
+
+    def account(host: str, user: str, group: str, extra: list[str]) -> list[pulumi.Resource]:
+        if hosts[host].manager != "systemd":
+            return []
+        key = (host, user)
+        if key not in accounts:
+            accounts[key] = ServiceAccount(f"{host}-{user}", host=hosts[host], user=user, group=group,
+                                           extra_groups=extra)
+        return [accounts[key]]
+
+    workers = []
+    for worker in settings.workers:
+        deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
+        workers.append(CeleryWorkerService(worker.name, worker=worker, host=hosts[worker.host],
+                                           broker_url=broker_url, depends_on=deps))
+    flower_url = None
+    if settings.flower.enabled:
+        flower_cfg = settings.flower
+        deps = ready + account(flower_cfg.host, flower_cfg.user, flower_cfg.group, [])
+        flower = FlowerService(
+            "flower",
+            flower=flower_cfg,
+            host=hosts[flower_cfg.host],
+            broker_url=broker_url,
+            management_address=broker_cfg.management_address,
+            management_port=broker_cfg.management_port,
+            flower_user=settings.flower_broker_user.name,
+            flower_password=secrets.flower_broker_password,
+            ui_password=secrets.flower_ui_password,
+            depends_on=deps,
+        )
+        flower_url = flower.url
+
+    listeners = [f"[{a}]:{broker_cfg.amqp_port}" if ":" in a else f"{a}:{broker_cfg.amqp_port}"
+                 for a in broker_cfg.amqp_listeners]
+    health = pulumi.Output.all(*[w.service.id for w in workers]).apply(
+        lambda _: {"broker": "answering", "workers": "answering ping", "flower": "answering" if flower_url else "off"}
+    )
+    return {
+        "brokerEndpoints": [f"amqp://{item}/{settings.vhost}" for item in listeners],
+        "managementEndpoint": broker.endpoint,
+        "flowerUrl": flower_url,
+        "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
+        "health": health,
+    }
+
+
+async def deploy() -> dict[str, Any]:
+    """Validate the stack's config (stopping before any resource on a problem), then build."""
+    settings, secrets = await load_settings()
+    return build(settings, secrets)
+
+
+def inline_program() -> None:
+    """The Automation API's inline program: the same `deploy` as `__main__.py`."""
+    pulumi.run(deploy)

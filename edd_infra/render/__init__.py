@@ -1,0 +1,1 @@
+"""Pure renderers: text for files, URLs and shell scripts. No Pulumi imports here."""

@@ -1,0 +1,34 @@
+"""Broker URLs with passwords of any printable character.
+
+kombu and Flower `unquote` every URL part, so user and password are percent-quoted with no
+safe characters. The vhost goes into the path unquoted after a leading `/`, so `/edd` becomes
+`//edd`: Flower quotes the vhost it reads from the path again, which turns `%2F` into `%252F`.
+Vhost names are restricted to `/[A-Za-z0-9_.-]*` by the settings model, so nothing needs quoting.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _credentials(user: str, password: str) -> str:
+    return f"{quote(user, safe='')}:{quote(password, safe='')}"
+
+
+def amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
+    """`amqp://user:pw@host:5672//edd` for Celery's broker_url."""
+    return f"amqp://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
+
+
+def management_api_url(user: str, password: str, host: str, port: int, scheme: str = "http") -> str:
+    """`http://user:pw@host:15672/api/` for Flower's broker_api."""
+    return f"{scheme}://{_credentials(user, password)}@{_host_port(host, port)}/api/"
+
+
+def management_endpoint(host: str, port: int, scheme: str = "http") -> str:
+    """`http://host:15672/` without credentials, for the rabbitmq provider."""
+    return f"{scheme}://{_host_port(host, port)}/"

@@ -1,0 +1,234 @@
+"""POSIX shell scripts the remote commands run on a host.
+
+Each script is idempotent: a rerun rewrites nothing that is already right and restarts a
+service only when one of its files changed. Non-secret files are embedded as quoted heredocs
+(so `pulumi preview --diff` shows their text); secret files arrive on stdin as a bundle
+(`secret_bundle`) and never appear in the command text, argv or output.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+ServiceManager = Literal["systemd", "launchd"]
+
+STATE_DIR = "/var/lib/edd-infra"
+q = shlex.quote
+
+# `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1.
+PRELUDE = r"""set -eu
+umask 077
+changed=0
+put() {
+  mkdir -p "$(dirname "$5")"
+  if [ -f "$5" ] && cmp -s "$1" "$5"; then rm -f "$1"; else install -m "$2" -o "$3" -g "$4" "$1" "$5"; rm -f "$1"; changed=1; fi
+  chmod "$2" "$5"; chown "$3:$4" "$5"
+}"""
+
+READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path data; do
+  tmp=$(mktemp); printf '%s' "$data" | base64 -d > "$tmp"; put "$tmp" "$mode" "$owner" "$group" "$path"
+done"""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to place on a host."""
+
+    path: str
+    text: str
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+
+
+def secret_bundle(files: Iterable[FileSpec]) -> str:
+    """stdin for READ_SECRET_FILES: one `MODE OWNER GROUP PATH BASE64` line per file."""
+    lines = []
+    for f in files:
+        for word in (f.mode, f.owner, f.group, f.path):
+            if not word or any(c.isspace() for c in word):
+                raise ValueError(f"file attribute {word!r} must be one word")
+        lines.append(f"{f.mode} {f.owner} {f.group} {f.path} {base64.b64encode(f.text.encode()).decode()}")
+    return "\n".join(lines) + "\n"
+
+
+def write_file(f: FileSpec) -> str:
+    """Shell that writes a non-secret file from a quoted heredoc through `put`."""
+    text = f.text if f.text.endswith("\n") else f.text + "\n"
+    tag = "EDD_INFRA_EOF_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"tmp=$(mktemp)\ncat > \"$tmp\" <<'{tag}'\n{text}{tag}\nput \"$tmp\" {f.mode} {f.owner} {f.group} {q(f.path)}"
+
+
+def script(*parts: str) -> str:
+    return "\n".join((PRELUDE,) + parts) + "\n"
+
+
+# ---- service managers ---------------------------------------------------------------
+
+def unit_path(manager: ServiceManager, name: str) -> str:
+    if manager == "systemd":
+        return f"/etc/systemd/system/{name}.service"
+    return f"/Library/LaunchDaemons/{name}.plist"
+
+
+def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
+    """Enable at boot, (re)start when a file changed or it is down, wait until active."""
+    if manager == "systemd":
+        return (
+            f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
+            f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n"
+            f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "
+            f"systemctl status --no-pager {q(name)} || true; echo \"{name} did not become active\" >&2; exit 1; fi; sleep 1; done"
+        )
+    path = q(unit_path(manager, name))
+    return (
+        f"if [ \"$changed\" = 1 ] || ! launchctl print system/{q(name)} >/dev/null 2>&1; then\n"
+        f"  launchctl bootout system/{q(name)} 2>/dev/null || true\n  launchctl bootstrap system {path}\nfi"
+    )
+
+
+def deactivate(manager: ServiceManager, name: str, paths: Sequence[str]) -> str:
+    """Stop, disable and remove a service and its files (the delete of `activate`)."""
+    files = " ".join(q(p) for p in paths)
+    if manager == "systemd":
+        return (
+            f"systemctl disable --now -q {q(name)} 2>/dev/null || true\n"
+            f"rm -f {q(unit_path(manager, name))} {files}\nsystemctl daemon-reload"
+        )
+    return f"launchctl bootout system/{q(name)} 2>/dev/null || true\nrm -f {q(unit_path(manager, name))} {files}"
+
+
+def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
+    """Run `command` until it succeeds, at most `attempts` times, 2 s apart."""
+    return (
+        f"i=0; until {command}; do i=$((i+1)); if [ $i -ge {attempts} ]; then {on_fail}"
+        f"echo \"{what}\" >&2; exit 1; fi; sleep 2; done"
+    )
+
+
+# ---- RabbitMQ -------------------------------------------------------------------------
+
+def wait_for_broker(timeout: int) -> str:
+    # await_startup exits at once while the node is not yet registered with epmd: loop.
+    return retry(
+        "rabbitmqctl -q await_startup --timeout 10 </dev/null >/dev/null 2>&1",
+        max(1, timeout // 2),
+        f"RabbitMQ did not answer within {timeout} s",
+        on_fail="journalctl -u rabbitmq-server -n 20 --no-pager >&2 || true; ",
+    )
+
+
+def broker_install(
+    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int
+) -> str:
+    """Write the broker's config first (so it never starts listening everywhere), install the
+    package offline-first, restart when anything changed, wait until it answers."""
+    package = "rabbitmq-server" + (f"={package_version}" if package_version else "")
+    wanted = package_version or ""
+    return script(
+        *(write_file(f) for f in files),
+        f"have=$(dpkg-query -W -f='${{Status}} ${{Version}}' rabbitmq-server 2>/dev/null || true)\n"
+        f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
+        f"  export DEBIAN_FRONTEND=noninteractive\n"
+        f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
+        f"  changed=1 ;;\nesac",
+        activate("systemd", "rabbitmq-server", timeout=start_timeout),
+        wait_for_broker(start_timeout),
+    )
+
+
+def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
+    purge = (
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q rabbitmq-server </dev/null >/dev/null\n"
+        "rm -rf /var/lib/rabbitmq /var/log/rabbitmq /etc/rabbitmq"
+        if purge_package
+        else ""
+    )
+    return script(deactivate("systemd", "rabbitmq-server", files), purge)
+
+
+def broker_admin(*, user: str, start_timeout: int) -> str:
+    """Create or re-password the admin Pulumi uses (password on stdin), tag it, drop guest."""
+    exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
+    return script(
+        wait_for_broker(start_timeout),
+        # add_user/change_password read the password from stdin when it is not on argv.
+        f"if {exists}; then rabbitmqctl -q change_password {q(user)} >/dev/null; "
+        f"else rabbitmqctl -q add_user {q(user)} >/dev/null; fi",
+        f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
+        "if rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF guest; then "
+        "rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
+    )
+
+
+def broker_admin_remove(*, user: str) -> str:
+    return script(
+        f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
+        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
+    )
+
+
+# ---- service accounts -----------------------------------------------------------------
+
+def account_create(*, user: str, group: str, extra_groups: Sequence[str]) -> str:
+    """System user and group, created once; markers record what this stack created."""
+    marks = f"{STATE_DIR}/created"
+    lines = [
+        f"mkdir -p {marks}",
+        f"getent group {q(group)} >/dev/null || {{ groupadd --system {q(group)}; touch {marks}/group-{group}; }}",
+        f"id -u {q(user)} >/dev/null 2>&1 || {{ useradd --system --gid {q(group)} --home-dir /nonexistent "
+        f"--no-create-home --shell /usr/sbin/nologin {q(user)}; touch {marks}/user-{user}; }}",
+    ]
+    for extra in extra_groups:
+        lines.append(
+            f"getent group {q(extra)} >/dev/null || {{ echo \"group {extra} does not exist on $(hostname)\" >&2; exit 1; }}\n"
+            f"usermod -a -G {q(extra)} {q(user)}"
+        )
+    return script(*lines)
+
+
+def account_remove(*, user: str, group: str) -> str:
+    marks = f"{STATE_DIR}/created"
+    return script(
+        f"if [ -e {marks}/user-{user} ]; then userdel {q(user)} 2>/dev/null || true; rm -f {marks}/user-{user}; fi",
+        f"if [ -e {marks}/group-{group} ]; then groupdel {q(group)} 2>/dev/null || true; rm -f {marks}/group-{group}; fi",
+        f"rmdir {marks} {STATE_DIR} 2>/dev/null || true",
+    )
+
+
+# ---- Celery worker and Flower ---------------------------------------------------------
+
+def service_install(
+    *, manager: ServiceManager, name: str, definition: str, health: str = ""
+) -> str:
+    """Secret files from stdin, the unit or plist from a heredoc, then (re)start and check."""
+    unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
+    return script(READ_SECRET_FILES, write_file(unit), activate(manager, name), health)
+
+
+def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str]) -> str:
+    return script(deactivate(manager, name, files))
+
+
+def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
+                node: str, attempts: int = 30) -> str:
+    """Wait until the worker answers `inspect ping`; the broker URL comes from its env file."""
+    ping = (
+        f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
+        f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect ping -d {q(node)}@\"$(hostname)\" --timeout 3) "
+        ">/dev/null 2>&1"
+    )
+    return retry(ping, attempts, f"worker {node} did not answer ping")
+
+
+def http_ok(*, virtualenv: str, url: str, attempts: int = 30) -> str:
+    """Wait until `url` answers 2xx, using the service's own Python (no curl needed)."""
+    probe = (
+        f"{q(virtualenv + '/bin/python')} -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "
+        f"{q(url)} >/dev/null 2>&1"
+    )
+    return retry(probe, attempts, f"{url} did not answer")

@@ -1,0 +1,40 @@
+"""launchd property lists for macOS developer machines (the dev stack).
+
+launchd has no EnvironmentFile, and a plist's EnvironmentVariables would put the broker
+password in a world-readable file, so the job runs `/bin/sh -c '. ENVFILE; exec celery ...'`:
+argv carries only the file's path. Paths are absolute, and `-A` comes before the subcommand.
+"""
+
+from __future__ import annotations
+
+import plistlib
+import shlex
+from typing import Sequence
+
+
+def render_daemon_plist(
+    *,
+    label: str,
+    argv: Sequence[str],
+    user: str,
+    group: str,
+    working_directory: str,
+    environment_file: str | None,
+    log_path: str,
+) -> str:
+    """A LaunchDaemon plist that starts at boot and is restarted when it exits."""
+    command = "exec " + " ".join(shlex.quote(word) for word in argv)
+    if environment_file:
+        command = f"set -a; . {shlex.quote(environment_file)}; set +a; {command}"
+    job = {
+        "Label": label,
+        "ProgramArguments": ["/bin/sh", "-c", command],
+        "UserName": user,
+        "GroupName": group,
+        "WorkingDirectory": working_directory,
+        "RunAtLoad": True,
+        "KeepAlive": True,
+        "StandardOutPath": log_path,
+        "StandardErrorPath": log_path,
+    }
+    return plistlib.dumps(job, sort_keys=True).decode()

@@ -1,0 +1,213 @@
+"""The validated model of one stack's configuration.
+
+Plain pydantic models, no Pulumi import: `stack_config.load_settings` fills them from
+`pulumi.Config`, tests build them directly. Field names are snake_case; each field's
+Pulumi config key is its camelCase alias (`workers[0].workingDirectory`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+PROJECT = "edd-infra"
+
+# Names that end up in unit names, file names and shell words: keep them boring.
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+# RabbitMQ and POSIX user names the program creates.
+UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")]
+AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./@+-]*$")]
+HostName = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# Celery queue names: they go into the worker's argv and the permission regexes.
+QueueName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,255}$")]
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"must be an IPv4 or IPv6 address, got {value!r}") from None
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"must be a regular expression that compiles ({err})") from None
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class Model(BaseModel):
+    """Frozen, camelCase-keyed, and strict about unknown keys."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
+    )
+
+
+class Host(Model):
+    """A machine the program configures, and how to reach it."""
+
+    connection: Literal["ssh", "local"] = "ssh"
+    address: Optional[HostName | IPAddress] = None
+    port: Port = 22
+    user: UserName = "root"
+    # "ssh-ed25519 AAAA...": when set, the SSH host key is checked.
+    host_key: Optional[str] = None
+    service_manager: Literal["systemd", "launchd"] = "systemd"
+    # Run scripts through `sudo -n` when `user` is not root.
+    sudo: bool = False
+
+    @model_validator(mode="after")
+    def _ssh_needs_address(self) -> "Host":
+        if self.connection == "ssh" and not self.address:
+            raise ValueError("address is required when connection is 'ssh'")
+        return self
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key_shape(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"(ssh|ecdsa)-[a-z0-9-]+ [A-Za-z0-9+/=]+( .*)?", value):
+            raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
+        return value
+
+
+class Broker(Model):
+    """RabbitMQ on one host: package, listeners, and the admin account Pulumi uses."""
+
+    host: Identifier
+    # apt version pin, e.g. "3.10.8-1.1+deb12u2"; None installs the distribution's.
+    package_version: Optional[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.+:~-]+$")]] = None
+    amqp_port: Port = 5672
+    amqp_listeners: list[IPAddress] = Field(default_factory=lambda: ["127.0.0.1", "::1"], min_length=1)
+    management_port: Port = 15672
+    # The management API listens here only; Flower and Pulumi both use it.
+    management_address: IPAddress = "127.0.0.1"
+    # How Pulumi reaches the management API; default http://<managementAddress>:<managementPort>/.
+    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?/?$")]] = None
+    # epmd and Erlang distribution bind here (not on every address).
+    node_address: IPAddress = "127.0.0.1"
+    admin_user: UserName = "edd-infra-admin"
+    # The broker must answer within this many seconds after a (re)start.
+    start_timeout: Annotated[int, Field(ge=10, le=600)] = 120
+    # `destroy` purges the package and its data too (throw-away hosts); off keeps them.
+    purge_on_destroy: bool = False
+
+
+class Permissions(Model):
+    """RabbitMQ configure/write/read regexes on one vhost."""
+
+    configure: Regex = ".*"
+    write: Regex = ".*"
+    read: Regex = ".*"
+
+
+class AppUser(Model):
+    """The account EDD and the Celery workers use (seed: edd_user, `.*` on /edd)."""
+
+    name: UserName = "edd_user"
+    tags: list[Literal["management", "monitoring", "policymaker"]] = Field(default_factory=list)
+    permissions: Permissions = Permissions()
+
+
+class FlowerBrokerUser(Model):
+    """The account Flower reads the management API with.
+
+    `monitoring` (the default) gets the monitoring tag and read-only permissions;
+    `administrator` is the seed's `bunny`: administrator tag, `.*` on / and the vhost.
+    """
+
+    name: UserName = "bunny"
+    profile: Literal["monitoring", "administrator"] = "monitoring"
+
+
+class Worker(Model):
+    """One Celery worker process, run as one service unit."""
+
+    name: Identifier
+    host: Identifier
+    app: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")] = "edd"
+    queues: list[QueueName] = Field(default_factory=lambda: ["edd"], min_length=1)
+    concurrency: Optional[Annotated[int, Field(ge=1, le=256)]] = None
+    # "max,min" as in the seed's --autoscale=10,1.
+    autoscale: Optional[Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,2},[0-9]{1,3}$")]] = None
+    working_directory: AbsolutePath
+    virtualenv: AbsolutePath
+    user: UserName = "celery"
+    group: UserName = "celery"
+    extra_groups: list[UserName] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Task events (-E): Flower shows tasks only when workers send them.
+    events: bool = True
+
+    @model_validator(mode="after")
+    def _one_pool_size(self) -> "Worker":
+        if self.concurrency is not None and self.autoscale is not None:
+            raise ValueError("set concurrency or autoscale, not both")
+        if self.autoscale is not None:
+            high, low = (int(part) for part in self.autoscale.split(","))
+            if low > high:
+                raise ValueError("autoscale is 'max,min': max must be >= min")
+        return self
+
+
+class Flower(Model):
+    """Flower, the Celery dashboard, as a daemon behind basic auth."""
+
+    enabled: bool = True
+    host: Identifier
+    app: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")] = "edd"
+    working_directory: AbsolutePath
+    virtualenv: AbsolutePath
+    user: UserName = "celery"
+    group: UserName = "celery"
+    address: IPAddress = "127.0.0.1"
+    port: Port = 5555
+    url_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*(/[A-Za-z0-9_-]+)*$")] = ""
+    persistent: bool = True
+    ui_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "admin"
+
+
+class StackSettings(Model):
+    """Everything one stack deploys, validated."""
+
+    hosts: dict[Identifier, Host] = Field(min_length=1)
+    broker: Broker
+    vhost: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.-]*$")] = "/edd"
+    app_user: AppUser = AppUser()
+    flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
+    workers: list[Worker] = Field(min_length=1)
+    flower: Flower
+    # Off only for throw-away hosts whose keys are not known in advance.
+    require_host_keys: bool = True
+
+
+# Secret keys: read with require_secret/get_secret only, never part of the model above.
+REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
+OPTIONAL_SECRETS = ("sshPrivateKey",)

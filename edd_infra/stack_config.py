@@ -1,0 +1,67 @@
+"""Read a stack's Pulumi config into validated settings and secret Outputs.
+
+The first step of the data flow. Plain keys are read with `get_object`, secrets only with
+`get_secret`; secret values are awaited once, inside the program, to check them before any
+resource exists, and stay secret Outputs everywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+from pulumi.runtime.config import CONFIG, is_config_secret
+
+from .config_errors import ConfigError, secret_problems, validate
+from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """The stack's secrets, each a secret Output (None where optional and unset)."""
+
+    admin_password: pulumi.Output[str]
+    app_password: pulumi.Output[str]
+    flower_broker_password: pulumi.Output[str]
+    flower_ui_password: pulumi.Output[str]
+    ssh_private_key: Optional[pulumi.Output[str]]
+
+
+PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
+
+
+def _unknown_keys() -> list[str]:
+    """Project keys in the stack that nothing reads: typos that would be silently ignored."""
+    known = set(PLAIN_KEYS) | set(REQUIRED_SECRETS) | set(OPTIONAL_SECRETS)
+    prefix = f"{PROJECT}:"
+    # Only the key names are looked at here, never values.
+    names = [k[len(prefix):] for k in CONFIG.get() if k.startswith(prefix)]
+    return sorted(
+        f"{prefix}{name}: unknown key; allowed: {', '.join(sorted(known))}"
+        for name in names
+        if name not in known
+    )
+
+
+async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSettings, StackSecrets]:
+    """Validate the whole stack config; raise ConfigError listing every problem."""
+    config = config or pulumi.Config(PROJECT)
+    raw = {key: config.get_object(key) for key in PLAIN_KEYS}
+    raw = {key: value for key, value in raw.items() if value is not None}
+    settings, problems = validate(raw)
+
+    secrets = {key: config.get_secret(key) for key in REQUIRED_SECRETS + OPTIONAL_SECRETS}
+    values = {key: (await out.future()) if out is not None else None for key, out in secrets.items()}
+    flags = {key: is_config_secret(config.full_key(key)) for key in secrets}
+    problems += secret_problems(values, flags) + _unknown_keys()
+    del values
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings, StackSecrets(
+        admin_password=secrets["adminPassword"],
+        app_password=secrets["appPassword"],
+        flower_broker_password=secrets["flowerBrokerPassword"],
+        flower_ui_password=secrets["flowerUiPassword"],
+        ssh_private_key=secrets["sshPrivateKey"],
+    )
