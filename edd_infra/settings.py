@@ -29,12 +29,7 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")
 # RabbitMQ and POSIX user names the program creates.
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")]
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./@+-]*$")]
-HostName = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-    ),
-]
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Celery queue names: they go into the worker's argv and the permission regexes.
 QueueName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,255}$")]
@@ -55,7 +50,17 @@ def _regex(value: str) -> str:
     return value
 
 
+def _host_address(value: str) -> str:
+    try:
+        return _ip_address(value)
+    except ValueError:
+        if len(value) <= 253 and _HOST_NAME.fullmatch(value):
+            return value
+    raise ValueError(f"must be a DNS host name or an IP address, got {value!r}")
+
+
 IPAddress = Annotated[str, AfterValidator(_ip_address)]
+HostAddress = Annotated[str, AfterValidator(_host_address)]
 Regex = Annotated[str, AfterValidator(_regex)]
 
 
@@ -75,7 +80,7 @@ class Host(Model):
     """A machine the program configures, and how to reach it."""
 
     connection: Literal["ssh", "local"] = "ssh"
-    address: Optional[HostName | IPAddress] = None
+    address: Optional[HostAddress] = None
     port: Port = 22
     user: UserName = "root"
     # "ssh-ed25519 AAAA...": when set, the SSH host key is checked.

@@ -1,0 +1,124 @@
+"""Bad stack config: one message per problem, naming the Pulumi config key and what is allowed."""
+
+import copy
+
+import pytest
+
+from edd_infra.config_errors import ConfigError, secret_problems, validate
+from tests.unit.samples import sample_raw
+
+
+def problems_for(raw):
+    settings, problems = validate(raw)
+    return problems
+
+
+def test_sample_is_valid():
+    settings, problems = validate(sample_raw())
+    assert problems == []
+    assert settings.vhost == "/edd"
+    assert settings.app_user.name == "edd_user"
+    assert settings.flower_broker_user.profile == "monitoring"
+    assert settings.broker.amqp_listeners == ["127.0.0.1", "::1"]
+
+
+def mutate(path, value):
+    raw = copy.deepcopy(sample_raw())
+    target = raw
+    for part in path[:-1]:
+        target = target[part]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return raw
+
+
+CASES = [
+    (("workers", 0, "concurcency"), 4, "edd-infra:workers[0].concurcency: unknown key; allowed here:"),
+    (("workers", 0, "concurrency"), "four", "edd-infra:workers[0].concurrency:"),
+    (("workers", 0, "concurrency"), 0, "edd-infra:workers[0].concurrency: Input should be greater than or equal to 1"),
+    (("hosts", "queue", "address"), "bad host!", "edd-infra:hosts.queue.address:"),
+    (("hosts", "queue", "port"), 70000, "edd-infra:hosts.queue.port: Input should be less than or equal to 65535"),
+    (("hosts", "queue", "serviceManager"), "upstart", "edd-infra:hosts.queue.serviceManager: Input should be 'systemd' or 'launchd'"),
+    (("vhost",), "edd", "edd-infra:vhost: must match ^/"),
+    (("appUser",), {"permissions": {"read": "(unclosed"}}, "edd-infra:appUser.permissions.read: must be a regular expression that compiles"),
+    (("broker", "amqpListeners"), ["localhost"], "edd-infra:broker.amqpListeners[0]: must be an IPv4 or IPv6 address"),
+    (("broker",), KeyError, "edd-infra:broker: required, not set"),
+    (("flower", "port"), "5555", "edd-infra:flower.port: Input should be a valid integer"),
+]
+
+
+@pytest.mark.parametrize("path,value,expected", CASES, ids=[".".join(map(str, c[0])) for c in CASES])
+def test_each_bad_value_names_its_key(path, value, expected):
+    problems = problems_for(mutate(path, value))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_unknown_key_lists_what_is_allowed():
+    (problem,) = problems_for(mutate(("flower", "adress"), "127.0.0.1"))
+    assert "allowed here:" in problem and "address" in problem and "urlPrefix" in problem
+
+
+def test_every_problem_is_reported_at_once():
+    raw = mutate(("workers", 0, "concurrency"), 0)
+    raw["hosts"]["queue"]["port"] = 0
+    raw["vhost"] = "edd"
+    assert len(problems_for(raw)) == 3
+
+
+def test_cross_key_rules():
+    raw = sample_raw()
+    raw["workers"] = raw["workers"] * 2
+    raw["broker"] = {"host": "nowhere"}
+    problems = problems_for(raw)
+    assert "edd-infra:workers[1].name: duplicate worker name 'edd-worker-1' (also workers[0])" in problems
+    assert any(p.startswith("edd-infra:broker.host: host 'nowhere' is not in edd-infra:hosts") for p in problems)
+
+
+def test_concurrency_and_autoscale_exclude_each_other():
+    problems = problems_for(mutate(("workers", 0, "concurrency"), 3))
+    assert any("set concurrency or autoscale, not both" in p for p in problems)
+
+
+def test_host_key_required_unless_turned_off():
+    raw = sample_raw()
+    del raw["hosts"]["queue"]["hostKey"]
+    assert any(p.startswith("edd-infra:hosts.queue.hostKey: required") for p in problems_for(raw))
+    raw["requireHostKeys"] = False
+    assert problems_for(raw) == []
+
+
+def test_guest_cannot_be_configured():
+    problems = problems_for(sample_raw(appUser={"name": "guest"}))
+    assert "edd-infra:appUser.name: 'guest' is removed from the broker; choose another name" in problems
+
+
+GOOD = {"adminPassword": "a", "appPassword": "b", "flowerBrokerPassword": "c", "flowerUiPassword": "d"}
+ALL_SECRET = {k: True for k in list(GOOD) + ["sshPrivateKey"]}
+
+
+def test_secrets_ok():
+    assert secret_problems(GOOD, ALL_SECRET) == []
+
+
+def test_secret_problems_name_key_never_value():
+    values = dict(GOOD, appPassword="", flowerUiPassword="two\nlines", adminPassword="visible-in-plaintext")
+    flags = dict(ALL_SECRET, adminPassword=False)
+    problems = secret_problems(values, flags)
+    assert "edd-infra:appPassword: must not be empty" in problems
+    assert any(p.startswith("edd-infra:flowerUiPassword: printable characters only") for p in problems)
+    assert any(p.startswith("edd-infra:adminPassword: stored in plaintext") for p in problems)
+    assert not any("two" in p or "visible-in-plaintext" in p for p in problems)
+
+
+def test_missing_secret_says_how_to_set_it():
+    values = {k: v for k, v in GOOD.items() if k != "appPassword"}
+    assert secret_problems(values, ALL_SECRET) == [
+        "edd-infra:appPassword: required, not set (pulumi config set --secret appPassword)"
+    ]
+
+
+def test_config_error_lists_every_problem():
+    err = ConfigError(["edd-infra:a: x", "edd-infra:b: y"])
+    assert "2 problem(s)" in str(err) and "  - edd-infra:b: y" in str(err)

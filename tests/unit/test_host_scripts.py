@@ -1,0 +1,62 @@
+"""Host scripts run for real in a scratch directory: idempotent writes and the secret bundle."""
+
+import os
+import subprocess
+
+import pytest
+
+from edd_infra.render import host_scripts
+from edd_infra.render.host_scripts import FileSpec
+from tests.unit.samples import HOSTILE_PASSWORDS
+
+me = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+grp = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
+
+
+def run(script, stdin=""):
+    return subprocess.run(["sh", "-c", script + '\necho "changed=$changed"'], input=stdin, capture_output=True, text=True)
+
+
+def test_write_file_is_idempotent(tmp_path):
+    f = FileSpec(str(tmp_path / "etc" / "a.conf"), "x = 1\n$notavar `nocmd` 'q'\n", "0640", me, grp)
+    first = run(host_scripts.script(host_scripts.write_file(f)))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.endswith("changed=1\n")
+    assert (tmp_path / "etc" / "a.conf").read_text() == f.text
+    assert oct(os.stat(f.path).st_mode & 0o777) == "0o640"
+    again = run(host_scripts.script(host_scripts.write_file(f)))
+    assert again.stdout.endswith("changed=0\n")
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+def test_secret_bundle_round_trip(tmp_path, password):
+    files = [FileSpec(str(tmp_path / "s.env"), f"K={password}\n", "0600", me, grp),
+             FileSpec(str(tmp_path / "t.py"), f"p = {password!r}\n", "0640", me, grp)]
+    script = host_scripts.script(host_scripts.READ_SECRET_FILES)
+    assert password not in script
+    result = run(script, host_scripts.secret_bundle(files))
+    assert result.returncode == 0, result.stderr
+    assert password not in result.stdout + result.stderr
+    for f in files:
+        assert open(f.path, encoding="utf-8").read() == f.text
+    assert oct(os.stat(files[0].path).st_mode & 0o777) == "0o600"
+
+
+def test_bundle_refuses_spaces_in_attributes():
+    with pytest.raises(ValueError):
+        host_scripts.secret_bundle([FileSpec("/etc/a b", "x")])
+
+
+def test_service_scripts_mention_no_secret_and_undo_each_other():
+    install = host_scripts.service_install(manager="systemd", name="celery-w", definition="[Unit]\n")
+    remove = host_scripts.service_remove(manager="systemd", name="celery-w", files=["/etc/edd-infra/celery-w.env"])
+    assert "systemctl enable -q celery-w" in install and "systemctl restart celery-w" in install
+    assert "systemctl disable --now -q celery-w" in remove
+    assert "rm -f /etc/systemd/system/celery-w.service /etc/edd-infra/celery-w.env" in remove
+
+
+def test_admin_script_takes_password_from_stdin_only():
+    text = host_scripts.broker_admin(user="edd-infra-admin", start_timeout=60)
+    assert "rabbitmqctl -q add_user edd-infra-admin >/dev/null" in text
+    assert "rabbitmqctl -q change_password edd-infra-admin >/dev/null" in text
+    assert "delete_user guest" in text

@@ -1,0 +1,179 @@
+"""The whole program under Pulumi mocks: graph, type tokens, secrets, dependencies, bad config."""
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import pulumi
+import pytest
+import yaml
+
+from edd_infra.components import TYPE_TOKENS
+from edd_infra.config_errors import ConfigError
+from edd_infra.program import OUTPUT_NAMES, deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {
+    "adminPassword": "adm1n p@ss:/;#%,'\"\\",
+    "appPassword": "app p@ss:/;#%,'\"\\ x",
+    "flowerBrokerPassword": "flw p@ss:/;#%,'\"\\ y",
+    "flowerUiPassword": "ui p@ss:/;#%,'\"\\ z",
+}
+
+
+class Recorder(pulumi.runtime.Mocks):
+    def new_resource(self, args):
+        return [f"{args.name}_id", args.inputs]
+
+    def call(self, args):
+        return {}
+
+
+def stack_config(stack):
+    """The committed stack's plain keys, with test secrets in place of the encrypted ones."""
+    data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in data.items() if "secure" not in str(v)}
+    config.update({f"edd-infra:{k}": v for k, v in SECRETS.items()})
+    return config
+
+
+def run(config, secret_keys=None):
+    """Run `deploy` under mocks; return (outputs, recorded resource args)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.set_mocks(Recorder(), project="edd-infra", stack="test", preview=False)
+    pulumi.runtime.set_all_config(config, secret_keys if secret_keys is not None else [f"edd-infra:{k}" for k in SECRETS])
+    recorded = []
+    pulumi.runtime.register_stack_transformation(lambda args: recorded.append(args) or None)
+    outputs = loop.run_until_complete(deploy())
+    resolved = {key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()}
+    props = [(a.type_, a.name, a.props, a.opts, {k: loop.run_until_complete(_secretness(v)) for k, v in a.props.items()})
+             for a in recorded]
+    return resolved, props, loop
+
+
+async def _secretness(value):
+    return await value.is_secret() if isinstance(value, pulumi.Output) else False
+
+
+def plain(loop, value):
+    return loop.run_until_complete(pulumi.Output.from_input(value).future()) if value is not None else None
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return run(stack_config("prod"))
+
+
+def test_prod_graph_and_type_tokens(prod):
+    _, resources, _ = prod
+    graph = sorted((t, n) for t, n, *_ in resources)
+    assert graph == sorted([
+        ("edd:infra:RabbitBroker", "broker"),
+        ("command:remote:Command", "broker-server"),
+        ("command:remote:Command", "broker-admin"),
+        ("pulumi:providers:rabbitmq", "broker-provider"),
+        ("edd:infra:EddVhost", "edd"),
+        ("rabbitmq:index/vHost:VHost", "edd-vhost"),
+        ("rabbitmq:index/user:User", "edd-app-user"),
+        ("rabbitmq:index/permissions:Permissions", "edd-app-user-vhost-permissions"),
+        ("rabbitmq:index/user:User", "edd-flower-user"),
+        ("rabbitmq:index/permissions:Permissions", "edd-flower-user-vhost-permissions"),
+        ("edd:infra:ServiceAccount", "edd-queue-celery"),
+        ("command:remote:Command", "edd-queue-celery-account"),
+        ("edd:infra:CeleryWorkerService", "edd-worker-1"),
+        ("command:remote:Command", "edd-worker-1-service"),
+        ("edd:infra:FlowerService", "flower"),
+        ("command:remote:Command", "flower-service"),
+    ])
+    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values())
+
+
+def test_type_tokens_are_pinned():
+    # Renaming a token orphans every resource of that type in existing stacks.
+    assert TYPE_TOKENS == {
+        "RabbitBroker": "edd:infra:RabbitBroker",
+        "EddVhost": "edd:infra:EddVhost",
+        "ServiceAccount": "edd:infra:ServiceAccount",
+        "CeleryWorkerService": "edd:infra:CeleryWorkerService",
+        "FlowerService": "edd:infra:FlowerService",
+    }
+
+
+def secret_forms(value):
+    raw = value.encode()
+    return {value, quote(value, safe=""), base64.b64encode(raw).decode(), json.dumps(value)[1:-1]}
+
+
+def test_no_secret_in_any_command_text_and_secret_inputs_stay_secret(prod):
+    _, resources, loop = prod
+    commands = [r for r in resources if r[0] == "command:remote:Command"]
+    assert commands
+    for type_, name, props, opts, secret in commands:
+        for field in ("create", "update", "delete"):
+            text = plain(loop, props.get(field)) or ""
+            for value in SECRETS.values():
+                assert not any(form in text for form in secret_forms(value)), f"{name}.{field} holds a secret"
+        if props.get("stdin") is not None:
+            assert secret["stdin"], f"{name}: stdin not secret"
+            assert props["logging"] == "none", f"{name}: logs a command that receives a secret"
+            assert set(opts.additional_secret_outputs or []) >= {"stdout", "stderr"}, name
+    passwords = [r for r in resources if r[0] == "rabbitmq:index/user:User"]
+    assert all(secret["password"] for *_, secret in passwords)
+    (provider,) = [r for r in resources if r[0] == "pulumi:providers:rabbitmq"]
+    assert provider[4]["password"]
+
+
+def test_nothing_touches_the_broker_before_it_answers(prod):
+    _, resources, _ = prod
+    by_name = {n: (t, p, o) for t, n, p, o, _ in resources}
+    provider_opts = by_name["broker-provider"][2]
+    assert [d._name for d in provider_opts.depends_on] == ["broker-admin"]
+    assert [d._name for d in by_name["broker-admin"][2].depends_on] == ["broker-server"]
+    for name, (type_, _, opts) in by_name.items():
+        if type_.startswith("rabbitmq:index"):
+            assert opts.provider is not None and opts.provider._name == "broker-provider", name
+    worker_deps = {d._name for d in by_name["edd-worker-1-service"][2].depends_on}
+    assert {"edd", "edd-queue-celery"} <= worker_deps
+
+
+def test_outputs(prod):
+    outputs, _, _ = prod
+    assert set(outputs) == set(OUTPUT_NAMES)
+    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqp://[::1]:5672//edd"]
+    assert outputs["flowerUrl"] == "http://127.0.0.1:5555/"
+    assert outputs["workerUnits"] == {"celery-edd-worker-1": "edd-queue"}
+    assert not any(v in json.dumps(outputs) for v in SECRETS.values())
+
+
+def test_dev_stack_uses_local_commands_and_launchd():
+    _, resources, loop = run(stack_config("dev"))
+    types = {t for t, *_ in resources}
+    assert "command:local:Command" in types and "command:remote:Command" not in types
+    (worker,) = [p for t, n, p, *_ in resources if n == "edd-worker-1-service"]
+    assert "/Library/LaunchDaemons/org.celeryq.edd-worker-1.plist" in plain(loop, worker["create"])
+    assert plain(loop, worker["create"]).startswith("sudo -n sh -c ")
+
+
+def test_bad_config_stops_before_any_resource():
+    config = stack_config("prod")
+    config["edd-infra:workers"] = json.dumps([{"name": "w", "host": "edd-queue", "concurrency": 0}])
+    config["edd-infra:appPassword"] = ""
+    with pytest.raises(ConfigError) as err:
+        run(config)
+    text = str(err.value)
+    assert "edd-infra:workers[0].concurrency" in text and "edd-infra:workers[0].workingDirectory: required" in text
+    assert "edd-infra:appPassword: must not be empty" in text
+
+
+def test_plaintext_secret_is_refused():
+    with pytest.raises(ConfigError, match="edd-infra:adminPassword: stored in plaintext"):
+        run(stack_config("prod"), secret_keys=[f"edd-infra:{k}" for k in SECRETS if k != "adminPassword"])
+
+
+def test_unknown_top_level_key_is_refused():
+    config = dict(stack_config("prod"), **{"edd-infra:worker": "[]"})
+    with pytest.raises(ConfigError, match="edd-infra:worker: unknown key"):
+        run(config)

@@ -1,0 +1,44 @@
+"""rabbitmq.conf: listeners on loopback only, loopback users, epmd and distribution bound."""
+
+from edd_infra.render.rabbitmq_conf import render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
+from tests.unit.golden import assert_golden
+
+
+def parse_conf(text):
+    pairs = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" = ")
+            assert key and value, f"not a `key = value` line: {line!r}"
+            assert key not in pairs, f"duplicate key {key}"
+            pairs[key] = value
+    return pairs
+
+
+def seed_conf():
+    return render_rabbitmq_conf(
+        amqp_listeners=["127.0.0.1", "::1"], amqp_port=5672, management_address="127.0.0.1",
+        management_port=15672, node_address="127.0.0.1", loopback_users=["guest", "edd_user"],
+    )
+
+
+def test_seed_listeners_and_loopback_users():
+    conf = parse_conf(seed_conf())
+    assert conf == {
+        "listeners.tcp.1": "127.0.0.1:5672",
+        "listeners.tcp.2": "[::1]:5672",
+        "management.tcp.ip": "127.0.0.1",
+        "management.tcp.port": "15672",
+        "distribution.listener.interface": "127.0.0.1",
+        "loopback_users.guest": "true",
+        "loopback_users.edd_user": "true",
+    }
+
+
+def test_golden():
+    assert_golden("rabbitmq.conf", seed_conf())
+
+
+def test_plugins_and_epmd():
+    assert render_enabled_plugins() == "[rabbitmq_management].\n"
+    assert render_epmd_environment("127.0.0.1") == {"ERL_EPMD_ADDRESS": "127.0.0.1"}

@@ -1,0 +1,92 @@
+"""Env files, Flower's config, systemd units and launchd plists, parsed back."""
+
+import configparser
+import plistlib
+import shutil
+import subprocess
+
+import pytest
+
+from edd_infra.render.celery_commands import flower_argv, worker_argv
+from edd_infra.render.launchd_plists import render_daemon_plist
+from edd_infra.render.service_files import render_env_file, render_flower_config
+from edd_infra.render.systemd_units import render_service_unit
+from tests.unit.golden import assert_golden
+from tests.unit.samples import HOSTILE_PASSWORDS
+
+ARGV = worker_argv(virtualenv="/opt/edd/venv", app="edd", name="edd-worker-1", queues=["edd"], concurrency=None,
+                   autoscale="10,1", log_level="info", events=True)
+
+
+def unit():
+    return render_service_unit(
+        description="Celery worker edd-worker-1 (edd-infra)", argv=ARGV, user="celery", group="celery",
+        working_directory="/opt/edd/code", environment_file="/etc/edd-infra/celery-edd-worker-1.env",
+        supplementary_groups=["www-data"],
+    )
+
+
+def test_worker_argv_matches_seed_and_keeps_secrets_out():
+    assert ARGV == ["/opt/edd/venv/bin/celery", "-A", "edd", "worker", "-Q", "edd", "-n", "edd-worker-1@%h",
+                    "--loglevel", "INFO", "--autoscale", "10,1", "-E"]
+    assert flower_argv(virtualenv="/v", app="edd", config_path="/etc/f.py") == ["/v/bin/celery", "-A", "edd", "flower", "--conf=/etc/f.py"]
+
+
+def test_unit_parses_and_escapes_percent():
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str
+    parser.read_string(unit())
+    service = parser["Service"]
+    assert service["Type"] == "exec" and service["Restart"] == "always"
+    assert service["User"] == "celery" and service["SupplementaryGroups"] == "www-data"
+    assert service["EnvironmentFile"] == "/etc/edd-infra/celery-edd-worker-1.env"
+    assert "-n edd-worker-1@%%h" in service["ExecStart"]  # systemd's %h would be the home directory
+    assert service["NoNewPrivileges"] == "yes" and service["PrivateTmp"] == "yes"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    assert_golden("celery-edd-worker-1.service", unit())
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_unit_verifies(tmp_path):
+    path = tmp_path / "celery-edd-worker-1.service"
+    path.write_text(unit().replace("/opt/edd/venv/bin/celery", "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert "celery-edd-worker-1.service" not in result.stderr or result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+def test_env_file_reads_back_in_sh(tmp_path, password):
+    path = tmp_path / "w.env"
+    path.write_text(render_env_file({"CELERY_BROKER_URL": password}))
+    out = subprocess.run(["sh", "-c", f'. "{path}"; printf %s "$CELERY_BROKER_URL"'], capture_output=True, check=True)
+    assert out.stdout.decode() == password
+
+
+def test_env_file_refuses_newline():
+    with pytest.raises(ValueError, match="newline"):
+        render_env_file({"K": "a\nb"})
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+def test_flower_config_executes_to_the_configured_values(password):
+    text = render_flower_config(address="127.0.0.1", port=5555, url_prefix="", basic_auth_user="admin",
+                                basic_auth_password=password, broker_api="http://b:p@127.0.0.1:15672/api/",
+                                persistent=True, db_path="/var/lib/flower/flower.db")
+    namespace = {}
+    exec(compile(text, "flowerconfig.py", "exec"), namespace)
+    assert namespace["basic_auth"] == [f"admin:{password}"]
+    assert namespace["address"] == "127.0.0.1" and namespace["port"] == 5555 and namespace["persistent"] is True
+
+
+def test_plist_loads_with_absolute_paths_and_no_secret():
+    text = render_daemon_plist(label="org.celeryq.edd-worker-1", argv=ARGV, user="celery", group="celery",
+                               working_directory="/opt/edd/code", environment_file="/etc/edd-infra/w.env",
+                               log_path="/var/log/celery/edd-worker-1.log")
+    job = plistlib.loads(text.encode())
+    assert job["Label"] == "org.celeryq.edd-worker-1" and job["KeepAlive"] and job["RunAtLoad"]
+    shell = job["ProgramArguments"]
+    assert shell[:2] == ["/bin/sh", "-c"]
+    assert ". /etc/edd-infra/w.env" in shell[2]
+    assert "exec /opt/edd/venv/bin/celery -A edd worker" in shell[2]
+    assert all(p.startswith("/") for p in (job["WorkingDirectory"], job["StandardOutPath"]))
+    assert_golden("org.celeryq.edd-worker-1.plist", text)
