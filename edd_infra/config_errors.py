@@ -122,7 +122,7 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
     for key in REQUIRED_SECRETS + OPTIONAL_SECRETS:
         value = values.get(key)
         full = f"{PROJECT}:{key}"
-        if value is None:
+        if value is None or (value == "" and key in OPTIONAL_SECRETS):
             if key in REQUIRED_SECRETS:
                 problems.append(f"{full}: required, not set (pulumi config set --secret {key})")
             continue

@@ -29,6 +29,8 @@ class StackSecrets:
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
+STRING_KEYS = {f.alias or n for n, f in StackSettings.model_fields.items() if f.annotation is str
+               or getattr(f.annotation, "__origin__", None) is str or str(f.annotation).startswith("typing.Annotated[str")}
 
 
 def _unknown_keys() -> list[str]:
@@ -47,14 +49,25 @@ def _unknown_keys() -> list[str]:
 async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSettings, StackSecrets]:
     """Validate the whole stack config; raise ConfigError listing every problem."""
     config = config or pulumi.Config(PROJECT)
-    raw = {key: config.get_object(key) for key in PLAIN_KEYS}
-    raw = {key: value for key, value in raw.items() if value is not None}
-    settings, problems = validate(raw)
+    raw, problems = {}, []
+    for key in PLAIN_KEYS:
+        try:
+            # Strings are read as strings; objects, lists and booleans as JSON.
+            value = config.get(key) if key in STRING_KEYS else config.get_object(key)
+        except pulumi.ConfigTypeError:
+            problems.append(f"{config.full_key(key)}: not valid JSON for an object, list or boolean")
+            continue
+        if value is not None:
+            raw[key] = value
+    settings, model_problems = validate(raw)
+    problems += model_problems
 
     secrets = {key: config.get_secret(key) for key in REQUIRED_SECRETS + OPTIONAL_SECRETS}
     values = {key: (await out.future()) if out is not None else None for key, out in secrets.items()}
     flags = {key: is_config_secret(config.full_key(key)) for key in secrets}
     problems += secret_problems(values, flags) + _unknown_keys()
+    if not values["sshPrivateKey"]:
+        secrets["sshPrivateKey"] = None
     del values
     if problems or settings is None:
         raise ConfigError(problems)

@@ -17,7 +17,7 @@ if command -v pulumi >/dev/null 2>&1 && [ "$(pulumi version 2>/dev/null)" = "$CL
   cli_dir=$(dirname "$(command -v pulumi)")
   say "pulumi $CLI_VERSION found on PATH in $cli_dir"
 else
-  cli_dir=$cache/pulumi-$CLI_VERSION
+  cli_dir=$cache/pulumi-$CLI_VERSION/bin
   if [ ! -x "$cli_dir/pulumi" ] || [ "$("$cli_dir/pulumi" version 2>/dev/null)" != "$CLI_VERSION" ]; then
     command -v go >/dev/null || { say "go is required to build the pulumi CLI (install Go >= 1.24)"; exit 1; }
     say "building pulumi $CLI_VERSION from the Go module proxy (cold: ~8 min on 2 cores)"
