@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import yaml
 from pulumi import automation as auto
@@ -60,23 +60,26 @@ def _env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
 class ProjectStack:
     """One stack of this project in `work_dir`, with its own backend and passphrase."""
 
-    def __init__(self, name: str, work_dir: Path, backend_url: str, passphrase: str):
+    def __init__(self, name: str, work_dir: Path, backend_url: str, passphrase: str,
+                 program: Callable[[], None] = inline_program, project: str = PROJECT):
         directory = cli_dir()
         if directory is None:
             raise RuntimeError(f"pulumi CLI {CLI_VERSION} not found: run `make toolchain`")
         self.cli = directory / "pulumi"
-        self.name, self.work_dir = name, Path(work_dir)
+        self.name, self.work_dir, self.project = name, Path(work_dir), project
         self.env = {
             "PULUMI_BACKEND_URL": backend_url,
             "PULUMI_CONFIG_PASSPHRASE": passphrase,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
         }
-        if (self.work_dir / "Pulumi.yaml").resolve() != (ROOT / "Pulumi.yaml").resolve():
+        if project != PROJECT:
+            (self.work_dir / "Pulumi.yaml").write_text(f"name: {project}\nruntime: python\n")
+        elif (self.work_dir / "Pulumi.yaml").resolve() != (ROOT / "Pulumi.yaml").resolve():
             shutil.copy(ROOT / "Pulumi.yaml", self.work_dir / "Pulumi.yaml")
         self.stack = auto.create_or_select_stack(
             stack_name=name,
-            project_name=PROJECT,
-            program=inline_program,
+            project_name=project,
+            program=program,
             opts=auto.LocalWorkspaceOptions(
                 work_dir=str(self.work_dir),
                 pulumi_command=auto.PulumiCommand(str(_install_root(directory)), skip_version_check=True),
@@ -94,14 +97,14 @@ class ProjectStack:
 
     def set_secret(self, key: str, value: str) -> None:
         """`config set --secret KEY` with the value on stdin, never on argv."""
-        self.cli_run("config", "set", "--secret", "--raw", f"{PROJECT}:{key}", stdin=value)
+        self.cli_run("config", "set", "--secret", "--raw", f"{self.project}:{key}", stdin=value)
 
     def set_plain(self, values: Mapping[str, object]) -> None:
         """Plain keys (objects and lists too) written into the stack's config file."""
         path = self.work_dir / f"Pulumi.{self.name}.yaml"
         document = yaml.safe_load(path.read_text()) if path.exists() else {}
         document = document or {}
-        document.setdefault("config", {}).update({f"{PROJECT}:{k}": v for k, v in values.items()})
+        document.setdefault("config", {}).update({f"{self.project}:{k}": v for k, v in values.items()})
         path.write_text(yaml.safe_dump(document, sort_keys=False))
 
     def export(self) -> str:

@@ -202,15 +202,18 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
              "index": index, "link": link, "rootfs": str(rootfs)}
     deadline = time.monotonic() + timeout
     try:
+        started = time.monotonic()
         _wait(lambda: _link_exists(link), deadline, entry, f"link {link}")
         _ip("addr", "add", f"{gateway}/30", "dev", link)
         _ip("link", "set", link, "up")
         # Only IPv4 on our link: no link-local chatter.
         Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1")
+        linked = time.monotonic()
         leader = _wait(lambda: _find_leader(proc.pid), deadline, entry, "container PID 1")
         entry.update(leader_pid=leader, leader_start=_start_time(leader))
         host = _host(entry)
         _wait(lambda: run(host, "true", timeout=15).returncode == 0, deadline, entry, "sshd")
+        log(f"{name}: {address} copy+link {linked - started:.1f} s, ssh after {time.monotonic() - started:.1f} s")
         return entry
     except BaseException:
         _stop(entry)

@@ -43,7 +43,7 @@ def pytest_runtest_makereport(item, call):
         _outcomes[tier][report.outcome] += 1
         if report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            _skip_reasons[tier].add(reason.removeprefix("Skipped: "))
+            _skip_reasons[tier].add(reason.removeprefix("Skipped: ").removeprefix(f"{tier} tier skipped: "))
 
 
 def pytest_terminal_summary(terminalreporter):

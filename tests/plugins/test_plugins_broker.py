@@ -1,0 +1,108 @@
+"""EddVhost and a secret-taking local command through the real engine and plugins, against a
+real RabbitMQ: assertions are made on the broker, not on Pulumi's view of it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pulumi
+import pulumi_rabbitmq as rabbitmq
+import pytest
+from kombu import Connection
+
+from edd_infra.components import EddVhost
+from edd_infra.hosts import HostTarget
+from edd_infra.render import host_scripts
+from edd_infra.render.broker_urls import amqp_url, management_endpoint
+from edd_infra.render.host_scripts import FileSpec
+from edd_infra.settings import AppUser, FlowerBrokerUser, Host
+from edd_infra.workspace import ProjectStack
+from tests.engine.conftest import PASSPHRASE
+
+pytestmark = pytest.mark.plugins
+HOSTILE = "p@ss:/;#%,'\"\\ w0rd"
+ADMIN = "plugins-admin"
+ADMIN_PASSWORD = "adm1n:/;#% pw"
+
+
+def program_for(broker, out_dir):
+    def program():
+        config = pulumi.Config()
+        app_password = config.require_secret("appPassword")
+        provider = rabbitmq.Provider("provider", endpoint=management_endpoint("127.0.0.1", broker.management_port),
+                                     username=ADMIN, password=config.require_secret("adminPassword"))
+        EddVhost("edd", vhost="/edd", app_user=AppUser(), flower_user=FlowerBrokerUser(),
+                 app_password=app_password, flower_password=config.require_secret("flowerPassword"),
+                 provider=provider)
+        env_path = f"{out_dir}/worker.env"
+        me = __import__("getpass").getuser()
+        HostTarget("local", Host(connection="local")).run(
+            "env-file",
+            create=host_scripts.script(host_scripts.READ_SECRET_FILES),
+            delete=f"rm -f {env_path}",
+            stdin=app_password.apply(lambda pw: host_scripts.secret_bundle(
+                [FileSpec(env_path, f"URL={amqp_url('edd_user', pw, '127.0.0.1', broker.amqp_port, '/edd')}\n",
+                          "0600", me, me)])),
+        )
+    return program
+
+
+def can_connect(broker, user, password, vhost="/edd"):
+    try:
+        with Connection(amqp_url(user, password, "127.0.0.1", broker.amqp_port, vhost), connect_timeout=5) as conn:
+            conn.connect()
+            channel = conn.channel()
+            channel.queue_declare("edd-plugins-probe", auto_delete=True)
+            return True
+    except Exception:  # noqa: BLE001 - any refusal counts as "cannot"
+        return False
+
+
+def users(broker):
+    return {line.split("\t")[0] for line in broker.ctl("list_users", "-q", "--no-table-headers").stdout.splitlines()}
+
+
+def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
+    broker = local_broker
+    broker.ctl("add_user", ADMIN, stdin=ADMIN_PASSWORD + "\n")
+    broker.ctl("set_user_tags", ADMIN, "administrator")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    stack = ProjectStack(f"p{uuid.uuid4().hex[:8]}", tmp_path, f"file://{tmp_path}", PASSPHRASE,
+                         program=program_for(broker, out_dir), project="edd-infra-plugins-test")
+    for key, value in {"adminPassword": ADMIN_PASSWORD, "appPassword": HOSTILE, "flowerPassword": "fl0wer pw"}.items():
+        stack.set_secret(key, value)
+    engine_output = []
+
+    first = stack.stack.up(on_output=engine_output.append)
+    assert first.summary.result == "succeeded"
+    assert "edd_user" in users(broker) and "bunny" in users(broker)
+    assert can_connect(broker, "edd_user", HOSTILE)
+    assert not can_connect(broker, "edd_user", HOSTILE, vhost="/")
+    assert (out_dir / "worker.env").read_text().startswith("URL=amqp://edd_user:")
+    perms = broker.ctl("list_user_permissions", "bunny", "-q", "--no-table-headers").stdout.split()
+    assert perms == ["/edd", "^$", "^$", ".*"]
+    assert "monitoring" in broker.ctl("list_users", "-q").stdout.split("bunny", 1)[1].splitlines()[0]
+
+    again = stack.stack.up(on_output=engine_output.append)
+    assert again.summary.resource_changes == {"same": again.summary.resource_changes.get("same", 0)}
+
+    new_password = "n3w;p@ss %41 \"q\""
+    stack.set_secret("appPassword", new_password)
+    rotated = stack.stack.up(on_output=engine_output.append)
+    assert rotated.summary.resource_changes.get("update") == 2  # the user and the env file
+    assert not can_connect(broker, "edd_user", HOSTILE)
+    assert can_connect(broker, "edd_user", new_password)
+
+    exported = stack.export()
+    text = "".join(engine_output) + exported
+    for secret in (HOSTILE, new_password, ADMIN_PASSWORD):
+        for form in (secret, json.dumps(secret)[1:-1], json.dumps(json.dumps(secret)[1:-1])[1:-1]):
+            assert form not in text
+
+    stack.stack.destroy(on_output=engine_output.append)
+    assert "edd_user" not in users(broker) and "bunny" not in users(broker)
+    assert "/edd" not in broker.ctl("list_vhosts", "-q", "--no-table-headers").stdout.split()
+    assert not (out_dir / "worker.env").exists()
+    stack.stack.workspace.remove_stack(stack.name)
