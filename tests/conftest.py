@@ -7,6 +7,8 @@ provides it; `make test` ends with one line per tier: ran, or skipped and why.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -16,9 +18,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edd_infra.workspace import cli_dir  # noqa: E402
+
 TIERS = ("unit", "engine", "plugins", "hosts")
+
 _outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 _skip_reasons: dict[str, set[str]] = defaultdict(set)
+PLUGINS = (("command", "1.2.1"), ("rabbitmq", "3.5.3"))
+
+
+def missing_plugins(cli) -> list[str]:
+    out = subprocess.run([str(cli / "pulumi"), "plugin", "ls"], capture_output=True, text=True,
+                         env=dict(os.environ, PULUMI_SKIP_UPDATE_CHECK="true")).stdout
+    have = {tuple(line.split()[:3]) for line in out.splitlines() if line.strip()}
+    return [f"resource {n} {v}" for n, v in PLUGINS if (n, "resource", v) not in have]
+
+
+@pytest.fixture(scope="session")
+def plugins_ready():
+    cli = cli_dir()
+    if cli is None:
+        pytest.skip("pulumi CLI v3.274.1 not found (make toolchain)")
+    missing = missing_plugins(cli)
+    if missing:
+        pytest.skip("provider plugins missing: " + ", ".join(missing)
+                    + " (pulumi plugin install resource command 1.2.1; pulumi plugin install resource rabbitmq 3.5.3)")
+    return cli
 
 
 def tier_of(item) -> str:

@@ -19,13 +19,19 @@ from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.broker_urls import management_endpoint
 from ..render.host_scripts import FileSpec
-from ..render.rabbitmq_conf import render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
-from ..render.systemd_units import render_dropin
+from ..render.rabbitmq_conf import (
+    epmd_socket_listen,
+    render_enabled_plugins,
+    render_epmd_environment,
+    render_rabbitmq_conf,
+)
+from ..render.systemd_units import environment_settings, render_dropin
 from ..settings import Broker
 
 CONF_PATH = "/etc/rabbitmq/rabbitmq.conf"
 PLUGINS_PATH = "/etc/rabbitmq/enabled_plugins"
 DROPIN_PATH = "/etc/systemd/system/rabbitmq-server.service.d/edd-infra.conf"
+EPMD_DROPIN_PATH = "/etc/systemd/system/epmd.socket.d/edd-infra.conf"
 
 
 def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
@@ -41,7 +47,8 @@ def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
     return [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
-        FileSpec(DROPIN_PATH, render_dropin("Service", render_epmd_environment(broker.node_address))),
+        FileSpec(DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))),
+        FileSpec(EPMD_DROPIN_PATH, render_dropin("Socket", epmd_socket_listen(broker.node_address))),
     ]
 
 

@@ -136,6 +136,9 @@ def broker_install(
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
         f"  changed=1 ;;\nesac",
+        # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
+        "if [ \"$changed\" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; "
+        "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
     )
@@ -143,7 +146,7 @@ def broker_install(
 
 def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
     purge = (
-        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q rabbitmq-server </dev/null >/dev/null\n"
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove rabbitmq-server </dev/null >/dev/null\n"
         "rm -rf /var/lib/rabbitmq /var/log/rabbitmq /etc/rabbitmq"
         if purge_package
         else ""

@@ -41,5 +41,10 @@ def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management",)) ->
 
 
 def render_epmd_environment(node_address: str) -> dict[str, str]:
-    """Environment for the broker's service so the epmd it starts binds only there."""
+    """Environment for the broker's service so an epmd it starts binds only there."""
     return {"ERL_EPMD_ADDRESS": node_address}
+
+
+def epmd_socket_listen(node_address: str, port: int = 4369) -> list[tuple[str, str]]:
+    """Debian socket-activates epmd on every address (epmd.socket): listen only here."""
+    return [("ListenStream", ""), ("ListenStream", _listener(node_address, port))]

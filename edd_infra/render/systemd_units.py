@@ -72,8 +72,13 @@ def render_service_unit(
     return "\n".join(lines)
 
 
-def render_dropin(section: str, settings: Mapping[str, str]) -> str:
-    """A drop-in such as `[Service]` + Environment= lines for an existing unit."""
+def render_dropin(section: str, settings: Sequence[tuple[str, str]]) -> str:
+    """A drop-in for an existing unit: `[Section]` then `Key=value` lines, in order
+    (an empty value resets a list setting such as ListenStream=)."""
     lines = ["# Written by edd-infra.", f"[{section}]"]
-    lines += [f"Environment={shlex.quote(f'{k}={v}')}" for k, v in settings.items()]
+    lines += [f"{key}={value}" for key, value in settings]
     return "\n".join(lines) + "\n"
+
+
+def environment_settings(values: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [("Environment", shlex.quote(f"{k}={v}")) for k, v in values.items()]

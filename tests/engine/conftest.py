@@ -16,7 +16,7 @@ PASSPHRASE = "edd-infra-test-passphrase"
 def pulumi_cli() -> Path:
     directory = cli_dir()
     if directory is None:
-        pytest.skip(f"engine tier skipped: pulumi CLI {CLI_VERSION} not found (make toolchain)")
+        pytest.skip(f"pulumi CLI {CLI_VERSION} not found (make toolchain)")
     return directory
 
 

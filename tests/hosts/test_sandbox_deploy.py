@@ -1,0 +1,210 @@
+"""End to end: one real `pulumi up` of the sandbox stack on a real systemd host, then
+assertions on the host (units, sockets, broker accounts, a task, Flower), not on Pulumi's view.
+
+Tests run in file order against one deployment; the last one destroys it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from sandbox import hosts as sandbox_hosts
+from sandbox.deploy import WORKER, configure, send_task
+from edd_infra.workspace import ProjectStack
+from tests.engine.conftest import PASSPHRASE
+
+pytestmark = pytest.mark.hosts
+TIMINGS: dict[str, float] = {}
+
+
+class Deployment:
+    def __init__(self, host, stack, secrets):
+        self.host, self.stack, self.secrets = host, stack, secrets
+        self.output: list[str] = []
+
+    def sh(self, command: str, check: bool = True) -> str:
+        result = sandbox_hosts.run(self.host, command, timeout=180)
+        if check:
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+        return result.stdout
+
+    def up(self):
+        started = time.monotonic()
+        result = self.stack.stack.up(on_output=self.output.append, color="never")
+        return result, time.monotonic() - started
+
+    def main_pid(self, unit: str) -> str:
+        return self.sh(f"systemctl show -p MainPID --value {unit}").strip()
+
+
+@pytest.fixture(scope="module")
+def deployed(plugins_ready, sandbox_hosts, tmp_path_factory):
+    (host,) = sandbox_hosts("edd-e2e")
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "state").mkdir()
+    stack = ProjectStack(f"e2e{uuid.uuid4().hex[:6]}", work, f"file://{work / 'state'}", PASSPHRASE)
+    configure(stack, host)
+    secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
+    deployment = Deployment(host, stack, secrets)
+    deployment.before = snapshot(deployment)
+    result, seconds = deployment.up()
+    TIMINGS["fresh up"] = seconds
+    assert result.summary.result == "succeeded"
+    yield deployment
+    try:
+        stack.stack.destroy(color="never")
+    except Exception:  # noqa: BLE001 - the destroy test may have run already
+        pass
+
+
+def snapshot(d: Deployment) -> str:
+    """What a stack could leave behind on the host."""
+    return d.sh("getent passwd | cut -d: -f1 | sort; ls /etc/systemd/system /etc; "
+                "dpkg-query -W -f='${Package}\\n' | sort")
+
+
+def test_services_active_and_enabled(deployed):
+    for unit in ("rabbitmq-server", f"celery-{WORKER}", "flower"):
+        assert deployed.sh(f"systemctl is-active {unit}").strip() == "active"
+        assert deployed.sh(f"systemctl is-enabled {unit}").strip() == "enabled"
+
+
+def listening(d: Deployment) -> set[str]:
+    lines = d.sh("ss -Hltn").splitlines()
+    return {line.split()[3] for line in lines}
+
+
+def test_listeners_only_where_configured(deployed):
+    addr = deployed.host.address
+    sockets = listening(deployed)
+    expected = {"127.0.0.1:5672", "[::1]:5672", f"{addr}:15672", "127.0.0.1:4369", "127.0.0.1:25672", f"{addr}:5555"}
+    assert expected <= sockets
+    for port in ("5672", "15672", "4369", "25672", "5555"):
+        extra = {s for s in sockets if s.endswith(f":{port}")} - expected
+        assert not extra, f"port {port} also listens on {extra}"
+
+
+@pytest.mark.parametrize("port", [5672, 4369, 25672])
+def test_other_hosts_cannot_connect(deployed, port):
+    # This machine reaches the host's address (it is on the link), yet AMQP, epmd and
+    # distribution refuse: they are bound to loopback inside the host.
+    with pytest.raises(OSError):
+        socket.create_connection((deployed.host.address, port), timeout=3).close()
+
+
+def test_broker_accounts(deployed):
+    users = dict(line.split("\t", 1) for line in deployed.sh("rabbitmqctl -q list_users --no-table-headers").splitlines())
+    assert "guest" not in users
+    assert users["bunny"].strip("[]") == "monitoring"
+    assert users["edd-infra-admin"].strip("[]") == "administrator"
+    assert deployed.sh("rabbitmqctl -q list_user_permissions bunny --no-table-headers").split() == ["/edd", "^$", "^$", ".*"]
+
+
+AMQP_PROBE = """
+import os, sys
+from kombu import Connection
+url = os.environ["CELERY_BROKER_URL"]
+if sys.argv[1] == "root":
+    url = url.rsplit("/", 2)[0] + "/"
+with Connection(url, connect_timeout=5) as conn:
+    q = conn.SimpleQueue("edd-e2e-probe")
+    q.put({"n": 1}); msg = q.get(timeout=5); msg.ack(); print(msg.payload["n"]); q.close()
+"""
+
+
+def run_probe(d: Deployment, vhost: str):
+    env = f"/etc/edd-infra/celery-{WORKER}.env"
+    code = base64.b64encode(AMQP_PROBE.encode()).decode()
+    return sandbox_hosts.run(
+        d.host, f"set -a; . {env}; set +a; echo {code} | base64 -d > /tmp/probe.py; "
+                f"/opt/edd-sandbox/venv/bin/python /tmp/probe.py {vhost}", timeout=60)
+
+
+def test_app_user_publishes_on_edd_and_is_refused_on_root_vhost(deployed):
+    ok = run_probe(deployed, "edd")
+    assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
+    refused = run_probe(deployed, "root")
+    assert refused.returncode != 0 and "NOT_ALLOWED" in refused.stderr + refused.stdout
+
+
+def test_task_round_trip(deployed):
+    assert send_task(deployed.host, 20, 22) == "42"
+
+
+def flower_get(d: Deployment, path: str, auth: bool):
+    request = urllib.request.Request(f"http://{d.host.address}:5555/{path}")
+    if auth:
+        token = base64.b64encode(f"admin:{d.secrets['flowerUiPassword']}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def test_flower_requires_auth_and_shows_the_edd_queue(deployed):
+    for path in ("", "api/workers", "broker"):
+        assert flower_get(deployed, path, auth=False)[0] == 401
+    status, _ = flower_get(deployed, "api/workers", auth=True)
+    assert status == 200
+    status, page = flower_get(deployed, "broker", auth=True)
+    assert status == 200 and ">edd<" in page.replace(" ", "")
+
+
+def test_second_up_changes_nothing_and_preview_agrees(deployed):
+    pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
+    result, seconds = deployed.up()
+    TIMINGS["no-op up"] = seconds
+    changes = result.summary.resource_changes
+    assert set(changes) == {"same"}, changes
+    started = time.monotonic()
+    preview = deployed.stack.stack.preview(color="never")
+    TIMINGS["preview"] = time.monotonic() - started
+    assert set(preview.change_summary) == {"same"}, preview.change_summary
+    assert {u: deployed.main_pid(u) for u in pids} == pids  # nothing restarted
+
+
+def test_concurrency_change_restarts_only_that_worker(deployed):
+    pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
+    configure(deployed.stack, deployed.host, worker_concurrency=3)
+    result, _ = deployed.up()
+    changes = result.summary.resource_changes
+    assert changes.get("update") == 1, changes
+    after = {u: deployed.main_pid(u) for u in pids}
+    assert after["rabbitmq-server"] == pids["rabbitmq-server"] and after["flower"] == pids["flower"]
+    assert after[f"celery-{WORKER}"] != pids[f"celery-{WORKER}"]
+    assert "--concurrency 3" in deployed.sh(f"systemctl cat celery-{WORKER}")
+
+
+def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
+    from pulumi import automation as auto
+
+    config = deployed.stack.stack.get_config("edd-infra:workers").value
+    workers = json.loads(config)
+    workers[0]["app"] = "no_such_app"
+    deployed.stack.set_plain({"workers": workers})
+    with pytest.raises(auto.CommandError) as err:
+        deployed.up()
+    assert f"worker {WORKER} did not answer ping" in str(err.value) or "did not become active" in str(err.value)
+    for secret in deployed.secrets.values():
+        assert secret not in str(err.value)
+    configure(deployed.stack, deployed.host, worker_concurrency=3)
+    result, _ = deployed.up()
+    assert result.summary.result == "succeeded"
+    assert send_task(deployed.host, 1, 1) == "2"
+
+
+def test_destroy_leaves_the_host_as_before(deployed):
+    deployed.stack.stack.destroy(color="never")
+    assert snapshot(deployed) == deployed.before
+    assert deployed.sh("ls /etc/edd-infra 2>/dev/null; ls /etc/rabbitmq 2>/dev/null; true").strip() == ""
+    print("\nsandbox timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
