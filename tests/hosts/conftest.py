@@ -8,7 +8,8 @@ Mark a module ``pytestmark = pytest.mark.hosts`` and ask for hosts by name:
 
 ``sandbox_hosts`` boots each name once per session (in parallel within one call)
 and shuts them all down when the session ends, failed or not; ``throwaway_hosts``
-does the same per test, for tests that change a host.
+does the same per test, for tests that change a host. Use ``host.name`` for the
+real hostname: under pytest-xdist it carries the worker number ("broker-0").
 
 When this machine cannot run hosts, every test using them is skipped with one
 line naming what is missing and the command that provides it.
@@ -67,12 +68,18 @@ def hosts_tier() -> None:
         pytest.skip(message)
 
 
+def _real_name(name: str) -> str:
+    """Under pytest-xdist each worker gets its own hosts: "broker" becomes "broker-0" on gw0."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{name}-{worker.removeprefix('gw')}" if worker else name
+
+
 def _factory(booted: dict):
     def get(*names: str) -> list[sandbox_hosts_api.SandboxHost]:
         new = [n for n in names if n not in booted]
         if new:
-            for host in sandbox_hosts_api.boot(new):
-                booted[host.name] = host
+            for name, host in zip(new, sandbox_hosts_api.boot([_real_name(n) for n in new])):
+                booted[name] = host
         return [booted[n] for n in names]
     return get
 
@@ -85,7 +92,7 @@ def sandbox_hosts(hosts_tier):
         yield _factory(booted)
     finally:
         if booted and os.environ.get("EDD_INFRA_KEEP_HOSTS") != "1":
-            sandbox_hosts_api.shutdown(list(booted))
+            sandbox_hosts_api.shutdown(list(booted.values()))
 
 
 @pytest.fixture
@@ -96,4 +103,4 @@ def throwaway_hosts(hosts_tier):
         yield _factory(booted)
     finally:
         if booted:
-            sandbox_hosts_api.shutdown(list(booted))
+            sandbox_hosts_api.shutdown(list(booted.values()))
