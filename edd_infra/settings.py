@@ -115,7 +115,7 @@ class Broker(Model):
     # The management API listens here only; Flower and Pulumi both use it.
     management_address: IPAddress = "127.0.0.1"
     # How Pulumi reaches the management API; default http://<managementAddress>:<managementPort>/.
-    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?/?$")]] = None
+    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$")]] = None
     # epmd and Erlang distribution bind here (not on every address).
     node_address: IPAddress = "127.0.0.1"
     admin_user: UserName = "edd-infra-admin"

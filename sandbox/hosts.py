@@ -194,7 +194,8 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
                        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
     (run_dir / "known_hosts").write_text(f"{address} {host_key}\n")
     link = f"ve-{name}"
-    with open(run_dir / "nspawn.log", "w") as out:
+    _log_path(name).parent.mkdir(parents=True, exist_ok=True)
+    with open(_log_path(name), "w") as out:  # kept after shutdown, for post-mortems
         proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(rootfs), *THROWAWAY_ROOT, "-b", "-M", name, "--network-veth",
              "--register=no", "--keep-unit", "--console=passive",
@@ -353,7 +354,7 @@ def _host(entry: dict) -> SandboxHost:
 
 
 def _log_tail(entry: dict, lines: int = 20) -> str:
-    path = _run_dir(entry["name"]) / "nspawn.log"
+    path = _log_path(entry["name"])
     return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:]) if path.exists() else ""
 
 
@@ -363,6 +364,11 @@ def _state_dir() -> Path:
 
 def _run_dir(name: str) -> Path:
     return _state_dir() / "run" / name
+
+
+def _log_path(name: str) -> Path:
+    """The host's console and nspawn output: ``<cache>/sandbox/logs/NAME.log``."""
+    return _state_dir() / "logs" / f"{name}.log"
 
 
 def _load_state() -> dict[str, dict]:

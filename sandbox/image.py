@@ -161,8 +161,14 @@ def ensure_image() -> Path:
             _build(work, key)
             os.rename(work, final)
             log(f"image {key} built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
-        except BaseException:
+        except BaseException as error:
+            failed_log = images / f"{key}.failed.log"
+            if (work / "build.log").exists():
+                shutil.copy(work / "build.log", failed_log)
             _remove_tree(work)
+            if isinstance(error, Exception):
+                head, _, tail = str(error).partition("\n")
+                raise RuntimeError(f"image build failed: {head} (log: {failed_log})\n{tail}".strip()) from error
             raise
     return final / "rootfs"
 
@@ -195,15 +201,15 @@ def _phase(name: str):
     return timed()
 
 
-def _run(cmd: list[str], logfile: Path, **kwargs) -> None:
-    """Run ``cmd`` with output appended to ``logfile``; on failure raise with its tail."""
+def _run(what: str, cmd: list[str], logfile: Path, **kwargs) -> None:
+    """Run ``cmd`` with output appended to ``logfile``; on failure raise naming ``what``, with the log tail."""
     with open(logfile, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
         done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
     if done.returncode != 0:
-        tail = "".join(logfile.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{cmd[0]} failed ({done.returncode}), see {logfile}:\n{tail}")
+        lines = [line for line in logfile.read_text(errors="replace").splitlines() if line.strip()]
+        raise RuntimeError(f"{what} exited {done.returncode}: {lines[-1] if lines else ''}\n" + "\n".join(lines[-15:]))
 
 
 def _build(work: Path, key: str) -> None:
@@ -214,12 +220,12 @@ def _build(work: Path, key: str) -> None:
 
     with _phase("downloading wheels on this machine"):
         # The machine's pip has the registry access and CA setup; the chroot installs offline.
-        _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(wheels),
+        _run("pip download", [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(wheels),
               *PYTHON_REQUIREMENTS], buildlog)
 
     with _phase(f"debootstrap {SUITE} ({len(PACKAGES)} packages)"):
         # A private mount namespace: if debootstrap dies, its /proc and /sys mounts die with it.
-        _run(["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=minbase",
+        _run("debootstrap", ["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=minbase",
               f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR], buildlog)
 
     with _phase("configuring"):
@@ -238,7 +244,7 @@ def _build(work: Path, key: str) -> None:
             systemctl mask systemd-resolved
             """
         # Not booted, network shared with the machine: apt reaches the registry from here.
-        _run(["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--pipe",
+        _run("apt-get/pip in the image", ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--pipe",
               f"--bind-ro={wheels}:/wheels", "--resolv-conf=copy-host", "/bin/sh", "-c", script], buildlog)
         (rootfs / "etc" / "resolv.conf").write_text("")  # hosts have no DNS server to ask
 

@@ -30,5 +30,6 @@ def management_api_url(user: str, password: str, host: str, port: int, scheme: s
 
 
 def management_endpoint(host: str, port: int, scheme: str = "http") -> str:
-    """`http://host:15672/` without credentials, for the rabbitmq provider."""
-    return f"{scheme}://{_host_port(host, port)}/"
+    """`http://host:15672` without credentials or trailing slash: the rabbitmq provider
+    appends `/api/...` itself, and a doubled slash gets 405 from the management API."""
+    return f"{scheme}://{_host_port(host, port)}"

@@ -31,7 +31,7 @@ def test_flower_reads_back_broker_api_credentials_and_vhost(password):
 
 def test_ipv6_hosts_are_bracketed():
     assert amqp_url("u", "p", "::1", 5672, "/edd") == "amqp://u:p@[::1]:5672//edd"
-    assert management_endpoint("::1", 15672) == "http://[::1]:15672/"
+    assert management_endpoint("::1", 15672) == "http://[::1]:15672"
     assert Connection(amqp_url("u", "p", "::1", 5672, "/edd")).hostname == "::1"
 
 
