@@ -21,6 +21,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ THROWAWAY_ROOT = ["--volatile=overlay"]
 
 # Popen objects of hosts this process started, so their exit is reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
+_state_mutex = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -103,36 +105,31 @@ def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
         ready: dict[str, SandboxHost] = {}
         for name in names:
             entry = state.get(name)
-            if entry and _healthy(entry):
+            if entry and entry["rootfs"] == str(rootfs) and _healthy(entry):
                 ready[name] = _host(entry)
             elif entry:
-                log(f"{name}: recorded but not healthy, stopping it")
+                log(f"{name}: recorded but unhealthy or from an older image, stopping it")
                 _stop(entry)
-                del state[name]
-        _save_state(state)
+                _record(name, None)
         todo = [n for n in names if n not in ready]
         for name in todo:
             if _link_exists(f"ve-{name}"):
                 raise RuntimeError(f"link ve-{name} exists but is not a sandbox host of ours")
         started = time.monotonic()
-        indexes = _free_indexes(state, len(todo))
+        indexes = _free_indexes(_load_state(), len(todo))
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             futures = {n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout)
                        for n, i in zip(todo, indexes)}
         errors = {n: f.exception() for n, f in futures.items() if f.exception()}
-        for name, future in futures.items():
-            if name not in errors:
-                state[name] = future.result()
         if errors:
-            for name in futures:
+            for name, future in futures.items():
                 if name not in errors:
-                    _stop(state.pop(name))
-            _save_state(state)
+                    _stop(future.result())
+                    _record(name, None)
             raise RuntimeError("; ".join(f"{n}: {e}" for n, e in errors.items()))
-        _save_state(state)
         if todo:
             log(f"booted {', '.join(todo)} in {time.monotonic() - started:.1f} s")
-        return [ready.get(n) or _host(state[n]) for n in names]
+        return [ready.get(n) or _host(futures[n].result()) for n in names]
 
 
 def shutdown(hosts: Iterable[SandboxHost | str] | None = None) -> None:
@@ -142,10 +139,13 @@ def shutdown(hosts: Iterable[SandboxHost | str] | None = None) -> None:
         names = list(state) if hosts is None else [h if isinstance(h, str) else h.name for h in hosts]
         entries = [state[n] for n in names if n in state]
         with ThreadPoolExecutor(max_workers=max(1, len(entries))) as pool:
-            list(pool.map(_stop, entries))
-        for entry in entries:
-            del state[entry["name"]]
-        _save_state(state)
+            futures = {e["name"]: pool.submit(_stop, e) for e in entries}
+        errors = {n: f.exception() for n, f in futures.items() if f.exception()}
+        for name in futures:
+            if name not in errors:
+                _record(name, None)
+        if errors:
+            raise RuntimeError("; ".join(f"stopping {n}: {e}" for n, e in errors.items()))
 
 
 def status() -> list[dict]:
@@ -206,6 +206,7 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
              "private_key_path": str(client_key()), "host_key": host_key, "pid": proc.pid,
              "pid_start": _start_time(proc.pid), "leader_pid": 0, "leader_start": None,
              "index": index, "link": link, "rootfs": str(rootfs)}
+    _record(name, entry)  # from now on `down` can stop it, even if this process dies
     deadline = time.monotonic() + timeout
     try:
         started = time.monotonic()
@@ -217,12 +218,14 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
         linked = time.monotonic()
         leader = _wait(lambda: _find_leader(proc.pid), deadline, entry, "container PID 1")
         entry.update(leader_pid=leader, leader_start=_start_time(leader))
+        _record(name, entry)
         host = _host(entry)
         _wait(lambda: run(host, "true", timeout=15).returncode == 0, deadline, entry, "sshd")
         log(f"{name}: {address} link after {linked - started:.1f} s, ssh after {time.monotonic() - started:.1f} s")
         return entry
     except BaseException:
         _stop(entry)
+        _record(name, None)
         raise
 
 
@@ -246,11 +249,13 @@ def _stop(entry: dict, timeout: float = 30.0) -> None:
     """Power the host off; SIGTERM (then SIGKILL) its recorded PIDs if it does not go; delete its link."""
     pid, start = entry["pid"], entry["pid_start"]
     leader, leader_start = entry.get("leader_pid"), entry.get("leader_start")
+    powering_off = False
     if _alive(pid, start) and leader and _alive(leader, leader_start):
-        subprocess.run(["nsenter", "-t", str(leader), "-a", "systemctl", "poweroff"],
-                       capture_output=True, timeout=15)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _wait_gone(pid, start, timeout):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            powering_off = subprocess.run(["nsenter", "-t", str(leader), "-a", "systemctl", "poweroff"],
+                                          capture_output=True, timeout=15).returncode == 0
+    for sig, grace in ((signal.SIGTERM, timeout if powering_off else 0), (signal.SIGKILL, 15)):
+        if not _wait_gone(pid, start, grace):
             log(f"{entry['name']}: still running, sending {sig.name} to {pid}")
             if sig == signal.SIGKILL and leader and _alive(leader, leader_start):
                 _kill(leader, sig)
@@ -277,10 +282,14 @@ def _wait_gone(pid: int, start, timeout: float) -> bool:
 
 
 def _healthy(entry: dict) -> bool:
-    return (_alive(entry["pid"], entry["pid_start"]) and bool(entry.get("leader_pid"))
-            and _alive(entry["leader_pid"], entry["leader_start"])
-            and _link_exists(entry["link"])
-            and run(_host(entry), "true", timeout=15).returncode == 0)
+    """Its processes are the recorded ones, its link is there and sshd answers."""
+    if not (_alive(entry["pid"], entry["pid_start"]) and entry.get("leader_pid")
+            and _alive(entry["leader_pid"], entry["leader_start"]) and _link_exists(entry["link"])):
+        return False
+    try:
+        return run(_host(entry), "true", timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _find_leader(nspawn_pid: int) -> int | None:
@@ -374,6 +383,17 @@ def _log_path(name: str) -> Path:
 def _load_state() -> dict[str, dict]:
     path = _state_dir() / "hosts.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record(name: str, entry: dict | None) -> None:
+    """Set (or with None, drop) one host's entry in hosts.json; callers hold the file lock."""
+    with _state_mutex:  # boot threads of this process record concurrently
+        state = _load_state()
+        if entry is None:
+            state.pop(name, None)
+        else:
+            state[name] = entry
+        _save_state(state)
 
 
 def _save_state(state: dict[str, dict]) -> None:
