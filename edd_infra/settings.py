@@ -118,6 +118,9 @@ class Broker(Model):
     management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$")]] = None
     # epmd and Erlang distribution bind here (not on every address).
     node_address: IPAddress = "127.0.0.1"
+    # The Erlang node name; its host part must resolve to node_address, or the broker
+    # cannot register with an epmd bound there (hence localhost, not the host name).
+    node_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+@[A-Za-z0-9.-]+$")] = "rabbit@localhost"
     admin_user: UserName = "edd-infra-admin"
     # The broker must answer within this many seconds after a (re)start.
     start_timeout: Annotated[int, Field(ge=10, le=600)] = 120

@@ -24,12 +24,14 @@ from ..render.rabbitmq_conf import (
     render_enabled_plugins,
     render_epmd_environment,
     render_rabbitmq_conf,
+    render_rabbitmq_env,
 )
 from ..render.systemd_units import environment_settings, render_dropin
 from ..settings import Broker
 
 CONF_PATH = "/etc/rabbitmq/rabbitmq.conf"
 PLUGINS_PATH = "/etc/rabbitmq/enabled_plugins"
+ENV_PATH = "/etc/rabbitmq/rabbitmq-env.conf"
 DROPIN_PATH = "/etc/systemd/system/rabbitmq-server.service.d/edd-infra.conf"
 EPMD_DROPIN_PATH = "/etc/systemd/system/epmd.socket.d/edd-infra.conf"
 
@@ -47,6 +49,7 @@ def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
     return [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
+        FileSpec(ENV_PATH, render_rabbitmq_env(broker.node_name)),
         FileSpec(DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))),
         FileSpec(EPMD_DROPIN_PATH, render_dropin("Socket", epmd_socket_listen(broker.node_address))),
     ]

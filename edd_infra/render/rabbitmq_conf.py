@@ -40,6 +40,11 @@ def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management",)) ->
     return "[" + ",".join(plugins) + "].\n"
 
 
+def render_rabbitmq_env(node_name: str) -> str:
+    """rabbitmq-env.conf, read by the server and by rabbitmqctl alike: the node name."""
+    return f"# Written by edd-infra.\nNODENAME={node_name}\n"
+
+
 def render_epmd_environment(node_address: str) -> dict[str, str]:
     """Environment for the broker's service so an epmd it starts binds only there."""
     return {"ERL_EPMD_ADDRESS": node_address}
