@@ -4,6 +4,7 @@
     python -m sandbox up NAME...     boot hosts (reusing running ones), print them as JSON
     python -m sandbox down [NAME...] stop the named hosts, or all recorded ones
     python -m sandbox status         print the recorded hosts as JSON
+    python -m sandbox prune          delete cached images no host uses and that are not current
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     down = commands.add_parser("down", help="stop hosts (all recorded ones if none named)")
     down.add_argument("names", nargs="*", metavar="NAME")
     commands.add_parser("status", help="print the recorded hosts as JSON")
+    commands.add_parser("prune", help="delete old cached images that no recorded host uses")
     args = parser.parse_args(argv)
     try:
         if args.command == "image":
@@ -33,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps([asdict(h) for h in hosts.boot(args.names)], indent=2))
         elif args.command == "down":
             hosts.shutdown(args.names or None)
-        else:
+        elif args.command == "status":
             print(json.dumps(hosts.status(), indent=2))
+        else:
+            for path in hosts.prune():
+                print(f"removed {path}")
     except (RuntimeError, ValueError) as error:
         print(f"python -m sandbox {args.command}: {error}", file=sys.stderr)
         return 1

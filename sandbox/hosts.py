@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .image import cache_dir, client_key, ensure_image, file_lock, host_public_key, log
+from .image import cache_dir, client_key, ensure_image, file_lock, host_public_key, log, prune_images
 
 SUBNET = "10.57"
 # "ve-" + name must fit in an interface name (15 characters) or nspawn hashes it.
@@ -146,6 +146,12 @@ def shutdown(hosts: Iterable[SandboxHost | str] | None = None) -> None:
                 _record(name, None)
         if errors:
             raise RuntimeError("; ".join(f"stopping {n}: {e}" for n, e in errors.items()))
+
+
+def prune() -> list[Path]:
+    """Delete cached images that are neither current nor under a recorded host; return them."""
+    with file_lock(_state_dir() / "hosts.lock"):
+        return prune_images({Path(e["rootfs"]).parent for e in _load_state().values()})
 
 
 def status() -> list[dict]:

@@ -141,7 +141,7 @@ def ensure_image() -> Path:
     """Return the rootfs of the current image, building it first if it is not cached.
 
     Safe to call from several processes at once: one builds under a lock, the
-    others wait and reuse. A failed build leaves nothing behind.
+    others wait and reuse. A failed build leaves only ``<key>.failed.log``.
     """
     if os.geteuid() != 0:
         raise RuntimeError("not root (debootstrap and systemd-nspawn need root: run as root)")
@@ -160,6 +160,7 @@ def ensure_image() -> Path:
             started = time.monotonic()
             _build(work, key)
             os.rename(work, final)
+            (images / f"{key}.failed.log").unlink(missing_ok=True)
             log(f"image {key} built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
         except BaseException as error:
             failed_log = images / f"{key}.failed.log"
@@ -171,6 +172,21 @@ def ensure_image() -> Path:
                 raise RuntimeError(f"image build failed: {head} (log: {failed_log})\n{tail}".strip()) from error
             raise
     return final / "rootfs"
+
+
+def prune_images(keep: set[Path]) -> list[Path]:
+    """Delete cached images other than the current one and those in ``keep``; return them.
+
+    The caller makes sure no running host uses a deleted image (its overlay's lower layer).
+    """
+    current = image_dir()
+    removed = []
+    with file_lock(current.parent / ".build.lock"):
+        for old in current.parent.iterdir():
+            if old.is_dir() and not old.name.startswith(".") and old != current and old not in keep:
+                _remove_tree(old)
+                removed.append(old)
+    return removed
 
 
 def _remove_stale_builds(images: Path) -> None:
@@ -190,15 +206,13 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
 def _phase(name: str):
-    """Context manager logging ``name`` with its duration."""
-    @contextlib.contextmanager
-    def timed():
-        started = time.monotonic()
-        log(f"{name} ...")
-        yield
-        log(f"{name}: {time.monotonic() - started:.1f} s")
-    return timed()
+    """Log ``name`` when the block starts and its duration when it ends."""
+    started = time.monotonic()
+    log(f"{name} ...")
+    yield
+    log(f"{name}: {time.monotonic() - started:.1f} s")
 
 
 def _run(what: str, cmd: list[str], logfile: Path, **kwargs) -> None:
