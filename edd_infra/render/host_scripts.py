@@ -20,8 +20,10 @@ STATE_DIR = "/var/lib/edd-infra"
 q = shlex.quote
 
 # `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1.
+# umask 022: apt and the directories made here must stay readable by service users;
+# temporary files are 0600 from mktemp and each file gets its own mode from `install`.
 PRELUDE = r"""set -eu
-umask 077
+umask 022
 changed=0
 put() {
   mkdir -p "$(dirname "$5")"
