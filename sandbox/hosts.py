@@ -201,12 +201,21 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
     (run_dir / "known_hosts").write_text(f"{address} {host_key}\n")
     link = f"ve-{name}"
     _log_path(name).parent.mkdir(parents=True, exist_ok=True)
-    with open(_log_path(name), "w") as out:  # kept after shutdown, for post-mortems
-        proc = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(rootfs), *THROWAWAY_ROOT, "-b", "-M", name, "--network-veth",
-             "--register=no", "--keep-unit", "--console=passive",
-             f"--bind-ro={network}:/etc/systemd/network/10-host0.network"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = _log_path(name)
+    if log_path.exists() and log_path.stat().st_size > 2_000_000:
+        log_path.unlink()
+    nspawn = ["systemd-nspawn", "-D", str(rootfs), *THROWAWAY_ROOT, "-b", "-M", name, "--network-veth",
+              "--register=no", "--keep-unit", "--console=passive",
+              f"--bind-ro={network}:/etc/systemd/network/10-host0.network"]
+    # nspawn --keep-unit puts the host's systemd under its own cgroup (+ "/payload"): move it
+    # into a cgroup of this host's first, or all hosts share one tree (same-named units collide).
+    join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))} && " for d in _cgroups(name, create=True))
+    with open(log_path, "a") as out:  # kept across boots, for post-mortems
+        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} boot {name} at {address}\n")
+        out.flush()
+        proc = subprocess.Popen(["/bin/sh", "-c", join + 'exec "$@"', "sh", *nspawn],  # exec: same PID
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     _children[proc.pid] = proc
     entry = {"name": name, "address": address, "user": "root", "port": 22,
              "private_key_path": str(client_key()), "host_key": host_key, "pid": proc.pid,
@@ -269,6 +278,13 @@ def _stop(entry: dict, timeout: float = 30.0) -> None:
     _wait_gone(pid, start, 10)
     if _link_exists(entry["link"]):
         _ip("link", "del", entry["link"])
+    for cgroup in _cgroups(entry["name"]):
+        # Deepest first; a cgroup directory goes with rmdir once empty (its files are virtual).
+        for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
     shutil.rmtree(_run_dir(entry["name"]), ignore_errors=True)
 
 
@@ -296,6 +312,21 @@ def _healthy(entry: dict) -> bool:
         return run(_host(entry), "true", timeout=15).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+def _cgroups(name: str, create: bool = False) -> list[Path]:
+    """``edd-sandbox/NAME`` in each cgroup hierarchy systemd uses here (name=systemd v1, cgroup2)."""
+    found = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            fstype, options = fields[fields.index("-") + 1], fields[fields.index("-") + 3].split(",")
+            if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options):
+                found.append(Path(fields[4]) / "edd-sandbox" / name)
+    if create:
+        for cgroup in found:
+            cgroup.mkdir(parents=True, exist_ok=True)
+    return [c for c in found if c.is_dir()]
 
 
 def _find_leader(nspawn_pid: int) -> int | None:

@@ -42,8 +42,10 @@ def test_image_is_cached_and_publishes_its_host_key(hosts_tier):
 def test_pid1_is_systemd_with_no_failed_unit(sandbox_hosts):
     for host in sandbox_hosts(*PAIR):
         assert sh(host, "cat /proc/1/comm") == "systemd"
-        assert sh(host, "systemctl is-system-running --wait") == "running"
-        assert sh(host, "systemctl list-units --failed --no-legend --plain") == ""
+        state = hosts.run(host, "systemctl is-system-running --wait").stdout.strip()
+        failed = sh(host, "systemctl list-units --failed --no-legend --plain")
+        details = hosts.run(host, "systemctl status --no-pager --failed; journalctl -b -p warning --no-pager | tail -30")
+        assert (state, failed) == ("running", ""), f"{host.name}: {state}\n{details.stdout}"
 
 
 def test_hostname_is_the_host_name(sandbox_hosts):
@@ -80,6 +82,16 @@ def test_hosts_reach_only_their_own_link(sandbox_hosts):
         reach = hosts.run(host, f"timeout 5 bash -c 'echo > /dev/tcp/{other.address}/22'")
         assert reach.returncode != 0, f"{host.name} could connect to {other.name}'s sshd"
         assert "unreachable" in reach.stderr.lower()
+
+
+def test_each_host_has_its_own_cgroup_tree(sandbox_hosts):
+    # Shared, two hosts' same-named units share one cgroup: units fail at boot (219/CGROUP)
+    # when one host removes a cgroup the other is entering, and stops can hit the wrong host.
+    first, second = sandbox_hosts(*PAIR)
+    trees = [Path(f"/proc/{h.leader_pid}/cgroup").read_text() for h in (first, second)]
+    assert trees[0] != trees[1]
+    for host in (first, second):
+        assert f"/edd-sandbox/{host.name}/" in Path(f"/proc/{host.leader_pid}/cgroup").read_text()
 
 
 def test_edd_app_is_baked_with_pinned_celery_and_flower(sandbox_hosts):
