@@ -11,6 +11,12 @@ from typing import Iterable
 
 
 def _listener(address: str, port: int) -> str:
+    # rabbitmq.conf takes IPv6 listeners unbracketed (`::1:5672`); "[::1]:5672" fails to boot.
+    return f"{address}:{port}"
+
+
+def _socket_address(address: str, port: int) -> str:
+    # systemd's ListenStream= needs the brackets.
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
@@ -52,4 +58,4 @@ def render_epmd_environment(node_address: str) -> dict[str, str]:
 
 def epmd_socket_listen(node_address: str, port: int = 4369) -> list[tuple[str, str]]:
     """Debian socket-activates epmd on every address (epmd.socket): listen only here."""
-    return [("ListenStream", ""), ("ListenStream", _listener(node_address, port))]
+    return [("ListenStream", ""), ("ListenStream", _socket_address(node_address, port))]

@@ -1,6 +1,6 @@
 """rabbitmq.conf: listeners on loopback only, loopback users, epmd and distribution bound."""
 
-from edd_infra.render.rabbitmq_conf import render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
+from edd_infra.render.rabbitmq_conf import epmd_socket_listen, render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
 from tests.unit.golden import assert_golden
 
 
@@ -26,7 +26,7 @@ def test_seed_listeners_and_loopback_users():
     conf = parse_conf(seed_conf())
     assert conf == {
         "listeners.tcp.1": "127.0.0.1:5672",
-        "listeners.tcp.2": "[::1]:5672",
+        "listeners.tcp.2": "::1:5672",  # unbracketed: RabbitMQ refuses [::1]:5672
         "management.tcp.ip": "127.0.0.1",
         "management.tcp.port": "15672",
         "distribution.listener.interface": "127.0.0.1",
@@ -37,6 +37,11 @@ def test_seed_listeners_and_loopback_users():
 
 def test_golden():
     assert_golden("rabbitmq.conf", seed_conf())
+
+
+def test_epmd_socket_brackets_ipv6():
+    assert epmd_socket_listen("::1") == [("ListenStream", ""), ("ListenStream", "[::1]:4369")]
+    assert epmd_socket_listen("127.0.0.1")[1] == ("ListenStream", "127.0.0.1:4369")
 
 
 def test_plugins_and_epmd():
