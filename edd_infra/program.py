@@ -12,7 +12,7 @@ import pulumi
 
 from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .hosts import HostTarget
-from .render.broker_urls import amqp_url
+from .render.broker_urls import amqp_url, flower_broker_api
 from .settings import StackSettings
 from .stack_config import StackSecrets, load_settings
 
@@ -43,9 +43,13 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
     )
     # Workers run on the broker host (validated), so they use its first AMQP listener.
     amqp_host = broker_cfg.amqp_listeners[0]
-    broker_url = pulumi.Output.secret(secrets.app_password).apply(
-        lambda pw: amqp_url(settings.app_user.name, pw, amqp_host, broker_cfg.amqp_port, settings.vhost)
-    )
+
+    def broker_url(user: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
+        return pulumi.Output.secret(password).apply(
+            lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost)
+        )
+
+    app_url = broker_url(settings.app_user.name, secrets.app_password)
     ready = [vhost]
 
     accounts: dict[tuple[str, str], ServiceAccount] = {}
@@ -63,7 +67,7 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
     for worker in settings.workers:
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
         workers.append(CeleryWorkerService(worker.name, worker=worker, host=hosts[worker.host],
-                                           broker_url=broker_url, depends_on=deps))
+                                           broker_url=app_url, depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
@@ -72,11 +76,9 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
             "flower",
             flower=flower_cfg,
             host=hosts[flower_cfg.host],
-            broker_url=broker_url,
-            management_address=broker_cfg.management_address,
-            management_port=broker_cfg.management_port,
-            flower_user=settings.flower_broker_user.name,
-            flower_password=secrets.flower_broker_password,
+            # Flower's AMQP connection and its management API calls both use the Flower user.
+            broker_url=broker_url(settings.flower_broker_user.name, secrets.flower_broker_password),
+            broker_api=flower_broker_api(broker_cfg.management_address, broker_cfg.management_port),
             ui_password=secrets.flower_ui_password,
             depends_on=deps,
         )

@@ -3,9 +3,9 @@
 Creates, through the management API (pulumi_rabbitmq):
 - the vhost;
 - the app user (seed: `edd_user`) with its configure/write/read regexes on the vhost;
-- the Flower user: by default the `monitoring` tag and read-only on the vhost (least
-  privilege, the seed's TODO); with profile `administrator`, the seed's `bunny` with `.*`
-  on `/` and on the vhost.
+- the Flower user: by default the `monitoring` tag and, on the vhost, only the event and
+  control objects a Celery monitor uses (least privilege, the seed's TODO); with profile
+  `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
 Passwords update in place; tags are kept.
 """
 
@@ -16,17 +16,18 @@ from typing import Optional
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
+from ..render.permissions import monitor_regex
 from ..settings import AppUser, FlowerBrokerUser, Permissions
 
-READ_ONLY = Permissions(configure="^$", write="^$", read=".*")
 FULL = Permissions()
+MONITOR = Permissions(configure=monitor_regex(), write=monitor_regex(), read=monitor_regex())
 
 
 def flower_grants(profile: str, vhost: str) -> tuple[list[str], dict[str, Permissions]]:
     """Tags and per-vhost permissions for the Flower user's profile."""
     if profile == "administrator":
         return ["administrator"], {"/": FULL, vhost: FULL}
-    return ["monitoring"], {vhost: READ_ONLY}
+    return ["monitoring"], {vhost: MONITOR}
 
 
 class EddVhost(pulumi.ComponentResource):

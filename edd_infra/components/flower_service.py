@@ -1,7 +1,8 @@
 """FlowerService: Flower as a daemon behind basic auth, reading the management API.
 
-Creates `<name>-service`: flowerconfig.py (address, basic auth, broker_api with the Flower
-user, persistent db) and an environment file with the broker URL, both 0640 root:<group>
+Creates `<name>-service`: flowerconfig.py (address, basic auth, broker_api, persistent db)
+and an environment file with the Flower user's broker URL (Flower reads the management API
+with the same account), both 0640 root:<group>
 and sent on stdin; the unit or plist; the service enabled, restarted when a file changes,
 and `/healthcheck` answering before `up` calls it done.
 """
@@ -14,7 +15,6 @@ import pulumi
 
 from ..hosts import HostTarget
 from ..render import host_scripts
-from ..render.broker_urls import management_api_url
 from ..render.celery_commands import flower_argv
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
@@ -48,10 +48,7 @@ class FlowerService(pulumi.ComponentResource):
         flower: Flower,
         host: HostTarget,
         broker_url: pulumi.Output[str],
-        management_address: str,
-        management_port: int,
-        flower_user: str,
-        flower_password: pulumi.Output[str],
+        broker_api: str,
         ui_password: pulumi.Output[str],
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
@@ -63,11 +60,11 @@ class FlowerService(pulumi.ComponentResource):
         db_path = f"/var/lib/{STATE_DIRECTORY}/flower.db"
 
         def files(args: list[str]) -> str:
-            amqp, mgmt_pw, ui_pw = args
+            amqp, ui_pw = args
             config = render_flower_config(
                 address=flower.address, port=flower.port, url_prefix=flower.url_prefix,
                 basic_auth_user=flower.ui_user, basic_auth_password=ui_pw,
-                broker_api=management_api_url(flower_user, mgmt_pw, management_address, management_port),
+                broker_api=broker_api,
                 persistent=flower.persistent, db_path=db_path,
             )
             return host_scripts.secret_bundle([
@@ -94,7 +91,7 @@ class FlowerService(pulumi.ComponentResource):
             f"{name}-service",
             create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
             delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path]),
-            stdin=pulumi.Output.all(broker_url, flower_password, ui_password).apply(files),
+            stdin=pulumi.Output.all(broker_url, ui_password).apply(files),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )
         self.service_name = service

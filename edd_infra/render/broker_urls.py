@@ -3,7 +3,7 @@
 kombu and Flower `unquote` every URL part, so user and password are percent-quoted with no
 safe characters. The vhost goes into the path unquoted after a leading `/`, so `/edd` becomes
 `//edd`: Flower quotes the vhost it reads from the path again, which turns `%2F` into `%252F`.
-Vhost names are restricted to `/[A-Za-z0-9_.-]*` by the settings model, so nothing needs quoting.
+Flower's broker_api carries no credentials (see `flower_broker_api`). Vhost names are restricted to `/[A-Za-z0-9_.-]*` by the settings model, so nothing needs quoting.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ def amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
     return f"amqp://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
 
 
-def management_api_url(user: str, password: str, host: str, port: int, scheme: str = "http") -> str:
-    """`http://user:pw@host:15672/api/` for Flower's broker_api."""
-    return f"{scheme}://{_credentials(user, password)}@{_host_port(host, port)}/api/"
+def flower_broker_api(host: str, port: int, scheme: str = "http") -> str:
+    """`http://host:15672/api/` for Flower's broker_api, deliberately without credentials.
+
+    Flower passes unquoted credentials to tornado, but tornado prefers the URL's own userinfo
+    and sends it still percent-quoted, so a password with any quoted character gets 401.
+    Without userinfo Flower logs in with its broker URL's user and password, unquoted.
+    """
+    return f"{scheme}://{_host_port(host, port)}/api/"
 
 
 def management_endpoint(host: str, port: int, scheme: str = "http") -> str:
