@@ -18,6 +18,7 @@ import pytest
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import WORKER, configure, send_task
+from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 
@@ -105,7 +106,7 @@ def test_broker_accounts(deployed):
     assert "guest" not in users
     assert users["bunny"].strip("[]") == "monitoring"
     assert users["edd-infra-admin"].strip("[]") == "administrator"
-    assert deployed.sh("rabbitmqctl -q list_user_permissions bunny --no-table-headers").split() == ["/edd", "^$", "^$", ".*"]
+    assert deployed.sh("rabbitmqctl -q list_user_permissions bunny --no-table-headers").split() == ["/edd"] + [monitor_regex()] * 3
 
 
 AMQP_PROBE = """
