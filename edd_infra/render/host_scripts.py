@@ -1,7 +1,9 @@
 """POSIX shell scripts the remote commands run on a host.
 
 Each script is idempotent: a rerun rewrites nothing that is already right and restarts a
-service only when one of its files changed. Non-secret files are embedded as quoted heredocs
+service only when one of its files changed. Each is also all-or-nothing: when a script fails
+(say a worker that no longer answers ping), the files it replaced are put back and the service
+restarted on them, so the host keeps matching the last successful `up` and a rerun converges. Non-secret files are embedded as quoted heredocs
 (so `pulumi preview --diff` shows their text); secret files arrive on stdin as a bundle
 (`secret_bundle`) and never appear in the command text, argv or output.
 """
@@ -19,17 +21,39 @@ ServiceManager = Literal["systemd", "launchd"]
 STATE_DIR = "/var/lib/edd-infra"
 q = shlex.quote
 
-# `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1.
+# `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1 and
+# journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore.
+# `on_rollback` is what restarts the service after a restore (set by `activate`).
 # umask 022: apt and the directories made here must stay readable by service users;
 # temporary files are 0600 from mktemp and each file gets its own mode from `install`.
 PRELUDE = r"""set -eu
 umask 022
 changed=0
+journal=$(mktemp)
+on_rollback=:
 put() {
   mkdir -p "$(dirname "$5")"
-  if [ -f "$5" ] && cmp -s "$1" "$5"; then rm -f "$1"; else install -m "$2" -o "$3" -g "$4" "$1" "$5"; rm -f "$1"; changed=1; fi
+  if [ -f "$5" ] && cmp -s "$1" "$5"; then rm -f "$1"; else
+    if [ -f "$5" ]; then cp -p "$5" "$5.edd-infra-old"; echo "restore $5" >> "$journal"; else echo "remove $5" >> "$journal"; fi
+    install -m "$2" -o "$3" -g "$4" "$1" "$5"; rm -f "$1"; changed=1
+  fi
   chmod "$2" "$5"; chown "$3:$4" "$5"
-}"""
+}
+finish() {
+  rc=$?
+  trap - EXIT
+  while read -r action path; do
+    if [ "$rc" -ne 0 ]; then
+      if [ "$action" = restore ]; then mv -f "$path.edd-infra-old" "$path"; else rm -f "$path"; fi
+    else
+      rm -f "$path.edd-infra-old"
+    fi
+  done < "$journal"
+  if [ "$rc" -ne 0 ] && [ -s "$journal" ]; then echo "restored the previous files" >&2; eval "$on_rollback" || true; fi
+  rm -f "$journal"
+  exit "$rc"
+}
+trap finish EXIT"""
 
 READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path data; do
   tmp=$(mktemp); printf '%s' "$data" | base64 -d > "$tmp"; put "$tmp" "$mode" "$owner" "$group" "$path"
@@ -81,6 +105,7 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
     """Enable at boot, (re)start when a file changed or it is down, wait until active."""
     if manager == "systemd":
         return (
+            f"on_rollback='systemctl daemon-reload; systemctl restart {name}'\n"
             f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
             f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n"
             f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "

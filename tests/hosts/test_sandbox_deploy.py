@@ -76,6 +76,10 @@ def test_services_active_and_enabled(deployed):
     for unit in ("rabbitmq-server", f"celery-{WORKER}", "flower"):
         assert deployed.sh(f"systemctl is-active {unit}").strip() == "active"
         assert deployed.sh(f"systemctl is-enabled {unit}").strip() == "enabled"
+    # The rendered units pass systemd's own checker on a real systemd host.
+    verify = sandbox_hosts.run(deployed.host, f"systemd-analyze verify /etc/systemd/system/celery-{WORKER}.service "
+                                              "/etc/systemd/system/flower.service", timeout=60)
+    assert verify.returncode == 0, verify.stderr
 
 
 def listening(d: Deployment) -> set[str]:

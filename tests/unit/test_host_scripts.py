@@ -60,3 +60,25 @@ def test_admin_script_takes_password_from_stdin_only():
     assert "rabbitmqctl -q add_user edd-infra-admin >/dev/null" in text
     assert "rabbitmqctl -q change_password edd-infra-admin >/dev/null" in text
     assert "delete_user guest" in text
+
+
+def test_a_failing_script_puts_the_previous_files_back(tmp_path):
+    old = FileSpec(str(tmp_path / "unit.conf"), "good\n", "0640", me, grp)
+    assert run(host_scripts.script(host_scripts.write_file(old))).returncode == 0
+    new = FileSpec(old.path, "broken\n", "0640", me, grp)
+    fresh = FileSpec(str(tmp_path / "new.env"), "x\n", "0600", me, grp)
+    failing = host_scripts.script(host_scripts.write_file(new), host_scripts.write_file(fresh),
+                                  f"on_rollback='echo rolled back > {tmp_path}/rb'", "false")
+    result = run(failing)
+    assert result.returncode != 0 and "restored the previous files" in result.stderr
+    assert open(old.path).read() == "good\n" and oct(os.stat(old.path).st_mode & 0o777) == "0o640"
+    assert not os.path.exists(fresh.path)
+    assert (tmp_path / "rb").read_text() == "rolled back\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rb", "unit.conf"]  # no backup left behind
+
+
+def test_a_succeeding_script_leaves_no_backup(tmp_path):
+    f = FileSpec(str(tmp_path / "a"), "1\n", "0644", me, grp)
+    run(host_scripts.script(host_scripts.write_file(f)))
+    run(host_scripts.script(host_scripts.write_file(FileSpec(f.path, "2\n", "0644", me, grp))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and open(f.path).read() == "2\n"
