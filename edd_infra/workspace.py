@@ -38,6 +38,17 @@ def cli_dir() -> Optional[Path]:
     return None
 
 
+PLUGINS = (("command", "1.2.1"), ("rabbitmq", "3.5.3"))
+PLUGIN_INSTALL_HINT = "pulumi plugin install resource command 1.2.1; pulumi plugin install resource rabbitmq 3.5.3"
+
+
+def missing_plugins(directory: Path) -> list[str]:
+    """The pinned provider plugins that `pulumi plugin ls` does not list."""
+    out = subprocess.run([str(directory / "pulumi"), "plugin", "ls"], capture_output=True, text=True, env=_env()).stdout
+    have = {tuple(line.split()[:3]) for line in out.splitlines() if line.strip()}
+    return [f"resource {n} {v}" for n, v in PLUGINS if (n, "resource", v) not in have]
+
+
 def _install_root(directory: Path) -> Path:
     """PulumiCommand wants ROOT/bin/pulumi: link one up when the CLI lives elsewhere."""
     if directory.name == "bin":

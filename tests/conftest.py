@@ -7,8 +7,6 @@ provides it; `make test` ends with one line per tier: ran, or skipped and why.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -18,22 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edd_infra.workspace import cli_dir  # noqa: E402
+from edd_infra.workspace import PLUGIN_INSTALL_HINT, cli_dir, missing_plugins  # noqa: E402
 
 TIERS = ("unit", "engine", "plugins", "hosts")
 
 _outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 _skip_reasons: dict[str, set[str]] = defaultdict(set)
-PLUGINS = (("command", "1.2.1"), ("rabbitmq", "3.5.3"))
-
-
-def missing_plugins(cli) -> list[str]:
-    out = subprocess.run([str(cli / "pulumi"), "plugin", "ls"], capture_output=True, text=True,
-                         env=dict(os.environ, PULUMI_SKIP_UPDATE_CHECK="true")).stdout
-    have = {tuple(line.split()[:3]) for line in out.splitlines() if line.strip()}
-    return [f"resource {n} {v}" for n, v in PLUGINS if (n, "resource", v) not in have]
-
-
 @pytest.fixture(scope="session")
 def plugins_ready():
     cli = cli_dir()
@@ -41,30 +29,29 @@ def plugins_ready():
         pytest.skip("pulumi CLI v3.274.1 not found (make toolchain)")
     missing = missing_plugins(cli)
     if missing:
-        pytest.skip("provider plugins missing: " + ", ".join(missing)
-                    + " (pulumi plugin install resource command 1.2.1; pulumi plugin install resource rabbitmq 3.5.3)")
+        pytest.skip(f"provider plugins missing: {', '.join(missing)} ({PLUGIN_INSTALL_HINT})")
     return cli
 
 
 def tier_of(item) -> str:
+    """The tier of a test item or report: its tier marker, or unit."""
+    names = item.keywords
     for tier in reversed(TIERS):
-        if item.get_closest_marker(tier):
+        if tier in names:
             return tier
     return "unit"
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if tier_of(item) == "unit" and not item.get_closest_marker("unit"):
+        if tier_of(item) == "unit" and "unit" not in item.keywords:
             item.add_marker(pytest.mark.unit)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
+def pytest_runtest_logreport(report):
+    # Runs in the controlling process also under xdist, so the summary sees every test.
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        tier = tier_of(item)
+        tier = tier_of(report)
         _outcomes[tier][report.outcome] += 1
         if report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

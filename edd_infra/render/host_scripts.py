@@ -19,6 +19,8 @@ from typing import Iterable, Literal, Sequence
 ServiceManager = Literal["systemd", "launchd"]
 
 STATE_DIR = "/var/lib/edd-infra"
+# System users that installing rabbitmq-server (and Erlang) creates.
+PACKAGE_USERS = ("rabbitmq", "epmd")
 q = shlex.quote
 
 # `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1 and
@@ -161,6 +163,9 @@ def broker_install(
         f"have=$(dpkg-query -W -f='${{Status}} ${{Version}}' rabbitmq-server 2>/dev/null || true)\n"
         f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
+        # The package makes these system users; note which ones it is about to make.
+        f"  mkdir -p {STATE_DIR}/created\n"
+        f"  for u in {' '.join(PACKAGE_USERS)}; do id -u \"$u\" >/dev/null 2>&1 || touch {STATE_DIR}/created/package-user-$u; done\n"
         f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
         f"  changed=1 ;;\nesac",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
@@ -172,9 +177,13 @@ def broker_install(
 
 
 def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
+    marks = f"{STATE_DIR}/created"
     purge = (
         "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove rabbitmq-server </dev/null >/dev/null\n"
-        "rm -rf /var/lib/rabbitmq /var/log/rabbitmq /etc/rabbitmq"
+        "rm -rf /var/lib/rabbitmq /var/log/rabbitmq /etc/rabbitmq\n"
+        f"for u in {' '.join(PACKAGE_USERS)}; do if [ -e {marks}/package-user-$u ]; then "
+        f"userdel \"$u\" 2>/dev/null || true; groupdel \"$u\" 2>/dev/null || true; rm -f {marks}/package-user-$u; fi; done\n"
+        f"rmdir {marks} {STATE_DIR} 2>/dev/null || true"
         if purge_package
         else ""
     )
