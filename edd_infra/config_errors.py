@@ -83,6 +83,12 @@ def reference_problems(settings: StackSettings) -> list[str]:
             problems.append(f"{PROJECT}:{key}: host {name!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(hosts))})")
 
     check_host("broker.host", settings.broker.host)
+    broker_host = hosts.get(settings.broker.host)
+    if broker_host and settings.broker.install == "managed" and broker_host.service_manager != "systemd":
+        problems.append(
+            f"{PROJECT}:broker.install: 'managed' needs a systemd (Debian) host; for {settings.broker.host!r} "
+            "(launchd) run RabbitMQ yourself (brew services start rabbitmq) and set install: external"
+        )
     check_host("flower.host", settings.flower.host)
     seen: dict[str, int] = {}
     for i, worker in enumerate(settings.workers):

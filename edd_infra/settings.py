@@ -107,6 +107,10 @@ class Broker(Model):
     """RabbitMQ on one host: package, listeners, and the admin account Pulumi uses."""
 
     host: Identifier
+    # managed: this program installs and configures RabbitMQ (Debian, systemd).
+    # external: RabbitMQ is run by someone else (e.g. `brew services` on a Mac); the program
+    # only manages vhost, users and permissions through the management API as adminUser.
+    install: Literal["managed", "external"] = "managed"
     # apt version pin, e.g. "3.10.8-1.1+deb12u2"; None installs the distribution's.
     package_version: Optional[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.+:~-]+$")]] = None
     amqp_port: Port = 5672

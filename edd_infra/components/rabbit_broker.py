@@ -1,11 +1,12 @@
 """RabbitBroker: RabbitMQ installed, locked to its listeners, with an admin for Pulumi.
 
-Creates, on the broker host:
+Creates, on the broker host (with `install: managed`, the default):
 - `<name>-server`: rabbitmq.conf, enabled_plugins and the epmd binding written before the
   package is installed, the service enabled at boot and restarted when they change;
 - `<name>-admin`: the administrator Pulumi uses (password on stdin) and `guest` removed;
 - `<name>-provider`: the pulumi_rabbitmq Provider for the management API, usable only after
   the admin exists, so nothing touches the broker before it answers.
+With `install: external` only the Provider is made, for a broker someone else runs.
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ class RabbitBroker(pulumi.ComponentResource):
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
+        self.endpoint = pulumi.Output.from_input(
+            broker.management_url or management_endpoint(broker.management_address, broker.management_port)
+        )
+        self.admin_user = broker.admin_user
+        admin = self._managed(name, broker, host, loopback_users, admin_password) if broker.install == "managed" else None
+        self.provider = rabbitmq.Provider(
+            f"{name}-provider",
+            endpoint=self.endpoint,
+            username=broker.admin_user,
+            password=admin_password,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[admin] if admin else []),
+        )
+        self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
+
+    def _managed(self, name, broker, host, loopback_users, admin_password) -> pulumi.Resource:
+        """The package, its config and the admin account; returns the command the Provider waits for."""
         child = pulumi.ResourceOptions(parent=self)
         files = broker_files(broker, loopback_users)
         server = host.run(
@@ -83,23 +100,10 @@ class RabbitBroker(pulumi.ComponentResource):
             delete=host_scripts.broker_remove(files=[f.path for f in files], purge_package=broker.purge_on_destroy),
             opts=child,
         )
-        admin = host.run(
+        return host.run(
             f"{name}-admin",
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
             delete=host_scripts.broker_admin_remove(user=broker.admin_user),
             stdin=admin_password.apply(lambda pw: pw + "\n"),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[server]),
         )
-        self.endpoint = pulumi.Output.from_input(
-            broker.management_url or management_endpoint(broker.management_address, broker.management_port)
-        )
-        self.admin_user = broker.admin_user
-        self.provider = rabbitmq.Provider(
-            f"{name}-provider",
-            endpoint=self.endpoint,
-            username=broker.admin_user,
-            password=admin_password,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[admin]),
-        )
-        self.ready = admin
-        self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})

@@ -122,3 +122,12 @@ def test_missing_secret_says_how_to_set_it():
 def test_config_error_lists_every_problem():
     err = ConfigError(["edd-infra:a: x", "edd-infra:b: y"])
     assert "2 problem(s)" in str(err) and "  - edd-infra:b: y" in str(err)
+
+
+def test_managed_broker_needs_systemd():
+    raw = sample_raw()
+    raw["hosts"]["queue"]["serviceManager"] = "launchd"
+    (problem,) = problems_for(raw)
+    assert problem.startswith("edd-infra:broker.install: 'managed' needs a systemd (Debian) host")
+    raw["broker"]["install"] = "external"
+    assert problems_for(raw) == []

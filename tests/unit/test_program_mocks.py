@@ -148,10 +148,12 @@ def test_outputs(prod):
     assert not any(v in json.dumps(outputs) for v in SECRETS.values())
 
 
-def test_dev_stack_uses_local_commands_and_launchd():
+def test_dev_stack_uses_local_commands_launchd_and_an_external_broker():
     _, resources, loop = run(stack_config("dev"))
     types = {t for t, *_ in resources}
+    names = {n for _, n, *_ in resources}
     assert "command:local:Command" in types and "command:remote:Command" not in types
+    assert "broker-provider" in names and not {"broker-server", "broker-admin"} & names
     (worker,) = [p for t, n, p, *_ in resources if n == "edd-worker-1-service"]
     assert "/Library/LaunchDaemons/org.celeryq.edd-worker-1.plist" in plain(loop, worker["create"])
     assert plain(loop, worker["create"]).startswith("sudo -n sh -c ")
