@@ -49,6 +49,17 @@ def missing_plugins(directory: Path) -> list[str]:
     return [f"resource {n} {v}" for n, v in PLUGINS if (n, "resource", v) not in have]
 
 
+def engine_problem() -> Optional[str]:
+    """Why the engine cannot deploy here (CLI or a provider plugin missing, with the fix); None if it can."""
+    directory = cli_dir()
+    if directory is None:
+        return f"pulumi CLI {CLI_VERSION} not found (make toolchain)"
+    missing = missing_plugins(directory)
+    if missing:
+        return f"provider plugins missing: {', '.join(missing)} ({PLUGIN_INSTALL_HINT})"
+    return None
+
+
 def _install_root(directory: Path) -> Path:
     """PulumiCommand wants ROOT/bin/pulumi: link one up when the CLI lives elsewhere."""
     if directory.name == "bin":

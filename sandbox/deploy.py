@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from edd_infra.workspace import PLUGIN_INSTALL_HINT, ROOT, ProjectStack, cli_dir, missing_plugins
+from edd_infra.workspace import ROOT, ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.image import APP_TARGET, VENV, client_key
 
@@ -82,20 +82,12 @@ def project_stack() -> ProjectStack:
     return ProjectStack(STACK, ROOT, f"file://{state}", PASSPHRASE)
 
 
-def check_engine() -> None:
-    """Stop early, with the fix, when the CLI or a provider plugin is missing."""
-    directory = cli_dir()
-    if directory is None:
-        sys.exit("pulumi CLI v3.274.1 not found: run `make toolchain`")
-    missing = missing_plugins(directory)
-    if missing:
-        sys.exit(f"provider plugins missing: {', '.join(missing)}. Install them: {PLUGIN_INSTALL_HINT}")
-
-
 def up() -> None:
     started = time.monotonic()
     phase("checking the engine: pulumi CLI and provider plugins")
-    check_engine()
+    problem = engine_problem()
+    if problem:
+        sys.exit(problem)
     phase(f"booting sandbox host {HOST} (first run builds the image: a few minutes)")
     (host,) = sandbox_hosts.boot([HOST])
     phase(f"host {host.name} at {host.address}; writing stack '{STACK}' config")

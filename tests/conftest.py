@@ -16,21 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edd_infra.workspace import PLUGIN_INSTALL_HINT, cli_dir, missing_plugins  # noqa: E402
+from edd_infra.workspace import cli_dir, engine_problem  # noqa: E402
 
 TIERS = ("unit", "engine", "plugins", "hosts")
 
 _outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 _skip_reasons: dict[str, set[str]] = defaultdict(set)
+
+
 @pytest.fixture(scope="session")
 def plugins_ready():
-    cli = cli_dir()
-    if cli is None:
-        pytest.skip("pulumi CLI v3.274.1 not found (make toolchain)")
-    missing = missing_plugins(cli)
-    if missing:
-        pytest.skip(f"provider plugins missing: {', '.join(missing)} ({PLUGIN_INSTALL_HINT})")
-    return cli
+    problem = engine_problem()
+    if problem:
+        pytest.skip(problem)
+    return cli_dir()
 
 
 def tier_of(item) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import shlex
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
@@ -120,15 +121,18 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
     )
 
 
+def remove_files(paths: Sequence[str]) -> str:
+    """rm the files, then their directories where that left them empty (what `put` made)."""
+    dirs = sorted({posixpath.dirname(p) for p in paths}, key=len, reverse=True)
+    return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in dirs)} 2>/dev/null || true"
+
+
 def deactivate(manager: ServiceManager, name: str, paths: Sequence[str]) -> str:
     """Stop, disable and remove a service and its files (the delete of `activate`)."""
-    files = " ".join(q(p) for p in paths)
+    files = remove_files([unit_path(manager, name), *paths])
     if manager == "systemd":
-        return (
-            f"systemctl disable --now -q {q(name)} 2>/dev/null || true\n"
-            f"rm -f {q(unit_path(manager, name))} {files}\nsystemctl daemon-reload"
-        )
-    return f"launchctl bootout system/{q(name)} 2>/dev/null || true\nrm -f {q(unit_path(manager, name))} {files}"
+        return f"systemctl disable --now -q {q(name)} 2>/dev/null || true\n{files}\nsystemctl daemon-reload"
+    return f"launchctl bootout system/{q(name)} 2>/dev/null || true\n{files}"
 
 
 def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:

@@ -53,6 +53,7 @@ def test_service_scripts_mention_no_secret_and_undo_each_other():
     assert "systemctl enable -q celery-w" in install and "systemctl restart celery-w" in install
     assert "systemctl disable --now -q celery-w" in remove
     assert "rm -f /etc/systemd/system/celery-w.service /etc/edd-infra/celery-w.env" in remove
+    assert "rmdir /etc/systemd/system /etc/edd-infra 2>/dev/null || true" in remove
 
 
 def test_admin_script_takes_password_from_stdin_only():
