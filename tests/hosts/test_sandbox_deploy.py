@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -206,6 +207,62 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
     result, _ = deployed.up()
     assert result.summary.result == "succeeded"
     assert send_task(deployed.host, 1, 1) == "2"
+
+
+def secret_forms(secrets: dict[str, str]) -> set[str]:
+    """Every secret as it could show up: raw, percent-quoted, base64, JSON-escaped (twice, as
+    in `stack export`), and with Go's escaping of & < >."""
+    forms = set()
+    for value in secrets.values():
+        if len(value) < 8:
+            continue
+        once = json.dumps(value)[1:-1]
+        go = once.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+        forms |= {value, quote(value, safe=""), base64.b64encode(value.encode()).decode(), once,
+                  json.dumps(once)[1:-1], go, json.dumps(go)[1:-1]}
+    return forms
+
+
+FILE_SCAN = r"""
+import os, stat, sys, pwd
+forms = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+for top in ("/etc", "/var", "/opt", "/tmp", "/root", "/run", "/home", "/srv"):
+    for base, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(base, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 4_000_000:
+                    continue
+                data = open(path, "rb").read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if any(f in data for f in forms):
+                print(oct(st.st_mode & 0o777), pwd.getpwuid(st.st_uid).pw_name, path)
+"""
+
+
+def test_no_secret_leaks_anywhere(deployed):
+    forms = secret_forms(deployed.secrets)
+    assert forms
+    places = {
+        "engine output": "".join(deployed.output),
+        "stack export": deployed.stack.export(),
+        "ps -eo args": deployed.sh("ps -eo args"),
+        "journal": deployed.sh("journalctl --no-pager -o cat"),
+    }
+    for place, text in places.items():
+        leaked = [f for f in forms if f in text]
+        assert not leaked, f"{len(leaked)} secret form(s) in {place}"
+    # Files may hold secrets only as 0600/0640, owned by root or a service user.
+    code = base64.b64encode(FILE_SCAN.encode()).decode()
+    hits = sandbox_hosts.run(deployed.host, f"echo {code} | base64 -d > /tmp/scan.py && python3 /tmp/scan.py; rm -f /tmp/scan.py",
+                             input="\n".join(forms) + "\n", timeout=300)
+    assert hits.returncode == 0, hits.stderr
+    files = [line.split(" ", 2) for line in hits.stdout.splitlines()]
+    assert files, "the scan found not even the env files: it is not looking"
+    bad = [f for f in files if f[0] not in ("0o600", "0o640") or f[1] not in ("root", "celery", "rabbitmq")]
+    assert not bad, bad
 
 
 def test_destroy_leaves_the_host_as_before(deployed):
