@@ -14,7 +14,7 @@ unit: toolchain
 	$(PY) -m pytest -q -m unit
 
 test: toolchain
-	$(PY) -m pytest -q -rs -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 preview: toolchain
 	$(PULUMI) preview --diff -s prod

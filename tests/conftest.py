@@ -64,7 +64,9 @@ def pytest_terminal_summary(terminalreporter):
         ran = counts.get("passed", 0) + counts.get("failed", 0)
         if ran:
             line = f"{tier}: ran ({counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed"
-            line += f", {counts['skipped']} skipped)" if counts.get("skipped") else ")"
+            line += ")"
+            if counts.get("skipped"):
+                line += f"; {counts['skipped']} skipped: {'; '.join(sorted(_skip_reasons[tier]))}"
         elif counts.get("skipped"):
             line = f"{tier}: skipped: {'; '.join(sorted(_skip_reasons[tier]))}"
         else:
