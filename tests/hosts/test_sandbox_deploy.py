@@ -18,7 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from sandbox import hosts as sandbox_hosts
-from sandbox.deploy import WORKER, configure, send_task
+from sandbox.deploy import WORKER, configure, random_secrets, send_task
+from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
@@ -30,6 +31,7 @@ TIMINGS: dict[str, float] = {}
 class Deployment:
     def __init__(self, host, stack, secrets):
         self.host, self.stack, self.secrets = host, stack, secrets
+        self.every_secret = dict(secrets)  # old values too, for the leak scan
         self.output: list[str] = []
 
     def sh(self, command: str, check: bool = True) -> str:
@@ -209,6 +211,53 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
     assert send_task(deployed.host, 1, 1) == "2"
 
 
+def management_status(d: Deployment, user: str, password: str) -> int:
+    request = urllib.request.Request(f"http://{d.host.address}:15672/api/whoami")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def amqp_login(d: Deployment, user: str, password: str) -> bool:
+    """Open an AMQP connection on the host; the URL travels on stdin, not argv."""
+    code = "import sys; from kombu import Connection; Connection(sys.stdin.read(), connect_timeout=5).connect()"
+    url = amqp_url(user, password, "127.0.0.1", 5672, "/edd")
+    result = sandbox_hosts.run(d.host, f"/opt/edd-sandbox/venv/bin/python -c '{code}'", input=url, timeout=60)
+    return result.returncode == 0
+
+
+def test_rotating_every_secret_in_one_up(deployed):
+    """`config set --secret` + `up`: users updated in place, files rewritten, exactly the
+    services that use a secret restarted, old passwords refused, new ones working."""
+    old = dict(deployed.secrets)
+    new = random_secrets()
+    pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
+    for key, value in new.items():
+        deployed.stack.set_secret(key, value)
+    result, seconds = deployed.up()
+    TIMINGS["rotation up"] = seconds
+    changes = result.summary.resource_changes
+    assert set(changes) <= {"same", "update"}, changes  # nothing replaced or deleted
+    deployed.secrets.update(new)
+    deployed.every_secret.update({f"old-{k}": v for k, v in old.items()})
+    deployed.every_secret.update(new)
+
+    after = {u: deployed.main_pid(u) for u in pids}
+    assert after["rabbitmq-server"] == pids["rabbitmq-server"]
+    assert after[f"celery-{WORKER}"] != pids[f"celery-{WORKER}"] and after["flower"] != pids["flower"]
+    assert management_status(deployed, "edd-infra-admin", old["adminPassword"]) == 401
+    assert management_status(deployed, "edd-infra-admin", new["adminPassword"]) == 200
+    assert management_status(deployed, "bunny", old["flowerBrokerPassword"]) == 401
+    assert management_status(deployed, "bunny", new["flowerBrokerPassword"]) == 200
+    assert send_task(deployed.host, 4, 5) == "9"  # the worker's env file has the new app password
+    assert not amqp_login(deployed, "edd_user", old["appPassword"])
+    assert amqp_login(deployed, "edd_user", new["appPassword"])
+    assert flower_get(deployed, "api/workers", auth=True)[0] == 200
+
+
 def secret_forms(secrets: dict[str, str]) -> set[str]:
     """Every secret as it could show up: raw, percent-quoted, base64, JSON-escaped (twice, as
     in `stack export`), and with Go's escaping of & < >."""
@@ -243,7 +292,7 @@ for top in ("/etc", "/var", "/opt", "/tmp", "/root", "/run", "/home", "/srv"):
 
 
 def test_no_secret_leaks_anywhere(deployed):
-    forms = secret_forms(deployed.secrets)
+    forms = secret_forms(deployed.every_secret)
     assert forms
     places = {
         "engine output": "".join(deployed.output),
