@@ -21,6 +21,9 @@ app.conf.update(
     # Without publisher confirms a refused publish is dropped silently (field-facts.md).
     broker_transport_options={"confirm_publish": True},
     broker_connection_retry_on_startup=True,
+    # Ack after the task ran: a worker restarted mid-task (a password rotation) loses nothing,
+    # the broker redelivers what it had not acked.
+    task_acks_late=True,
 )
 
 
