@@ -285,7 +285,8 @@ def test_rotation_under_load_loses_no_task(deployed):
     code = base64.b64encode(PRODUCER.encode()).decode()
     env = f"/etc/edd-infra/celery-{WORKER}.env"
     deployed.sh(f"echo {code} | base64 -d > /tmp/producer.py; (set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
-                f"nohup /opt/edd-sandbox/venv/bin/python /tmp/producer.py {total} > /tmp/producer.out 2>&1 &)")
+                f"PYTHONPATH=/opt/edd-sandbox/app nohup /opt/edd-sandbox/venv/bin/python /tmp/producer.py {total} "
+                f"> /tmp/producer.out 2>&1 &)")
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
 
@@ -308,6 +309,7 @@ def test_rotation_under_load_loses_no_task(deployed):
     assert set(result.summary.resource_changes) <= {"same", "update"}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        assert "Traceback" not in deployed.sh("cat /tmp/producer.out"), deployed.sh("cat /tmp/producer.out")
         stats = queue_stats(deployed)
         if stats.get("message_stats", {}).get("ack", 0) - acked_before >= total and stats.get("messages", 1) == 0:
             break
