@@ -1,6 +1,6 @@
 """Broker URLs carry any printable password through kombu's and Flower's own parsers."""
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import pytest
 from flower.utils.broker import RabbitMQ
