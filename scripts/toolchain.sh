@@ -3,6 +3,7 @@
 # Idempotent; everything is cached outside the work tree (EDD_INFRA_CACHE, default
 # ~/.cache/edd-infra). The last line printed is the directory that holds `pulumi`.
 set -euo pipefail
+export PATH="$PATH:/usr/local/go/bin"
 
 CLI_VERSION=v3.274.1
 PLUGINS=("command 1.2.1" "rabbitmq 3.5.3")
