@@ -20,7 +20,7 @@ def _credentials(user: str, password: str) -> str:
 
 
 def amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
-    """`amqp://user:pw@host:5672//edd` for Celery's broker_url."""
+    """Celery's broker_url: amqp scheme, quoted user and password, host:port, then `//edd`."""
     return f"amqp://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
 
 
