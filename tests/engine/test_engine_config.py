@@ -1,6 +1,7 @@
 """The real CLI on this project's config: validation, secrets, the committed stacks."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -62,16 +63,23 @@ def test_config_set_secret_keeps_value_out_of_stack_files_and_state(new_stack, p
     assert password not in exported and json.dumps(password)[1:-1] not in exported
 
 
-def test_committed_stacks_decrypt_with_the_documented_passphrase(pulumi_cli):
+def test_committed_stacks_decrypt_with_the_documented_passphrase(pulumi_cli, tmp_path):
+    # A copy of the project in a throw-away backend: a fresh clone has no state, and the
+    # committed files must not be touched by `stack init`.
+    for name in ("Pulumi.yaml", "Pulumi.prod.yaml", "Pulumi.dev.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PULUMI_BACKEND_URL": f"file://{tmp_path}",
+           "PULUMI_CONFIG_PASSPHRASE": "edd-infra-example", "PULUMI_SKIP_UPDATE_CHECK": "true"}
     for name in ("prod", "dev"):
-        out = subprocess.run(
-            [str(pulumi_cli / "pulumi"), "config", "--show-secrets", "--json", "--stack", name, "--non-interactive"],
-            cwd=ROOT, capture_output=True, text=True,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".pulumi-state" / "home"),
-                 "PULUMI_BACKEND_URL": f"file://{ROOT / '.pulumi-state'}",
-                 "PULUMI_CONFIG_PASSPHRASE": "edd-infra-example", "PULUMI_SKIP_UPDATE_CHECK": "true"},
-        )
+        def cli(*args):
+            return subprocess.run([str(pulumi_cli / "pulumi"), *args, "--stack", name, "--non-interactive"],
+                                  cwd=tmp_path, capture_output=True, text=True, env=env)
+        init = subprocess.run([str(pulumi_cli / "pulumi"), "stack", "init", name, "--non-interactive"],
+                              cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert init.returncode == 0, init.stderr
+        out = cli("config", "--show-secrets", "--json")
         assert out.returncode == 0, out.stderr
+        assert (tmp_path / f"Pulumi.{name}.yaml").read_text() == (ROOT / f"Pulumi.{name}.yaml").read_text()
         values = json.loads(out.stdout)
         for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword"):
             entry = values[f"edd-infra:{key}"]
