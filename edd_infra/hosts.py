@@ -50,17 +50,19 @@ class HostTarget:
         name: str,
         *,
         create: str,
+        update: Optional[str] = None,
         delete: Optional[str] = None,
         stdin: Optional[pulumi.Input[str]] = None,
         triggers: Optional[Sequence[pulumi.Input[object]]] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> pulumi.CustomResource:
-        """A command whose create also serves as its update (scripts are idempotent)."""
+        """A command whose create also serves as its update unless `update` is given
+        (scripts are idempotent)."""
         quiet = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"]) if stdin is not None else None
         opts = pulumi.ResourceOptions.merge(opts, quiet)
         common = dict(
             create=self._wrap(create),
-            update=self._wrap(create),
+            update=self._wrap(create if update is None else update),
             delete=self._wrap(delete),
             stdin=stdin,
             triggers=triggers,

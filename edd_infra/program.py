@@ -6,10 +6,13 @@ and the Automation API's inline program (tests, `make sandbox`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pulumi
 
+from . import broker_drift
+from .components.rabbit_broker import api_endpoint
 from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
@@ -20,7 +23,8 @@ from .stack_config import StackSecrets, load_settings
 OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health")
 
 
-def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
+def build(settings: StackSettings, secrets: StackSecrets,
+          drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED) -> dict[str, Any]:
     """Register every resource for one stack; return the stack outputs."""
     hosts = {name: HostTarget(name, host, secrets.ssh_private_key) for name, host in settings.hosts.items()}
     broker_cfg = settings.broker
@@ -31,6 +35,7 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
         host=broker_host,
         loopback_users=["guest", settings.app_user.name],
         admin_password=secrets.admin_password,
+        drift=drift,
     )
     vhost = EddVhost(
         "edd",
@@ -41,6 +46,9 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
         flower_password=secrets.flower_broker_password,
         provider=broker.provider,
     )
+    broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
+    broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
+                            after=vhost.flower_user)
     # Workers run on the broker host (validated), so they use its first AMQP listener.
     amqp_host = broker_cfg.amqp_listeners[0]
 
@@ -98,10 +106,23 @@ def build(settings: StackSettings, secrets: StackSecrets) -> dict[str, Any]:
     }
 
 
-async def deploy() -> dict[str, Any]:
-    """Validate the stack's config (stopping before any resource on a problem), then build."""
+async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broker_drift.BrokerDrift:
+    """Read the broker's accounts for drift; only in `up`, so preview contacts no broker."""
+    if pulumi.runtime.is_dry_run():
+        return broker_drift.NOT_CHECKED
+    admin, app, flower = [await s.future() for s in
+                          (secrets.admin_password, secrets.app_password, secrets.flower_broker_password)]
+    passwords = {settings.app_user.name: app, settings.flower_broker_user.name: flower}
+    return await asyncio.to_thread(broker_drift.observe, api_endpoint(settings.broker), settings.broker.admin_user,
+                                   admin, passwords)
+
+
+async def deploy(check_drift: bool = True) -> dict[str, Any]:
+    """Validate the stack's config (stopping before any resource on a problem), look for
+    drift on the broker, then build."""
     settings, secrets = await load_settings()
-    return build(settings, secrets)
+    drift = await observe_drift(settings, secrets) if check_drift else broker_drift.NOT_CHECKED
+    return build(settings, secrets, drift)
 
 
 def inline_program() -> None:

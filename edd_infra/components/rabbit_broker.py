@@ -5,7 +5,10 @@ Creates, on the broker host (with `install: managed`, the default):
   package is installed, the service enabled at boot and restarted when they change;
 - `<name>-admin`: the administrator Pulumi uses (password on stdin) and `guest` removed;
 - `<name>-provider`: the pulumi_rabbitmq Provider for the management API, usable only after
-  the admin exists, so nothing touches the broker before it answers.
+  the admin exists, so nothing touches the broker before it answers;
+- `<name>-<key>-password`, per broker account: puts a password changed by hand back
+  (`restore_password`). Drift found by `broker_drift.observe` reruns these commands and
+  the admin's; otherwise their stdin is ignored, so a no-op `up` stays a no-op.
 With `install: external` only the Provider is made, for a broker someone else runs.
 """
 
@@ -16,6 +19,7 @@ from typing import Optional
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
+from ..broker_drift import NOT_CHECKED, BrokerDrift
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.broker_urls import management_endpoint
@@ -56,6 +60,11 @@ def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
     ]
 
 
+def api_endpoint(broker: Broker) -> str:
+    """Where Pulumi reaches the management API."""
+    return broker.management_url or management_endpoint(broker.management_address, broker.management_port)
+
+
 class RabbitBroker(pulumi.ComponentResource):
     """RabbitMQ on one host and the Provider that manages its users and vhosts."""
 
@@ -71,12 +80,12 @@ class RabbitBroker(pulumi.ComponentResource):
         host: HostTarget,
         loopback_users: list[str],
         admin_password: pulumi.Output[str],
+        drift: BrokerDrift = NOT_CHECKED,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
-        self.endpoint = pulumi.Output.from_input(
-            broker.management_url or management_endpoint(broker.management_address, broker.management_port)
-        )
+        self._name, self._broker, self._host, self._drift = name, broker, host, drift
+        self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
         admin = self._managed(name, broker, host, loopback_users, admin_password) if broker.install == "managed" else None
         self.provider = rabbitmq.Provider(
@@ -88,9 +97,32 @@ class RabbitBroker(pulumi.ComponentResource):
         )
         self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
 
+    def restore_password(self, key: str, user: str, password: pulumi.Output[str], after: pulumi.Resource) -> None:
+        """A command that sets `user`'s password again when the broker's copy drifted.
+
+        Its create does nothing (the provider has just set the password); its update, run
+        only when `drift` names the user, restores it with rabbitmqctl on the broker host.
+        A broker this stack does not manage has no host to run it on: drift is reported.
+        """
+        token = self._drift.drifted_users.get(user)
+        if self._broker.install != "managed":
+            if token:
+                pulumi.log.warn(f"broker user {user!r}: its password on the broker is not the configured one; "
+                                "this stack does not manage the broker host, so set it there by hand", self)
+            return
+        self._host.run(
+            f"{self._name}-{key}-password",
+            create=": the user was just created with this password",
+            update=host_scripts.password_restore(user=user, start_timeout=self._broker.start_timeout),
+            stdin=password.apply(lambda pw: pw + "\n" + (f"{token}\n" if token else "")),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[after],
+                                        ignore_changes=[] if token else ["stdin"]),
+        )
+
     def _managed(self, name, broker, host, loopback_users, admin_password) -> pulumi.Resource:
         """The package, its config and the admin account; returns the command the Provider waits for."""
         child = pulumi.ResourceOptions(parent=self)
+        token = self._drift.admin_token()
         files = broker_files(broker, loopback_users)
         server = host.run(
             f"{name}-server",
@@ -104,6 +136,8 @@ class RabbitBroker(pulumi.ComponentResource):
             f"{name}-admin",
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
             delete=host_scripts.broker_admin_remove(user=broker.admin_user),
-            stdin=admin_password.apply(lambda pw: pw + "\n"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[server]),
+            stdin=admin_password.apply(lambda pw: pw + "\n" + (f"{token}\n" if token else "")),
+            # Checked and in sync: a stdin change is only a new token, nothing to do.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[server],
+                                        ignore_changes=["stdin"] if self._drift.admin_in_sync() else []),
         )

@@ -195,16 +195,25 @@ def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
 
 
 def broker_admin(*, user: str, start_timeout: int) -> str:
-    """Create or re-password the admin Pulumi uses (password on stdin), tag it, drop guest."""
+    """Create or re-password the admin Pulumi uses (password: stdin's first line), tag it,
+    drop guest. Lines after the first carry drift repair tokens and are ignored."""
     exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
     return script(
         wait_for_broker(start_timeout),
         # add_user/change_password read the password from stdin when it is not on argv.
-        f"if {exists}; then rabbitmqctl -q change_password {q(user)} >/dev/null; "
-        f"else rabbitmqctl -q add_user {q(user)} >/dev/null; fi",
+        f"if {exists}; then head -n 1 | rabbitmqctl -q change_password {q(user)} >/dev/null; "
+        f"else head -n 1 | rabbitmqctl -q add_user {q(user)} >/dev/null; fi",
         f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
         "if rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF guest; then "
         "rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
+    )
+
+
+def password_restore(*, user: str, start_timeout: int) -> str:
+    """Set a broker user's password back to stdin's first line (the user must exist)."""
+    return script(
+        wait_for_broker(start_timeout),
+        f"head -n 1 | rabbitmqctl -q change_password {q(user)} >/dev/null",
     )
 
 

@@ -12,6 +12,8 @@ import yaml
 
 from edd_infra.components import TYPE_TOKENS
 from edd_infra.config_errors import ConfigError
+from edd_infra import program
+from edd_infra.broker_drift import BrokerDrift
 from edd_infra.program import OUTPUT_NAMES, deploy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,15 +41,25 @@ def stack_config(stack):
     return config
 
 
-def run(config, secret_keys=None):
-    """Run `deploy` under mocks; return (outputs, recorded resource args)."""
+def run(config, secret_keys=None, drift=None):
+    """Run `deploy` under mocks; return (outputs, recorded resource args). `drift` stands in
+    for what `observe_drift` would read from a broker (none is contacted here)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_mocks(Recorder(), project="edd-infra", stack="test", preview=False)
     pulumi.runtime.set_all_config(config, secret_keys if secret_keys is not None else [f"edd-infra:{k}" for k in SECRETS])
     recorded = []
     pulumi.runtime.register_stack_transformation(lambda args: recorded.append(args) or None)
-    outputs = loop.run_until_complete(deploy())
+    if drift is None:
+        outputs = loop.run_until_complete(deploy(check_drift=False))
+    else:
+        async def observed(*_):
+            return drift
+        real, program.observe_drift = program.observe_drift, observed
+        try:
+            outputs = loop.run_until_complete(deploy())
+        finally:
+            program.observe_drift = real
     resolved = {key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()}
     props = [(a.type_, a.name, a.props, a.opts, {k: loop.run_until_complete(_secretness(v)) for k, v in a.props.items()})
              for a in recorded]
@@ -74,6 +86,8 @@ def test_prod_graph_and_type_tokens(prod):
         ("edd:infra:RabbitBroker", "broker"),
         ("command:remote:Command", "broker-server"),
         ("command:remote:Command", "broker-admin"),
+        ("command:remote:Command", "broker-app-user-password"),
+        ("command:remote:Command", "broker-flower-user-password"),
         ("pulumi:providers:rabbitmq", "broker-provider"),
         ("edd:infra:EddVhost", "edd"),
         ("rabbitmq:index/vHost:VHost", "edd-vhost"),
@@ -179,3 +193,31 @@ def test_unknown_top_level_key_is_refused():
     config = dict(stack_config("prod"), **{"edd-infra:worker": "[]"})
     with pytest.raises(ConfigError, match="edd-infra:worker: unknown key"):
         run(config)
+
+
+def stdin_of(loop, resources, name):
+    (found,) = [(p, o) for t, n, p, o, _ in resources if n == name]
+    return plain(loop, found[0]["stdin"]), found[1].ignore_changes or []
+
+
+def test_accounts_in_sync_ignore_stdin_so_a_noop_up_runs_nothing():
+    _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="ok"))
+    for name in ("broker-admin", "broker-app-user-password", "broker-flower-user-password"):
+        stdin, ignored = stdin_of(loop, resources, name)
+        assert ignored == ["stdin"] and stdin.count("\n") == 1, name
+
+
+def test_drifted_accounts_get_a_token_that_reruns_their_restore():
+    drift = BrokerDrift(admin="ok", guest_present=True, drifted_users={"edd_user": "drift-abc"})
+    _, resources, loop = run(stack_config("prod"), drift=drift)
+    stdin, ignored = stdin_of(loop, resources, "broker-app-user-password")
+    assert ignored == [] and stdin == SECRETS["appPassword"] + "\ndrift-abc\n"
+    stdin, ignored = stdin_of(loop, resources, "broker-admin")
+    assert ignored == [] and stdin.startswith(SECRETS["adminPassword"] + "\nguest-present-")
+    assert stdin_of(loop, resources, "broker-flower-user-password")[1] == ["stdin"]
+
+
+def test_unreadable_broker_leaves_the_admin_command_to_its_inputs():
+    _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="unknown"))
+    stdin, ignored = stdin_of(loop, resources, "broker-admin")
+    assert ignored == [] and stdin == SECRETS["adminPassword"] + "\n"
