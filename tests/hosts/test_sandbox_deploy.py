@@ -203,8 +203,7 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
     with pytest.raises(auto.CommandError) as err:
         deployed.up()
     assert f"worker {WORKER} did not answer ping" in str(err.value) or "did not become active" in str(err.value)
-    for secret in deployed.secrets.values():
-        assert secret not in str(err.value)
+    deployed.output.append(str(err.value))  # a failing remote command's full text: leak-scanned later
     configure(deployed.stack, deployed.host, worker_concurrency=3)
     result, _ = deployed.up()
     assert result.summary.result == "succeeded"
@@ -317,6 +316,57 @@ def test_rotation_under_load_loses_no_task(deployed):
     assert gap < 5.0, f"no consumer on the queue for {gap:.1f} s"
 
 
+def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deployed):
+    """Someone re-passwords every account with rabbitmqctl and re-adds guest: the next `up`
+    finds it from the stored hashes (no login as those users) and restores the config."""
+    log_lines_before = len(deployed.sh("cat /var/log/rabbitmq/*.log 2>/dev/null").splitlines())
+    by_hand = "set by hand " + uuid.uuid4().hex
+    for user in ("edd_user", "bunny", "edd-infra-admin"):
+        result = sandbox_hosts.run(deployed.host, f"rabbitmqctl -q change_password {user} >/dev/null",
+                                   input=by_hand + "\n", timeout=60)
+        assert result.returncode == 0, result.stderr
+    deployed.sh("rabbitmqctl -q add_user guest guest >/dev/null && rabbitmqctl -q set_user_tags guest administrator")
+    assert management_status(deployed, "edd-infra-admin", deployed.secrets["adminPassword"]) == 401
+
+    result, _ = deployed.up()
+    changes = result.summary.resource_changes
+    assert changes.get("update") == 3, changes  # the admin command and the two restores
+    assert management_status(deployed, "edd-infra-admin", deployed.secrets["adminPassword"]) == 200
+    assert management_status(deployed, "bunny", deployed.secrets["flowerBrokerPassword"]) == 200
+    assert amqp_login(deployed, "edd_user", deployed.secrets["appPassword"])
+    assert not amqp_login(deployed, "edd_user", by_hand)
+    assert "guest" not in deployed.sh("rabbitmqctl -q list_users --no-table-headers | cut -f1").split()
+    # No login was tried as the app or Flower user while finding the drift.
+    log = "\n".join(deployed.sh("cat /var/log/rabbitmq/*.log 2>/dev/null").splitlines()[log_lines_before:])
+    refusals = [line for line in log.splitlines() if ("refused" in line or "denied" in line)
+                and ("edd_user" in line or "bunny" in line)]
+    assert not refusals, refusals
+    # Repaired, the next up is a no-op again.
+    again, _ = deployed.up()
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+
+
+def test_widened_permissions_are_narrowed_by_up_with_refresh(deployed):
+    deployed.sh("rabbitmqctl -q set_permissions -p /edd bunny '.*' '.*' '.*'")
+    result = deployed.stack.stack.up(refresh=True, on_output=deployed.output.append, color="never")
+    assert result.summary.resource_changes.get("update", 0) >= 1, result.summary.resource_changes
+    perms = deployed.sh("rabbitmqctl -q list_user_permissions bunny --no-table-headers").split()
+    assert perms == ["/edd"] + [monitor_regex()] * 3
+
+
+def test_preview_diff_shows_a_rotation_without_the_secret(deployed):
+    """A reviewer's `preview --diff` of a pending rotation: the changed commands are listed,
+    the values are not (scanned with everything else in the leak scan)."""
+    new = random_secrets()["flowerUiPassword"]
+    old = deployed.secrets["flowerUiPassword"]
+    deployed.stack.set_secret("flowerUiPassword", new)
+    deployed.every_secret["previewed-flowerUiPassword"] = new
+    preview = deployed.stack.stack.preview(diff=True, color="never", on_output=deployed.output.append)
+    assert preview.change_summary.get("update") == 1, preview.change_summary
+    assert "flower-service" in preview.stdout and "[secret]" in preview.stdout
+    deployed.stack.set_secret("flowerUiPassword", old)
+
+
 def secret_forms(secrets: dict[str, str]) -> set[str]:
     """Every secret as it could show up: raw, percent-quoted, base64, JSON-escaped (twice, as
     in `stack export`), and with Go's escaping of & < >."""
@@ -374,7 +424,10 @@ def test_no_secret_leaks_anywhere(deployed):
 
 
 def test_destroy_leaves_the_host_as_before(deployed):
-    deployed.stack.stack.destroy(color="never")
+    destroyed: list[str] = []
+    deployed.stack.stack.destroy(color="never", on_output=destroyed.append)
+    leaked = [f for f in secret_forms(deployed.every_secret) if f in "".join(destroyed)]
+    assert not leaked, f"{len(leaked)} secret form(s) in destroy output"
     assert snapshot(deployed) == deployed.before
     assert deployed.sh("ls /etc/edd-infra 2>/dev/null; ls /etc/rabbitmq 2>/dev/null; true").strip() == ""
     print("\nsandbox timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
