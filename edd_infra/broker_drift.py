@@ -36,6 +36,8 @@ class BrokerDrift:
     guest_present: bool = False
     # user name -> repair token, for users whose stored hash is not the configured password
     drifted_users: dict[str, str] = field(default_factory=dict)
+    # Makes this run's tokens differ from any earlier run's.
+    nonce: str = field(default_factory=lambda: secrets.token_hex(6), compare=False)
 
     @property
     def checked(self) -> bool:
@@ -44,10 +46,17 @@ class BrokerDrift:
     def admin_token(self) -> Optional[str]:
         """Token that makes the admin command rerun: wrong admin password or guest back."""
         if self.admin == "refused":
-            return "admin-refused-" + secrets.token_hex(6)
+            return "admin-refused-" + self.nonce
         if self.admin == "ok" and self.guest_present:
-            return "guest-present-" + secrets.token_hex(6)
+            return "guest-present-" + self.nonce
         return None
+
+    def user_token(self, name: str) -> Optional[str]:
+        """Token that restores `name`'s password. With the admin refused the users cannot be
+        read: whoever changed the admin's password may have changed theirs, so restore all."""
+        if self.admin == "refused":
+            return "admin-refused-" + self.nonce
+        return self.drifted_users.get(name)
 
     def admin_in_sync(self) -> bool:
         return self.admin == "ok" and not self.guest_present

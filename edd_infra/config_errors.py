@@ -6,6 +6,9 @@ any resource and tests can check every message without an engine.
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
+
 from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
@@ -134,7 +137,7 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             continue
         if not is_secret.get(key, False):
             problems.append(f"{full}: stored in plaintext; set it with `pulumi config set --secret {key}`")
-        if key == "sshPrivateKey":
+        if key in ("sshPrivateKey", "brokerTlsKey"):
             if "PRIVATE KEY-----" not in value:
                 problems.append(f"{full}: must be an OpenSSH or PEM private key")
             continue
@@ -144,6 +147,33 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             problems.append(f"{full}: printable characters only (no newline, tab or control characters)")
         elif len(value.encode()) > 1024:
             problems.append(f"{full}: at most 1024 bytes")
+    return problems
+
+
+def tls_problems(settings: StackSettings, tls_key: str | None, root: Path) -> list[str]:
+    """broker.tls needs its key and two readable PEM certificates on this machine."""
+    tls = settings.broker.tls
+    if tls is None:
+        return []
+    problems = []
+    if not tls_key:
+        problems.append(f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
+                        "(pulumi config set --secret brokerTlsKey < server.key)")
+    for key, name in (("caFile", tls.ca_file), ("certFile", tls.cert_file)):
+        path = root / name
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(f"{PROJECT}:broker.tls.{key}: cannot read {str(path)!r} ({type(err).__name__}); "
+                            "a PEM certificate file, relative to the project directory or absolute")
+            continue
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            problems.append(f"{PROJECT}:broker.tls.{key}: {str(path)!r} holds no PEM certificate")
+    if settings.broker.install != "managed":
+        problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
+    if not any(ipaddress.ip_address(a).is_loopback for a in settings.broker.amqp_listeners):
+        problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
+                        "(services on the broker host connect there without TLS)")
     return problems
 
 

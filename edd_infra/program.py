@@ -7,12 +7,14 @@ and the Automation API's inline program (tests, `make sandbox`).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import ipaddress
+from pathlib import Path
+from typing import Any, Optional
 
 import pulumi
 
 from . import broker_drift
-from .components.rabbit_broker import api_endpoint
+from .components.rabbit_broker import api_endpoint, local_management_address
 from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
@@ -29,6 +31,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     hosts = {name: HostTarget(name, host, secrets.ssh_private_key) for name, host in settings.hosts.items()}
     broker_cfg = settings.broker
     broker_host = hosts[broker_cfg.host]
+    ca_file, tls_pems = tls_material(settings)
     broker = RabbitBroker(
         "broker",
         broker=broker_cfg,
@@ -36,6 +39,9 @@ def build(settings: StackSettings, secrets: StackSecrets,
         loopback_users=["guest", settings.app_user.name],
         admin_password=secrets.admin_password,
         drift=drift,
+        tls_pems=tls_pems,
+        tls_key=secrets.broker_tls_key,
+        ca_file=ca_file,
     )
     vhost = EddVhost(
         "edd",
@@ -49,8 +55,9 @@ def build(settings: StackSettings, secrets: StackSecrets,
     broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
     broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
                             after=vhost.flower_user)
-    # Workers run on the broker host (validated), so they use its first AMQP listener.
-    amqp_host = broker_cfg.amqp_listeners[0]
+    # Workers run on the broker host (validated), so they use its first plain AMQP listener
+    # (with TLS, the plain listeners are the loopback ones).
+    amqp_host = next(a for a in broker_cfg.amqp_listeners if not broker_cfg.tls or ipaddress.ip_address(a).is_loopback)
 
     def broker_url(user: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
         return pulumi.Output.secret(password).apply(
@@ -86,24 +93,40 @@ def build(settings: StackSettings, secrets: StackSecrets,
             host=hosts[flower_cfg.host],
             # Flower's AMQP connection and its management API calls both use the Flower user.
             broker_url=broker_url(settings.flower_broker_user.name, secrets.flower_broker_password),
-            broker_api=flower_broker_api(broker_cfg.management_address, broker_cfg.management_port),
+            broker_api=flower_broker_api(local_management_address(broker_cfg), broker_cfg.management_port),
             ui_password=secrets.flower_ui_password,
             depends_on=deps,
         )
         flower_url = flower.url
 
-    listeners = [f"[{a}]:{broker_cfg.amqp_port}" if ":" in a else f"{a}:{broker_cfg.amqp_port}"
-                 for a in broker_cfg.amqp_listeners]
+    def endpoints(scheme: str, port: int, addresses: list[str]) -> list[str]:
+        return [f"{scheme}://[{a}]:{port}/{settings.vhost}" if ":" in a else f"{scheme}://{a}:{port}/{settings.vhost}"
+                for a in addresses]
     health = pulumi.Output.all(*[w.service.id for w in workers]).apply(
         lambda _: {"broker": "answering", "workers": "answering ping", "flower": "answering" if flower_url else "off"}
     )
     return {
-        "brokerEndpoints": [f"amqp://{item}/{settings.vhost}" for item in listeners],
+        "brokerEndpoints": (
+            endpoints("amqp", broker_cfg.amqp_port, [a for a in broker_cfg.amqp_listeners
+                                                     if not broker_cfg.tls or ipaddress.ip_address(a).is_loopback])
+            + (endpoints("amqps", broker_cfg.tls.amqp_port, broker_cfg.amqp_listeners) if broker_cfg.tls else [])
+        ),
         "managementEndpoint": broker.endpoint,
         "flowerUrl": flower_url,
         "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
         "health": health,
     }
+
+
+def tls_material(settings: StackSettings) -> tuple[Optional[str], Optional[tuple[str, str]]]:
+    """The CA file's absolute path on this machine (for the provider) and the CA and server
+    certificate texts (for the broker host), when broker.tls is set (files checked at load)."""
+    tls = settings.broker.tls
+    if tls is None:
+        return None, None
+    root = Path(pulumi.get_root_directory())
+    ca, cert = root / tls.ca_file, root / tls.cert_file
+    return str(ca.resolve()), (ca.read_text(), cert.read_text())
 
 
 async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broker_drift.BrokerDrift:
@@ -114,7 +137,7 @@ async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broke
                           (secrets.admin_password, secrets.app_password, secrets.flower_broker_password)]
     passwords = {settings.app_user.name: app, settings.flower_broker_user.name: flower}
     return await asyncio.to_thread(broker_drift.observe, api_endpoint(settings.broker), settings.broker.admin_user,
-                                   admin, passwords)
+                                   admin, passwords, ca_file=tls_material(settings)[0])
 
 
 async def deploy(check_drift: bool = True) -> dict[str, Any]:

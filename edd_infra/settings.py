@@ -103,6 +103,24 @@ class Host(Model):
         return value
 
 
+# A file beside Pulumi.yaml (relative) or anywhere on the machine running Pulumi.
+LocalPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./@+-]+$")]
+
+
+class BrokerTls(Model):
+    """TLS listeners: AMQP on every AMQP listener address and the management API on
+    `managementAddress`; plain AMQP and plain management stay on loopback only.
+
+    Certificates are PEM files on the machine running Pulumi (public: commit them or not);
+    the server key is the secret `brokerTlsKey`.
+    """
+
+    ca_file: LocalPath
+    cert_file: LocalPath
+    amqp_port: Port = 5671
+    management_port: Port = 15671
+
+
 class Broker(Model):
     """RabbitMQ on one host: package, listeners, and the admin account Pulumi uses."""
 
@@ -130,6 +148,7 @@ class Broker(Model):
     start_timeout: Annotated[int, Field(ge=10, le=600)] = 120
     # `destroy` purges the package and its data too (throw-away hosts); off keeps them.
     purge_on_destroy: bool = False
+    tls: Optional[BrokerTls] = None
 
 
 class Permissions(Model):
@@ -222,4 +241,4 @@ class StackSettings(Model):
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey",)
+OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey")

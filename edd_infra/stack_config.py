@@ -8,12 +8,13 @@ resource exists, and stay secret Outputs everywhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pulumi
 from pulumi.runtime.config import CONFIG, is_config_secret
 
-from .config_errors import ConfigError, secret_problems, validate
+from .config_errors import ConfigError, secret_problems, tls_problems, validate
 from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
 
 
@@ -26,6 +27,7 @@ class StackSecrets:
     flower_broker_password: pulumi.Output[str]
     flower_ui_password: pulumi.Output[str]
     ssh_private_key: Optional[pulumi.Output[str]]
+    broker_tls_key: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -66,8 +68,11 @@ async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSe
     values = {key: (await out.future()) if out is not None else None for key, out in secrets.items()}
     flags = {key: is_config_secret(config.full_key(key)) for key in secrets}
     problems += secret_problems(values, flags) + _unknown_keys()
-    if not values["sshPrivateKey"]:
-        secrets["sshPrivateKey"] = None
+    if settings is not None:
+        problems += tls_problems(settings, values["brokerTlsKey"], Path(pulumi.get_root_directory()))
+    for key in OPTIONAL_SECRETS:
+        if not values[key]:
+            secrets[key] = None
     del values
     if problems or settings is None:
         raise ConfigError(problems)
@@ -77,4 +82,5 @@ async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSe
         flower_broker_password=secrets["flowerBrokerPassword"],
         flower_ui_password=secrets["flowerUiPassword"],
         ssh_private_key=secrets["sshPrivateKey"],
+        broker_tls_key=secrets["brokerTlsKey"],
     )

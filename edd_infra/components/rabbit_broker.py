@@ -25,6 +25,8 @@ from ..render import host_scripts
 from ..render.broker_urls import management_endpoint
 from ..render.host_scripts import FileSpec
 from ..render.rabbitmq_conf import (
+    LOOPBACK,
+    TlsListeners,
     epmd_socket_listen,
     render_enabled_plugins,
     render_epmd_environment,
@@ -41,8 +43,14 @@ DROPIN_PATH = "/etc/systemd/system/rabbitmq-server.service.d/edd-infra.conf"
 EPMD_DROPIN_PATH = "/etc/systemd/system/epmd.socket.d/edd-infra.conf"
 
 
-def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
-    """The broker's config files (no secrets in them)."""
+def tls_listeners(broker: Broker) -> Optional[TlsListeners]:
+    return TlsListeners(broker.tls.amqp_port, broker.tls.management_port) if broker.tls else None
+
+
+def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None) -> list[FileSpec]:
+    """The broker's config files (no secrets in them); with TLS, the CA and server
+    certificates (`tls_pems`, public) too."""
+    tls = tls_listeners(broker)
     conf = render_rabbitmq_conf(
         amqp_listeners=broker.amqp_listeners,
         amqp_port=broker.amqp_port,
@@ -50,8 +58,10 @@ def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
         management_port=broker.management_port,
         node_address=broker.node_address,
         loopback_users=loopback_users,
+        tls=tls,
     )
-    return [
+    certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
+    return certificates + [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
         FileSpec(ENV_PATH, render_rabbitmq_env(broker.node_name)),
@@ -61,8 +71,17 @@ def broker_files(broker: Broker, loopback_users: list[str]) -> list[FileSpec]:
 
 
 def api_endpoint(broker: Broker) -> str:
-    """Where Pulumi reaches the management API."""
-    return broker.management_url or management_endpoint(broker.management_address, broker.management_port)
+    """Where Pulumi reaches the management API: its TLS listener when there is one."""
+    if broker.management_url:
+        return broker.management_url
+    if broker.tls:
+        return management_endpoint(broker.management_address, broker.tls.management_port, scheme="https")
+    return management_endpoint(broker.management_address, broker.management_port)
+
+
+def local_management_address(broker: Broker) -> str:
+    """Where services on the broker host reach the plain management API (Flower)."""
+    return LOOPBACK if broker.tls else broker.management_address
 
 
 class RabbitBroker(pulumi.ComponentResource):
@@ -81,18 +100,23 @@ class RabbitBroker(pulumi.ComponentResource):
         loopback_users: list[str],
         admin_password: pulumi.Output[str],
         drift: BrokerDrift = NOT_CHECKED,
+        tls_pems: Optional[tuple[str, str]] = None,
+        tls_key: Optional[pulumi.Output[str]] = None,
+        ca_file: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
         self._name, self._broker, self._host, self._drift = name, broker, host, drift
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
-        admin = self._managed(name, broker, host, loopback_users, admin_password) if broker.install == "managed" else None
+        admin = (self._managed(name, broker, host, loopback_users, admin_password, tls_pems, tls_key)
+                 if broker.install == "managed" else None)
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
             endpoint=self.endpoint,
             username=broker.admin_user,
             password=admin_password,
+            cacert_file=ca_file,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[admin] if admin else []),
         )
         self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
@@ -104,7 +128,7 @@ class RabbitBroker(pulumi.ComponentResource):
         only when `drift` names the user, restores it with rabbitmqctl on the broker host.
         A broker this stack does not manage has no host to run it on: drift is reported.
         """
-        token = self._drift.drifted_users.get(user)
+        token = self._drift.user_token(user)
         if self._broker.install != "managed":
             if token:
                 pulumi.log.warn(f"broker user {user!r}: its password on the broker is not the configured one; "
@@ -119,17 +143,25 @@ class RabbitBroker(pulumi.ComponentResource):
                                         ignore_changes=[] if token else ["stdin"]),
         )
 
-    def _managed(self, name, broker, host, loopback_users, admin_password) -> pulumi.Resource:
+    def _managed(self, name, broker, host, loopback_users, admin_password, tls_pems, tls_key) -> pulumi.Resource:
         """The package, its config and the admin account; returns the command the Provider waits for."""
         child = pulumi.ResourceOptions(parent=self)
         token = self._drift.admin_token()
-        files = broker_files(broker, loopback_users)
+        files = broker_files(broker, loopback_users, tls_pems)
+        tls = tls_listeners(broker)
+        key_bundle = None
+        if tls:
+            key_bundle = tls_key.apply(lambda pem: host_scripts.secret_bundle(
+                [FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")]))
         server = host.run(
             f"{name}-server",
             create=host_scripts.broker_install(
-                files=files, package_version=broker.package_version, start_timeout=broker.start_timeout
+                files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
+                secret_files=tls is not None,
             ),
-            delete=host_scripts.broker_remove(files=[f.path for f in files], purge_package=broker.purge_on_destroy),
+            delete=host_scripts.broker_remove(files=[f.path for f in files] + ([tls.key_path] if tls else []),
+                                              purge_package=broker.purge_on_destroy),
+            stdin=key_bundle,
             opts=child,
         )
         return host.run(

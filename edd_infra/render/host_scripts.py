@@ -156,20 +156,28 @@ def wait_for_broker(timeout: int) -> str:
 
 
 def broker_install(
-    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int
+    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
-    package offline-first, restart when anything changed, wait until it answers."""
+    package offline-first, restart when anything changed, wait until it answers.
+
+    With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq): the
+    group is made first, as the package would, so the key is readable at the first start."""
     package = "rabbitmq-server" + (f"={package_version}" if package_version else "")
     wanted = package_version or ""
+    # The package makes these system users; note which ones are not there yet.
+    mark_users = (f"mkdir -p {STATE_DIR}/created\n"
+                  f"for u in {' '.join(PACKAGE_USERS)}; do id -u \"$u\" >/dev/null 2>&1 || "
+                  f"touch {STATE_DIR}/created/package-user-$u; done")
+    secrets = (mark_users + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
+               + READ_SECRET_FILES) if secret_files else ""
     return script(
         *(write_file(f) for f in files),
+        secrets,
         f"have=$(dpkg-query -W -f='${{Status}} ${{Version}}' rabbitmq-server 2>/dev/null || true)\n"
         f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
-        # The package makes these system users; note which ones it is about to make.
-        f"  mkdir -p {STATE_DIR}/created\n"
-        f"  for u in {' '.join(PACKAGE_USERS)}; do id -u \"$u\" >/dev/null 2>&1 || touch {STATE_DIR}/created/package-user-$u; done\n"
+        f"  {mark_users}\n"
         f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
         f"  changed=1 ;;\nesac",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.

@@ -7,7 +7,34 @@ so guest is named again even though the program deletes it.
 
 from __future__ import annotations
 
-from typing import Iterable
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+TLS_DIR = "/etc/rabbitmq/tls"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class TlsListeners:
+    """Where the TLS listeners go and the files they use on the broker host."""
+
+    amqp_port: int
+    management_port: int
+    ca_path: str = f"{TLS_DIR}/ca.pem"
+    cert_path: str = f"{TLS_DIR}/cert.pem"
+    key_path: str = f"{TLS_DIR}/key.pem"
+
+
+def _tls_lines(tls: TlsListeners, amqp_listeners: Iterable[str], management_address: str) -> list[str]:
+    files = {"cacertfile": tls.ca_path, "certfile": tls.cert_path, "keyfile": tls.key_path}
+    lines = [f"listeners.ssl.{i} = {_listener(a, tls.amqp_port)}" for i, a in enumerate(amqp_listeners, 1)]
+    lines += [f"ssl_options.{k} = {v}" for k, v in files.items()]
+    # Clients authenticate with passwords; they check the server, the server does not ask for theirs.
+    lines += ["ssl_options.verify = verify_none", "ssl_options.fail_if_no_peer_cert = false",
+              f"management.ssl.ip = {management_address}", f"management.ssl.port = {tls.management_port}"]
+    lines += [f"management.ssl.{k} = {v}" for k, v in files.items()]
+    return lines
 
 
 def _listener(address: str, port: int) -> str:
@@ -28,16 +55,27 @@ def render_rabbitmq_conf(
     management_port: int,
     node_address: str,
     loopback_users: Iterable[str],
+    tls: Optional[TlsListeners] = None,
 ) -> str:
-    """rabbitmq.conf: AMQP and management on the given addresses only, loopback-only users."""
+    """rabbitmq.conf: AMQP and management on the given addresses only, loopback-only users.
+
+    With `tls`, the given addresses get TLS listeners and the plain ones move to loopback
+    (where the workers and Flower on the broker host connect)."""
+    amqp_listeners = list(amqp_listeners)
+    plain_amqp = [a for a in amqp_listeners if ipaddress.ip_address(a).is_loopback] if tls else amqp_listeners
+    plain_management = LOOPBACK if tls else management_address
     lines = ["# Written by edd-infra; changes here are overwritten by the next `pulumi up`."]
-    lines += [f"listeners.tcp.{i} = {_listener(a, amqp_port)}" for i, a in enumerate(amqp_listeners, 1)]
+    lines += [f"listeners.tcp.{i} = {_listener(a, amqp_port)}" for i, a in enumerate(plain_amqp, 1)]
+    if not plain_amqp:
+        lines.append("listeners.tcp = none")
     lines += [
-        f"management.tcp.ip = {management_address}",
+        f"management.tcp.ip = {plain_management}",
         f"management.tcp.port = {management_port}",
         f"distribution.listener.interface = {node_address}",
     ]
     lines += [f"loopback_users.{user} = true" for user in loopback_users]
+    if tls:
+        lines += _tls_lines(tls, amqp_listeners, management_address)
     return "\n".join(lines) + "\n"
 
 

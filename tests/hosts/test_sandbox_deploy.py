@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from sandbox import hosts as sandbox_hosts
-from sandbox.deploy import WORKER, configure, random_secrets, send_task
+from sandbox.deploy import WORKER, configure, random_secrets, send_task, tls_dir
 from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
@@ -45,6 +46,14 @@ class Deployment:
         result = self.stack.stack.up(on_output=self.output.append, color="never")
         return result, time.monotonic() - started
 
+    @property
+    def ca_file(self) -> str:
+        return str(self.stack.work_dir / tls_dir(self.stack) / "ca.pem")
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Trusts only the sandbox CA, and checks the certificate is for the host's address."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def main_pid(self, unit: str) -> str:
         return self.sh(f"systemctl show -p MainPID --value {unit}").strip()
 
@@ -55,7 +64,7 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     (work / "state").mkdir()
     stack = ProjectStack(f"e2e{uuid.uuid4().hex[:6]}", work, f"file://{work / 'state'}", PASSPHRASE)
-    configure(stack, host)
+    configure(stack, host, tls=True)
     secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
     deployment = Deployment(host, stack, secrets)
     deployment.before = snapshot(deployment)
@@ -93,17 +102,19 @@ def listening(d: Deployment) -> set[str]:
 def test_listeners_only_where_configured(deployed):
     addr = deployed.host.address
     sockets = listening(deployed)
-    expected = {"127.0.0.1:5672", "[::1]:5672", f"{addr}:15672", "127.0.0.1:4369", "127.0.0.1:25672", f"{addr}:5555"}
+    # Plain AMQP and management on loopback only; TLS ones on the host's address too.
+    expected = {"127.0.0.1:5672", "[::1]:5672", "127.0.0.1:15672", "127.0.0.1:5671", "[::1]:5671", f"{addr}:5671",
+                f"{addr}:15671", "127.0.0.1:4369", "127.0.0.1:25672", f"{addr}:5555"}
     assert expected <= sockets
-    for port in ("5672", "15672", "4369", "25672", "5555"):
+    for port in ("5672", "15672", "5671", "15671", "4369", "25672", "5555"):
         extra = {s for s in sockets if s.endswith(f":{port}")} - expected
         assert not extra, f"port {port} also listens on {extra}"
 
 
-@pytest.mark.parametrize("port", [5672, 4369, 25672])
+@pytest.mark.parametrize("port", [5672, 15672, 4369, 25672])
 def test_other_hosts_cannot_connect(deployed, port):
-    # This machine reaches the host's address (it is on the link), yet AMQP, epmd and
-    # distribution refuse: they are bound to loopback inside the host.
+    # This machine reaches the host's address (it is on the link), yet plain AMQP, plain
+    # management, epmd and distribution refuse: they are bound to loopback inside the host.
     with pytest.raises(OSError):
         socket.create_connection((deployed.host.address, port), timeout=3).close()
 
@@ -134,6 +145,27 @@ def run_probe(d: Deployment, vhost: str):
     return sandbox_hosts.run(
         d.host, f"set -a; . {env}; set +a; echo {code} | base64 -d > /tmp/probe.py; "
                 f"/opt/edd-sandbox/venv/bin/python /tmp/probe.py {vhost}", timeout=60)
+
+
+def amqps_connect(d: Deployment, ca_file: str | None) -> None:
+    """AMQP over TLS from this machine to the host's address, as the Flower user."""
+    from kombu import Connection
+
+    url = amqp_url("bunny", d.secrets["flowerBrokerPassword"], d.host.address, 5671, "/edd").replace("amqp:", "amqps:", 1)
+    options = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": d.host.address}
+    if ca_file:
+        options["ca_certs"] = ca_file
+    with Connection(url, ssl=options, connect_timeout=10) as conn:
+        conn.connect()
+
+
+def test_tls_listeners_serve_a_certificate_from_the_stack_ca(deployed):
+    amqps_connect(deployed, deployed.ca_file)
+    with pytest.raises(ssl.SSLError):  # system CAs do not know the sandbox CA
+        amqps_connect(deployed, None)
+    # The management API over TLS, verified against the CA (hostname = the IP SAN).
+    assert management_status(deployed, "edd-infra-admin", deployed.secrets["adminPassword"]) == 200
+    assert deployed.stack.stack.outputs()["managementEndpoint"].value == f"https://{deployed.host.address}:15671"
 
 
 def test_app_user_publishes_on_edd_and_is_refused_on_root_vhost(deployed):
@@ -183,7 +215,7 @@ def test_second_up_changes_nothing_and_preview_agrees(deployed):
 
 def test_concurrency_change_restarts_only_that_worker(deployed):
     pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
-    configure(deployed.stack, deployed.host, worker_concurrency=3)
+    configure(deployed.stack, deployed.host, tls=True, worker_concurrency=3)
     result, _ = deployed.up()
     changes = result.summary.resource_changes
     assert changes.get("update") == 1, changes
@@ -204,17 +236,17 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
         deployed.up()
     assert f"worker {WORKER} did not answer ping" in str(err.value) or "did not become active" in str(err.value)
     deployed.output.append(str(err.value))  # a failing remote command's full text: leak-scanned later
-    configure(deployed.stack, deployed.host, worker_concurrency=3)
+    configure(deployed.stack, deployed.host, tls=True, worker_concurrency=3)
     result, _ = deployed.up()
     assert result.summary.result == "succeeded"
     assert send_task(deployed.host, 1, 1) == "2"
 
 
 def management_status(d: Deployment, user: str, password: str) -> int:
-    request = urllib.request.Request(f"http://{d.host.address}:15672/api/whoami")
+    request = urllib.request.Request(f"https://{d.host.address}:15671/api/whoami")
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=d.tls_context()) as response:
             return response.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -268,10 +300,10 @@ print(n, flush=True)
 
 
 def queue_stats(d: Deployment) -> dict:
-    request = urllib.request.Request(f"http://{d.host.address}:15672/api/queues/%2Fedd/edd")
+    request = urllib.request.Request(f"https://{d.host.address}:15671/api/queues/%2Fedd/edd")
     token = base64.b64encode(f"edd-infra-admin:{d.secrets['adminPassword']}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=5, context=d.tls_context()) as response:
         return json.loads(response.read())
 
 

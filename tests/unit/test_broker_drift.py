@@ -97,6 +97,8 @@ def test_password_changed_by_hand_and_guest_back(api):
 def test_admin_refused(api):
     drift = broker_drift.observe(api, "edd-infra-admin", "wrong", {"edd_user": "x"})
     assert drift.admin == "refused" and drift.admin_token().startswith("admin-refused-")
+    # The users cannot be read with a refused admin: every account is restored in the same up.
+    assert drift.user_token("edd_user") == drift.admin_token()
 
 
 def test_unreachable_broker_is_unknown():

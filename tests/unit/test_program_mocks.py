@@ -221,3 +221,53 @@ def test_unreadable_broker_leaves_the_admin_command_to_its_inputs():
     _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="unknown"))
     stdin, ignored = stdin_of(loop, resources, "broker-admin")
     assert ignored == [] and stdin == SECRETS["adminPassword"] + "\n"
+
+
+def bundle_files(stdin):
+    """The files in a secret bundle: path -> (mode, owner, group, text)."""
+    files = {}
+    for line in stdin.splitlines():
+        mode, owner, group, path, data = line.split(" ")
+        files[path] = (mode, owner, group, base64.b64decode(data).decode())
+    return files
+
+
+def tls_config(tmp_path, with_key=True):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n")
+    (tmp_path / "server.pem").write_text("-----BEGIN CERTIFICATE-----\nsrv\n-----END CERTIFICATE-----\n")
+    config = stack_config("prod")
+    broker = json.loads(config["edd-infra:broker"])
+    broker.update(tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
+                  managementAddress="10.0.0.2", amqpListeners=["127.0.0.1", "10.0.0.2"])
+    config["edd-infra:broker"] = json.dumps(broker)
+    keys = [f"edd-infra:{k}" for k in SECRETS]
+    if with_key:
+        config["edd-infra:brokerTlsKey"] = "-----BEGIN PRIVATE KEY-----\nk3y-s3cr3t\n-----END PRIVATE KEY-----\n"
+        keys.append("edd-infra:brokerTlsKey")
+    return config, keys
+
+
+def test_tls_wires_provider_ca_broker_files_and_key_on_stdin(tmp_path):
+    config, keys = tls_config(tmp_path)
+    outputs, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: (p, s) for t, n, p, o, s in resources}
+    provider, _ = by_name["broker-provider"]
+    assert plain(loop, provider["endpoint"]) == "https://10.0.0.2:15671"
+    assert plain(loop, provider["cacert_file"] if "cacert_file" in provider else provider.get("cacertFile")) == str(tmp_path / "ca.pem")
+    server, secret = by_name["broker-server"]
+    create = plain(loop, server["create"])
+    assert "listeners.ssl.2 = 10.0.0.2:5671" in create and "-----BEGIN CERTIFICATE-----\nsrv" in create
+    assert "k3y-s3cr3t" not in create and secret["stdin"]
+    assert bundle_files(plain(loop, server["stdin"])) == {
+        "/etc/rabbitmq/tls/key.pem": ("0640", "root", "rabbitmq", config["edd-infra:brokerTlsKey"])}
+    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqps://127.0.0.1:5671//edd",
+                                          "amqps://10.0.0.2:5671//edd"]
+    (flower, _) = by_name["flower-service"]
+    flower_config = bundle_files(plain(loop, flower["stdin"]))["/etc/edd-infra/flowerconfig.py"][3]
+    assert "broker_api = 'http://127.0.0.1:15672/api/'" in flower_config
+
+
+def test_tls_without_its_key_is_refused(tmp_path):
+    config, keys = tls_config(tmp_path, with_key=False)
+    with pytest.raises(ConfigError, match="edd-infra:brokerTlsKey: required when broker.tls is set"):
+        run(config, secret_keys=keys)

@@ -1,6 +1,12 @@
 """rabbitmq.conf: listeners on loopback only, loopback users, epmd and distribution bound."""
 
-from edd_infra.render.rabbitmq_conf import epmd_socket_listen, render_enabled_plugins, render_epmd_environment, render_rabbitmq_conf
+from edd_infra.render.rabbitmq_conf import (
+    TlsListeners,
+    epmd_socket_listen,
+    render_enabled_plugins,
+    render_epmd_environment,
+    render_rabbitmq_conf,
+)
 from tests.unit.golden import assert_golden
 
 
@@ -47,3 +53,27 @@ def test_epmd_socket_brackets_ipv6():
 def test_plugins_and_epmd():
     assert render_enabled_plugins() == "[rabbitmq_management].\n"
     assert render_epmd_environment("127.0.0.1") == {"ERL_EPMD_ADDRESS": "127.0.0.1"}
+
+
+def test_tls_moves_plain_listeners_to_loopback_and_adds_tls_ones():
+    conf = render_rabbitmq_conf(
+        amqp_listeners=["127.0.0.1", "::1", "10.0.0.2"], amqp_port=5672, management_address="10.0.0.2",
+        management_port=15672, node_address="127.0.0.1", loopback_users=["guest"],
+        tls=TlsListeners(amqp_port=5671, management_port=15671),
+    )
+    lines = conf.splitlines()
+    assert [line for line in lines if line.startswith("listeners.tcp.")] == [
+        "listeners.tcp.1 = 127.0.0.1:5672", "listeners.tcp.2 = ::1:5672"]
+    assert [line for line in lines if line.startswith("listeners.ssl.")] == [
+        "listeners.ssl.1 = 127.0.0.1:5671", "listeners.ssl.2 = ::1:5671", "listeners.ssl.3 = 10.0.0.2:5671"]
+    assert "management.tcp.ip = 127.0.0.1" in lines and "management.ssl.ip = 10.0.0.2" in lines
+    assert "management.ssl.port = 15671" in lines
+    assert "ssl_options.keyfile = /etc/rabbitmq/tls/key.pem" in lines
+    assert "management.ssl.certfile = /etc/rabbitmq/tls/cert.pem" in lines
+
+
+def test_tls_with_only_public_listeners_turns_plain_amqp_off():
+    conf = render_rabbitmq_conf(
+        amqp_listeners=["10.0.0.2"], amqp_port=5672, management_address="10.0.0.2", management_port=15672,
+        node_address="127.0.0.1", loopback_users=[], tls=TlsListeners(5671, 15671))
+    assert "listeners.tcp = none" in conf.splitlines()

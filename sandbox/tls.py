@@ -1,0 +1,42 @@
+"""A throw-away CA and a broker certificate for the sandbox, made with the openssl CLI.
+
+Real sites bring their own PKI; the sandbox makes one per stack so `broker.tls` is tested
+against real certificates: a CA, and a server certificate for the host's address (IP SAN)
+and loopback, signed by it. The keys stay in `directory` (0600) and the server key goes
+into the stack as the secret `brokerTlsKey`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()[-400:]}")
+
+
+def make_broker_certificates(directory: Path, address: str) -> dict[str, Path]:
+    """ca.pem, ca.key, server.pem, server.key in `directory` (reused when present)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
+    if all(p.exists() for p in files.values()) and address in _subject_alt_names(files["server.pem"]):
+        return files
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
+             "-keyout", "server.key", "-out", "server.csr", cwd=directory)
+    (directory / "san.ext").write_text(f"subjectAltName = IP:{address}, IP:127.0.0.1, IP:::1, DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
+    for key in ("ca.key", "server.key"):
+        files[key].chmod(0o600)
+    return files
+
+
+def _subject_alt_names(cert: Path) -> str:
+    result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
+                            capture_output=True, text=True)
+    return result.stdout
