@@ -119,14 +119,12 @@ def build(settings: StackSettings, secrets: StackSecrets,
 
 
 def tls_material(settings: StackSettings) -> tuple[Optional[str], Optional[tuple[str, str]]]:
-    """The CA file's absolute path on this machine (for the provider) and the CA and server
+    """The CA file's path on this machine (for the provider) and the CA and server
     certificate texts (for the broker host), when broker.tls is set (files checked at load)."""
     tls = settings.broker.tls
     if tls is None:
         return None, None
-    root = Path(pulumi.get_root_directory())
-    ca, cert = root / tls.ca_file, root / tls.cert_file
-    return str(ca.resolve()), (ca.read_text(), cert.read_text())
+    return tls.ca_file, (Path(tls.ca_file).read_text(), Path(tls.cert_file).read_text())
 
 
 async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broker_drift.BrokerDrift:
@@ -140,14 +138,15 @@ async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broke
                                    admin, passwords, ca_file=tls_material(settings)[0])
 
 
-async def deploy(check_drift: bool = True) -> dict[str, Any]:
+async def deploy(check_drift: bool = True, project_dir: Optional[str] = None) -> dict[str, Any]:
     """Validate the stack's config (stopping before any resource on a problem), look for
-    drift on the broker, then build."""
-    settings, secrets = await load_settings()
+    drift on the broker, then build. `project_dir`: where Pulumi.yaml is (inline programs
+    have no root directory of their own)."""
+    settings, secrets = await load_settings(project_dir=Path(project_dir) if project_dir else None)
     drift = await observe_drift(settings, secrets) if check_drift else broker_drift.NOT_CHECKED
     return build(settings, secrets, drift)
 
 
-def inline_program() -> None:
+def inline_program(project_dir: Optional[str] = None) -> None:
     """The Automation API's inline program: the same `deploy` as `__main__.py`."""
-    pulumi.run(deploy)
+    pulumi.run(lambda: deploy(project_dir=project_dir))

@@ -48,8 +48,22 @@ def _unknown_keys() -> list[str]:
     )
 
 
-async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSettings, StackSecrets]:
-    """Validate the whole stack config; raise ConfigError listing every problem."""
+def _absolute_tls_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
+    """broker.tls file names resolved against the project directory."""
+    tls = settings.broker.tls
+    if tls is None:
+        return settings
+    tls = tls.model_copy(update={"ca_file": str((project_dir / tls.ca_file).resolve()),
+                                 "cert_file": str((project_dir / tls.cert_file).resolve())})
+    return settings.model_copy(update={"broker": settings.broker.model_copy(update={"tls": tls})})
+
+
+async def load_settings(config: Optional[pulumi.Config] = None,
+                        project_dir: Optional[Path] = None) -> tuple[StackSettings, StackSecrets]:
+    """Validate the whole stack config; raise ConfigError listing every problem.
+
+    `project_dir` (default: Pulumi's root directory) is where relative file names in the
+    config are read from."""
     config = config or pulumi.Config(PROJECT)
     raw, problems = {}, []
     for key in PLAIN_KEYS:
@@ -69,7 +83,9 @@ async def load_settings(config: Optional[pulumi.Config] = None) -> tuple[StackSe
     flags = {key: is_config_secret(config.full_key(key)) for key in secrets}
     problems += secret_problems(values, flags) + _unknown_keys()
     if settings is not None:
-        problems += tls_problems(settings, values["brokerTlsKey"], Path(pulumi.get_root_directory()))
+        project_dir = project_dir or Path(pulumi.get_root_directory() or ".")
+        problems += tls_problems(settings, values["brokerTlsKey"], project_dir)
+        settings = _absolute_tls_paths(settings, project_dir)
     for key in OPTIONAL_SECRETS:
         if not values[key]:
             secrets[key] = None

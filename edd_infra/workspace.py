@@ -8,6 +8,8 @@ the Automation API's own set_config puts it on the CLI's argv.
 
 from __future__ import annotations
 
+import functools
+
 import os
 import shutil
 import subprocess
@@ -83,7 +85,7 @@ class ProjectStack:
     """One stack of this project in `work_dir`, with its own backend and passphrase."""
 
     def __init__(self, name: str, work_dir: Path, backend_url: str, passphrase: str,
-                 program: Callable[[], None] = inline_program, project: str = PROJECT):
+                 program: Optional[Callable[[], None]] = None, project: str = PROJECT):
         directory = cli_dir()
         if directory is None:
             raise RuntimeError(f"pulumi CLI {CLI_VERSION} not found: run `make toolchain`")
@@ -101,7 +103,7 @@ class ProjectStack:
         self.stack = auto.create_or_select_stack(
             stack_name=name,
             project_name=project,
-            program=program,
+            program=program or functools.partial(inline_program, str(self.work_dir)),
             opts=auto.LocalWorkspaceOptions(
                 work_dir=str(self.work_dir),
                 pulumi_command=auto.PulumiCommand(str(_install_root(directory)), skip_version_check=True),
