@@ -137,7 +137,7 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             continue
         if not is_secret.get(key, False):
             problems.append(f"{full}: stored in plaintext; set it with `pulumi config set --secret {key}`")
-        if key in ("sshPrivateKey", "brokerTlsKey"):
+        if key in ("sshPrivateKey", "brokerTlsKey", "celerySigningKey"):
             if "PRIVATE KEY-----" not in value:
                 problems.append(f"{full}: must be an OpenSSH or PEM private key")
             continue
@@ -150,30 +150,38 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
     return problems
 
 
-def tls_problems(settings: StackSettings, tls_key: str | None, root: Path) -> list[str]:
-    """broker.tls needs its key and two readable PEM certificates on this machine."""
-    tls = settings.broker.tls
-    if tls is None:
-        return []
+def _certificate_problems(key: str, name: str, root: Path) -> list[str]:
+    path = root / name
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        return [f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
+                "a PEM certificate file, relative to the project directory or absolute"]
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return [f"{PROJECT}:{key}: {str(path)!r} holds no PEM certificate"]
+    return []
+
+
+def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path) -> list[str]:
+    """broker.tls and celerySigning need their secret keys and readable PEM certificates."""
     problems = []
-    if not tls_key:
-        problems.append(f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
-                        "(pulumi config set --secret brokerTlsKey < server.key)")
-    for key, name in (("caFile", tls.ca_file), ("certFile", tls.cert_file)):
-        path = root / name
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(f"{PROJECT}:broker.tls.{key}: cannot read {str(path)!r} ({type(err).__name__}); "
-                            "a PEM certificate file, relative to the project directory or absolute")
-            continue
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            problems.append(f"{PROJECT}:broker.tls.{key}: {str(path)!r} holds no PEM certificate")
-    if settings.broker.install != "managed":
-        problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
-    if not any(ipaddress.ip_address(a).is_loopback for a in settings.broker.amqp_listeners):
-        problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
-                        "(services on the broker host connect there without TLS)")
+    tls = settings.broker.tls
+    if tls is not None:
+        if not secrets.get("brokerTlsKey"):
+            problems.append(f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
+                            "(pulumi config set --secret brokerTlsKey < server.key)")
+        problems += _certificate_problems("broker.tls.caFile", tls.ca_file, root)
+        problems += _certificate_problems("broker.tls.certFile", tls.cert_file, root)
+        if settings.broker.install != "managed":
+            problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
+        if not any(ipaddress.ip_address(a).is_loopback for a in settings.broker.amqp_listeners):
+            problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
+                            "(services on the broker host connect there without TLS)")
+    if settings.celery_signing is not None:
+        if not secrets.get("celerySigningKey"):
+            problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "
+                            "(pulumi config set --secret celerySigningKey < signing.key)")
+        problems += _certificate_problems("celerySigning.certFile", settings.celery_signing.cert_file, root)
     return problems
 
 

@@ -65,6 +65,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
         )
 
     app_url = broker_url(settings.app_user.name, secrets.app_password)
+    signing = ((secrets.celery_signing_key, Path(settings.celery_signing.cert_file).read_text())
+               if settings.celery_signing else None)
     ready = [vhost]
 
     accounts: dict[tuple[str, str], ServiceAccount] = {}
@@ -82,7 +84,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     for worker in settings.workers:
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
         workers.append(CeleryWorkerService(worker.name, worker=worker, host=hosts[worker.host],
-                                           broker_url=app_url, depends_on=deps))
+                                           broker_url=app_url, signing=signing, depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
@@ -95,6 +97,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
             broker_url=broker_url(settings.flower_broker_user.name, secrets.flower_broker_password),
             broker_api=flower_broker_api(local_management_address(broker_cfg), broker_cfg.management_port),
             ui_password=secrets.flower_ui_password,
+            signing=signing,
             depends_on=deps,
         )
         flower_url = flower.url

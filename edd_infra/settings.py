@@ -121,6 +121,13 @@ class BrokerTls(Model):
     management_port: Port = 15671
 
 
+class CelerySigning(Model):
+    """Message signing: tasks are signed with the secret `celerySigningKey` and checked
+    against `certFile` (PEM, beside Pulumi.yaml or absolute) by every worker and Flower."""
+
+    cert_file: LocalPath
+
+
 class Broker(Model):
     """RabbitMQ on one host: package, listeners, and the admin account Pulumi uses."""
 
@@ -237,8 +244,15 @@ class StackSettings(Model):
     flower: Flower
     # Off only for throw-away hosts whose keys are not known in advance.
     require_host_keys: bool = True
+    celery_signing: Optional[CelerySigning] = None
+
+    @field_validator("celery_signing", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value):
+        # Pulumi.yaml's default for an optional object is {}: that means off.
+        return None if value == {} else value
 
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey")
+OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey")

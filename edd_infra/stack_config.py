@@ -14,7 +14,7 @@ from typing import Optional
 import pulumi
 from pulumi.runtime.config import CONFIG, is_config_secret
 
-from .config_errors import ConfigError, secret_problems, tls_problems, validate
+from .config_errors import ConfigError, file_problems, secret_problems, validate
 from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
 
 
@@ -28,6 +28,7 @@ class StackSecrets:
     flower_ui_password: pulumi.Output[str]
     ssh_private_key: Optional[pulumi.Output[str]]
     broker_tls_key: Optional[pulumi.Output[str]] = None
+    celery_signing_key: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -48,14 +49,19 @@ def _unknown_keys() -> list[str]:
     )
 
 
-def _absolute_tls_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
-    """broker.tls file names resolved against the project directory."""
-    tls = settings.broker.tls
-    if tls is None:
-        return settings
-    tls = tls.model_copy(update={"ca_file": str((project_dir / tls.ca_file).resolve()),
-                                 "cert_file": str((project_dir / tls.cert_file).resolve())})
-    return settings.model_copy(update={"broker": settings.broker.model_copy(update={"tls": tls})})
+def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
+    """File names in the config (broker.tls, celerySigning) resolved against the project directory."""
+    def resolve(name: str) -> str:
+        return str((project_dir / name).resolve())
+
+    if settings.broker.tls is not None:
+        tls = settings.broker.tls
+        tls = tls.model_copy(update={"ca_file": resolve(tls.ca_file), "cert_file": resolve(tls.cert_file)})
+        settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"tls": tls})})
+    if settings.celery_signing is not None:
+        signing = settings.celery_signing.model_copy(update={"cert_file": resolve(settings.celery_signing.cert_file)})
+        settings = settings.model_copy(update={"celery_signing": signing})
+    return settings
 
 
 async def load_settings(config: Optional[pulumi.Config] = None,
@@ -84,8 +90,8 @@ async def load_settings(config: Optional[pulumi.Config] = None,
     problems += secret_problems(values, flags) + _unknown_keys()
     if settings is not None:
         project_dir = project_dir or Path(pulumi.get_root_directory() or ".")
-        problems += tls_problems(settings, values["brokerTlsKey"], project_dir)
-        settings = _absolute_tls_paths(settings, project_dir)
+        problems += file_problems(settings, values, project_dir)
+        settings = _absolute_paths(settings, project_dir)
     for key in OPTIONAL_SECRETS:
         if not values[key]:
             secrets[key] = None
@@ -99,4 +105,5 @@ async def load_settings(config: Optional[pulumi.Config] = None,
         flower_ui_password=secrets["flowerUiPassword"],
         ssh_private_key=secrets["sshPrivateKey"],
         broker_tls_key=secrets["brokerTlsKey"],
+        celery_signing_key=secrets["celerySigningKey"],
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from edd_infra.workspace import ROOT, ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.image import APP_TARGET, VENV, client_key
-from sandbox.tls import make_broker_certificates
+from sandbox.tls import make_broker_certificates, make_signing_certificate
 
 STACK = "sandbox"
 HOST = "edd-sandbox"
@@ -37,19 +37,22 @@ def tls_dir(stack: ProjectStack) -> str:
     return f".pulumi-state/tls-{stack.name}"
 
 
-def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None) -> dict:
+def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None,
+                   signing: bool = False) -> dict:
     """Plain stack config for a single sandbox host running broker, worker and Flower.
 
     The management API and Flower listen on the host's veth address: a private link that
     only this machine reaches, standing in for an admin network. With `tls` (a directory
     holding ca.pem and server.pem), the management API and AMQP on that address use TLS;
-    plain AMQP and management stay on loopback for the services on the host.
+    plain AMQP and management stay on loopback for the services on the host. With
+    `signing`, tasks are signed with a certificate from the same directory.
     """
     broker = {"host": host.name, "managementAddress": host.address, "purgeOnDestroy": True}
     if tls:
         broker["tls"] = {"caFile": f"{tls}/ca.pem", "certFile": f"{tls}/server.pem"}
         broker["amqpListeners"] = ["127.0.0.1", "::1", host.address]
-    return {
+    extra = {"celerySigning": {"certFile": f"{tls}/signing.pem"}} if signing and tls else {}
+    return extra | {
         "hosts": {host.name: {"address": host.address, "user": host.user, "port": host.port,
                               "hostKey": host.host_key}},
         "broker": broker,
@@ -65,13 +68,15 @@ def random_secrets() -> dict[str, str]:
             for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
 
 
-def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, tls: bool = False, **config) -> None:
-    """Write the sandbox config; secrets are created once and kept across reruns. With
-    `tls`, a sandbox CA signs the broker's certificate for the host's address."""
-    directory = tls_dir(stack) if tls else None
+def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bool = False, **config) -> None:
+    """Write the sandbox config; secrets are created once and kept across reruns. `hardened`:
+    TLS (a sandbox CA signs the broker's certificate for the host's address) and message
+    signing (a sandbox signing certificate), as recommended for production."""
+    directory = tls_dir(stack) if hardened else None
     if directory:
         files = make_broker_certificates(stack.work_dir / directory, host.address)
-    stack.set_plain(sandbox_config(host, tls=directory, **config))
+        files |= make_signing_certificate(stack.work_dir / directory)
+    stack.set_plain(sandbox_config(host, tls=directory, signing=hardened, **config))
     have = stack.stack.get_all_config()
     for key, value in random_secrets().items():
         if f"edd-infra:{key}" not in have:
@@ -79,6 +84,7 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, tls: bool = 
     stack.set_secret("sshPrivateKey", Path(client_key()).read_text())
     if directory:
         stack.set_secret("brokerTlsKey", files["server.key"].read_text())
+        stack.set_secret("celerySigningKey", files["signing.key"].read_text())
 
 
 def send_task(host: sandbox_hosts.SandboxHost, x: int = 2, y: int = 3) -> str:
@@ -110,7 +116,7 @@ def up() -> None:
     (host,) = sandbox_hosts.boot([HOST])
     phase(f"host {host.name} at {host.address}; writing stack '{STACK}' config")
     stack = project_stack()
-    configure(stack, host, tls=True)
+    configure(stack, host, hardened=True)
     phase("pulumi up")
     result = stack.stack.up(on_output=print, color="never")
     phase(f"up {result.summary.result} ({result.summary.resource_changes})")

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,8 @@ PACKAGES = [
 ]
 # Downloaded into the apt cache only; the program under test installs them.
 OFFLINE_PACKAGES = ["rabbitmq-server"]
-PYTHON_REQUIREMENTS = ["celery==5.7.0", "flower==2.2.0"]
+# celery[auth] brings the cryptography release Celery pins for message signing.
+PYTHON_REQUIREMENTS = ["celery[auth]==5.7.0", "flower==2.2.0"]
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 VENV = "/opt/edd-sandbox/venv"
@@ -253,7 +255,7 @@ def _build(work: Path, key: str) -> None:
             apt-get update
             apt-get install --download-only -y {' '.join(OFFLINE_PACKAGES)}
             python3 -m venv {VENV}
-            {VENV}/bin/pip install --no-index --find-links /wheels --disable-pip-version-check {' '.join(PYTHON_REQUIREMENTS)}
+            {VENV}/bin/pip install --no-index --find-links /wheels --disable-pip-version-check {' '.join(shlex.quote(r) for r in PYTHON_REQUIREMENTS)}
             systemctl enable systemd-networkd
             systemctl mask systemd-resolved
             """

@@ -40,3 +40,14 @@ def _subject_alt_names(cert: Path) -> str:
     result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
                             capture_output=True, text=True)
     return result.stdout
+
+
+def make_signing_certificate(directory: Path) -> dict[str, Path]:
+    """signing.pem and signing.key in `directory`: a self-signed certificate tasks are signed with."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"signing.pem": directory / "signing.pem", "signing.key": directory / "signing.key"}
+    if not all(p.exists() for p in files.values()):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox signing",
+                 "-keyout", "signing.key", "-out", "signing.pem", cwd=directory)
+        files["signing.key"].chmod(0o600)
+    return files

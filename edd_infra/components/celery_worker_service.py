@@ -1,8 +1,9 @@
 """CeleryWorkerService: one Celery worker as a systemd unit (or a launchd daemon).
 
 Creates `<name>-service`: the environment file with the broker URL (0640, root:<group>,
-sent on stdin), the unit or plist, the service enabled at boot, restarted when either file
-changes, and a ping round trip through the broker before `up` calls it done.
+sent on stdin), with message signing the signing key, certificate and store too, the unit
+or plist, the service enabled at boot, restarted when any of its files changes, and a ping
+round trip through the broker before `up` calls it done.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..render.celery_commands import worker_argv
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
+from ..render.signing_files import signing_files
 from ..render.systemd_units import render_service_unit
 from ..settings import Worker
 
@@ -60,6 +62,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         host: HostTarget,
         broker_url: pulumi.Output[str],
         result_backend: str = "rpc://",
+        signing: Optional[tuple[pulumi.Output[str], str]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -67,12 +70,17 @@ class CeleryWorkerService(pulumi.ComponentResource):
         manager = host.manager
         self.service_name = worker_service_name(worker, manager)
         env_path = f"{ETC_DIR}/{self.service_name}.env"
-        env_file = broker_url.apply(
-            lambda url: host_scripts.secret_bundle([
-                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": result_backend}),
-                         "0640", "root", worker.group),
-            ])
-        )
+        signing_key, signing_cert = signing or (None, "")
+
+        def files(args: list) -> str:
+            url, key = args
+            extra, env = signing_files(self.service_name, worker.group, key, signing_cert) if signing else ([], {})
+            values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": result_backend, **env}
+            return host_scripts.secret_bundle([FileSpec(env_path, render_env_file(values), "0640", "root", worker.group),
+                                               *extra])
+
+        bundle = pulumi.Output.all(broker_url, signing_key).apply(files)
+        extra_paths = [f.path for f in signing_files(self.service_name, worker.group, "", "")[0]] if signing else []
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,
             virtualenv=worker.virtualenv, app=worker.app, node=worker.name,
@@ -83,8 +91,8 @@ class CeleryWorkerService(pulumi.ComponentResource):
                 manager=manager, name=self.service_name,
                 definition=worker_definition(worker, manager, env_path), health=health,
             ),
-            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path]),
-            stdin=env_file,
+            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths]),
+            stdin=bundle,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )
         self.register_outputs({"serviceName": self.service_name})

@@ -19,6 +19,7 @@ from ..render.celery_commands import flower_argv
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
+from ..render.signing_files import signing_files
 from ..render.systemd_units import render_service_unit
 from ..settings import Flower
 from .celery_worker_service import ETC_DIR
@@ -50,6 +51,7 @@ class FlowerService(pulumi.ComponentResource):
         broker_url: pulumi.Output[str],
         broker_api: str,
         ui_password: pulumi.Output[str],
+        signing: Optional[tuple[pulumi.Output[str], str]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -59,8 +61,11 @@ class FlowerService(pulumi.ComponentResource):
         conf_path, env_path = f"{ETC_DIR}/flowerconfig.py", f"{ETC_DIR}/{service}.env"
         db_path = f"/var/lib/{STATE_DIRECTORY}/flower.db"
 
-        def files(args: list[str]) -> str:
-            amqp, ui_pw = args
+        signing_key, signing_cert = signing or (None, "")
+
+        def files(args: list) -> str:
+            amqp, ui_pw, key = args
+            extra, env = signing_files(service, flower.group, key, signing_cert) if signing else ([], {})
             config = render_flower_config(
                 address=flower.address, port=flower.port, url_prefix=flower.url_prefix,
                 basic_auth_user=flower.ui_user, basic_auth_password=ui_pw,
@@ -69,9 +74,11 @@ class FlowerService(pulumi.ComponentResource):
             )
             return host_scripts.secret_bundle([
                 FileSpec(conf_path, config, "0640", "root", flower.group),
-                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp}), "0640", "root", flower.group),
+                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp, **env}), "0640", "root", flower.group),
+                *extra,
             ])
 
+        extra_paths = [f.path for f in signing_files(service, flower.group, "", "")[0]] if signing else []
         argv = flower_argv(virtualenv=flower.virtualenv, app=flower.app, config_path=conf_path)
         if manager == "systemd":
             definition = render_service_unit(
@@ -90,8 +97,8 @@ class FlowerService(pulumi.ComponentResource):
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
-            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path]),
-            stdin=pulumi.Output.all(broker_url, ui_password).apply(files),
+            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths]),
+            stdin=pulumi.Output.all(broker_url, ui_password, signing_key).apply(files),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )
         self.service_name = service

@@ -122,8 +122,16 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
 
 
 def remove_files(paths: Sequence[str]) -> str:
-    """rm the files, then their directories where that left them empty (what `put` made)."""
-    dirs = sorted({posixpath.dirname(p) for p in paths}, key=len, reverse=True)
+    """rm the files, then their directories where that left them empty (what `put` made):
+    each file's own directory and its ancestors below the top two levels (never /etc or /var/lib)."""
+    dirs = set()
+    for path in paths:
+        parent = posixpath.dirname(path)
+        dirs.add(parent)
+        while posixpath.dirname(parent).count("/") >= 3:
+            parent = posixpath.dirname(parent)
+            dirs.add(parent)
+    dirs = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
     return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in dirs)} 2>/dev/null || true"
 
 

@@ -7,6 +7,8 @@ configured only from the environment, as a real deployment would be:
 
 - ``CELERY_BROKER_URL``: the broker (default: guest on the local RabbitMQ).
 - ``CELERY_RESULT_BACKEND``: where results go (default ``rpc://``).
+- ``CELERY_SECURITY_KEY``, ``CELERY_SECURITY_CERTIFICATE``, ``CELERY_SECURITY_CERT_STORE``:
+  when set (edd-infra's ``celerySigning``), tasks are signed and only signed tasks run.
 """
 
 import os
@@ -25,6 +27,17 @@ app.conf.update(
     # the broker redelivers what it had not acked.
     task_acks_late=True,
 )
+
+if os.environ.get("CELERY_SECURITY_KEY"):
+    app.conf.update(
+        security_key=os.environ["CELERY_SECURITY_KEY"],
+        security_certificate=os.environ["CELERY_SECURITY_CERTIFICATE"],
+        security_cert_store=os.environ["CELERY_SECURITY_CERT_STORE"],
+        # Results and events stay JSON: only task messages are signed.
+        result_accept_content=["json"],
+    )
+    # Makes `auth` the task serializer and the only content a worker accepts for tasks.
+    app.setup_security()
 
 
 @app.task(name="edd.add")

@@ -64,7 +64,7 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     (work / "state").mkdir()
     stack = ProjectStack(f"e2e{uuid.uuid4().hex[:6]}", work, f"file://{work / 'state'}", PASSPHRASE)
-    configure(stack, host, tls=True)
+    configure(stack, host, hardened=True)
     secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
     deployment = Deployment(host, stack, secrets)
     deployment.before = snapshot(deployment)
@@ -179,6 +179,30 @@ def test_task_round_trip(deployed):
     assert send_task(deployed.host, 20, 22) == "42"
 
 
+UNSIGNED = """
+from edd import add
+r = add.apply_async((2, 2), serializer="json")  # bypasses the auth serializer: not signed
+try:
+    print(r.get(timeout=15))
+except Exception as err:
+    print(type(err).__name__)
+"""
+
+
+def test_signed_tasks_run_and_an_unsigned_one_is_refused(deployed):
+    env = f"/etc/edd-infra/celery-{WORKER}.env"
+    assert "CELERY_SECURITY_KEY=" in deployed.sh(f"cat {env}")
+    assert deployed.sh(f"stat -c '%a %U %G' /etc/edd-infra/signing/celery-{WORKER}/key.pem").split() == ["640", "root", "celery"]
+    since = deployed.sh("date +%s").strip()
+    assert send_task(deployed.host, 3, 4) == "7"  # signed by the producer, verified by the worker
+    code = base64.b64encode(UNSIGNED.encode()).decode()
+    out = deployed.sh(f"echo {code} | base64 -d > /tmp/unsigned.py; set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
+                      f"PYTHONPATH=/opt/edd-sandbox/app /opt/edd-sandbox/venv/bin/python /tmp/unsigned.py")
+    assert out.strip() == "TimeoutError", out
+    journal = deployed.sh(f"journalctl -u celery-{WORKER} --no-pager -o cat --since=@{since}")
+    assert "untrusted content" in journal or "Refusing to deserialize" in journal, journal[-2000:]
+
+
 def flower_get(d: Deployment, path: str, auth: bool):
     request = urllib.request.Request(f"http://{d.host.address}:5555/{path}")
     if auth:
@@ -215,7 +239,7 @@ def test_second_up_changes_nothing_and_preview_agrees(deployed):
 
 def test_concurrency_change_restarts_only_that_worker(deployed):
     pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
-    configure(deployed.stack, deployed.host, tls=True, worker_concurrency=3)
+    configure(deployed.stack, deployed.host, hardened=True, worker_concurrency=3)
     result, _ = deployed.up()
     changes = result.summary.resource_changes
     assert changes.get("update") == 1, changes
@@ -236,7 +260,7 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
         deployed.up()
     assert f"worker {WORKER} did not answer ping" in str(err.value) or "did not become active" in str(err.value)
     deployed.output.append(str(err.value))  # a failing remote command's full text: leak-scanned later
-    configure(deployed.stack, deployed.host, tls=True, worker_concurrency=3)
+    configure(deployed.stack, deployed.host, hardened=True, worker_concurrency=3)
     result, _ = deployed.up()
     assert result.summary.result == "succeeded"
     assert send_task(deployed.host, 1, 1) == "2"

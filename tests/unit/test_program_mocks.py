@@ -271,3 +271,33 @@ def test_tls_without_its_key_is_refused(tmp_path):
     config, keys = tls_config(tmp_path, with_key=False)
     with pytest.raises(ConfigError, match="edd-infra:brokerTlsKey: required when broker.tls is set"):
         run(config, secret_keys=keys)
+
+
+def test_signing_puts_key_certificate_and_store_beside_each_service(tmp_path):
+    (tmp_path / "signing.pem").write_text("-----BEGIN CERTIFICATE-----\nsig\n-----END CERTIFICATE-----\n")
+    config = stack_config("prod")
+    config["edd-infra:celerySigning"] = json.dumps({"certFile": str(tmp_path / "signing.pem")})
+    config["edd-infra:celerySigningKey"] = "-----BEGIN PRIVATE KEY-----\nsign1ng-k3y\n-----END PRIVATE KEY-----\n"
+    keys = [f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:celerySigningKey"]
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: p for t, n, p, o, s in resources}
+    for resource, service in (("edd-worker-1-service", "celery-edd-worker-1"), ("flower-service", "flower")):
+        props = by_name[resource]
+        files = bundle_files(plain(loop, props["stdin"]))
+        base = f"/etc/edd-infra/signing/{service}"
+        assert files[f"{base}/key.pem"] == ("0640", "root", "celery", config["edd-infra:celerySigningKey"])
+        assert files[f"{base}/store/cert.pem"][3] == files[f"{base}/cert.pem"][3] == (tmp_path / "signing.pem").read_text()
+        env = [text for path, (*_, text) in files.items() if path.endswith(".env")][0]
+        assert f"CELERY_SECURITY_CERT_STORE='{base}/store/*.pem'" in env
+        assert "sign1ng-k3y" not in plain(loop, props["create"]) + plain(loop, props["delete"])
+        assert f"{base}/key.pem" in plain(loop, props["delete"])
+
+
+def test_signing_without_its_key_is_refused(tmp_path):
+    (tmp_path / "signing.pem").write_text("-----BEGIN CERTIFICATE-----\nsig\n-----END CERTIFICATE-----\n")
+    config = stack_config("prod")
+    config["edd-infra:celerySigning"] = json.dumps({"certFile": str(tmp_path / "missing.pem")})
+    with pytest.raises(ConfigError) as err:
+        run(config)
+    assert "edd-infra:celerySigningKey: required when celerySigning is set" in str(err.value)
+    assert "edd-infra:celerySigning.certFile: cannot read" in str(err.value)
