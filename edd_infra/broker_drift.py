@@ -6,8 +6,9 @@ resources, `observe` logs in as the Pulumi admin (the provider does the same a m
 lists the users and checks each configured password against its stored hash offline: no
 login as the app or Flower user, no password on any command line. The result is a token per
 drifted account; components put it on the stdin of the command that repairs that account,
-so the repair runs in this `up`, and ignore stdin changes otherwise, so the next `up` is a
-no-op again.
+so the repair runs in this `up`, and ignore stdin changes otherwise, so the next `up` (and
+`preview`, which reads nothing from the broker) is a no-op again. A changed admin password
+in config is found the same way: the broker refuses it.
 """
 
 from __future__ import annotations
@@ -57,9 +58,6 @@ class BrokerDrift:
         if self.admin == "refused":
             return "admin-refused-" + self.nonce
         return self.drifted_users.get(name)
-
-    def admin_in_sync(self) -> bool:
-        return self.admin == "ok" and not self.guest_present
 
 
 NOT_CHECKED = BrokerDrift()

@@ -24,8 +24,10 @@ STACK = "sandbox"
 HOST = "edd-sandbox"
 PASSPHRASE = os.environ.get("PULUMI_CONFIG_PASSPHRASE", "edd-infra-example")
 WORKER = "edd-worker-1"
-# Characters the seed told operators to avoid; the sandbox uses them on purpose.
-HOSTILE_TAIL = "@:/;#%,'\" \\"
+# The seed told operators to avoid special characters; the sandbox uses all of them on purpose:
+# every printable ASCII character (space included), some non-ASCII, and one long password.
+PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
+HOSTILE_TAIL = PRINTABLE_ASCII + "ünïcødé-密码"
 
 
 def phase(text: str) -> None:
@@ -64,8 +66,11 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
 
 
 def random_secrets() -> dict[str, str]:
-    return {key: secrets.token_urlsafe(12) + HOSTILE_TAIL
-            for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
+    """Fresh random passwords, each with every hostile character; the app's is 700 bytes."""
+    values = {key: secrets.token_urlsafe(12) + HOSTILE_TAIL
+              for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
+    values["appPassword"] += secrets.token_urlsafe(600)[:560]
+    return values
 
 
 def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bool = False, **config) -> None:

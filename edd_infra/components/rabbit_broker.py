@@ -169,7 +169,7 @@ class RabbitBroker(pulumi.ComponentResource):
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
             delete=host_scripts.broker_admin_remove(user=broker.admin_user),
             stdin=admin_password.apply(lambda pw: pw + "\n" + (f"{token}\n" if token else "")),
-            # Checked and in sync: a stdin change is only a new token, nothing to do.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[server],
-                                        ignore_changes=["stdin"] if self._drift.admin_in_sync() else []),
+            # Without a token there is nothing to repair: a stdin change is an old token going
+            # away, or a new admin password the broker could not be asked about (preview).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[server], ignore_changes=[] if token else ["stdin"]),
         )

@@ -4,7 +4,8 @@ Celery hands `db+postgresql://...` to SQLAlchemy, which `unquote`s user, passwor
 database, so those are percent-quoted with no safe characters: any character survives.
 The validator checks a URL someone typed against the same grammar and never quotes the
 URL back, since it holds a password. The grants are what the Celery role needs on EDD's
-database, which this program does not own.
+database, which this program does not own. Plain `db+postgresql` uses SQLAlchemy's default
+driver (psycopg 3 from SQLAlchemy 2.1, psycopg2 before): the workers' virtualenv needs it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TASK_TABLE, GROUP_TABLE = "celery_taskmeta", "celery_tasksetmeta"
 TASK_SEQUENCE, GROUP_SEQUENCE = "task_id_sequence", "taskset_id_sequence"
 
 _ALLOWED = f"db+postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE (PostgreSQL), {RPC} (results over the broker) or {NONE}"
-_QUOTE_HINT = "percent-quote them (urllib.parse.quote(value, safe=''))"
+_QUOTE_HINT = "percent-quote it with urllib.parse.quote(value, safe=''); raw, only letters, digits, -._~!$&'()*+,;= and %XX escapes"
 # RFC 3986 character classes; `@` is left out of pchar so only one `@` can end the userinfo.
 _UNRESERVED_SUBDELIMS = r"A-Za-z0-9\-._~!$&'()*+,;="
 _PCT = r"%[0-9A-Fa-f]{2}"
@@ -76,16 +77,17 @@ def result_backend_problems(value: str, key: str) -> list[str]:
 
 def _postgresql_problems(rest: str) -> list[str]:
     """Problems in what follows `db+postgresql://`, parsed as SQLAlchemy does."""
-    if rest.count("@") != 1:
-        what = "has no USER@ part" if "@" not in rest else f"holds a raw '@' in the user or password; {_QUOTE_HINT}"
-        return [what + ": db+postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE"]
+    if "@" not in rest:
+        return ["has no USER@ part: db+postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE"]
+    if rest.count("@") > 1:
+        return [f"the user or password holds a raw '@'; {_QUOTE_HINT}"]
     userinfo, _, location = rest.partition("@")
     problems = []
-    user, colon, password = userinfo.partition(":")
+    user, _, password = userinfo.partition(":")
     if not user:
         problems.append("the user is empty: db+postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE")
     elif not _USER.fullmatch(user) or not _PASSWORD.fullmatch(password):
-        problems.append(f"the user or password holds characters that must be percent-quoted; {_QUOTE_HINT}")
+        problems.append(f"the user or password holds a character that must be percent-quoted; {_QUOTE_HINT}")
     elif any(not ch.isprintable() for ch in unquote(user) + unquote(password)):
         problems.append("the user or password decodes to a newline or other non-printable character")
 
@@ -108,7 +110,7 @@ def _postgresql_problems(rest: str) -> list[str]:
     if not slash or not database:
         problems.append("has no database: db+postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE")
     elif not _DATABASE.fullmatch(database):
-        problems.append(f"the database name holds characters that must be percent-quoted; {_QUOTE_HINT}")
+        problems.append(f"the database name holds a character that must be percent-quoted; {_QUOTE_HINT}")
     if query and not _QUERY.fullmatch(query):
         problems.append("the query (after ?) holds characters that must be percent-quoted")
     return problems

@@ -81,7 +81,7 @@ def test_in_sync_broker(api):
     FakeManagementApi.users = [user("edd-infra-admin", "adm pw"), user("edd_user", "app:pw")]
     drift = broker_drift.observe(api, "edd-infra-admin", "adm pw", {"edd_user": "app:pw", "flower": "f"})
     assert drift == broker_drift.BrokerDrift(admin="ok")
-    assert drift.admin_in_sync() and drift.admin_token() is None
+    assert drift.admin_token() is None
     # One read, only GETs: nothing is changed and no user but the admin logs in.
     assert FakeManagementApi.requests == [("GET", "/api/users")]
 
@@ -90,7 +90,7 @@ def test_password_changed_by_hand_and_guest_back(api):
     FakeManagementApi.users = [user("edd_user", "changed by hand"), user("guest", "guest")]
     drift = broker_drift.observe(api, "edd-infra-admin", "adm pw", {"edd_user": "app:pw"})
     assert set(drift.drifted_users) == {"edd_user"} and drift.drifted_users["edd_user"].startswith("drift-")
-    assert drift.guest_present and not drift.admin_in_sync()
+    assert drift.guest_present
     assert drift.admin_token().startswith("guest-present-")
 
 
@@ -103,4 +103,4 @@ def test_admin_refused(api):
 
 def test_unreachable_broker_is_unknown():
     drift = broker_drift.observe("http://127.0.0.1:9", "a", "b", {}, timeout=1)
-    assert drift == broker_drift.NOT_CHECKED and drift.admin_token() is None and not drift.admin_in_sync()
+    assert drift == broker_drift.NOT_CHECKED and drift.admin_token() is None
