@@ -135,12 +135,14 @@ def result_backend_grants(role: str, *, database: str, schema: str = "public",
                           worker_creates_tables: bool = False) -> str:
     """The SQL a database owner runs so Celery's role can store and read results.
 
-    Default: the tables already exist (made once by the owner, e.g. by starting one worker
-    with the owner's URL), and the role gets only row access: SELECT to read results,
+    Celery 5.7 looks for its tables each time it sets up the backend and creates missing
+    ones. Default: the tables already exist (made once by the owner, e.g. by starting one
+    worker with the owner's URL), and the role gets only row access: SELECT to read results,
     INSERT and UPDATE to store a task's states, DELETE for `forget()` and the expiry
     cleanup, and USAGE on the two id sequences for `nextval`. With `worker_creates_tables`
     the role may instead CREATE in the schema; Celery then makes and owns the tables on
-    first use (PostgreSQL 15+ no longer lets every role create in `public`).
+    first use (PostgreSQL 15+ no longer lets every role create in `public`). `schema` is
+    where the tables are: `public` unless Celery's `database_table_schemas` says otherwise.
     """
     r, s, d = _ident(role), _ident(schema), _ident(database)
     lines = [
@@ -154,6 +156,7 @@ def result_backend_grants(role: str, *, database: str, schema: str = "public",
         ]
     else:
         lines += [
+            f"-- {TASK_TABLE}, {GROUP_TABLE} and their sequences exist already, made by the owner.",
             f"GRANT USAGE ON SCHEMA {s} TO {r};",
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {s}.{_ident(TASK_TABLE)}, {s}.{_ident(GROUP_TABLE)} TO {r};",
             f"GRANT USAGE ON SEQUENCE {s}.{_ident(TASK_SEQUENCE)}, {s}.{_ident(GROUP_SEQUENCE)} TO {r};",
