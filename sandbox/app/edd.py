@@ -33,10 +33,11 @@ if os.environ.get("CELERY_SECURITY_KEY"):
         security_key=os.environ["CELERY_SECURITY_KEY"],
         security_certificate=os.environ["CELERY_SECURITY_CERTIFICATE"],
         security_cert_store=os.environ["CELERY_SECURITY_CERT_STORE"],
-        # Results and events stay JSON: only task messages are signed.
+        # Tasks are signed and only signed tasks are accepted; results stay JSON.
+        task_serializer="auth",
+        accept_content=["auth"],
         result_accept_content=["json"],
     )
-    # Makes `auth` the task serializer and the only content a worker accepts for tasks.
     app.setup_security()
 
 
