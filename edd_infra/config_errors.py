@@ -29,6 +29,8 @@ def config_key(loc: Iterable[Any]) -> str:
     """`('workers', 1, 'concurrency')` -> `edd-infra:workers[1].concurrency`."""
     text = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad dict key: the key itself is the path
+            continue
         if isinstance(part, int):
             text += f"[{part}]"
         elif text:
@@ -40,13 +42,16 @@ def config_key(loc: Iterable[Any]) -> str:
 
 def _allowed_keys(model: type, loc: tuple) -> list[str]:
     """The camelCase keys the model at `loc` accepts, for "unknown key" messages."""
+    in_dict = False
     for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
+        if isinstance(part, int) or model is None or in_dict:
+            in_dict = False  # a list index or a dict key (hosts.<name>) names no field
             continue
         field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
         if field is None:
             return []
         annotation = field.annotation
+        in_dict = getattr(annotation, "__origin__", None) is dict
         # Unwrap list[X] / dict[K, X] / Optional[X] to the model inside.
         for arg in getattr(annotation, "__args__", ()) or ():
             if hasattr(arg, "model_fields"):
@@ -72,8 +77,15 @@ def validation_problems(err: ValidationError) -> list[str]:
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "string_pattern_mismatch":
             msg = f"must match {item['ctx']['pattern']}"
+        if loc[-1:] == ("[key]",):
+            msg = f"the name {msg}"
         problems.append(f"{config_key(loc)}: {msg} (got {item.get('input')!r})")
     return problems
+
+
+def _same_socket(a: str, b: str) -> bool:
+    """Listen addresses that overlap: equal, `::` (every address), or `0.0.0.0` and IPv4."""
+    return a == b or "::" in (a, b) or ("0.0.0.0" in (a, b) and ":" not in a + b)
 
 
 def reference_problems(settings: StackSettings) -> list[str]:
@@ -109,6 +121,25 @@ def reference_problems(settings: StackSettings) -> list[str]:
             )
     if settings.flower.host != settings.broker.host:
         problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")
+    # Listeners on the broker host (Flower runs there too) cannot share an address and port.
+    # With broker.tls the plain ones stay on loopback and TLS ones take the configured addresses.
+    broker, tls = settings.broker, settings.broker.tls
+    listeners = [(f"broker.amqpListeners[{i}]", a, broker.amqp_port) for i, a in enumerate(broker.amqp_listeners)
+                 if tls is None or ipaddress.ip_address(a).is_loopback]
+    plain_management = "127.0.0.1" if tls else broker.management_address
+    listeners.append(("broker.managementPort", plain_management, broker.management_port))
+    if tls is not None:
+        listeners += [("broker.tls.amqpPort", a, tls.amqp_port) for a in broker.amqp_listeners]
+        listeners.append(("broker.tls.managementPort", broker.management_address, tls.management_port))
+    if settings.flower.enabled:
+        listeners.append(("flower.port", settings.flower.address, settings.flower.port))
+    for i, (key, address, port) in enumerate(listeners):
+        for other, other_address, other_port in listeners[:i]:
+            if port == other_port and _same_socket(address, other_address):
+                shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+                problems.append(f"{PROJECT}:{key}: {shown} is also {PROJECT}:{other}; "
+                                "each listener needs its own address and port")
+                break
     for name, host in hosts.items():
         if settings.require_host_keys and host.connection == "ssh" and host.host_key is None:
             problems.append(

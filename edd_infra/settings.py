@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Literal, Optional
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -54,9 +55,22 @@ def _host_address(value: str) -> str:
     try:
         return _ip_address(value)
     except ValueError:
-        if len(value) <= 253 and _HOST_NAME.fullmatch(value):
+        # An all-digit last label ("192.0.2", "192.0.2.300") is a malformed address, not a name.
+        if len(value) <= 253 and _HOST_NAME.fullmatch(value) and not value.rsplit(".", 1)[-1].isdigit():
             return value
     raise ValueError(f"must be a DNS host name or an IP address, got {value!r}")
+
+
+def _http_url(value: str) -> str:
+    split = urlsplit(value)
+    try:
+        _host_address(split.hostname or "")
+        if split.port == 0:  # `.port` itself raises for one that is not a number up to 65535
+            raise ValueError
+    except ValueError:
+        raise ValueError("must be http(s)://host[:port] with a host name or IP address and a port "
+                         f"from 1 to 65535, got {value!r}") from None
+    return value
 
 
 IPAddress = Annotated[str, AfterValidator(_ip_address)]
@@ -144,7 +158,8 @@ class Broker(Model):
     # The management API listens here only; Flower and Pulumi both use it.
     management_address: IPAddress = "127.0.0.1"
     # How Pulumi reaches the management API; default http://<managementAddress>:<managementPort>/.
-    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$")]] = None
+    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$"),
+                                       AfterValidator(_http_url)]] = None
     # epmd and Erlang distribution bind here (not on every address).
     node_address: IPAddress = "127.0.0.1"
     # The Erlang node name; its host part must resolve to node_address, or the broker
@@ -227,7 +242,7 @@ class Flower(Model):
     group: UserName = "celery"
     address: IPAddress = "127.0.0.1"
     port: Port = 5555
-    url_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*(/[A-Za-z0-9_-]+)*$")] = ""
+    url_prefix: Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$")] = ""
     persistent: bool = True
     ui_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "admin"
 

@@ -46,6 +46,23 @@ CASES = [
     (("broker", "amqpListeners"), ["localhost"], "edd-infra:broker.amqpListeners[0]: must be an IPv4 or IPv6 address"),
     (("broker",), KeyError, "edd-infra:broker: required, not set"),
     (("flower", "port"), "5555", "edd-infra:flower.port: Input should be a valid integer"),
+    # A bad host name is reported at its own key, not at a pydantic "[key]" marker.
+    (("hosts", "Queue_1"), {"address": "192.0.2.11", "hostKey": "ssh-ed25519 AAAA"},
+     "edd-infra:hosts.Queue_1: the name must match ^[a-z][a-z0-9-]{0,62}$ (got 'Queue_1')"),
+    (("hosts", "queue", "adress"), "192.0.2.10",
+     "edd-infra:hosts.queue.adress: unknown key; allowed here: address, connection, hostKey, port, serviceManager"),
+    (("hosts", "queue", "address"), "192.0.2.300", "edd-infra:hosts.queue.address: must be a DNS host name or an IP"),
+    (("hosts", "queue", "address"), "192.0.2", "edd-infra:hosts.queue.address: must be a DNS host name or an IP"),
+    (("broker", "managementUrl"), "http://127.0.0.1:156720", "edd-infra:broker.managementUrl: must be http(s)://host"),
+    (("broker", "managementUrl"), "http://127.0.0.1:0", "edd-infra:broker.managementUrl: must be http(s)://host"),
+    (("broker", "managementUrl"), "http://:15672", "edd-infra:broker.managementUrl: must be http(s)://host"),
+    (("broker", "managementUrl"), "http://mq_1:15672", "edd-infra:broker.managementUrl: must be http(s)://host"),
+    (("flower", "urlPrefix"), "/flower", "edd-infra:flower.urlPrefix: must match"),
+    (("broker", "managementPort"), 5672,
+     "edd-infra:broker.managementPort: 127.0.0.1:5672 is also edd-infra:broker.amqpListeners[0]"),
+    (("broker", "amqpListeners"), ["::1", "::1"],
+     "edd-infra:broker.amqpListeners[1]: [::1]:5672 is also edd-infra:broker.amqpListeners[0]"),
+    (("flower", "port"), 15672, "edd-infra:flower.port: 127.0.0.1:15672 is also edd-infra:broker.managementPort"),
 ]
 
 
@@ -131,3 +148,53 @@ def test_managed_broker_needs_systemd():
     assert problem.startswith("edd-infra:broker.install: 'managed' needs a systemd (Debian) host")
     raw["broker"]["install"] = "external"
     assert problems_for(raw) == []
+
+
+@pytest.mark.parametrize("path,value", [
+    (("hosts", "queue", "address"), "queue.example.org"),
+    (("hosts", "queue", "address"), "1.example.org"),
+    (("hosts", "queue", "address"), "2001:db8::10"),
+    (("broker", "managementUrl"), "http://mq.example.org"),
+    (("broker", "managementUrl"), "https://[::1]:15671"),
+    (("flower", "urlPrefix"), "flower/v1"),
+    # Same port, different addresses: no clash.
+    (("flower", "address"), "192.0.2.10"),
+])
+def test_good_values_next_to_the_refused_ones_are_accepted(path, value):
+    raw = mutate(path, value)
+    if path[-1] == "address" and path[0] == "flower":
+        raw["flower"]["port"] = 5672
+    assert problems_for(raw) == []
+
+
+def test_listener_clashes_follow_addresses():
+    raw = sample_raw()
+    raw["flower"].update(address="::", port=15672)
+    assert problems_for(raw) == ["edd-infra:flower.port: [::]:15672 is also edd-infra:broker.managementPort; "
+                                 "each listener needs its own address and port"]
+    raw["flower"]["enabled"] = False
+    assert problems_for(raw) == []
+    raw = sample_raw()
+    raw["flower"].update(address="0.0.0.0", port=5672)
+    (problem,) = problems_for(raw)
+    assert problem.startswith("edd-infra:flower.port: 0.0.0.0:5672 is also edd-infra:broker.amqpListeners[0]")
+    raw["broker"]["amqpListeners"] = ["::1"]
+    assert problems_for(raw) == []
+
+
+
+def test_listener_clashes_with_tls_follow_where_rabbitmq_listens():
+    # With broker.tls, plain AMQP stays on the loopback listeners and plain management on
+    # 127.0.0.1; the TLS listeners take amqpListeners and managementAddress.
+    raw = sample_raw()
+    raw["broker"].update(tls={"caFile": "ca.pem", "certFile": "server.pem"}, managementAddress="192.0.2.10",
+                         amqpListeners=["127.0.0.1", "192.0.2.10"])
+    raw["flower"].update(address="192.0.2.10", port=15672)
+    assert problems_for(raw) == []
+    raw["flower"]["port"] = 15671
+    assert problems_for(raw) == ["edd-infra:flower.port: 192.0.2.10:15671 is also edd-infra:broker.tls.managementPort; "
+                                 "each listener needs its own address and port"]
+    raw["flower"]["port"] = 5555
+    raw["broker"]["tls"]["amqpPort"] = 5672
+    assert problems_for(raw) == ["edd-infra:broker.tls.amqpPort: 127.0.0.1:5672 is also "
+                                 "edd-infra:broker.amqpListeners[0]; each listener needs its own address and port"]
