@@ -178,6 +178,10 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             problems.append(f"{full}: printable characters only (no newline, tab or control characters)")
         elif len(value.encode()) > 1024:
             problems.append(f"{full}: at most 1024 bytes")
+        elif key == "flowerUiPassword" and not value.isascii():
+            # Flower 2.2 compares basic-auth credentials with hmac.compare_digest on str,
+            # which raises (HTTP 500) for non-ASCII text.
+            problems.append(f"{full}: printable ASCII only (Flower 2.2's basic auth fails on other characters)")
     return problems
 
 

@@ -3,18 +3,28 @@
 `HostTarget.run` is the one place commands are made, so every command gets the same secret
 handling: scripts in the command text, secrets only on stdin, no logging of stdin/stdout/stderr,
 and stdout/stderr marked secret for commands that receive one.
+
+Repairs: a `guarded` command runs only when given a repair token (drift found at `up` time:
+`broker_drift`, `host_drift`); otherwise every change to it is ignored, so it never reruns
+with a stale stdin. A `repairable` command records the files it manages on the host and gets
+a guarded twin, `<name>-repair`, that reruns its script when those files were edited.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
 
 import pulumi
 from pulumi_command import local, remote
 
+from .render.host_scripts import with_manifest, without_manifest
 from .settings import Host
+
+
+# Everything that could make a command run: a guarded one ignores all of it without a token.
+GUARDED_INPUTS = ("stdin", "create", "update", "delete", "connection", "logging", "triggers")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,8 @@ class HostTarget:
     name: str
     host: Host
     private_key: Optional[pulumi.Output[str]] = None
+    # command name -> repair token, for commands whose files were edited on the host
+    drifted: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def manager(self):
@@ -54,15 +66,37 @@ class HostTarget:
         delete: Optional[str] = None,
         stdin: Optional[pulumi.Input[str]] = None,
         triggers: Optional[Sequence[pulumi.Input[object]]] = None,
+        repairable: bool = False,
+        guarded: bool = False,
+        repair_token: Optional[str] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> pulumi.CustomResource:
         """A command whose create also serves as its update unless `update` is given
         (scripts are idempotent)."""
+        update = create if update is None else update
+        if repairable:
+            create, update = with_manifest(name, create), with_manifest(name, update)
+            delete = without_manifest(name, delete or "")
+        if guarded:
+            if repair_token:
+                # A last stdin line the scripts skip; a new token is a change, so it reruns.
+                stdin = pulumi.Output.from_input(stdin if stdin is not None else "").apply(
+                    lambda text: text + f"# repair {repair_token}\n")
+            ignore = pulumi.ResourceOptions(ignore_changes=[] if repair_token else list(GUARDED_INPUTS))
+            opts = pulumi.ResourceOptions.merge(opts, ignore)
+        command = self._command(name, create, update, delete, stdin, triggers, opts)
+        if repairable:
+            self.run(f"{name}-repair", create=": nothing to repair yet", update=update, stdin=stdin,
+                     guarded=True, repair_token=self.drifted.get(name),
+                     opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]))
+        return command
+
+    def _command(self, name, create, update, delete, stdin, triggers, opts) -> pulumi.CustomResource:
         quiet = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"]) if stdin is not None else None
         opts = pulumi.ResourceOptions.merge(opts, quiet)
         common = dict(
             create=self._wrap(create),
-            update=self._wrap(create if update is None else update),
+            update=self._wrap(update),
             delete=self._wrap(delete),
             stdin=stdin,
             triggers=triggers,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import pulumi
 
-from . import broker_drift
+from . import broker_drift, host_drift
 from .components.rabbit_broker import api_endpoint, local_management_address
 from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .hosts import HostTarget
@@ -26,9 +26,14 @@ OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUni
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
-          drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED) -> dict[str, Any]:
-    """Register every resource for one stack; return the stack outputs."""
-    hosts = {name: HostTarget(name, host, secrets.ssh_private_key) for name, host in settings.hosts.items()}
+          drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED,
+          edited: Optional[Mapping[str, set[str]]] = None) -> dict[str, Any]:
+    """Register every resource for one stack; return the stack outputs. `drift` and `edited`
+    (host -> commands whose files were edited) are what `up` found changed behind its back."""
+    edited = edited or {}
+    hosts = {name: HostTarget(name, host, secrets.ssh_private_key,
+                              drifted={command: f"edited-{drift.nonce}" for command in edited.get(name, ())})
+             for name, host in settings.hosts.items()}
     broker_cfg = settings.broker
     broker_host = hosts[broker_cfg.host]
     ca_file, tls_pems = tls_material(settings)
@@ -141,13 +146,23 @@ async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broke
                                    admin, passwords, ca_file=tls_material(settings)[0])
 
 
+async def observe_edits(settings: StackSettings, secrets: StackSecrets) -> dict[str, set[str]]:
+    """Ask each host which managed files were edited by hand; only in `up`."""
+    if pulumi.runtime.is_dry_run():
+        return {}
+    key = await secrets.ssh_private_key.future() if secrets.ssh_private_key is not None else None
+    return await asyncio.to_thread(host_drift.observe, settings.hosts, key)
+
+
 async def deploy(check_drift: bool = True, project_dir: Optional[str] = None) -> dict[str, Any]:
     """Validate the stack's config (stopping before any resource on a problem), look for
-    drift on the broker, then build. `project_dir`: where Pulumi.yaml is (inline programs
-    have no root directory of their own)."""
+    drift on the broker and the hosts, then build. `project_dir`: where Pulumi.yaml is
+    (inline programs have no root directory of their own)."""
     settings, secrets = await load_settings(project_dir=Path(project_dir) if project_dir else None)
-    drift = await observe_drift(settings, secrets) if check_drift else broker_drift.NOT_CHECKED
-    return build(settings, secrets, drift)
+    if not check_drift:
+        return build(settings, secrets)
+    drift, edited = await asyncio.gather(observe_drift(settings, secrets), observe_edits(settings, secrets))
+    return build(settings, secrets, drift, edited)
 
 
 def inline_program(project_dir: Optional[str] = None) -> None:

@@ -66,10 +66,13 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
 
 
 def random_secrets() -> dict[str, str]:
-    """Fresh random passwords, each with every hostile character; the app's is 700 bytes."""
+    """Fresh random passwords with every printable ASCII character, non-ASCII ones too (but in
+    Flower's UI password), and the app's 689 bytes long."""
     values = {key: secrets.token_urlsafe(12) + HOSTILE_TAIL
               for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
     values["appPassword"] += secrets.token_urlsafe(600)[:560]
+    # Flower 2.2's basic auth handles ASCII only (the program refuses anything else).
+    values["flowerUiPassword"] = secrets.token_urlsafe(12) + PRINTABLE_ASCII
     return values
 
 

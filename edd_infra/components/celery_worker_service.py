@@ -93,6 +93,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
             ),
             delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths]),
             stdin=bundle,
+            repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )
         self.register_outputs({"serviceName": self.service_name})

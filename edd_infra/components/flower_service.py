@@ -99,6 +99,7 @@ class FlowerService(pulumi.ComponentResource):
             create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
             delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths]),
             stdin=pulumi.Output.all(broker_url, ui_password, signing_key).apply(files),
+            repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )
         self.service_name = service

@@ -138,9 +138,10 @@ class RabbitBroker(pulumi.ComponentResource):
             f"{self._name}-{key}-password",
             create=": the user was just created with this password",
             update=host_scripts.password_restore(user=user, start_timeout=self._broker.start_timeout),
-            stdin=password.apply(lambda pw: pw + "\n" + (f"{token}\n" if token else "")),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[after],
-                                        ignore_changes=[] if token else ["stdin"]),
+            stdin=password.apply(lambda pw: pw + "\n"),
+            guarded=True,
+            repair_token=token,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
     def _managed(self, name, broker, host, loopback_users, admin_password, tls_pems, tls_key) -> pulumi.Resource:
@@ -162,14 +163,17 @@ class RabbitBroker(pulumi.ComponentResource):
             delete=host_scripts.broker_remove(files=[f.path for f in files] + ([tls.key_path] if tls else []),
                                               purge_package=broker.purge_on_destroy),
             stdin=key_bundle,
+            repairable=True,
             opts=child,
         )
         return host.run(
             f"{name}-admin",
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
             delete=host_scripts.broker_admin_remove(user=broker.admin_user),
-            stdin=admin_password.apply(lambda pw: pw + "\n" + (f"{token}\n" if token else "")),
-            # Without a token there is nothing to repair: a stdin change is an old token going
-            # away, or a new admin password the broker could not be asked about (preview).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[server], ignore_changes=[] if token else ["stdin"]),
+            stdin=admin_password.apply(lambda pw: pw + "\n"),
+            # Reruns only for drift: a changed admin password is found too (the broker
+            # refuses it), and preview, which reads nothing, shows no change.
+            guarded=True,
+            repair_token=token,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[server]),
         )

@@ -27,6 +27,8 @@ q = shlex.quote
 # `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1 and
 # journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore.
 # `on_rollback` is what restarts the service after a restore (set by `activate`).
+# `manifest` (set by `with_manifest`): after a success, the digests and modes of every file
+# the script manages are recorded there, so a later `up` can tell which files were edited.
 # umask 022: apt and the directories made here must stay readable by service users;
 # temporary files are 0600 from mktemp and each file gets its own mode from `install`.
 PRELUDE = r"""set -eu
@@ -34,7 +36,9 @@ umask 022
 changed=0
 journal=$(mktemp)
 on_rollback=:
+managed=$(mktemp)
 put() {
+  echo "$5" >> "$managed"
   mkdir -p "$(dirname "$5")"
   if [ -f "$5" ] && cmp -s "$1" "$5"; then rm -f "$1"; else
     if [ -f "$5" ]; then cp -p "$5" "$5.edd-infra-old"; echo "restore $5" >> "$journal"; else echo "remove $5" >> "$journal"; fi
@@ -53,12 +57,18 @@ finish() {
     fi
   done < "$journal"
   if [ "$rc" -ne 0 ] && [ -s "$journal" ]; then echo "restored the previous files" >&2; eval "$on_rollback" || true; fi
-  rm -f "$journal"
+  if [ "$rc" -eq 0 ] && [ -n "${manifest:-}" ] && [ -s "$managed" ]; then
+    mkdir -p "$(dirname "$manifest")"; chmod 0700 "$(dirname "$manifest")"
+    sort -u "$managed" | xargs sha256sum > "$manifest.sha256" || true
+    sort -u "$managed" | xargs stat -c '%a %U %G %n' > "$manifest.stat" || true
+  fi
+  rm -f "$journal" "$managed"
   exit "$rc"
 }
 trap finish EXIT"""
 
 READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path data; do
+  [ -n "$data" ] || continue  # a repair token line, not a file
   tmp=$(mktemp); printf '%s' "$data" | base64 -d > "$tmp"; put "$tmp" "$mode" "$owner" "$group" "$path"
 done"""
 
@@ -90,6 +100,28 @@ def write_file(f: FileSpec) -> str:
     text = f.text if f.text.endswith("\n") else f.text + "\n"
     tag = "EDD_INFRA_EOF_" + hashlib.sha256(text.encode()).hexdigest()[:12]
     return f"tmp=$(mktemp)\ncat > \"$tmp\" <<'{tag}'\n{text}{tag}\nput \"$tmp\" {f.mode} {f.owner} {f.group} {q(f.path)}"
+
+
+MANIFEST_DIR = f"{STATE_DIR}/manifests"
+
+# Prints the name of every manifest whose files changed since the script that wrote it.
+CHANGED_MANIFESTS = f"""cd {MANIFEST_DIR} 2>/dev/null || exit 0
+for m in *.sha256; do
+  [ -e "$m" ] || continue; n=${{m%.sha256}}
+  if ! sha256sum --quiet --status -c "$m" 2>/dev/null || ! cut -c67- "$m" | xargs stat -c '%a %U %G %n' 2>/dev/null | cmp -s - "$n.stat"; then echo "$n"; fi
+done
+"""
+
+
+def with_manifest(name: str, text: str) -> str:
+    """`text` recording the files it manages under `name` (see PRELUDE)."""
+    return f"manifest={MANIFEST_DIR}/{name}\n{text}"
+
+
+def without_manifest(name: str, text: str) -> str:
+    """`text` after dropping `name`'s manifest (the delete of `with_manifest`)."""
+    return (f"rm -f {MANIFEST_DIR}/{name}.sha256 {MANIFEST_DIR}/{name}.stat\n"
+            f"rmdir {MANIFEST_DIR} 2>/dev/null || true\n{text}")
 
 
 def script(*parts: str) -> str:
@@ -153,6 +185,13 @@ def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
 
 # ---- RabbitMQ -------------------------------------------------------------------------
 
+# Debian's rabbitmq-server.service is ordered after epmd.socket, not epmd.service: at shutdown
+# or reboot (and in `systemctl stop rabbitmq-server epmd.service`) epmd stops with the broker,
+# `rabbitmqctl stop` can no longer reach the node (exit 78), and systemd kills RabbitMQ 6 s later
+# and marks the stop failed. Ordered after epmd.service, the broker stops cleanly, then epmd.
+BROKER_ORDER = FileSpec("/etc/systemd/system/rabbitmq-server.service.d/edd-infra-order.conf",
+                        "# Written by edd-infra.\n[Unit]\nAfter=epmd.service\n")
+
 def wait_for_broker(timeout: int) -> str:
     # await_startup exits at once while the node is not yet registered with epmd: loop.
     return retry(
@@ -181,6 +220,8 @@ def broker_install(
                + READ_SECRET_FILES) if secret_files else ""
     return script(
         *(write_file(f) for f in files),
+        # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
+        f"was=$changed\n{write_file(BROKER_ORDER)}\nchanged=$was",
         secrets,
         f"have=$(dpkg-query -W -f='${{Status}} ${{Version}}' rabbitmq-server 2>/dev/null || true)\n"
         f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
@@ -207,7 +248,7 @@ def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
         if purge_package
         else ""
     )
-    return script(deactivate("systemd", "rabbitmq-server", files), purge)
+    return script(deactivate("systemd", "rabbitmq-server", [*files, BROKER_ORDER.path]), purge)
 
 
 def broker_admin(*, user: str, start_timeout: int) -> str:

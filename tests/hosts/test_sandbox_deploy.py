@@ -402,6 +402,26 @@ def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deploy
     assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
 
 
+def test_hand_edited_unit_and_loosened_env_file_are_put_back(deployed):
+    """Someone edits the worker's unit and makes its env file world-readable: the next `up`
+    finds both from the host's manifest and reinstalls that service only."""
+    unit = f"/etc/systemd/system/celery-{WORKER}.service"
+    env = f"/etc/edd-infra/celery-{WORKER}.env"
+    before = deployed.sh(f"cat {unit}")
+    deployed.sh(f"sed -i 's/--loglevel INFO/--loglevel DEBUG/' {unit} && systemctl daemon-reload && chmod 0644 {env}")
+    flower_pid = deployed.main_pid("flower")
+    result, _ = deployed.up()
+    changes = result.summary.resource_changes
+    assert changes.get("update") == 1, changes  # edd-worker-1-service-repair
+    assert deployed.sh(f"cat {unit}") == before
+    assert deployed.sh(f"stat -c '%a %U %G' {env}").split() == ["640", "root", "celery"]
+    assert "--loglevel INFO" in deployed.sh(f"systemctl show -p ExecStart --value celery-{WORKER}")
+    assert deployed.main_pid("flower") == flower_pid
+    assert send_task(deployed.host, 5, 5) == "10"
+    again, _ = deployed.up()
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+
+
 def test_widened_permissions_are_narrowed_by_up_with_refresh(deployed):
     deployed.sh("rabbitmqctl -q set_permissions -p /edd bunny '.*' '.*' '.*'")
     result = deployed.stack.stack.up(refresh=True, on_output=deployed.output.append, color="never")

@@ -129,6 +129,12 @@ def test_secret_problems_name_key_never_value():
     assert not any("two" in p or "visible-in-plaintext" in p for p in problems)
 
 
+def test_flower_ui_password_must_be_ascii_but_broker_passwords_need_not():
+    values = dict(GOOD, flowerUiPassword="ünïcødé", appPassword="ünïcødé-密码")
+    assert secret_problems(values, ALL_SECRET) == [
+        "edd-infra:flowerUiPassword: printable ASCII only (Flower 2.2's basic auth fails on other characters)"]
+
+
 def test_missing_secret_says_how_to_set_it():
     values = {k: v for k, v in GOOD.items() if k != "appPassword"}
     assert secret_problems(values, ALL_SECRET) == [

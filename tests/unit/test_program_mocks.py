@@ -41,7 +41,7 @@ def stack_config(stack):
     return config
 
 
-def run(config, secret_keys=None, drift=None):
+def run(config, secret_keys=None, drift=None, edited=None):
     """Run `deploy` under mocks; return (outputs, recorded resource args). `drift` stands in
     for what `observe_drift` would read from a broker (none is contacted here)."""
     loop = asyncio.new_event_loop()
@@ -55,11 +55,15 @@ def run(config, secret_keys=None, drift=None):
     else:
         async def observed(*_):
             return drift
-        real, program.observe_drift = program.observe_drift, observed
+
+        async def edits(*_):
+            return edited or {}
+        real = program.observe_drift, program.observe_edits
+        program.observe_drift, program.observe_edits = observed, edits
         try:
             outputs = loop.run_until_complete(deploy())
         finally:
-            program.observe_drift = real
+            program.observe_drift, program.observe_edits = real
     resolved = {key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()}
     props = [(a.type_, a.name, a.props, a.opts, {k: loop.run_until_complete(_secretness(v)) for k, v in a.props.items()})
              for a in recorded]
@@ -85,6 +89,7 @@ def test_prod_graph_and_type_tokens(prod):
     assert graph == sorted([
         ("edd:infra:RabbitBroker", "broker"),
         ("command:remote:Command", "broker-server"),
+        ("command:remote:Command", "broker-server-repair"),
         ("command:remote:Command", "broker-admin"),
         ("command:remote:Command", "broker-app-user-password"),
         ("command:remote:Command", "broker-flower-user-password"),
@@ -99,8 +104,10 @@ def test_prod_graph_and_type_tokens(prod):
         ("command:remote:Command", "edd-queue-celery-account"),
         ("edd:infra:CeleryWorkerService", "edd-worker-1"),
         ("command:remote:Command", "edd-worker-1-service"),
+        ("command:remote:Command", "edd-worker-1-service-repair"),
         ("edd:infra:FlowerService", "flower"),
         ("command:remote:Command", "flower-service"),
+        ("command:remote:Command", "flower-service-repair"),
     ])
     assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values())
 
@@ -200,21 +207,24 @@ def stdin_of(loop, resources, name):
     return plain(loop, found[0]["stdin"]), found[1].ignore_changes or []
 
 
-def test_accounts_in_sync_ignore_stdin_so_a_noop_up_runs_nothing():
+GUARDED = ["stdin", "create", "update", "delete", "connection", "logging", "triggers"]
+
+
+def test_accounts_in_sync_ignore_every_change_so_a_noop_up_runs_nothing():
     _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="ok"))
     for name in ("broker-admin", "broker-app-user-password", "broker-flower-user-password"):
         stdin, ignored = stdin_of(loop, resources, name)
-        assert ignored == ["stdin"] and stdin.count("\n") == 1, name
+        assert ignored == GUARDED and stdin.count("\n") == 1, name
 
 
 def test_drifted_accounts_get_a_token_that_reruns_their_restore():
     drift = BrokerDrift(admin="ok", guest_present=True, drifted_users={"edd_user": "drift-abc"})
     _, resources, loop = run(stack_config("prod"), drift=drift)
     stdin, ignored = stdin_of(loop, resources, "broker-app-user-password")
-    assert ignored == [] and stdin == SECRETS["appPassword"] + "\ndrift-abc\n"
+    assert ignored == [] and stdin == SECRETS["appPassword"] + "\n# repair drift-abc\n"
     stdin, ignored = stdin_of(loop, resources, "broker-admin")
-    assert ignored == [] and stdin.startswith(SECRETS["adminPassword"] + "\nguest-present-")
-    assert stdin_of(loop, resources, "broker-flower-user-password")[1] == ["stdin"]
+    assert ignored == [] and stdin.startswith(SECRETS["adminPassword"] + "\n# repair guest-present-")
+    assert stdin_of(loop, resources, "broker-flower-user-password")[1] == GUARDED
 
 
 def test_unreadable_broker_changes_no_account_command():
@@ -222,7 +232,7 @@ def test_unreadable_broker_changes_no_account_command():
     _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="unknown"))
     for name in ("broker-admin", "broker-app-user-password", "broker-flower-user-password"):
         stdin, ignored = stdin_of(loop, resources, name)
-        assert ignored == ["stdin"] and stdin.count("\n") == 1, name
+        assert ignored == GUARDED and stdin.count("\n") == 1, name
 
 
 def bundle_files(stdin):
@@ -303,3 +313,17 @@ def test_signing_without_its_key_is_refused(tmp_path):
         run(config)
     assert "edd-infra:celerySigningKey: required when celerySigning is set" in str(err.value)
     assert "edd-infra:celerySigning.certFile: cannot read" in str(err.value)
+
+
+def test_edited_unit_reruns_only_that_services_repair_twin():
+    _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="ok"),
+                             edited={"edd-queue": {"edd-worker-1-service"}})
+    by_name = {n: (p, o) for t, n, p, o, _ in resources}
+    props, opts = by_name["edd-worker-1-service-repair"]
+    assert opts.ignore_changes == [] and "\n# repair edited-" in plain(loop, props["stdin"])
+    # It reinstalls exactly what the service command installs, recording the manifest again.
+    main, _ = by_name["edd-worker-1-service"]
+    assert plain(loop, props["update"]) == plain(loop, main["update"])
+    assert plain(loop, main["create"]).startswith("manifest=/var/lib/edd-infra/manifests/edd-worker-1-service\n")
+    for other in ("flower-service-repair", "broker-server-repair"):
+        assert by_name[other][1].ignore_changes == GUARDED, other
