@@ -5,7 +5,7 @@ PY := $(CACHE)/venv/bin/python
 PULUMI := scripts/pulumi
 export PULUMI_CONFIG_PASSPHRASE ?= edd-infra-example
 
-.PHONY: toolchain unit test preview sandbox sandbox-down bench
+.PHONY: toolchain unit test preview preview-pr sandbox sandbox-down bench
 
 toolchain:
 	@bash scripts/toolchain.sh
@@ -18,6 +18,13 @@ test: toolchain
 
 preview: toolchain
 	$(PULUMI) preview --diff -s prod
+
+# What .github/workflows/preview.yml runs for each stack: the diff, checked by the policy pack.
+# `stack select --create` makes the stack in a backend that has no state for it (a fresh CI run).
+preview-pr: toolchain
+	@test -n "$(STACK)" || { echo "usage: make preview-pr STACK=<stack>" >&2; exit 2; }
+	$(PULUMI) stack select --create $(STACK) --non-interactive
+	$(PULUMI) preview --diff --policy-pack policy --non-interactive --color never -s $(STACK)
 
 sandbox: toolchain
 	$(PY) -m sandbox.deploy up

@@ -34,10 +34,10 @@ else
   fi
 fi
 
-# 2. The virtualenv, rebuilt when requirements.txt changes.
+# 2. The virtualenv, rebuilt when requirements.txt (or the policy pack's, which it includes) changes.
 venv=$cache/venv
 stamp=$venv/.requirements.sha256
-want=$(sha256sum "$root/requirements.txt" | cut -d' ' -f1)
+want=$(cat "$root/requirements.txt" "$root/policy/requirements.txt" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing the virtualenv in $venv"
   python3 -m venv "$venv"

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from edd_infra.workspace import cli_dir, engine_problem  # noqa: E402
 
-TIERS = ("unit", "engine", "plugins", "hosts")
+TIERS = ("unit", "engine", "plugins", "policy", "hosts")
 
 _outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 _skip_reasons: dict[str, set[str]] = defaultdict(set)
