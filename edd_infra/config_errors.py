@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
 
+from .render.result_backend import result_backend_problems
 from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
 
 
@@ -105,6 +106,11 @@ def reference_problems(settings: StackSettings) -> list[str]:
             "(launchd) run RabbitMQ yourself (brew services start rabbitmq) and set install: external"
         )
     check_host("flower.host", settings.flower.host)
+    if settings.edd_settings is not None:
+        check_host("eddSettings.host", settings.edd_settings.host)
+        if settings.edd_settings.host != settings.broker.host:
+            problems.append(f"{PROJECT}:eddSettings.host: EDD must run on the broker host ({settings.broker.host!r}) "
+                            "while the app user may log in from loopback only")
     seen: dict[str, int] = {}
     for i, worker in enumerate(settings.workers):
         check_host(f"workers[{i}].host", worker.host)
@@ -171,6 +177,9 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
         if key in ("sshPrivateKey", "brokerTlsKey", "celerySigningKey"):
             if "PRIVATE KEY-----" not in value:
                 problems.append(f"{full}: must be an OpenSSH or PEM private key")
+            continue
+        if key == "resultBackend":
+            problems += result_backend_problems(value, full)
             continue
         if value == "":
             problems.append(f"{full}: must not be empty")

@@ -15,14 +15,15 @@ import pulumi
 
 from . import broker_drift, host_drift
 from .components.rabbit_broker import api_endpoint, local_management_address
-from .components import CeleryWorkerService, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
+from .render.edd_settings import edd_rabbitmq_settings
 from .settings import StackSettings
 from .stack_config import StackSecrets, load_settings
 
 # Output names are shared with the tests and README.
-OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health")
+OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -53,6 +54,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         vhost=settings.vhost,
         app_user=settings.app_user,
         flower_user=settings.flower_broker_user,
+        app_queue=settings.app_queue,
         app_password=secrets.app_password,
         flower_password=secrets.flower_broker_password,
         provider=broker.provider,
@@ -89,7 +91,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
     for worker in settings.workers:
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
         workers.append(CeleryWorkerService(worker.name, worker=worker, host=hosts[worker.host],
-                                           broker_url=app_url, signing=signing, depends_on=deps))
+                                           broker_url=app_url, signing=signing, result_backend=secrets.result_backend,
+                                           depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
@@ -107,6 +110,16 @@ def build(settings: StackSettings, secrets: StackSecrets,
         )
         flower_url = flower.url
 
+    # What EDD puts in server.cfg (it runs on the broker host, like the workers).
+    edd_settings = pulumi.Output.secret(
+        pulumi.Output.all(secrets.app_password, secrets.flower_broker_password).apply(lambda pw: edd_rabbitmq_settings(
+            hostname=amqp_host, edd_user=settings.app_user.name, edd_pass=pw[0], edd_vhost=settings.vhost,
+            port=broker_cfg.amqp_port, mgmt_user=settings.flower_broker_user.name, mgmt_pass=pw[1],
+            mgmt_port=broker_cfg.management_port)))
+    if settings.edd_settings is not None:
+        EddSettingsFile("edd-settings", config=settings.edd_settings, host=hosts[settings.edd_settings.host],
+                        values=edd_settings, depends_on=[vhost])
+
     def endpoints(scheme: str, port: int, addresses: list[str]) -> list[str]:
         return [f"{scheme}://[{a}]:{port}/{settings.vhost}" if ":" in a else f"{scheme}://{a}:{port}/{settings.vhost}"
                 for a in addresses]
@@ -123,6 +136,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "flowerUrl": flower_url,
         "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
         "health": health,
+        "eddSettings": edd_settings,
     }
 
 

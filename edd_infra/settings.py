@@ -247,12 +247,37 @@ class Flower(Model):
     ui_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "admin"
 
 
+class AppQueue(Model):
+    """The queue and exchange EDD publishes through, declared on the broker (protected).
+
+    EDD's router publishes to a fanout exchange `edd`; an exchange declared with another
+    type makes RabbitMQ refuse EDD's publishes, so the type is part of the config."""
+
+    name: QueueName = "edd"
+    exchange: QueueName = "edd"
+    exchange_type: Literal["fanout", "direct", "topic"] = "fanout"
+
+
+class EddSettingsFile(Model):
+    """Where the settings EDD reads (server.cfg's `rabbitmq` keys) are written for it."""
+
+    host: Identifier
+    path: AbsolutePath = "/etc/edd-infra/edd-rabbitmq.json"
+    # json: server.cfg's own shape ({"rabbitmq": {...}}); ini: a [rabbitmq] section;
+    # env: RABBITMQ_EDD_PASS=... lines.
+    format: Literal["json", "ini", "env"] = "json"
+    owner: UserName = "root"
+    group: UserName = "www-data"
+    mode: Literal["0600", "0640"] = "0640"
+
+
 class StackSettings(Model):
     """Everything one stack deploys, validated."""
 
     hosts: dict[Identifier, Host] = Field(min_length=1)
     broker: Broker
     vhost: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.-]*$")] = "/edd"
+    app_queue: AppQueue = AppQueue()
     app_user: AppUser = AppUser()
     flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
     workers: list[Worker] = Field(min_length=1)
@@ -260,8 +285,9 @@ class StackSettings(Model):
     # Off only for throw-away hosts whose keys are not known in advance.
     require_host_keys: bool = True
     celery_signing: Optional[CelerySigning] = None
+    edd_settings: Optional[EddSettingsFile] = None
 
-    @field_validator("celery_signing", mode="before")
+    @field_validator("celery_signing", "edd_settings", mode="before")
     @classmethod
     def _empty_is_off(cls, value):
         # Pulumi.yaml's default for an optional object is {}: that means off.
@@ -270,4 +296,4 @@ class StackSettings(Model):
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey")
+OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend")

@@ -29,6 +29,8 @@ class StackSecrets:
     ssh_private_key: Optional[pulumi.Output[str]]
     broker_tls_key: Optional[pulumi.Output[str]] = None
     celery_signing_key: Optional[pulumi.Output[str]] = None
+    # Celery's result backend URL; None means rpc:// (results over the broker).
+    result_backend: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -106,4 +108,5 @@ async def load_settings(config: Optional[pulumi.Config] = None,
         ssh_private_key=secrets["sshPrivateKey"],
         broker_tls_key=secrets["brokerTlsKey"],
         celery_signing_key=secrets["celerySigningKey"],
+        result_backend=secrets["resultBackend"],
     )

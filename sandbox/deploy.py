@@ -58,6 +58,8 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
         "hosts": {host.name: {"address": host.address, "user": host.user, "port": host.port,
                               "hostKey": host.host_key}},
         "broker": broker,
+        # EDD's settings as EDD reads them (server.cfg's rabbitmq keys), beside the worker.
+        "eddSettings": {"host": host.name},
         "workers": [{"name": WORKER, "host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
                      "concurrency": worker_concurrency}],
         "flower": {"host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
@@ -145,6 +147,8 @@ def down() -> None:
     stack = project_stack()
     phase(f"pulumi destroy (stack '{STACK}')")
     try:
+        # The queue and exchange are protected from accidental deletion: this one is deliberate.
+        stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
         stack.stack.destroy(on_output=print, color="never")
         stack.stack.workspace.remove_stack(STACK)
     finally:

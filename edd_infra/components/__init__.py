@@ -1,6 +1,7 @@
 """ComponentResources: each wires commands and broker objects for one part of the queue."""
 
 from .celery_worker_service import CeleryWorkerService
+from .edd_settings_file import EddSettingsFile
 from .edd_vhost import EddVhost
 from .flower_service import FlowerService
 from .rabbit_broker import RabbitBroker
@@ -13,6 +14,8 @@ TYPE_TOKENS = {
     "ServiceAccount": "edd:infra:ServiceAccount",
     "CeleryWorkerService": "edd:infra:CeleryWorkerService",
     "FlowerService": "edd:infra:FlowerService",
+    "EddSettingsFile": "edd:infra:EddSettingsFile",
 }
 
-__all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "TYPE_TOKENS"]
+__all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "EddSettingsFile",
+           "TYPE_TOKENS"]

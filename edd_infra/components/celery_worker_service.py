@@ -61,7 +61,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         worker: Worker,
         host: HostTarget,
         broker_url: pulumi.Output[str],
-        result_backend: str = "rpc://",
+        result_backend: Optional[pulumi.Output[str]] = None,
         signing: Optional[tuple[pulumi.Output[str], str]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
@@ -73,13 +73,13 @@ class CeleryWorkerService(pulumi.ComponentResource):
         signing_key, signing_cert = signing or (None, "")
 
         def files(args: list) -> str:
-            url, key = args
+            url, key, backend = args
             extra, env = signing_files(self.service_name, worker.group, key, signing_cert) if signing else ([], {})
-            values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": result_backend, **env}
+            values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env}
             return host_scripts.secret_bundle([FileSpec(env_path, render_env_file(values), "0640", "root", worker.group),
                                                *extra])
 
-        bundle = pulumi.Output.all(broker_url, signing_key).apply(files)
+        bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)
         extra_paths = [f.path for f in signing_files(self.service_name, worker.group, "", "")[0]] if signing else []
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,

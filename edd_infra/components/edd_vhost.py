@@ -6,6 +6,8 @@ Creates, through the management API (pulumi_rabbitmq):
 - the Flower user: by default the `monitoring` tag and, on the vhost, only the event and
   control objects a Celery monitor uses (least privilege, the seed's TODO); with profile
   `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
+- the app's queue and exchange (EDD's `edd`, fanout) and their binding, durable and
+  protected: deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
 Passwords update in place; tags are kept.
 """
 
@@ -17,7 +19,7 @@ import pulumi
 import pulumi_rabbitmq as rabbitmq
 
 from ..render.permissions import monitor_regex
-from ..settings import AppUser, FlowerBrokerUser, Permissions
+from ..settings import AppQueue, AppUser, FlowerBrokerUser, Permissions
 
 FULL = Permissions()
 MONITOR = Permissions(configure=monitor_regex(), write=monitor_regex(), read=monitor_regex())
@@ -42,6 +44,7 @@ class EddVhost(pulumi.ComponentResource):
         vhost: str,
         app_user: AppUser,
         flower_user: FlowerBrokerUser,
+        app_queue: AppQueue,
         app_password: pulumi.Output[str],
         flower_password: pulumi.Output[str],
         provider: rabbitmq.Provider,
@@ -70,4 +73,21 @@ class EddVhost(pulumi.ComponentResource):
         self.app_user = user("app-user", app_user.name, list(app_user.tags), app_password, {vhost: app_user.permissions})
         tags, grants = flower_grants(flower_user.profile, vhost)
         self.flower_user = user("flower-user", flower_user.name, tags, flower_password, grants)
-        self.register_outputs({"vhost": self.vhost.name, "appUser": self.app_user.name, "flowerUser": self.flower_user.name})
+        self.queue = self._queue(name, app_queue, after_vhost)
+        self.register_outputs({"vhost": self.vhost.name, "appUser": self.app_user.name, "flowerUser": self.flower_user.name,
+                               "queue": app_queue.name})
+
+    def _queue(self, name: str, queue: AppQueue, after_vhost: pulumi.ResourceOptions) -> rabbitmq.Queue:
+        """The durable queue, its exchange and the binding between them, as EDD declares them."""
+        kept = pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(protect=True))
+        exchange = rabbitmq.Exchange(
+            f"{name}-exchange", name=queue.exchange, vhost=self.vhost.name,
+            settings=rabbitmq.ExchangeSettingsArgs(type=queue.exchange_type, durable=True, auto_delete=False), opts=kept)
+        created = rabbitmq.Queue(
+            f"{name}-queue", name=queue.name, vhost=self.vhost.name,
+            settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False), opts=kept)
+        rabbitmq.Binding(
+            f"{name}-binding", source=exchange.name, destination=created.name, destination_type="queue",
+            routing_key=queue.name, vhost=self.vhost.name,
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, created])))
+        return created

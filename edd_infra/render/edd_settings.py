@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Literal, Mapping
 
-from edd_infra.render.service_files import render_env_file
+from .service_files import render_env_file
 
 SettingsFormat = Literal["ini", "json", "env"]
 FORMATS: tuple[SettingsFormat, ...] = ("ini", "json", "env")

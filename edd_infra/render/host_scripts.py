@@ -319,6 +319,11 @@ def service_install(
     return script(READ_SECRET_FILES, write_file(unit), activate(manager, name), health)
 
 
+def secret_files_install() -> str:
+    """Files from a `secret_bundle` on stdin, nothing else."""
+    return script(READ_SECRET_FILES)
+
+
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str]) -> str:
     return script(deactivate(manager, name, files))
 

@@ -21,6 +21,13 @@ HARDENING = (
 )
 
 
+# Ordering only: on the broker's host a worker or Flower starts once RabbitMQ is up (instead of
+# into connection retries with a growing backoff) and, at shutdown or reboot, stops before it,
+# so a worker finishing a task can still ack it. No Wants=: on a host without RabbitMQ, or with
+# a broker someone else runs, this orders nothing and starts nothing.
+BROKER_UNIT = "rabbitmq-server.service"
+
+
 def exec_line(argv: Sequence[str]) -> str:
     """argv as an ExecStart= value: shell-quoted words, `%` escaped for systemd."""
     return " ".join(shlex.quote(word) for word in argv).replace("%", "%%")
@@ -38,14 +45,15 @@ def render_service_unit(
     state_directory: str | None = None,
     after: Iterable[str] = ("network-online.target",),
 ) -> str:
-    """A hardened long-running service unit that reads its secrets from an EnvironmentFile."""
-    after = " ".join(after)
+    """A hardened long-running service unit that reads its secrets from an EnvironmentFile;
+    ordered after `after` (wanted too) and after the broker (see BROKER_UNIT)."""
+    after = tuple(after)
     lines = [
         "# Written by edd-infra.",
         "[Unit]",
         f"Description={description}",
-        f"After={after}",
-        f"Wants={after}",
+        f"After={' '.join(dict.fromkeys((*after, BROKER_UNIT)))}",
+        f"Wants={' '.join(after)}",
         "",
         "[Service]",
         "Type=exec",

@@ -14,12 +14,19 @@ configured only from the environment, as a real deployment would be:
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 app = Celery("edd")
 app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
     result_backend=os.environ.get("CELERY_RESULT_BACKEND", "rpc://"),
     task_default_queue="edd",
+    # As EDD declares it: queue `edd` bound to the fanout exchange `edd` (edd-infra declares
+    # both on the broker; a different type here would be refused).
+    task_queues=[Queue("edd", Exchange("edd", type="fanout"), routing_key="edd")],
+    task_default_exchange="edd",
+    task_default_exchange_type="fanout",
+    task_default_routing_key="edd",
     # Without publisher confirms a refused publish is dropped silently (field-facts.md).
     broker_transport_options={"confirm_publish": True},
     broker_connection_retry_on_startup=True,

@@ -73,6 +73,7 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory):
     assert result.summary.result == "succeeded"
     yield deployment
     try:
+        stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
         stack.stack.destroy(color="never")
     except Exception:  # noqa: BLE001 - the destroy test may have run already
         pass
@@ -173,6 +174,31 @@ def test_app_user_publishes_on_edd_and_is_refused_on_root_vhost(deployed):
     assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
     refused = run_probe(deployed, "root")
     assert refused.returncode != 0 and "NOT_ALLOWED" in refused.stderr + refused.stdout
+
+
+EDD_READS = """
+import json, sys
+print(json.dumps(json.load(open(sys.argv[1]))["rabbitmq"]))
+"""
+
+
+def edd_settings_on_host(d: Deployment) -> dict:
+    """server.cfg's rabbitmq section as EDD reads it (json.load), as EDD's user group would."""
+    code = base64.b64encode(EDD_READS.encode()).decode()
+    return json.loads(d.sh(f"echo {code} | base64 -d > /tmp/edd_reads.py; "
+                           "runuser -u nobody -g www-data -- python3 /tmp/edd_reads.py /etc/edd-infra/edd-rabbitmq.json"))
+
+
+def test_edd_settings_hand_off(deployed):
+    assert deployed.sh("stat -c '%a %U %G' /etc/edd-infra/edd-rabbitmq.json").split() == ["640", "root", "www-data"]
+    values = edd_settings_on_host(deployed)
+    assert values == {"hostname": "127.0.0.1", "edd_user": "edd_user", "edd_pass": deployed.secrets["appPassword"],
+                      "edd_vhost": "/edd", "port": "5672", "mgmt_user": "bunny",
+                      "mgmt_pass": deployed.secrets["flowerBrokerPassword"], "mgmt_port": "15672"}
+    assert deployed.stack.stack.outputs()["eddSettings"].secret
+    # The fanout exchange and durable queue EDD publishes through exist as declared.
+    exchanges = deployed.sh("rabbitmqctl -q list_exchanges -p /edd name type durable --no-table-headers")
+    assert "edd\tfanout\ttrue" in exchanges.splitlines()
 
 
 def test_task_round_trip(deployed):
@@ -308,6 +334,7 @@ def test_rotating_every_secret_in_one_up(deployed):
     assert management_status(deployed, "bunny", old["flowerBrokerPassword"]) == 401
     assert management_status(deployed, "bunny", new["flowerBrokerPassword"]) == 200
     assert send_task(deployed.host, 4, 5) == "9"  # the worker's env file has the new app password
+    assert edd_settings_on_host(deployed)["edd_pass"] == new["appPassword"]  # EDD's settings too
     assert not amqp_login(deployed, "edd_user", old["appPassword"])
     assert amqp_login(deployed, "edd_user", new["appPassword"])
     assert flower_get(deployed, "api/workers", auth=True)[0] == 200
@@ -458,8 +485,9 @@ def secret_forms(secrets: dict[str, str]) -> set[str]:
 
 
 FILE_SCAN = r"""
-import os, stat, sys, pwd
-forms = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+import base64, os, stat, sys, pwd
+# One base64 line per form: keys (PEM) span lines and must be matched whole.
+forms = [base64.b64decode(line).decode() for line in sys.stdin if line.strip()]
 for top in ("/etc", "/var", "/opt", "/tmp", "/root", "/run", "/home", "/srv"):
     for base, dirs, files in os.walk(top):
         for name in files:
@@ -491,7 +519,7 @@ def test_no_secret_leaks_anywhere(deployed):
     # Files may hold secrets only as 0600/0640, owned by root or a service user.
     code = base64.b64encode(FILE_SCAN.encode()).decode()
     hits = sandbox_hosts.run(deployed.host, f"echo {code} | base64 -d > /tmp/scan.py && python3 /tmp/scan.py; rm -f /tmp/scan.py",
-                             input="\n".join(forms) + "\n", timeout=300)
+                             input="".join(base64.b64encode(f.encode()).decode() + "\n" for f in forms), timeout=300)
     assert hits.returncode == 0, hits.stderr
     files = [line.split(" ", 2) for line in hits.stdout.splitlines()]
     assert files, "the scan found not even the env files: it is not looking"
@@ -501,6 +529,11 @@ def test_no_secret_leaks_anywhere(deployed):
 
 def test_destroy_leaves_the_host_as_before(deployed):
     destroyed: list[str] = []
+    from pulumi import automation as auto
+    with pytest.raises(auto.CommandError, match="protected"):  # the queue keeps its messages
+        deployed.stack.stack.destroy(color="never", on_output=destroyed.append)
+    assert "edd" in deployed.sh("rabbitmqctl -q list_queues -p /edd name --no-table-headers").split()
+    deployed.stack.cli_run("state", "unprotect", "--all", "--yes")
     deployed.stack.stack.destroy(color="never", on_output=destroyed.append)
     leaked = [f for f in secret_forms(deployed.every_secret) if f in "".join(destroyed)]
     assert not leaked, f"{len(leaked)} secret form(s) in destroy output"

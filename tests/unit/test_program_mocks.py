@@ -96,6 +96,9 @@ def test_prod_graph_and_type_tokens(prod):
         ("pulumi:providers:rabbitmq", "broker-provider"),
         ("edd:infra:EddVhost", "edd"),
         ("rabbitmq:index/vHost:VHost", "edd-vhost"),
+        ("rabbitmq:index/exchange:Exchange", "edd-exchange"),
+        ("rabbitmq:index/queue:Queue", "edd-queue"),
+        ("rabbitmq:index/binding:Binding", "edd-binding"),
         ("rabbitmq:index/user:User", "edd-app-user"),
         ("rabbitmq:index/permissions:Permissions", "edd-app-user-vhost-permissions"),
         ("rabbitmq:index/user:User", "edd-flower-user"),
@@ -109,7 +112,7 @@ def test_prod_graph_and_type_tokens(prod):
         ("command:remote:Command", "flower-service"),
         ("command:remote:Command", "flower-service-repair"),
     ])
-    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values())
+    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile"}
 
 
 def test_type_tokens_are_pinned():
@@ -120,6 +123,7 @@ def test_type_tokens_are_pinned():
         "ServiceAccount": "edd:infra:ServiceAccount",
         "CeleryWorkerService": "edd:infra:CeleryWorkerService",
         "FlowerService": "edd:infra:FlowerService",
+        "EddSettingsFile": "edd:infra:EddSettingsFile",
     }
 
 
@@ -327,3 +331,41 @@ def test_edited_unit_reruns_only_that_services_repair_twin():
     assert plain(loop, main["create"]).startswith("manifest=/var/lib/edd-infra/manifests/edd-worker-1-service\n")
     for other in ("flower-service-repair", "broker-server-repair"):
         assert by_name[other][1].ignore_changes == GUARDED, other
+
+
+def test_queue_and_fanout_exchange_are_durable_and_protected():
+    _, resources, loop = run(stack_config("prod"))
+    by_name = {n: (p, o) for t, n, p, o, _ in resources}
+    exchange, exchange_opts = by_name["edd-exchange"]
+    queue, queue_opts = by_name["edd-queue"]
+    assert plain(loop, exchange["name"]) == "edd" and plain(loop, queue["name"]) == "edd"
+    assert exchange["settings"].type == "fanout" and exchange["settings"].durable is True
+    assert queue["settings"].durable is True and queue["settings"].auto_delete is False
+    assert exchange_opts.protect and queue_opts.protect
+
+
+def test_edd_settings_file_and_output_carry_the_passwords_secretly():
+    config = stack_config("prod")
+    config["edd-infra:eddSettings"] = json.dumps({"host": "edd-queue", "format": "env"})
+    config["edd-infra:resultBackend"] = "db+postgresql://edd:p%40ss@db.example.org:5432/edd"
+    outputs, resources, loop = run(config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:resultBackend"])
+    assert outputs["eddSettings"] == {
+        "hostname": "127.0.0.1", "edd_user": "edd_user", "edd_pass": SECRETS["appPassword"], "edd_vhost": "/edd",
+        "port": "5672", "mgmt_user": "bunny", "mgmt_pass": SECRETS["flowerBrokerPassword"], "mgmt_port": "15672"}
+    by_name = {n: (p, s) for t, n, p, o, s in resources}
+    props, secret = by_name["edd-settings-file"]
+    (path, (mode, owner, group, text)), = bundle_files(plain(loop, props["stdin"])).items()
+    assert (path, mode, owner, group) == ("/etc/edd-infra/edd-rabbitmq.json", "0640", "root", "www-data")
+    assert "RABBITMQ_EDD_PASS=" in text and secret["stdin"]
+    worker_env = [t for p, (*_, t) in bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"])).items()
+                  if p.endswith(".env")][0]
+    assert "CELERY_RESULT_BACKEND=db+postgresql://edd:p%40ss@db.example.org:5432/edd\n" in worker_env
+
+
+def test_bad_result_backend_is_refused_without_echoing_it():
+    config = stack_config("prod")
+    config["edd-infra:resultBackend"] = "postgresql://edd:s3cr3t@db/edd"
+    with pytest.raises(ConfigError) as err:
+        run(config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:resultBackend"])
+    assert "edd-infra:resultBackend: scheme 'postgresql' is not supported" in str(err.value)
+    assert "s3cr3t" not in str(err.value)
