@@ -17,7 +17,7 @@ generated here is anchored `^(...)$` with every name escaped, so search and full
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -38,6 +38,8 @@ class PermissionRegexes:
 
 
 class HasPermissions(Protocol):
+    """settings.Permissions or PermissionRegexes."""
+
     configure: str
     write: str
     read: str
@@ -75,7 +77,7 @@ class Need:
     why: str
     required: tuple[str, ...] = PERMISSIONS
     # What the generated set grants: everything but amq.default in all three, as measured.
-    granted: tuple[str, ...] = field(default=PERMISSIONS)
+    granted: tuple[str, ...] = PERMISSIONS
 
 
 def celery_needs(names: CeleryNames) -> tuple[Need, ...]:
@@ -88,8 +90,11 @@ def celery_needs(names: CeleryNames) -> tuple[Need, ...]:
     c, ev, evq = (re.escape(n) for n in (names.control_exchange, names.event_exchange, names.event_queue_prefix))
     ctl = names.control_exchange
     dies = "without it the worker dies at start and remote control (ping, inspect, rate_limit) fails"
-    needs = [Need(re.escape(q), q, q, f"the worker declares queue {q!r} and its exchange of the same name, binds and "
-                  "consumes them; without it the worker cannot start") for q in dict.fromkeys(names.queues)]
+    needs = [
+        Need(re.escape(q), q, q, f"the worker declares queue {q!r} (by default with an exchange of the same name), "
+             "binds and consumes it; without it the worker cannot start")
+        for q in dict.fromkeys(names.queues)
+    ]
     needs += [
         Need(re.escape(x), x, x, f"tasks published to exchange {x!r} need it declared, bound and written to; without "
              "write the publish is refused after apply_async returned and the task is lost")
@@ -101,7 +106,8 @@ def celery_needs(names: CeleryNames) -> tuple[Need, ...]:
         Need(f"{evq}\\.{UUID}", f"{names.event_queue_prefix}.{SAMPLE_UUID}", f"{names.event_queue_prefix}.<uuid>",
              "every event receiver (worker gossip, Flower) declares, binds and reads its own queue; without it the "
              "worker dies at start"),
-        Need(f"{c}\\.pidbox", f"{ctl}.pidbox", f"{ctl}.pidbox", f"remote control is broadcast on this exchange; {dies}"),
+        Need(f"{c}\\.pidbox", f"{ctl}.pidbox", f"{ctl}.pidbox",
+             f"remote control is broadcast on this exchange; {dies}"),
         Need(f"reply\\.{c}\\.pidbox", f"reply.{ctl}.pidbox", f"reply.{ctl}.pidbox",
              f"workers answer remote control through this exchange; {dies}"),
         Need(f".+@.+\\.{c}\\.pidbox", f"{SAMPLE_NODE}.{ctl}.pidbox", f"<node>.{ctl}.pidbox",
@@ -144,7 +150,9 @@ def rabbitmq_allows(regex: str, name: str, *, exchange: bool = False) -> bool:
     return re.search(regex or "^$", name) is not None
 
 
-def missing_for_celery(permissions: HasPermissions, names: CeleryNames, *, where: str = "appUser.permissions") -> list[str]:
+def missing_for_celery(
+    permissions: HasPermissions, names: CeleryNames, *, where: str = "appUser.permissions"
+) -> list[str]:
     """One warning per permission a custom set lacks of what Celery needs, in RabbitMQ's semantics."""
     warnings = []
     for perm in PERMISSIONS:
