@@ -182,11 +182,25 @@ class Permissions(Model):
 
 
 class AppUser(Model):
-    """The account EDD and the Celery workers use (seed: edd_user, `.*` on /edd)."""
+    """The account EDD and the Celery workers use (seed: edd_user, `.*` on /edd).
+
+    `permissionProfile`: `least` (default) grants only the objects Celery and EDD use, derived
+    from appQueue's names; `full` is the seed's `.*`; `custom` uses `permissions` as given
+    (checked against what Celery needs, with a warning per gap).
+    """
 
     name: UserName = "edd_user"
     tags: list[Literal["management", "monitoring", "policymaker"]] = Field(default_factory=list)
-    permissions: Permissions = Permissions()
+    permission_profile: Literal["least", "full", "custom"] = "least"
+    permissions: Optional[Permissions] = None
+
+    @model_validator(mode="after")
+    def _permissions_only_when_custom(self) -> "AppUser":
+        if self.permissions is not None and self.permission_profile != "custom":
+            raise ValueError("permissions are used only with permissionProfile: custom")
+        if self.permissions is None and self.permission_profile == "custom":
+            raise ValueError("permissionProfile custom needs permissions {configure, write, read}")
+        return self
 
 
 class FlowerBrokerUser(Model):
@@ -256,6 +270,11 @@ class AppQueue(Model):
     name: QueueName = "edd"
     exchange: QueueName = "edd"
     exchange_type: Literal["fanout", "direct", "topic"] = "fanout"
+    # Celery's naming settings the app uses (control_exchange, event_exchange,
+    # event_queue_prefix): the least-privilege permissions are derived from them.
+    control_exchange: QueueName = "celery"
+    event_exchange: QueueName = "celeryev"
+    event_queue_prefix: QueueName = "celeryev"
 
 
 class EddSettingsFile(Model):

@@ -2,7 +2,8 @@
 
 Creates, through the management API (pulumi_rabbitmq):
 - the vhost;
-- the app user (seed: `edd_user`) with its configure/write/read regexes on the vhost;
+- the app user (seed: `edd_user`) with its configure/write/read regexes on the vhost: by
+  default only what Celery and EDD use (`render.permissions.least_privilege`);
 - the Flower user: by default the `monitoring` tag and, on the vhost, only the event and
   control objects a Celery monitor uses (least privilege, the seed's TODO); with profile
   `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
@@ -18,18 +19,37 @@ from typing import Optional
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
-from ..render.permissions import monitor_regex
+from ..render.permissions import CeleryNames, least_privilege, missing_for_celery, monitor_regex
 from ..settings import AppQueue, AppUser, FlowerBrokerUser, Permissions
 
 FULL = Permissions()
-MONITOR = Permissions(configure=monitor_regex(), write=monitor_regex(), read=monitor_regex())
 
 
-def flower_grants(profile: str, vhost: str) -> tuple[list[str], dict[str, Permissions]]:
+def flower_grants(profile: str, vhost: str, queue: AppQueue) -> tuple[list[str], dict[str, Permissions]]:
     """Tags and per-vhost permissions for the Flower user's profile."""
     if profile == "administrator":
         return ["administrator"], {"/": FULL, vhost: FULL}
-    return ["monitoring"], {vhost: MONITOR}
+    regex = monitor_regex(queue.control_exchange, queue.event_exchange, event_queue_prefix=queue.event_queue_prefix)
+    return ["monitoring"], {vhost: Permissions(configure=regex, write=regex, read=regex)}
+
+
+def app_permissions(app_user: AppUser, queue: AppQueue, rpc_results: bool = True) -> Permissions:
+    """The app user's regexes for its profile (see AppUser)."""
+    if app_user.permission_profile == "full":
+        return FULL
+    if app_user.permission_profile == "custom":
+        for gap in missing_for_celery(app_user.permissions, celery_names(queue, rpc_results),
+                                      where="edd-infra:appUser.permissions"):
+            pulumi.log.warn(gap)
+        return app_user.permissions
+    least = least_privilege(celery_names(queue, rpc_results))
+    return Permissions(configure=least.configure, write=least.write, read=least.read)
+
+
+def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
+    return CeleryNames(queues=[queue.name], exchanges=[queue.exchange], control_exchange=queue.control_exchange,
+                       event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
+                       rpc_results=rpc_results)
 
 
 class EddVhost(pulumi.ComponentResource):
@@ -70,8 +90,9 @@ class EddVhost(pulumi.ComponentResource):
                 )
             return created
 
-        self.app_user = user("app-user", app_user.name, list(app_user.tags), app_password, {vhost: app_user.permissions})
-        tags, grants = flower_grants(flower_user.profile, vhost)
+        self.app_user = user("app-user", app_user.name, list(app_user.tags), app_password,
+                             {vhost: app_permissions(app_user, app_queue)})
+        tags, grants = flower_grants(flower_user.profile, vhost, app_queue)
         self.flower_user = user("flower-user", flower_user.name, tags, flower_password, grants)
         self.queue = self._queue(name, app_queue, after_vhost)
         self.register_outputs({"vhost": self.vhost.name, "appUser": self.app_user.name, "flowerUser": self.flower_user.name,

@@ -131,21 +131,28 @@ def test_broker_accounts(deployed):
 AMQP_PROBE = """
 import os, sys
 from kombu import Connection
+mode = sys.argv[1]
 url = os.environ["CELERY_BROKER_URL"]
-if sys.argv[1] == "root":
+if mode == "root":
     url = url.rsplit("/", 2)[0] + "/"
 with Connection(url, connect_timeout=5) as conn:
-    q = conn.SimpleQueue("edd-e2e-probe")
-    q.put({"n": 1}); msg = q.get(timeout=5); msg.ack(); print(msg.payload["n"]); q.close()
+    channel = conn.channel()
+    if mode in ("root", "declare"):
+        channel.queue_declare("edd-e2e-probe", durable=False, auto_delete=True)
+    else:
+        channel.basic_get("other-app")
+    print("allowed")
 """
 
 
-def run_probe(d: Deployment, vhost: str):
+def run_probe(d: Deployment, mode: str):
+    """As the app user (URL from the worker's env file): `declare` a queue outside its profile,
+    `read` another app's queue, or open vhost `root`."""
     env = f"/etc/edd-infra/celery-{WORKER}.env"
     code = base64.b64encode(AMQP_PROBE.encode()).decode()
     return sandbox_hosts.run(
         d.host, f"set -a; . {env}; set +a; echo {code} | base64 -d > /tmp/probe.py; "
-                f"/opt/edd-sandbox/venv/bin/python /tmp/probe.py {vhost}", timeout=60)
+                f"/opt/edd-sandbox/venv/bin/python /tmp/probe.py {mode}", timeout=60)
 
 
 def amqps_connect(d: Deployment, ca_file: str | None) -> None:
@@ -169,11 +176,26 @@ def test_tls_listeners_serve_a_certificate_from_the_stack_ca(deployed):
     assert deployed.stack.stack.outputs()["managementEndpoint"].value == f"https://{deployed.host.address}:15671"
 
 
-def test_app_user_publishes_on_edd_and_is_refused_on_root_vhost(deployed):
-    ok = run_probe(deployed, "edd")
-    assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
-    refused = run_probe(deployed, "root")
-    assert refused.returncode != 0 and "NOT_ALLOWED" in refused.stderr + refused.stdout
+def test_least_privilege_app_user_works_and_is_refused_elsewhere(deployed):
+    """The default `least` profile: a task with events, rpc results and remote control (the
+    deploy's ping) works without a single refusal; anything outside the profile is refused."""
+    assert send_task(deployed.host, 1, 2) == "3"
+    log = deployed.sh("cat /var/log/rabbitmq/*.log")
+    assert "access_refused" not in log.lower(), [l for l in log.splitlines() if "refused" in l.lower()][-5:]
+    perms = deployed.sh("rabbitmqctl -q list_user_permissions edd_user --no-table-headers").split("\t")
+    assert perms[0] == "/edd" and ".*" not in perms[1].replace(".+@.+", "")
+    declared = run_probe(deployed, "declare")
+    assert declared.returncode != 0 and "ACCESS_REFUSED" in declared.stderr, declared.stderr[-500:]
+    request = urllib.request.Request(f"https://{deployed.host.address}:15671/api/queues/%2Fedd/other-app",
+                                     data=b'{"durable": false}', method="PUT")
+    request.add_header("Authorization", "Basic " + base64.b64encode(
+        f"edd-infra-admin:{deployed.secrets['adminPassword']}".encode()).decode())
+    request.add_header("Content-Type", "application/json")
+    urllib.request.urlopen(request, timeout=10, context=deployed.tls_context()).close()
+    read = run_probe(deployed, "read")
+    assert read.returncode != 0 and "ACCESS_REFUSED" in read.stderr, read.stderr[-500:]
+    root = run_probe(deployed, "root")
+    assert root.returncode != 0 and "NOT_ALLOWED" in root.stderr + root.stdout
 
 
 EDD_READS = """

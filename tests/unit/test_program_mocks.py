@@ -369,3 +369,30 @@ def test_bad_result_backend_is_refused_without_echoing_it():
         run(config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:resultBackend"])
     assert "edd-infra:resultBackend: scheme 'postgresql' is not supported" in str(err.value)
     assert "s3cr3t" not in str(err.value)
+
+
+def permissions_of(loop, resources, name):
+    (props,) = [p for t, n, p, *_ in resources if n == name]
+    perms = props["permissions"]
+    return perms.configure, perms.write, perms.read
+
+
+def test_app_user_gets_least_privilege_by_default():
+    _, resources, loop = run(stack_config("prod"))
+    configure, write, read = permissions_of(loop, resources, "edd-app-user-vhost-permissions")
+    assert configure == read and write != configure and "amq\\.default" in write
+    assert configure.startswith("^(edd|celeryev|") and ".*" not in configure.replace(".+@.+", "")
+
+
+def test_full_profile_is_the_seeds_and_custom_is_checked(monkeypatch):
+    config = stack_config("prod")
+    config["edd-infra:appUser"] = json.dumps({"permissionProfile": "full"})
+    _, resources, loop = run(config)
+    assert permissions_of(loop, resources, "edd-app-user-vhost-permissions") == (".*", ".*", ".*")
+    warnings = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    config["edd-infra:appUser"] = json.dumps({"permissionProfile": "custom",
+                                              "permissions": {"configure": ".*", "write": "^edd$", "read": ".*"}})
+    _, resources, loop = run(config)
+    assert permissions_of(loop, resources, "edd-app-user-vhost-permissions") == (".*", "^edd$", ".*")
+    assert any("edd-infra:appUser.permissions.write does not allow 'amq.default'" in w for w in warnings), warnings
