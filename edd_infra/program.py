@@ -7,19 +7,18 @@ and the Automation API's inline program (tests, `make sandbox`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import pulumi
 
 from . import broker_drift, host_drift
-from .components.rabbit_broker import api_endpoint, local_management_address
 from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .components.rabbit_broker import api_endpoint, local_management_address, plain_amqp_addresses
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
 from .render.edd_settings import edd_rabbitmq_settings
-from .settings import StackSettings
+from .settings import Broker, StackSettings
 from .stack_config import StackSecrets, load_settings
 
 # Output names are shared with the tests and README.
@@ -62,9 +61,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
     broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
     broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
                             after=vhost.flower_user)
-    # Workers run on the broker host (validated), so they use its first plain AMQP listener
-    # (with TLS, the plain listeners are the loopback ones).
-    amqp_host = next(a for a in broker_cfg.amqp_listeners if not broker_cfg.tls or ipaddress.ip_address(a).is_loopback)
+    # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
+    amqp_host = plain_amqp_addresses(broker_cfg)[0]
 
     def broker_url(user: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
         return pulumi.Output.secret(password).apply(
@@ -110,34 +108,40 @@ def build(settings: StackSettings, secrets: StackSecrets,
         )
         flower_url = flower.url
 
-    # What EDD puts in server.cfg (it runs on the broker host, like the workers).
-    edd_settings = pulumi.Output.secret(
-        pulumi.Output.all(secrets.app_password, secrets.flower_broker_password).apply(lambda pw: edd_rabbitmq_settings(
-            hostname=amqp_host, edd_user=settings.app_user.name, edd_pass=pw[0], edd_vhost=settings.vhost,
-            port=broker_cfg.amqp_port, mgmt_user=settings.flower_broker_user.name, mgmt_pass=pw[1],
-            mgmt_port=broker_cfg.management_port)))
+    edd_settings = edd_settings_values(settings, secrets, amqp_host)
     if settings.edd_settings is not None:
         EddSettingsFile("edd-settings", config=settings.edd_settings, host=hosts[settings.edd_settings.host],
                         values=edd_settings, depends_on=[vhost])
 
-    def endpoints(scheme: str, port: int, addresses: list[str]) -> list[str]:
-        return [f"{scheme}://[{a}]:{port}/{settings.vhost}" if ":" in a else f"{scheme}://{a}:{port}/{settings.vhost}"
-                for a in addresses]
     health = pulumi.Output.all(*[w.service.id for w in workers]).apply(
         lambda _: {"broker": "answering", "workers": "answering ping", "flower": "answering" if flower_url else "off"}
     )
     return {
-        "brokerEndpoints": (
-            endpoints("amqp", broker_cfg.amqp_port, [a for a in broker_cfg.amqp_listeners
-                                                     if not broker_cfg.tls or ipaddress.ip_address(a).is_loopback])
-            + (endpoints("amqps", broker_cfg.tls.amqp_port, broker_cfg.amqp_listeners) if broker_cfg.tls else [])
-        ),
+        "brokerEndpoints": broker_endpoints(broker_cfg, settings.vhost),
         "managementEndpoint": broker.endpoint,
         "flowerUrl": flower_url,
         "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
         "health": health,
         "eddSettings": edd_settings,
     }
+
+
+def broker_endpoints(broker: Broker, vhost: str) -> list[str]:
+    """amqp:// for each plain listener, amqps:// for each TLS one (no credentials)."""
+    def urls(scheme: str, port: int, addresses: list[str]) -> list[str]:
+        return [f"{scheme}://{f'[{a}]' if ':' in a else a}:{port}/{vhost}" for a in addresses]
+
+    tls = urls("amqps", broker.tls.amqp_port, broker.amqp_listeners) if broker.tls else []
+    return urls("amqp", broker.amqp_port, plain_amqp_addresses(broker)) + tls
+
+
+def edd_settings_values(settings: StackSettings, secrets: StackSecrets, amqp_host: str) -> pulumi.Output[dict]:
+    """What EDD puts in server.cfg's `rabbitmq` section, as one secret Output."""
+    return pulumi.Output.secret(
+        pulumi.Output.all(secrets.app_password, secrets.flower_broker_password).apply(lambda pw: edd_rabbitmq_settings(
+            hostname=amqp_host, edd_user=settings.app_user.name, edd_pass=pw[0], edd_vhost=settings.vhost,
+            port=settings.broker.amqp_port, mgmt_user=settings.flower_broker_user.name, mgmt_pass=pw[1],
+            mgmt_port=settings.broker.management_port)))
 
 
 def tls_material(settings: StackSettings) -> tuple[Optional[str], Optional[tuple[str, str]]]:
