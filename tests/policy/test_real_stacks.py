@@ -46,13 +46,18 @@ SANDBOX_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPolicyTestPolicyTestPol
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
-def sandbox_like(**overrides) -> dict:
-    from sandbox.deploy import sandbox_config
+def sandbox_host():
     from sandbox.hosts import SandboxHost
 
-    host = SandboxHost(name="edd-sandbox", address="10.57.250.2", user="root", port=22,
+    return SandboxHost(name="edd-sandbox", address="10.57.250.2", user="root", port=22,
                        private_key_path="/nonexistent", host_key=SANDBOX_HOST_KEY, pid=0, leader_pid=0)
-    config = sandbox_config(host)
+
+
+def sandbox_like(**overrides) -> dict:
+    """The sandbox's plain config (no TLS, no signing) with `overrides` merged in."""
+    from sandbox.deploy import sandbox_config
+
+    config = sandbox_config(sandbox_host())
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
@@ -85,16 +90,18 @@ def test_committed_stack_passes_make_preview_pr(isolated, tmp_path, stack):
 
 
 def test_sandbox_config_passes(isolated, tmp_path):
-    from sandbox.deploy import random_secrets
+    from sandbox.deploy import configure
 
+    # What `make sandbox` writes (TLS and message signing on, its own CA and keys), for a host
+    # on its private veth address; the host is never contacted.
     project = tmp_path / "project"
     project.mkdir()
     env = cli_env(tmp_path)
     stack = ProjectStack("sandbox", project, env["PULUMI_BACKEND_URL"], PASSPHRASE)
-    stack.set_plain(sandbox_like())
-    secrets = random_secrets()
-    for key, value in {**secrets, "sshPrivateKey": SSH_KEY}.items():
-        stack.set_secret(key, value)
+    configure(stack, sandbox_host(), hardened=True)
+    secrets = {key: json.loads(stack.cli_run("config", "get", f"edd-infra:{key}", "--json").stdout)["value"]
+               for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
+    assert all(secrets.values())
     # The CLI path (the language host runs __main__.py), as the PR workflow's preview.
     shutil.copy(ROOT / "__main__.py", project / "__main__.py")
     (project / "edd_infra").symlink_to(ROOT / "edd_infra")
