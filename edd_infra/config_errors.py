@@ -108,7 +108,7 @@ def reference_problems(settings: StackSettings) -> list[str]:
     check_host("flower.host", settings.flower.host)
     if settings.edd_settings is not None:
         check_host("eddSettings.host", settings.edd_settings.host)
-        if settings.edd_settings.host != settings.broker.host:
+        if settings.edd_settings.host in hosts and settings.edd_settings.host != settings.broker.host:
             problems.append(f"{PROJECT}:eddSettings.host: EDD must run on the broker host ({settings.broker.host!r}) "
                             "while the app user may log in from loopback only")
     seen: dict[str, int] = {}

@@ -71,7 +71,7 @@ def row(id: str, *expected: str, secrets: dict | None = None):
 
 # Unknown-key messages list every key allowed at that level (sorted); rows check the first
 # few, which include the key meant, so a key added later does not break them.
-ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, appPassword, appUser, broker,"
+ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, appPassword, appQueue, appUser, broker,"
 PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAnotarealkey\n-----END OPENSSH PRIVATE KEY-----\n"
 SECOND_HOST = {"address": "192.0.2.11", "hostKey": KEY}
 # Files in the stack's project directory (see TableStack), where relative names resolve.
@@ -90,10 +90,10 @@ CASES = [
         "port, serviceManager, sudo, user")((("hosts", "queue", "adress"), "192.0.2.10")),
     row("unknown-broker-key", "edd-infra:broker.amqpport: unknown key; allowed here: adminUser, amqpListeners, "
         "amqpPort,")((("broker", "amqpport"), 5672)),
-    row("unknown-app-user-key", "edd-infra:appUser.nmae: unknown key; allowed here: name, permissions, tags")(
+    row("unknown-app-user-key", "edd-infra:appUser.nmae: unknown key; allowed here: name, permissionProfile, permissions, tags")(
         (("appUser",), {"nmae": "edd"})),
     row("unknown-permissions-key", "edd-infra:appUser.permissions.admin: unknown key; allowed here: configure, "
-        "read, write")((("appUser",), {"permissions": {"admin": ".*"}})),
+        "read, write")((("appUser",), {"permissionProfile": "custom", "permissions": {"admin": ".*"}})),
     row("unknown-flower-broker-user-key", "edd-infra:flowerBrokerUser.role: unknown key; allowed here: name, "
         "profile")((("flowerBrokerUser",), {"role": "monitoring"})),
     row("unknown-worker-key", "edd-infra:workers[1].concurcency: unknown key; allowed here: app, autoscale, "
@@ -227,11 +227,27 @@ CASES = [
     row("app-user-administrator-tag", "edd-infra:appUser.tags[0]: Input should be 'management', 'monitoring' or "
         "'policymaker'")((("appUser",), {"tags": ["administrator"]})),
     row("configure-regex-unclosed", "edd-infra:appUser.permissions.configure: must be a regular expression that "
-        "compiles")((("appUser",), {"permissions": {"configure": "^(edd"}})),
+        "compiles")((("appUser",), {"permissionProfile": "custom", "permissions": {"configure": "^(edd"}})),
     row("write-regex-bad-range", "edd-infra:appUser.permissions.write: must be a regular expression that compiles")(
-        (("appUser",), {"permissions": {"write": "[z-a]"}})),
+        (("appUser",), {"permissionProfile": "custom", "permissions": {"write": "[z-a]"}})),
     row("read-regex-nothing-to-repeat", "edd-infra:appUser.permissions.read: must be a regular expression that "
-        "compiles")((("appUser",), {"permissions": {"read": "*"}})),
+        "compiles")((("appUser",), {"permissionProfile": "custom", "permissions": {"read": "*"}})),
+    row("permission-profile-unknown", "edd-infra:appUser.permissionProfile: Input should be 'least', 'full' or "
+        "'custom'")((("appUser",), {"permissionProfile": "minimal"})),
+    row("permissions-without-custom", "edd-infra:appUser: permissions are used only with permissionProfile: custom")(
+        (("appUser",), {"permissions": {"read": ".*"}})),
+    row("custom-without-permissions", "edd-infra:appUser: permissionProfile custom needs permissions")(
+        (("appUser",), {"permissionProfile": "custom"})),
+    row("exchange-type-headers", "edd-infra:appQueue.exchangeType: Input should be 'fanout', 'direct' or 'topic'")(
+        (("appQueue",), {"exchangeType": "headers"})),
+    row("edd-settings-unknown-format", "edd-infra:eddSettings.format: Input should be 'json', 'ini' or 'env'")(
+        (("eddSettings",), {"host": "queue", "format": "yaml"})),
+    row("edd-settings-mode-0644", "edd-infra:eddSettings.mode: Input should be '0600' or '0640'")(
+        (("eddSettings",), {"host": "queue", "mode": "0644"})),
+    row("edd-settings-unknown-host", "edd-infra:eddSettings.host: host 'web' is not in edd-infra:hosts")(
+        (("eddSettings",), {"host": "web"})),
+    row("result-backend-without-db-prefix", "edd-infra:resultBackend: scheme 'postgresql' is not supported",
+        secrets={"resultBackend": "postgresql://celery:pw@db/edd"})(),
     row("flower-broker-user-guest", "edd-infra:flowerBrokerUser.name: 'guest' is removed from the broker; choose "
         "another name")((("flowerBrokerUser",), {"name": "guest"})),
     row("flower-profile-admin", "edd-infra:flowerBrokerUser.profile: Input should be 'monitoring' or "
