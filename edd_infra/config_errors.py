@@ -119,11 +119,11 @@ def reference_problems(settings: StackSettings) -> list[str]:
                 f"{PROJECT}:workers[{i}].name: duplicate worker name {worker.name!r} (also workers[{seen[worker.name]}])"
             )
         seen.setdefault(worker.name, i)
-        # Workers reach the broker on its AMQP listeners; only loopback is supported so far.
-        if worker.host != settings.broker.host:
+        # A worker on another host reaches the broker over TLS on a non-loopback listener.
+        if worker.host != settings.broker.host and worker.host in hosts and settings.broker.remote_amqp_address is None:
             problems.append(
-                f"{PROJECT}:workers[{i}].host: workers must run on the broker host "
-                f"({settings.broker.host!r}) while AMQP listens on loopback only"
+                f"{PROJECT}:workers[{i}].host: a worker off the broker host ({settings.broker.host!r}) needs "
+                "broker.tls and a non-loopback address in broker.amqpListeners (AMQP leaves the host only over TLS)"
             )
     if settings.flower.host != settings.broker.host:
         problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")

@@ -41,7 +41,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "broker",
         broker=broker_cfg,
         host=broker_host,
-        loopback_users=["guest", settings.app_user.name],
+        # The app user may log in only from loopback unless a worker runs on another host.
+        loopback_users=["guest"] + ([] if remote_workers(settings) else [settings.app_user.name]),
         admin_password=secrets.admin_password,
         drift=drift,
         tls_pems=tls_pems,
@@ -64,12 +65,13 @@ def build(settings: StackSettings, secrets: StackSecrets,
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
     amqp_host = plain_amqp_addresses(broker_cfg)[0]
 
-    def broker_url(user: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
+    def broker_url(user: str, password: pulumi.Output[str], remote: bool = False) -> pulumi.Output[str]:
+        if remote:  # over TLS to the broker's address (validated to exist)
+            host, port, scheme = broker_cfg.remote_amqp_address, broker_cfg.tls.amqp_port, "amqps"
+        else:
+            host, port, scheme = amqp_host, broker_cfg.amqp_port, "amqp"
         return pulumi.Output.secret(password).apply(
-            lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost)
-        )
-
-    app_url = broker_url(settings.app_user.name, secrets.app_password)
+            lambda pw: amqp_url(user, pw, host, port, settings.vhost, scheme=scheme))
     signing = ((secrets.celery_signing_key, Path(settings.celery_signing.cert_file).read_text())
                if settings.celery_signing else None)
     ready = [vhost]
@@ -88,9 +90,12 @@ def build(settings: StackSettings, secrets: StackSecrets,
     workers = []
     for worker in settings.workers:
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
-        workers.append(CeleryWorkerService(worker.name, worker=worker, host=hosts[worker.host],
-                                           broker_url=app_url, signing=signing, result_backend=secrets.result_backend,
-                                           depends_on=deps))
+        remote = worker.host != broker_cfg.host
+        workers.append(CeleryWorkerService(
+            worker.name, worker=worker, host=hosts[worker.host],
+            broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
+            broker_ca=tls_pems[0] if remote else None,
+            signing=signing, result_backend=secrets.result_backend, depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
@@ -124,6 +129,10 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "health": health,
         "eddSettings": edd_settings,
     }
+
+
+def remote_workers(settings: StackSettings) -> bool:
+    return any(w.host != settings.broker.host for w in settings.workers)
 
 
 def broker_endpoints(broker: Broker, vhost: str) -> list[str]:

@@ -172,6 +172,14 @@ class Broker(Model):
     purge_on_destroy: bool = False
     tls: Optional[BrokerTls] = None
 
+    @property
+    def remote_amqp_address(self) -> Optional[str]:
+        """The address services on other hosts dial: the first non-loopback AMQP listener,
+        and only with TLS (plain AMQP stays on loopback)."""
+        if self.tls is None:
+            return None
+        return next((a for a in self.amqp_listeners if not ipaddress.ip_address(a).is_loopback), None)
+
 
 class Permissions(Model):
     """RabbitMQ configure/write/read regexes on one vhost."""

@@ -63,6 +63,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         broker_url: pulumi.Output[str],
         result_backend: Optional[pulumi.Output[str]] = None,
         signing: Optional[tuple[pulumi.Output[str], str]] = None,
+        broker_ca: Optional[str] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -71,16 +72,22 @@ class CeleryWorkerService(pulumi.ComponentResource):
         self.service_name = worker_service_name(worker, manager)
         env_path = f"{ETC_DIR}/{self.service_name}.env"
         signing_key, signing_cert = signing or (None, "")
+        ca_path = f"{ETC_DIR}/tls/{self.service_name}/ca.pem"
 
         def files(args: list) -> str:
             url, key, backend = args
             extra, env = signing_files(self.service_name, worker.group, key, signing_cert) if signing else ([], {})
             values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env}
+            if broker_ca:
+                # The app sets broker_use_ssl from it (Celery has no environment name for it).
+                extra.append(FileSpec(ca_path, broker_ca))
+                values["CELERY_BROKER_CA_FILE"] = ca_path
             return host_scripts.secret_bundle([FileSpec(env_path, render_env_file(values), "0640", "root", worker.group),
                                                *extra])
 
         bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)
         extra_paths = [f.path for f in signing_files(self.service_name, worker.group, "", "")[0]] if signing else []
+        extra_paths += [ca_path] if broker_ca else []
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,
             virtualenv=worker.virtualenv, app=worker.app, node=worker.name,

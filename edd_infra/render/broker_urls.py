@@ -19,9 +19,9 @@ def _credentials(user: str, password: str) -> str:
     return f"{quote(user, safe='')}:{quote(password, safe='')}"
 
 
-def amqp_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
-    """Celery's broker_url: amqp scheme, quoted user and password, host:port, then `//edd`."""
-    return f"amqp://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
+def amqp_url(user: str, password: str, host: str, port: int, vhost: str, scheme: str = "amqp") -> str:
+    """Celery's broker_url: amqp (or amqps) scheme, quoted user and password, host:port, then `//edd`."""
+    return f"{scheme}://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
 
 
 def flower_broker_api(host: str, port: int, scheme: str = "http") -> str:

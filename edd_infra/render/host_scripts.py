@@ -31,8 +31,15 @@ q = shlex.quote
 # the script manages are recorded there, so a later `up` can tell which files were edited.
 # umask 022: apt and the directories made here must stay readable by service users;
 # temporary files are 0600 from mktemp and each file gets its own mode from `install`.
+# One script at a time per host (flock, where there is one): a script whose SSH session was
+# cut goes on running, and a rerun must not interleave with it, or the cut script could roll
+# files back or restart a service after the rerun succeeded.
 PRELUDE = r"""set -eu
 umask 022
+if command -v flock >/dev/null 2>&1 && [ -w /var/run ]; then
+  exec 9>>/var/run/edd-infra.lock
+  flock -w 900 9 || { echo "another edd-infra script has been running on $(hostname) for 15 min" >&2; exit 1; }
+fi
 changed=0
 journal=$(mktemp)
 on_rollback=:

@@ -7,11 +7,15 @@ configured only from the environment, as a real deployment would be:
 
 - ``CELERY_BROKER_URL``: the broker (default: guest on the local RabbitMQ).
 - ``CELERY_RESULT_BACKEND``: where results go (default ``rpc://``).
+- ``CELERY_BROKER_CA_FILE``: when set (a worker on another host than the broker), the broker
+  is reached over TLS and its certificate checked against this CA.
 - ``CELERY_SECURITY_KEY``, ``CELERY_SECURITY_CERTIFICATE``, ``CELERY_SECURITY_CERT_STORE``:
   when set (edd-infra's ``celerySigning``), tasks are signed and only signed tasks run.
 """
 
 import os
+import ssl
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -34,6 +38,13 @@ app.conf.update(
     # the broker redelivers what it had not acked.
     task_acks_late=True,
 )
+
+if os.environ.get("CELERY_BROKER_CA_FILE"):
+    app.conf.broker_use_ssl = {
+        "ca_certs": os.environ["CELERY_BROKER_CA_FILE"],
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": urlsplit(app.conf.broker_url).hostname,
+    }
 
 if os.environ.get("CELERY_SECURITY_KEY"):
     app.conf.update(

@@ -179,8 +179,8 @@ CASES = [
 
     # The broker.
     row("broker-host-unknown", "edd-infra:broker.host: host 'nowhere' is not in edd-infra:hosts (have: queue)",
-        "edd-infra:workers[0].host: workers must run on the broker host ('nowhere')",
-        "edd-infra:workers[1].host: workers must run on the broker host ('nowhere')",
+        "edd-infra:workers[0].host: a worker off the broker host ('nowhere') needs broker.tls",
+        "edd-infra:workers[1].host: a worker off the broker host ('nowhere') needs broker.tls",
         "edd-infra:flower.host: Flower must run on the broker host ('nowhere')")((("broker", "host"), "nowhere")),
     row("broker-host-not-an-identifier", "edd-infra:broker.host: must match ^[a-z][a-z0-9-]{0,62}$")(
         (("broker", "host"), "Queue")),
@@ -260,10 +260,10 @@ CASES = [
         (("workers", 0, "name"), "Worker_1")),
     row("worker-names-duplicate", "edd-infra:workers[1].name: duplicate worker name 'edd-worker-1' (also workers[0])")(
         (("workers", 1, "name"), "edd-worker-1")),
-    row("worker-host-unknown", "edd-infra:workers[1].host: host 'nowhere' is not in edd-infra:hosts (have: queue)",
-        "edd-infra:workers[1].host: workers must run on the broker host ('queue')")(
+    row("worker-host-unknown", "edd-infra:workers[1].host: host 'nowhere' is not in edd-infra:hosts (have: queue)")(
         (("workers", 1, "host"), "nowhere")),
-    row("worker-not-on-broker-host", "edd-infra:workers[1].host: workers must run on the broker host ('queue')")(
+    row("worker-off-broker-host-without-tls", "edd-infra:workers[1].host: a worker off the broker host ('queue') "
+        "needs broker.tls and a non-loopback address in broker.amqpListeners")(
         (("hosts", "web"), SECOND_HOST), (("workers", 1, "host"), "web")),
     row("worker-app-shell", "edd-infra:workers[0].app: must match ^[A-Za-z_][A-Za-z0-9_.:]*$")(
         (("workers", 0, "app"), "edd; rm -rf /")),

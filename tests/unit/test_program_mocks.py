@@ -396,3 +396,25 @@ def test_full_profile_is_the_seeds_and_custom_is_checked(monkeypatch):
     _, resources, loop = run(config)
     assert permissions_of(loop, resources, "edd-app-user-vhost-permissions") == (".*", "^edd$", ".*")
     assert any("edd-infra:appUser.permissions.write does not allow 'amq.default'" in w for w in warnings), warnings
+
+
+def test_worker_on_another_host_dials_the_broker_over_tls(tmp_path):
+    config, keys = tls_config(tmp_path)
+    hosts = json.loads(config["edd-infra:hosts"])
+    hosts["edd-work"] = dict(next(iter(hosts.values())), address="192.0.2.20")
+    config["edd-infra:hosts"] = json.dumps(hosts)
+    workers = json.loads(config["edd-infra:workers"])
+    workers.append(dict(workers[0], name="edd-worker-2", host="edd-work"))
+    config["edd-infra:workers"] = json.dumps(workers)
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: p for t, n, p, *_ in resources}
+    files = bundle_files(plain(loop, by_name["edd-worker-2-service"]["stdin"]))
+    env = files["/etc/edd-infra/celery-edd-worker-2.env"][3]
+    assert "CELERY_BROKER_URL=amqps://edd_user:" in env and "@10.0.0.2:5671//edd" in env
+    assert "CELERY_BROKER_CA_FILE=/etc/edd-infra/tls/celery-edd-worker-2/ca.pem" in env
+    assert files["/etc/edd-infra/tls/celery-edd-worker-2/ca.pem"][3].startswith("-----BEGIN CERTIFICATE-----")
+    local_env = bundle_files(plain(loop, by_name["edd-worker-1-service"]["stdin"]))["/etc/edd-infra/celery-edd-worker-1.env"][3]
+    assert "@127.0.0.1:5672//edd" in local_env and "CELERY_BROKER_CA_FILE" not in local_env
+    # The app user may now log in from other hosts; guest stays loopback-only.
+    conf = plain(loop, by_name["broker-server"]["create"])
+    assert "loopback_users.guest = true" in conf and "loopback_users.edd_user" not in conf
