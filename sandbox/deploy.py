@@ -24,6 +24,9 @@ STACK = "sandbox"
 HOST = "edd-sandbox"
 PASSPHRASE = os.environ.get("PULUMI_CONFIG_PASSPHRASE", "edd-infra-example")
 WORKER = "edd-worker-1"
+# SANDBOX_WORKER_HOSTS=N adds N worker-only hosts, each running one more worker over TLS.
+WORKER_HOSTS = int(os.environ.get("SANDBOX_WORKER_HOSTS", "0"))
+WORKER_HOST_PREFIX = "edd-sbw"  # short: "ve-" + host name must fit an interface name
 # The seed told operators to avoid special characters; the sandbox uses all of them on purpose:
 # every printable ASCII character (space included), some non-ASCII, and one long password.
 PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
@@ -40,14 +43,16 @@ def tls_dir(stack: ProjectStack) -> str:
 
 
 def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None,
-                   signing: bool = False) -> dict:
+                   signing: bool = False, worker_hosts: tuple = ()) -> dict:
     """Plain stack config for a single sandbox host running broker, worker and Flower.
 
     The management API and Flower listen on the host's veth address: a private link that
     only this machine reaches, standing in for an admin network. With `tls` (a directory
     holding ca.pem and server.pem), the management API and AMQP on that address use TLS;
     plain AMQP and management stay on loopback for the services on the host. With
-    `signing`, tasks are signed with a certificate from the same directory.
+    `signing`, tasks are signed with a certificate from the same directory. Each of
+    `worker_hosts` (needs `tls`) runs one more worker, `edd-worker-<n>`, reaching the broker
+    over TLS.
     """
     broker = {"host": host.name, "managementAddress": host.address, "purgeOnDestroy": True}
     if tls:
@@ -55,13 +60,14 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
         broker["amqpListeners"] = ["127.0.0.1", "::1", host.address]
     extra = {"celerySigning": {"certFile": f"{tls}/signing.pem"}} if signing and tls else {}
     return extra | {
-        "hosts": {host.name: {"address": host.address, "user": host.user, "port": host.port,
-                              "hostKey": host.host_key}},
+        "hosts": {h.name: {"address": h.address, "user": h.user, "port": h.port, "hostKey": h.host_key}
+                  for h in (host, *worker_hosts)},
         "broker": broker,
         # EDD's settings as EDD reads them (server.cfg's rabbitmq keys), beside the worker.
         "eddSettings": {"host": host.name},
-        "workers": [{"name": WORKER, "host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
-                     "concurrency": worker_concurrency}],
+        "workers": [{"name": name, "host": h.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
+                     "concurrency": worker_concurrency}
+                    for name, h in [(WORKER, host)] + [(f"edd-worker-{i}", w) for i, w in enumerate(worker_hosts, 2)]],
         "flower": {"host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
                    "address": host.address},
     }
@@ -123,10 +129,12 @@ def up() -> None:
     if problem:
         sys.exit(problem)
     phase(f"booting sandbox host {HOST} (first run builds the image: a few minutes)")
-    (host,) = sandbox_hosts.boot([HOST])
-    phase(f"host {host.name} at {host.address}; writing stack '{STACK}' config")
+    extra = [f"{WORKER_HOST_PREFIX}{i}" for i in range(1, WORKER_HOSTS + 1)]
+    host, *worker_hosts = sandbox_hosts.boot([HOST, *extra])
+    phase(f"host {host.name} at {host.address}" + "".join(f", worker host {w.name} at {w.address}" for w in worker_hosts)
+          + f"; writing stack '{STACK}' config")
     stack = project_stack()
-    configure(stack, host, hardened=True)
+    configure(stack, host, hardened=True, worker_hosts=tuple(worker_hosts))
     phase("pulumi up")
     result = stack.stack.up(on_output=print, color="never")
     phase(f"up {result.summary.result} ({result.summary.resource_changes})")
@@ -152,8 +160,9 @@ def down() -> None:
         stack.stack.destroy(on_output=print, color="never")
         stack.stack.workspace.remove_stack(STACK)
     finally:
-        phase(f"stopping host {HOST}")
-        sandbox_hosts.shutdown([HOST])
+        names = [h["name"] for h in sandbox_hosts.status() if h["name"] == HOST or h["name"].startswith(WORKER_HOST_PREFIX)]
+        phase(f"stopping host(s) {', '.join(names) or HOST}")
+        sandbox_hosts.shutdown(names or [HOST])
     phase("sandbox removed")
 
 

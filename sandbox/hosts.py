@@ -13,6 +13,9 @@ one tree, and units of the same name on two hosts collide.
 ``<cache>/sandbox/hosts.json``, so a later process (``python -m sandbox down``)
 can stop them. Processes are only ever signalled by the PIDs recorded there, and
 only links recorded there are deleted.
+
+``reboot()`` reboots a host from inside and starts it again on the same root, link
+and address: what the host wrote survives its reboot, as on a disk, and goes at shutdown.
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ SUBNET = "10.57"
 # "ve-" + name must fit in an interface name (15 characters) or nspawn hashes it.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 BOOT_TIMEOUT = 120.0
-# Every host runs on a read-only view of the image with its writes in a tmpfs overlay,
-# thrown away at exit. `-x` (a full copy per boot) works too, but its copy of the image
-# took 17-29 s per boot on a loaded 2-core machine; the overlay boots to ssh in ~1.5 s.
-THROWAWAY_ROOT = ["--volatile=overlay"]
+# Every host runs on an overlay of the read-only image whose writes go to a directory of its
+# own (<cache>/sandbox/run/NAME/upper), mounted before nspawn starts and removed at shutdown,
+# so they survive the host's reboots. (nspawn's --volatile=overlay keeps them in a tmpfs that
+# goes when nspawn exits, and with --keep-unit nspawn exits, status 133, when its host reboots.)
+# `-x` (a full copy per boot) works too, but its copy of the image took 17-29 s per boot on a
+# loaded 2-core machine; the overlay boots to ssh in ~1.5 s.
+ROOT_LAYERS = ("upper", "work", "root")
 
 # Popen objects of hosts this process started, so their exit is reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
@@ -136,6 +142,41 @@ def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
         return [ready.get(n) or _host(futures[n].result()) for n in names]
 
 
+def reboot(host: SandboxHost, timeout: float = BOOT_TIMEOUT) -> SandboxHost:
+    """Reboot ``host`` as its admin would (`systemctl reboot` over SSH), wait until sshd answers
+    again, and return the host with its new PIDs.
+
+    nspawn --keep-unit exits with status 133 when its host reboots (systemd's
+    systemd-nspawn@.service restarts it on that status); this function is that restart:
+    nspawn again on the same root (writes kept), link name and address.
+    """
+    with file_lock(_state_dir() / "hosts.lock"):
+        entry = _load_state().get(host.name)
+        if not entry or (entry["pid"], entry["leader_pid"]) != (host.pid, host.leader_pid) or not _healthy(entry):
+            raise RuntimeError(f"{host.name} is not a running sandbox host of ours (booted again since?)")
+        if not entry.get("root"):
+            raise RuntimeError(f"{host.name} runs on a throw-away root (booted by an older sandbox.hosts): "
+                               "its writes would not survive a reboot")
+        started = time.monotonic()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run(host, "systemctl reboot", timeout=15)  # the connection may drop before it answers
+        proc = _children.get(entry["pid"])
+        if not _wait_gone(entry["pid"], entry["pid_start"], timeout):
+            raise RuntimeError(f"{host.name}: still running {timeout:.0f} s after `systemctl reboot`:\n{_log_tail(entry)}")
+        status = f" (nspawn exit status {proc.returncode})" if proc else ""
+        log(f"{host.name}: down {time.monotonic() - started:.1f} s after `systemctl reboot`{status}")
+        if _link_exists(entry["link"]):  # the veth goes with the host's network namespace
+            _ip("link", "del", entry["link"])
+        try:
+            entry = _start(entry, started + timeout, "reboot")
+        except BaseException:
+            _stop(entry)
+            _record(host.name, None)
+            raise
+        log(f"{host.name}: rebooted, ssh after {time.monotonic() - started:.1f} s")
+        return _host(entry)
+
+
 def shutdown(hosts: Iterable[SandboxHost | str] | None = None) -> None:
     """Power off ``hosts`` (names or SandboxHost; all recorded hosts if None) and remove their links."""
     with file_lock(_state_dir() / "hosts.lock"):
@@ -193,59 +234,93 @@ def memory_usage(host: SandboxHost) -> dict[str, int]:
 # --- one host ---------------------------------------------------------------------------
 
 def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float) -> dict:
-    """Start nspawn for ``name``, address its link, wait for sshd; return its state entry."""
+    """Make the host's root and link config, start it; return its state entry."""
     run_dir = _run_dir(name)
+    _unmount_root(name)  # left mounted by a process that died before stopping its host
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    address, gateway = f"{SUBNET}.{index}.2", f"{SUBNET}.{index}.1"
+    address = f"{SUBNET}.{index}.2"
     network = run_dir / "10-host0.network"
-    # Sorts before the image's 80-container-host0.network (DHCP); no gateway: no other route.
+    # Sorts before the image's 80-container-host0.network (DHCP). No default route: only the
+    # other sandbox hosts, through this machine (workers on one host, the broker on another).
     network.write_text(f"[Match]\nName=host0\n\n[Network]\nAddress={address}/30\n"
-                       "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+                       "LinkLocalAddressing=no\nIPv6AcceptRA=no\n\n"
+                       f"[Route]\nDestination={SUBNET}.0.0/16\nGateway={SUBNET}.{index}.1\n")
     (run_dir / "known_hosts").write_text(f"{address} {host_key}\n")
-    link = f"ve-{name}"
+    entry = {"name": name, "address": address, "user": "root", "port": 22,
+             "private_key_path": str(client_key()), "host_key": host_key, "pid": 0,
+             "pid_start": None, "leader_pid": 0, "leader_start": None,
+             "index": index, "link": f"ve-{name}", "rootfs": str(rootfs), "root": None}
+    try:
+        entry["root"] = str(_mount_root(name, rootfs))
+        return _start(entry, time.monotonic() + timeout, "boot")
+    except BaseException:
+        _stop(entry)
+        _record(name, None)
+        raise
+
+
+def _start(entry: dict, deadline: float, what: str) -> dict:
+    """Start nspawn on the host's root, address its link, wait for sshd; return the updated entry."""
+    name, link, address = entry["name"], entry["link"], entry["address"]
+    gateway = address.rsplit(".", 1)[0] + ".1"
+    network = _run_dir(name) / "10-host0.network"
     _log_path(name).parent.mkdir(parents=True, exist_ok=True)
     log_path = _log_path(name)
     if log_path.exists() and log_path.stat().st_size > 2_000_000:
         log_path.unlink()
-    nspawn = ["systemd-nspawn", "-D", str(rootfs), *THROWAWAY_ROOT, "-b", "-M", name, "--network-veth",
+    nspawn = ["systemd-nspawn", "-D", entry["root"], "-b", "-M", name, "--network-veth",
               "--register=no", "--keep-unit", "--console=passive",
               f"--bind-ro={network}:/etc/systemd/network/10-host0.network"]
     # nspawn --keep-unit puts the host's systemd under its own cgroup (+ "/payload"): move it
     # into a cgroup of this host's first, or all hosts share one tree (same-named units collide).
     join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))} && " for d in _cgroups(name, create=True))
     with open(log_path, "a") as out:  # kept across boots, for post-mortems
-        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} boot {name} at {address}\n")
+        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} {name} at {address}\n")
         out.flush()
         proc = subprocess.Popen(["/bin/sh", "-c", join + 'exec "$@"', "sh", *nspawn],  # exec: same PID
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     _children[proc.pid] = proc
-    entry = {"name": name, "address": address, "user": "root", "port": 22,
-             "private_key_path": str(client_key()), "host_key": host_key, "pid": proc.pid,
-             "pid_start": _start_time(proc.pid), "leader_pid": 0, "leader_start": None,
-             "index": index, "link": link, "rootfs": str(rootfs)}
+    entry.update(pid=proc.pid, pid_start=_start_time(proc.pid), leader_pid=0, leader_start=None)
     _record(name, entry)  # from now on `down` can stop it, even if this process dies
-    deadline = time.monotonic() + timeout
-    try:
-        started = time.monotonic()
-        _wait(lambda: _link_exists(link), deadline, entry, f"link {link}")
-        _ip("addr", "add", f"{gateway}/30", "dev", link)
-        _ip("link", "set", link, "up")
-        # Only IPv4 on our link: no link-local chatter.
-        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1")
-        linked = time.monotonic()
-        leader = _wait(lambda: _find_leader(proc.pid), deadline, entry, "container PID 1")
-        entry.update(leader_pid=leader, leader_start=_start_time(leader))
-        _record(name, entry)
-        host = _host(entry)
-        _wait(lambda: run(host, "true", timeout=15).returncode == 0, deadline, entry, "sshd")
-        log(f"{name}: {address} link after {linked - started:.1f} s, ssh after {time.monotonic() - started:.1f} s")
-        return entry
-    except BaseException:
-        _stop(entry)
-        _record(name, None)
-        raise
+    started = time.monotonic()
+    _wait(lambda: _link_exists(link), deadline, entry, f"link {link}")
+    _ip("addr", "add", f"{gateway}/30", "dev", link)
+    _ip("link", "set", link, "up")
+    # Only IPv4 on our link: no link-local chatter.
+    Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1")
+    # Forward between sandbox links only (per-link; the machine's own ip_forward stays as it is).
+    Path(f"/proc/sys/net/ipv4/conf/{link}/forwarding").write_text("1")
+    linked = time.monotonic()
+    leader = _wait(lambda: _find_leader(proc.pid), deadline, entry, "container PID 1")
+    entry.update(leader_pid=leader, leader_start=_start_time(leader))
+    _record(name, entry)
+    host = _host(entry)
+    _wait(lambda: run(host, "true", timeout=15).returncode == 0, deadline, entry, "sshd")
+    log(f"{name}: {address} link after {linked - started:.1f} s, ssh after {time.monotonic() - started:.1f} s")
+    return entry
+
+
+def _mount_root(name: str, rootfs: Path) -> Path:
+    """Mount the host's root: an overlay of the image (read-only below) and its own upper dir."""
+    upper, work, root = (_run_dir(name) / layer for layer in ROOT_LAYERS)
+    for directory in (upper, work, root):
+        directory.mkdir()
+    if any(c in str(p) for p in (rootfs, upper, work) for c in ",:"):
+        raise RuntimeError(f"paths under {rootfs} and {upper} must not hold ',' or ':' (overlay options)")
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(root)],
+                   check=True, capture_output=True, text=True)
+    return root
+
+
+def _unmount_root(name: str) -> None:
+    """Unmount the host's root if it is mounted (lazily if still busy), so its run dir can go."""
+    root = _run_dir(name) / "root"
+    if os.path.ismount(root):
+        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(root)], check=True, capture_output=True)
 
 
 def _wait(probe, deadline: float, entry: dict, what: str):
@@ -282,6 +357,7 @@ def _stop(entry: dict, timeout: float = 30.0) -> None:
     _wait_gone(pid, start, 10)
     if _link_exists(entry["link"]):
         _ip("link", "del", entry["link"])
+    _unmount_root(entry["name"])  # before the run dir goes: it holds the root's layers
     for cgroup in _cgroups(entry["name"]):
         # Deepest first; a cgroup directory goes with rmdir once empty (its files are virtual).
         for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
@@ -293,6 +369,8 @@ def _stop(entry: dict, timeout: float = 30.0) -> None:
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
+    if pid <= 0:  # not started yet: never signal a process group
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
