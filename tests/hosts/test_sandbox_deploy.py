@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import socket
 import ssl
 import time
@@ -198,6 +199,55 @@ def test_least_privilege_app_user_works_and_is_refused_elsewhere(deployed):
     assert root.returncode != 0 and "NOT_ALLOWED" in root.stderr + root.stdout
 
 
+CONTROL_AND_EVENTS = """
+from edd import app
+inspect = app.control.inspect(timeout=5)
+queues = sorted({q["name"] for qs in (inspect.active_queues() or {}).values() for q in qs})
+limited = app.control.rate_limit("edd.add", "600/m", reply=True, timeout=5)
+seen = []
+with app.connection_for_read() as conn:
+    receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+    receiver.capture(limit=3, timeout=15, wakeup=True)
+print(queues, bool(limited) and all("ok" in list(r.values())[0] for r in limited), len(seen))
+"""
+
+DEFAULT_EXCHANGE_SEND = """
+from edd import add
+try:
+    add.apply_async((1, 1), exchange="", routing_key="edd", ignore_result=True)
+    print("sent")
+except Exception as err:
+    print(type(err).__name__)
+"""
+
+
+def app_script(d: Deployment, code: str) -> str:
+    """Run `code` with the worker's environment (the app user's URL from its env file)."""
+    env = f"/etc/edd-infra/celery-{WORKER}.env"
+    encoded = base64.b64encode(code.encode()).decode()
+    return d.sh(f"echo {encoded} | base64 -d > /tmp/app_script.py; set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
+                f"PYTHONPATH=/opt/edd-sandbox/app /opt/edd-sandbox/venv/bin/python /tmp/app_script.py").strip()
+
+
+def test_least_privilege_covers_control_commands_and_events(deployed):
+    """`inspect active_queues`, a rate-limit command and an event monitor as the app user,
+    with no refusal logged; without write on amq.default a publish there raises (confirms)."""
+    lines_before = len(deployed.sh("cat /var/log/rabbitmq/*.log").splitlines())
+    out = app_script(deployed, CONTROL_AND_EVENTS)
+    assert out.startswith("['edd'] True ") and int(out.rsplit(" ", 1)[1]) >= 1, out
+    new_log = deployed.sh("cat /var/log/rabbitmq/*.log").splitlines()[lines_before:]
+    assert not [line for line in new_log if "access_refused" in line.lower()], new_log[-5:]
+    configure, write, read = deployed.sh(
+        "rabbitmqctl -q list_user_permissions edd_user --no-table-headers").strip().split("\t")[1:]
+    deployed.sh("rabbitmqctl -q set_permissions -p /edd edd_user " + " ".join(
+        shlex.quote(r) for r in (configure, write.replace("|amq\\.default", ""), read)))
+    refused = app_script(deployed, DEFAULT_EXCHANGE_SEND)
+    assert refused != "sent" and refused.isidentifier(), f"a refused publish went unnoticed: {refused}"
+    result = deployed.stack.stack.up(refresh=True, color="never")  # puts the profile back
+    assert result.summary.resource_changes.get("update", 0) >= 1
+    assert app_script(deployed, DEFAULT_EXCHANGE_SEND) == "sent"
+
+
 EDD_READS = """
 import json, sys
 print(json.dumps(json.load(open(sys.argv[1]))["rabbitmq"]))
@@ -288,6 +338,11 @@ def test_second_up_changes_nothing_and_preview_agrees(deployed):
 def test_concurrency_change_restarts_only_that_worker(deployed):
     pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
     configure(deployed.stack, deployed.host, hardened=True, worker_concurrency=3)
+    # What a reviewer sees: the rendered unit's changed line, not a hash.
+    diff = deployed.stack.stack.preview(diff=True, color="never").stdout
+    changed = [line.strip() for line in diff.splitlines() if "ExecStart=" in line]
+    assert any(line.startswith("-") and "--concurrency 2" in line for line in changed), changed
+    assert any(line.startswith("+") and "--concurrency 3" in line for line in changed), changed
     result, _ = deployed.up()
     changes = result.summary.resource_changes
     assert changes.get("update") == 1, changes
