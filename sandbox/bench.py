@@ -1,0 +1,466 @@
+"""`make bench`: issue 7's benchmarks, measured in one run on this machine and printed as a table.
+
+A report, not a test: nothing here passes or fails on a number. What it measures, and why:
+
+1. A fresh `up` of the single-host sandbox stack (`configure(..., hardened=True)`, as `make
+   sandbox` does) against the raw floor: the steps no deployment can skip, run by hand over SSH
+   on a fresh host of the same image (install RabbitMQ from the image's offline apt cache and
+   wait for it; users, vhost and permissions with rabbitmqctl; a worker unit answering ping;
+   Flower answering /healthcheck). Their ratio is what the program's own work costs.
+2. No-op `up` and `preview` (median of 3), the remote commands a no-op `up` ran (counted from
+   the engine's events) and the read-only drift probes it makes (broker API and SSH).
+3. Rotating appPassword while a producer sends tasks: that `up`'s duration and each worker's
+   gap (systemd stopping it to the new one logging "ready", from the host's journal).
+4. Throughput of no-op tasks through the deployed stack against the same app and worker
+   concurrency on a stock local broker (guest on localhost), both timed from the producer's
+   first publish to the worker's last "succeeded" journal line.
+5. Worker-fleet scaling (`up` for 1, 2, 4, 8 worker hosts): not measured yet, and printed as such.
+
+Hosts of its own (`edd-bench` for the stack, `edd-benchraw` for the raw steps and the
+baseline), booted fresh from the sandbox image and shut down at the end, failed or not. The
+machine is shared and small, so the report records its cores and load average at start and
+end. Secrets never go on a command line, raw steps included: they travel on stdin.
+The table is printed and written to `<cache>/bench/last.txt`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+import re
+import secrets
+import shlex
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pulumi.automation import EngineEvent, OpType
+
+from edd_infra.render.broker_urls import amqp_url
+from edd_infra.workspace import ProjectStack, engine_problem
+from sandbox import hosts as sandbox_hosts
+from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
+from sandbox.image import APP_TARGET, VENV, cache_dir
+
+HOST, RAW_HOST = "edd-bench", "edd-benchraw"  # host names are at most 12 characters
+TASKS = 2000
+ROTATION_PACE = 0.02  # s between publishes: the rotation's tasks span ~40 s, longer than its `up`
+RUNS = 3
+APP_USER, FLOWER_USER, ADMIN_USER = "edd_user", "bunny", "edd-infra-admin"
+UNTIL = "i=0; until {probe}; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 1; done"
+
+
+@dataclass
+class Row:
+    name: str
+    value: str
+    unit: str = ""
+    note: str = ""
+
+
+def sh(host: sandbox_hosts.SandboxHost, command: str, input: str | None = None, timeout: float = 900) -> str:
+    result = sandbox_hosts.run(host, command, input=input, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{host.name}: `{command.splitlines()[0][:80]}` exited {result.returncode}: "
+                           f"{result.stderr.strip()[-800:]}")
+    return result.stdout
+
+
+def timed(action, *args, **kwargs) -> tuple[object, float]:
+    started = time.monotonic()
+    result = action(*args, **kwargs)
+    return result, time.monotonic() - started
+
+
+class CommandCounter:
+    """`on_event` for up/preview: counts remote commands the engine ran (any op but `same`)."""
+
+    def __init__(self):
+        self.ran = 0
+
+    def __call__(self, event: EngineEvent) -> None:
+        pre = event.resource_pre_event
+        if pre and not pre.planning and pre.metadata.type == "command:remote:Command" \
+                and pre.metadata.op != OpType.SAME:
+            self.ran += 1
+
+
+def up(stack: ProjectStack) -> tuple[float, int, dict]:
+    """One `up`: (seconds, remote commands run, resource changes)."""
+    counter = CommandCounter()
+    result, seconds = timed(stack.stack.up, color="never", on_event=counter)
+    return seconds, counter.ran, dict(result.summary.resource_changes or {})
+
+
+# --- 1. fresh deploy vs the raw floor -------------------------------------------------------
+
+def raw_broker() -> str:
+    """Install RabbitMQ from the offline cache (management on, as the program has it), start it."""
+    return "\n".join([
+        "set -e", "export DEBIAN_FRONTEND=noninteractive",
+        "mkdir -p /etc/rabbitmq && echo '[rabbitmq_management].' > /etc/rabbitmq/enabled_plugins",
+        "apt-get install -y -q rabbitmq-server </dev/null >/dev/null",
+        "systemctl start rabbitmq-server",
+        UNTIL.format(probe="rabbitmqctl -q await_startup --timeout 10 </dev/null >/dev/null 2>&1"),
+    ])
+
+
+def raw_accounts() -> str:
+    """The admin, the vhost, the app and Flower users and their permissions; passwords are the
+    first three lines of stdin, piped from the shell's builtin printf (never an argv)."""
+    add = 'printf "%s\\n" "${pw}" | rabbitmqctl -q add_user {user} >/dev/null'
+    perms = "rabbitmqctl -q set_permissions -p /edd {user} '.*' '.*' '.*'"
+    return "\n".join([
+        "set -e", "read -r admin; read -r app; read -r flower",
+        add.replace("{pw}", "admin").replace("{user}", ADMIN_USER),
+        f"rabbitmqctl -q set_user_tags {ADMIN_USER} administrator",
+        "rabbitmqctl -q add_vhost /edd",
+        add.replace("{pw}", "app").replace("{user}", APP_USER), perms.replace("{user}", APP_USER),
+        add.replace("{pw}", "flower").replace("{user}", FLOWER_USER), perms.replace("{user}", FLOWER_USER),
+        f"rabbitmqctl -q set_user_tags {FLOWER_USER} monitoring",
+    ])
+
+
+def raw_unit(name: str, exec_start: str, env: str) -> str:
+    return (f"cat > /etc/systemd/system/{name}.service <<'EOF'\n[Unit]\nAfter=rabbitmq-server.service\n"
+            f"[Service]\nType=exec\nUser=celery\nGroup=celery\nWorkingDirectory={APP_TARGET}\n"
+            f"EnvironmentFile={env}\nExecStart={exec_start}\nRestart=always\n"
+            f"[Install]\nWantedBy=multi-user.target\nEOF\n"
+            f"systemctl daemon-reload && systemctl enable -q --now {name}")
+
+
+def raw_worker(concurrency: int) -> str:
+    """The service account, the env file (broker URL from stdin, 0640 root:celery), the unit,
+    started, then `celery inspect ping` until it answers."""
+    ping = (f"(set -a; . /etc/edd-bench/worker.env; set +a; cd {APP_TARGET} && runuser -u celery -- "
+            f"{VENV}/bin/celery -A edd inspect ping -d edd-worker-1@$(hostname) --timeout 3) >/dev/null 2>&1")
+    return "\n".join([
+        "set -e", "read -r url",
+        "getent group celery >/dev/null || groupadd --system celery",
+        "id -u celery >/dev/null 2>&1 || useradd --system --gid celery --no-create-home "
+        "--home-dir /nonexistent --shell /usr/sbin/nologin celery",
+        "mkdir -p /etc/edd-bench",
+        "(umask 027; printf 'CELERY_BROKER_URL=%s\\n' \"$url\" > /etc/edd-bench/worker.env)",
+        "chgrp celery /etc/edd-bench/worker.env",
+        raw_unit("celery-bench", f"{VENV}/bin/celery -A edd worker -Q edd -n edd-worker-1@%%h --loglevel INFO "
+                                 f"--concurrency {concurrency} -E", "/etc/edd-bench/worker.env"),
+        UNTIL.format(probe=ping),
+    ])
+
+
+def raw_flower(address: str) -> str:
+    """Flower's env file and config (basic auth) from stdin, its unit, then /healthcheck."""
+    probe = (f"{VENV}/bin/python -c 'import urllib.request; "
+             f"urllib.request.urlopen(\"http://{address}:5555/healthcheck\", timeout=3)' >/dev/null 2>&1")
+    return "\n".join([
+        "set -e", "read -r url; read -r ui",
+        "(umask 027; printf 'CELERY_BROKER_URL=%s\\n' \"$url\" > /etc/edd-bench/flower.env; "
+        f"printf 'address = \"{address}\"\\nport = 5555\\nbasic_auth = [\"admin:%s\"]\\n' \"$ui\" "
+        "> /etc/edd-bench/flowerconfig.py)",
+        "chgrp celery /etc/edd-bench/flower.env /etc/edd-bench/flowerconfig.py",
+        raw_unit("flower-bench", f"{VENV}/bin/celery -A edd flower --conf=/etc/edd-bench/flowerconfig.py",
+                 "/etc/edd-bench/flower.env"),
+        UNTIL.format(probe=probe),
+    ])
+
+
+def raw_floor(raw: sandbox_hosts.SandboxHost, concurrency: int) -> list[Row]:
+    pw = {k: secrets.token_hex(16) for k in ("admin", "app", "flower", "ui")}
+    app_url = amqp_url(APP_USER, pw["app"], "127.0.0.1", 5672, "/edd")
+    flower_url = amqp_url(FLOWER_USER, pw["flower"], "127.0.0.1", 5672, "/edd")
+    steps = [
+        ("raw: install + start RabbitMQ", raw_broker(), None,
+         "offline apt cache, management plugin on; until await_startup answers"),
+        ("raw: users, vhost, permissions", raw_accounts(), f"{pw['admin']}\n{pw['app']}\n{pw['flower']}\n",
+         "8 rabbitmqctl calls, passwords on stdin; guest kept (the baseline uses it)"),
+        ("raw: worker unit + ping", raw_worker(concurrency), app_url + "\n",
+         "account, env file, unit, start; until `celery inspect ping` answers"),
+        ("raw: Flower + /healthcheck", raw_flower(raw.address), f"{flower_url}\n{pw['ui']}\n",
+         "config with basic auth, unit, start; until /healthcheck answers"),
+    ]
+    rows = []
+    for name, script, stdin, note in steps:
+        phase(name)
+        _, seconds = timed(sh, raw, script, input=stdin)
+        rows.append(Row(name, f"{seconds:.1f}", "s", note))
+    # Leave the raw host idle for the baseline: its own worker and Flower stop.
+    sh(raw, "systemctl stop celery-bench flower-bench")
+    return rows
+
+
+def fresh_deploy(stack: ProjectStack, host: sandbox_hosts.SandboxHost, floor: list[Row]) -> list[Row]:
+    phase(f"fresh `up` of the sandbox stack on {host.name}")
+    seconds, ran, changes = up(stack)
+    total = sum(float(r.value) for r in floor)
+    return floor + [
+        Row("raw floor (sum of the raw steps)", f"{total:.1f}", "s",
+            "host boot excluded; no TLS, signing or least privilege"),
+        Row("fresh up", f"{seconds:.1f}", "s",
+            f"{ran} remote commands, {changes.get('create', 0)} resources created; config/certs excluded"),
+        Row("fresh up / raw floor", f"{seconds / total:.2f}", "x", "issue 7's goal: <= 1.5 (reported, not checked)"),
+    ]
+
+
+# --- 2. no-op up, preview, drift probes ------------------------------------------------------
+
+def ssh_logins(host: sandbox_hosts.SandboxHost, since: float, until: float) -> int:
+    """Logins sshd accepted on `host` between two machine times (same clock as the host's)."""
+    out = sh(host, f"journalctl -u ssh -o cat --no-pager --since=@{int(since)} --until=@{int(until) + 1} "
+                   "| grep -c 'Accepted publickey' || true")
+    return int(out.strip() or 0)
+
+
+def no_op(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
+    phase(f"{RUNS} no-op `up`s and {RUNS} `preview`s")
+    time.sleep(2)  # our own last ssh login falls before the window
+    window_start = time.time()
+    ups = [up(stack) for _ in range(RUNS)]
+    window_end = time.time()
+    time.sleep(2)
+    logins = ssh_logins(host, window_start, window_end)
+    previews = [timed(stack.stack.preview, color="never")[1] for _ in range(RUNS)]
+    times = [u[0] for u in ups]
+    changed = [c for _, _, c in ups if set(c) - {"same"}]
+    hosts = len(json.loads(stack.stack.get_config("edd-infra:hosts").value))
+    return [
+        Row("no-op up (median)", f"{statistics.median(times):.1f}", "s",
+            "runs " + ", ".join(f"{t:.1f}" for t in times) + (f"; CHANGES: {changed}" if changed else "")),
+        Row("remote commands in a no-op up", str(max(u[1] for u in ups)), "commands",
+            "max over the runs; engine events, command:remote:Command with op != same"),
+        Row("drift probes per up", f"1 + {hosts}", "reads",
+            f"1 API read (GET /api/users) + {hosts} ssh read(s), 1 per host in config; "
+            f"sshd logged {logins / RUNS:.1f} logins per no-op up"),
+        Row("preview (median)", f"{statistics.median(previews):.1f}", "s",
+            "runs " + ", ".join(f"{t:.1f}" for t in previews) + "; reads nothing from hosts or broker"),
+    ]
+
+
+# --- 3./4. producer, throughput, rotation ----------------------------------------------------
+
+PRODUCER = """
+import sys, time
+from edd import add
+total, prefix, pace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+print("start", time.time(), flush=True)
+for i in range(total):
+    add.apply_async((i, 1), task_id=f"{prefix}-{i}", ignore_result=True)
+    if pace:
+        time.sleep(pace)
+print("end", time.time(), flush=True)
+"""
+
+
+class Producer:
+    """PRODUCER on a host, with the broker URL of `env` (an env file) or the app's default."""
+
+    def __init__(self, host: sandbox_hosts.SandboxHost, env: str | None, total: int, pace: float = 0.0):
+        self.host, self.total = host, total
+        self.prefix = f"b{secrets.token_hex(4)}"
+        self.out = f"/tmp/{self.prefix}.out"
+        self.since = int(sh(host, "date +%s").strip()) - 1
+        load = f"set -a; . {env}; set +a; " if env else ""
+        sh(host, "cat > /tmp/bench_producer.py", input=PRODUCER)
+        sh(host, f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET} nohup {VENV}/bin/python "
+                 f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)")
+
+    def marks(self) -> dict[str, float]:
+        """`start` and (once done) `end`: the producer's clock around its publishes."""
+        text = sh(self.host, f"cat {self.out}")
+        if "Traceback" in text:
+            raise RuntimeError(f"producer failed on {self.host.name}:\n{text[-1500:]}")
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.split()[:1] in (["start"], ["end"])}
+
+    def succeeded(self, unit: str) -> dict[str, float]:
+        """Task id -> journal time of the worker's first `succeeded` line for it."""
+        out = sh(self.host, f"journalctl -u {unit} -o short-unix --no-pager --since=@{self.since} "
+                            f"| grep -F '[{self.prefix}-' | grep -F ' succeeded in ' || true")
+        done: dict[str, float] = {}
+        for line in out.splitlines():
+            match = re.search(rf"\[({self.prefix}-\d+)\] succeeded", line)
+            if match:
+                done.setdefault(match.group(1), float(line.split()[0]))
+        return done
+
+    def wait(self, unit: str, timeout: float = 1200) -> tuple[dict[str, float], dict[str, float]]:
+        """Wait until the worker logged every task as succeeded; (producer marks, successes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            marks, done = self.marks(), self.succeeded(unit)
+            if "end" in marks and len(done) >= self.total:
+                return marks, done
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(done)} of {self.total} tasks succeeded after {timeout:.0f} s "
+                                   f"(journald rate limit?)")
+            time.sleep(5)
+
+
+def measure_throughput(host, unit: str, env: str | None) -> tuple[float, str]:
+    """Tasks per second from the first publish to the last success; a note on the publish side."""
+    producer = Producer(host, env, TASKS)
+    marks, done = producer.wait(unit)
+    rate = TASKS / (max(done.values()) - marks["start"])
+    return rate, f"publishing took {marks['end'] - marks['start']:.1f} s"
+
+
+def management_get(stack: ProjectStack, host, path: str) -> dict:
+    """GET the deployed management API over HTTPS, trusting only the stack's CA, as the admin."""
+    password = stack.stack.get_config("edd-infra:adminPassword").value
+    request = urllib.request.Request(f"https://{host.address}:15671/api/{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{ADMIN_USER}:{password}".encode()).decode())
+    context = ssl.create_default_context(cafile=str(stack.work_dir / tls_dir(stack) / "ca.pem"))
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        return json.loads(response.read())
+
+
+def acked(stack: ProjectStack, host) -> int:
+    return management_get(stack, host, "queues/%2Fedd/edd").get("message_stats", {}).get("ack", 0)
+
+
+def wait_acked(stack: ProjectStack, host, before: int, total: int, timeout: float = 60) -> int:
+    """The management API's ack count since `before`, once it reaches `total` (sampled every 5 s)."""
+    deadline = time.monotonic() + timeout
+    while (count := acked(stack, host) - before) < total and time.monotonic() < deadline:
+        time.sleep(2)
+    return count
+
+
+def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int) -> list[Row]:
+    phase(f"throughput: {TASKS} edd.add tasks through the deployed stack")
+    before = acked(stack, host)
+    deployed, note = measure_throughput(host, f"celery-{worker}", f"/etc/edd-infra/celery-{worker}.env")
+    count = wait_acked(stack, host, before, TASKS)
+    phase(f"throughput: {TASKS} tasks on {raw.name}, stock broker, a worker started by hand")
+    node = f"baseline@{raw.name}"
+    sh(raw, f"systemd-run -q --unit=bench-baseline -p User=celery -p WorkingDirectory={APP_TARGET} "
+            f"{VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO")
+    sh(raw, UNTIL.format(probe=f"(cd {APP_TARGET} && {VENV}/bin/celery -A edd inspect ping -d {node} "
+                               f"--timeout 3) >/dev/null 2>&1"))
+    baseline, base_note = measure_throughput(raw, "bench-baseline", None)
+    left = sh(raw, "rabbitmqctl -q list_queues -p / name messages --no-table-headers | awk '$1 == \"edd\" {print $2}'")
+    return [
+        Row("throughput, deployed stack", f"{deployed:.0f}", "tasks/s",
+            f"{TASKS} tasks, {note}; {count} acked per management API; signed tasks, -E, Flower on"),
+        Row("throughput, stock local broker", f"{baseline:.0f}", "tasks/s",
+            f"same app and concurrency ({concurrency}), guest on localhost, no -E/Flower/signing; "
+            f"{base_note}; {left.strip() or '?'} left in queue edd"),
+        Row("throughput deployed / stock", f"{deployed / baseline:.2f}", "x", ""),
+    ]
+
+
+def worker_gap(host, unit: str, since: int) -> float | None:
+    """Seconds from systemd stopping the worker to the new one logging "ready" (the hosts tier's
+    measure in test_rotation_under_load_loses_no_task); None if it was not restarted."""
+    journal = sh(host, f"journalctl -u {unit} -o short-unix --no-pager --since=@{since}").splitlines()
+    stopping = next((float(line.split()[0]) for line in journal if "Stopping celery-" in line), None)
+    if stopping is None:
+        return None
+    ready = next((float(line.split()[0]) for line in journal
+                  if " ready." in line and float(line.split()[0]) > stopping), None)
+    return None if ready is None else ready - stopping
+
+
+def rotation(stack: ProjectStack, host, workers: list[str]) -> list[Row]:
+    phase(f"rotation: appPassword rotated by `up` while {TASKS} tasks are sent")
+    before = acked(stack, host)
+    producer = Producer(host, f"/etc/edd-infra/celery-{workers[0]}.env", TASKS, ROTATION_PACE)
+    time.sleep(2)  # tasks are flowing
+    stack.set_secret("appPassword", random_secrets()["appPassword"])
+    seconds, ran, changes = up(stack)
+    under_load = "end" not in producer.marks()
+    marks, done = producer.wait(f"celery-{workers[0]}")
+    count = wait_acked(stack, host, before, TASKS)
+    rows = [Row("rotation up (appPassword)", f"{seconds:.1f}", "s",
+                f"{ran} remote commands, {changes.get('update', 0)} updates; producer "
+                f"{'still publishing' if under_load else 'DONE'} when it ended; {len(done)}/{TASKS} tasks "
+                f"succeeded, {count} acked")]
+    for worker in workers:
+        gap = worker_gap(host, f"celery-{worker}", producer.since)
+        rows.append(Row(f"rotation worker gap, {worker}", "n/a" if gap is None else f"{gap:.1f}", "s",
+                        "journal: Stopping -> ready (no consumer on the queue)"))
+    return rows
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def machine_facts() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "?")
+    return f"{platform.node()}, {os.cpu_count()} cores ({model}), Linux {platform.release()}"
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def render(rows: list[Row], header: list[str]) -> str:
+    widths = [max(len(getattr(r, f)) for r in rows + [Row("name", "value", "unit")])
+              for f in ("name", "value", "unit")]
+    lines = [*header, ""]
+    for r in [Row("name", "value", "unit", "note")] + rows:
+        lines.append(f"{r.name:<{widths[0]}}  {r.value:>{widths[1]}}  {r.unit:<{widths[2]}}  {r.note}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def new_stack(work: Path) -> ProjectStack:
+    (work / "state").mkdir()
+    return ProjectStack("bench", work, f"file://{work / 'state'}", PASSPHRASE)
+
+
+def measure(rows: list[Row]) -> None:
+    """Every figure, appended to `rows` as it is measured (so a failure keeps the earlier ones)."""
+    host, raw = sandbox_hosts.boot([HOST, RAW_HOST])
+    with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir() / "bench") as work:
+        stack = new_stack(Path(work))
+        configure(stack, host, hardened=True)
+        workers = json.loads(stack.stack.get_config("edd-infra:workers").value)
+        concurrency = workers[0]["concurrency"]
+        rows += fresh_deploy(stack, host, raw_floor(raw, concurrency))
+        rows += no_op(stack, host)
+        rows += throughput(stack, host, raw, workers[0]["name"], concurrency)
+        rows += rotation(stack, host, [w["name"] for w in workers])
+    rows.append(Row("up for 1, 2, 4, 8 worker hosts", "-", "",
+                    "not measured: this bench deploys the single-host stack only (issue 7's worker fleet)"))
+
+
+def main() -> int:
+    problem = engine_problem()
+    if problem:
+        sys.exit(problem)
+    started, load_start = time.monotonic(), load()
+    (cache_dir() / "bench").mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    failed = None
+    sandbox_hosts.shutdown([HOST, RAW_HOST])  # left by a crashed run: measure fresh hosts only
+    try:
+        measure(rows)
+    except Exception as error:  # noqa: BLE001 - report what was measured, then the failure
+        traceback.print_exc()
+        failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        rows.append(Row("FAILED", "-", "", failed))
+    finally:
+        phase(f"stopping {HOST}, {RAW_HOST}")
+        sandbox_hosts.shutdown([HOST, RAW_HOST])
+    header = [f"edd-infra bench, {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+              f"machine: {machine_facts()}",
+              f"load average (1/5/15 min): {load_start} at start, {load()} at end; "
+              f"bench ran {time.monotonic() - started:.0f} s",
+              f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image, fresh"]
+    report = render(rows, header)
+    print("\n" + report, end="")
+    out = cache_dir() / "bench" / "last.txt"
+    out.write_text(report)
+    phase(f"written to {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
