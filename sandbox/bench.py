@@ -14,7 +14,8 @@ A report, not a test: nothing here passes or fails on a number. What it measures
 4. Throughput of no-op tasks through the deployed stack against the same app and worker
    concurrency on a stock local broker (guest on localhost), both timed from the producer's
    first publish to the worker's last "succeeded" journal line.
-5. Worker-fleet scaling (`up` for 1, 2, 4, 8 worker hosts): not measured yet, and printed as such.
+5. Worker-fleet scaling: `up` that adds 1, 2, 4, 8 worker-only hosts (each one worker over
+   TLS) to the deployed stack, from none each time, and the ratio 8:1.
 
 Hosts of its own (`edd-bench` for the stack, `edd-benchraw` for the raw steps and the
 baseline), booted fresh from the sandbox image and shut down at the end, failed or not. The
@@ -51,6 +52,7 @@ from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
 from sandbox.image import APP_TARGET, VENV, cache_dir
 
 HOST, RAW_HOST = "edd-bench", "edd-benchraw"  # host names are at most 12 characters
+FLEET_HOSTS = [f"edd-bw{i}" for i in range(1, 9)]
 TASKS = 2000
 ROTATION_PACE = 0.02  # s between publishes: the rotation's tasks span ~40 s, longer than its `up`
 RUNS = 3
@@ -427,8 +429,24 @@ def measure(rows: list[Row]) -> None:
         rows += no_op(stack, host)
         rows += throughput(stack, host, raw, workers[0]["name"], concurrency)
         rows += rotation(stack, host, [w["name"] for w in workers])
-    rows.append(Row("up for 1, 2, 4, 8 worker hosts", "-", "",
-                    "not measured: this bench deploys the single-host stack only (issue 7's worker fleet)"))
+        rows += fleet(stack, host)
+
+
+def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
+    """`up` adding N worker hosts (from none), N = 1, 2, 4, 8; hosts shut down afterwards."""
+    workers = sandbox_hosts.boot(FLEET_HOSTS)
+    try:
+        seconds = {}
+        for n in (1, 2, 4, 8):
+            configure(stack, host, hardened=True, worker_hosts=tuple(workers[:n]))
+            seconds[n], _, _ = up(stack)
+            configure(stack, host, hardened=True)
+            up(stack)  # back to none
+        rows = [Row(f"up adding {n} worker host{'s' * (n > 1)}", f"{t:.1f}", "s", "account, unit, repair command each")
+                for n, t in seconds.items()]
+        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x", "hosts deployed in parallel")]
+    finally:
+        sandbox_hosts.shutdown(FLEET_HOSTS)
 
 
 def main() -> int:
@@ -439,7 +457,7 @@ def main() -> int:
     (cache_dir() / "bench").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     failed = None
-    sandbox_hosts.shutdown([HOST, RAW_HOST])  # left by a crashed run: measure fresh hosts only
+    sandbox_hosts.shutdown([HOST, RAW_HOST, *FLEET_HOSTS])  # left by a crashed run: measure fresh hosts only
     try:
         measure(rows)
     except Exception as error:  # noqa: BLE001 - report what was measured, then the failure
