@@ -9,9 +9,12 @@ What the image holds, and why:
 - systemd as init, sshd, networkd: a host the Pulumi program reaches over SSH.
 - rabbitmq-server *downloaded, not installed* (.debs in /var/cache/apt/archives,
   lists in /var/lib/apt/lists): the program's ``apt-get install -y rabbitmq-server``
-  then works inside a host that has no route to any registry.
-- /opt/edd-sandbox/venv with pinned Celery and Flower, and the stand-in EDD app
-  in /opt/edd-sandbox/app, which the program's worker and Flower units run.
+  then works inside a host that has no route to any registry. postgresql likewise, for
+  the test that runs Celery's PostgreSQL result backend (not installed, so no host
+  starts a database it does not use).
+- /opt/edd-sandbox/venv with pinned Celery and Flower (and SQLAlchemy + psycopg 3 for
+  ``db+postgresql`` results), and the stand-in EDD app in /opt/edd-sandbox/app, which
+  the program's worker and Flower units run.
 - root's authorized_keys = the cache's client key; one set of SSH host keys whose
   ed25519 public half sits beside the rootfs so callers can pin it.
 """
@@ -43,10 +46,14 @@ PACKAGES = [
     "openssh-server", "iproute2", "iputils-ping", "procps", "curl", "ca-certificates",
     "python3", "python3-venv", "sudo", "libcap2-bin", "less",
 ]
-# Downloaded into the apt cache only; the program under test installs them.
-OFFLINE_PACKAGES = ["rabbitmq-server"]
-# celery[auth] brings the cryptography release Celery pins for message signing.
-PYTHON_REQUIREMENTS = ["celery[auth]==5.7.0", "flower==2.2.0"]
+# Downloaded into the apt cache only; the program under test (rabbitmq-server) or a test
+# (postgresql, Debian 12's PostgreSQL 15, for the result backend) installs them offline.
+OFFLINE_PACKAGES = ["rabbitmq-server", "postgresql"]
+# celery[auth] brings the cryptography release Celery pins for message signing;
+# celery[sqlalchemy] + psycopg 3 the `db+postgresql` result backend (SQLAlchemy 2.1's default
+# PostgreSQL driver is psycopg 3; kombu[sqlalchemy] allows sqlalchemy>=1.4.54,<2.2).
+PYTHON_REQUIREMENTS = ["celery[auth,sqlalchemy]==5.7.0", "flower==2.2.0",
+                       "SQLAlchemy==2.1.9", "psycopg[binary]==3.3.9"]
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 VENV = "/opt/edd-sandbox/venv"
@@ -271,8 +278,9 @@ def _build(work: Path, key: str) -> None:
         os.chmod(work / "host_ed25519.pub", 0o644)
         shutil.rmtree(wheels)
         archives = sorted(p.name for p in (rootfs / "var/cache/apt/archives").glob("*.deb"))
-        if not any(name.startswith("rabbitmq-server_") for name in archives):
-            raise RuntimeError("rabbitmq-server .deb missing from the image's apt cache")
+        for package in OFFLINE_PACKAGES:
+            if not any(name.startswith(f"{package}_") for name in archives):
+                raise RuntimeError(f"{package} .deb missing from the image's apt cache")
         manifest = {"key": key, "suite": SUITE, "packages": PACKAGES, "offline_debs": archives,
                     "python": PYTHON_REQUIREMENTS, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
