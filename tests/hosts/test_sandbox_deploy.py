@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from urllib.parse import quote
 
 import pytest
 
@@ -25,6 +24,7 @@ from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
+from tests.hosts.deployment import amqp_login, secret_forms
 
 pytestmark = pytest.mark.hosts
 TIMINGS: dict[str, float] = {}
@@ -160,7 +160,7 @@ def amqps_connect(d: Deployment, ca_file: str | None) -> None:
     """AMQP over TLS from this machine to the host's address, as the Flower user."""
     from kombu import Connection
 
-    url = amqp_url("bunny", d.secrets["flowerBrokerPassword"], d.host.address, 5671, "/edd").replace("amqp:", "amqps:", 1)
+    url = amqp_url("bunny", d.secrets["flowerBrokerPassword"], d.host.address, 5671, "/edd", scheme="amqps")
     options = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": d.host.address}
     if ca_file:
         options["ca_certs"] = ca_file
@@ -379,14 +379,6 @@ def management_status(d: Deployment, user: str, password: str) -> int:
         return err.code
 
 
-def amqp_login(d: Deployment, user: str, password: str) -> bool:
-    """Open an AMQP connection on the host; the URL travels on stdin, not argv."""
-    code = "import sys; from kombu import Connection; Connection(sys.stdin.read(), connect_timeout=5).connect()"
-    url = amqp_url(user, password, "127.0.0.1", 5672, "/edd")
-    result = sandbox_hosts.run(d.host, f"/opt/edd-sandbox/venv/bin/python -c '{code}'", input=url, timeout=60)
-    return result.returncode == 0
-
-
 def test_rotating_every_secret_in_one_up(deployed):
     """`config set --secret` + `up`: users updated in place, files rewritten, exactly the
     services that use a secret restarted, old passwords refused, new ones working."""
@@ -545,20 +537,6 @@ def test_preview_diff_shows_a_rotation_without_the_secret(deployed):
     assert preview.change_summary.get("update") == 1, preview.change_summary
     assert "flower-service" in preview.stdout and "[secret]" in preview.stdout
     deployed.stack.set_secret("flowerUiPassword", old)
-
-
-def secret_forms(secrets: dict[str, str]) -> set[str]:
-    """Every secret as it could show up: raw, percent-quoted, base64, JSON-escaped (twice, as
-    in `stack export`), and with Go's escaping of & < >."""
-    forms = set()
-    for value in secrets.values():
-        if len(value) < 8:
-            continue
-        once = json.dumps(value)[1:-1]
-        go = once.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-        forms |= {value, quote(value, safe=""), base64.b64encode(value.encode()).decode(), once,
-                  json.dumps(once)[1:-1], go, json.dumps(go)[1:-1]}
-    return forms
 
 
 FILE_SCAN = r"""
