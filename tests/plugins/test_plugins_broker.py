@@ -9,6 +9,7 @@ import uuid
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 import pytest
+from pulumi import automation as auto
 from kombu import Connection
 
 from edd_infra.components import EddVhost
@@ -16,7 +17,7 @@ from edd_infra.hosts import HostTarget
 from edd_infra.render import host_scripts
 from edd_infra.render.broker_urls import amqp_url, management_endpoint
 from edd_infra.render.host_scripts import FileSpec
-from edd_infra.settings import AppUser, FlowerBrokerUser, Host
+from edd_infra.settings import AppQueue, AppUser, FlowerBrokerUser, Host
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
@@ -33,7 +34,7 @@ def program_for(broker, out_dir):
         app_password = config.require_secret("appPassword")
         provider = rabbitmq.Provider("provider", endpoint=management_endpoint("127.0.0.1", broker.management_port),
                                      username=ADMIN, password=config.require_secret("adminPassword"))
-        EddVhost("edd", vhost="/edd", app_user=AppUser(), flower_user=FlowerBrokerUser(),
+        EddVhost("edd", vhost="/edd", app_user=AppUser(), flower_user=FlowerBrokerUser(), app_queue=AppQueue(),
                  app_password=app_password, flower_password=config.require_secret("flowerPassword"),
                  provider=provider)
         env_path = f"{out_dir}/worker.env"
@@ -54,7 +55,8 @@ def can_connect(broker, user, password, vhost="/edd"):
         with Connection(amqp_url(user, password, "127.0.0.1", broker.amqp_port, vhost), connect_timeout=5) as conn:
             conn.connect()
             channel = conn.channel()
-            channel.queue_declare("edd-plugins-probe", auto_delete=True)
+            # An event queue, as a Celery monitor declares it: inside the default least profile.
+            channel.queue_declare(f"celeryev.{uuid.uuid4()}", auto_delete=True)
             return True
     except Exception:  # noqa: BLE001 - any refusal counts as "cannot"
         return False
@@ -102,6 +104,11 @@ def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
         for form in (secret, json.dumps(secret)[1:-1], json.dumps(json.dumps(secret)[1:-1])[1:-1]):
             assert form not in text
 
+    # The queue and exchange are protected: destroy stops at them until they are unprotected.
+    with pytest.raises(auto.CommandError, match="protected"):
+        stack.stack.destroy(on_output=engine_output.append)
+    assert "edd" in broker.ctl("list_queues", "-p", "/edd", "-q", "name", "--no-table-headers").stdout.split()
+    stack.cli_run("state", "unprotect", "--all", "--yes")
     stack.stack.destroy(on_output=engine_output.append)
     assert "edd_user" not in users(broker) and "bunny" not in users(broker)
     assert "/edd" not in broker.ctl("list_vhosts", "-q", "--no-table-headers").stdout.split()
