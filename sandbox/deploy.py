@@ -145,7 +145,8 @@ def up() -> None:
     print(f"""
 Sandbox deployed in {time.monotonic() - started:.0f} s.
   Flower:      {flower}  (user admin; password: scripts/pulumi config get flowerUiPassword -s {STACK})
-  Management:  {outputs['managementEndpoint'].value}
+  Management:  {outputs['managementEndpoint'].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
+  EDD settings: /etc/edd-infra/edd-rabbitmq.json on the host; stack output eddSettings (secret)
   Host shell:  {shlex.join(host.ssh_command())}
   Worker unit: systemctl status celery-{WORKER}   (on the host)
   Tear down:   make sandbox-down""")
