@@ -26,11 +26,10 @@ from pulumi import automation as auto
 from edd_infra.config_errors import secret_problems, validate
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.unit.samples import sample_raw
+from tests.unit.samples import DELETE, sample_raw, with_changes
 
 pytestmark = pytest.mark.engine
 
-DELETE = object()
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"
 GOOD_SECRETS = {
     "adminPassword": "adm1n p@ss:/;#%",
@@ -387,19 +386,6 @@ ENGINE_CASES = [
 ]
 
 
-def apply(raw: dict[str, Any], changes) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for path, value in changes:
-        target = raw
-        for part in path[:-1]:
-            target = target[part]
-        if value is DELETE:
-            del target[path[-1]]
-        else:
-            target[path[-1]] = value
-    return raw
-
-
 class TableStack:
     """One stack reused by every row: reset to the good secrets, then the row's config."""
 
@@ -467,7 +453,7 @@ def test_base_config_passes_validation_in_the_engine_and_registers_resources(tab
     """Control rows: the same stack and files, valid config. Validation passes and
     resources are registered, so the rows' 'only the stack' check can fail."""
     changes, secrets = CONTROLS[control]
-    error, registered = table_stack.preview(apply(base_config(), changes), secrets)
+    error, registered = table_stack.preview(with_changes(base_config(), changes), secrets)
     assert error is None or "invalid stack configuration" not in error, error
     assert table_stack.stack_urn in registered
     assert len([u for u in registered if u != table_stack.stack_urn]) >= 5, registered
@@ -475,7 +461,7 @@ def test_base_config_passes_validation_in_the_engine_and_registers_resources(tab
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_preview_naming_its_key_before_any_resource(table_stack, case):
-    with_row = apply(base_config(), case.changes)
+    with_row = with_changes(base_config(), case.changes)
     error, registered = table_stack.preview(with_row, case.secrets)
 
     # (1) preview fails, (2) with the program's own refusal, not some other crash ...
@@ -499,7 +485,7 @@ def test_bad_input_fails_preview_naming_its_key_before_any_resource(table_stack,
 
 @pytest.mark.parametrize("case", ENGINE_CASES, ids=[c.id for c in ENGINE_CASES])
 def test_bad_input_refused_by_the_engine_before_the_program(table_stack, case):
-    config = apply(base_config(), case.changes)
+    config = with_changes(base_config(), case.changes)
     error, registered = table_stack.preview(config, case.secrets)
     assert error is not None, f"preview accepted {case.id}"
     for expected in case.expected:

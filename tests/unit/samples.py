@@ -1,5 +1,24 @@
 """Shared sample configuration and hostile passwords for unit tests."""
 
+import copy
+
+# A change's value that removes the key instead of setting it.
+DELETE = object()
+
+
+def with_changes(raw, changes):
+    """A deep copy of `raw` with each (path, value) of `changes` set, or removed for DELETE."""
+    raw = copy.deepcopy(raw)
+    for path, value in changes:
+        target = raw
+        for part in path[:-1]:
+            target = target[part]
+        if value is DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return raw
+
 HOSTILE_PASSWORDS = [
     "plain",
     "p@ss:w/rd",

@@ -1,11 +1,9 @@
 """Bad stack config: one message per problem, naming the Pulumi config key and what is allowed."""
 
-import copy
-
 import pytest
 
 from edd_infra.config_errors import ConfigError, secret_problems, validate
-from tests.unit.samples import sample_raw
+from tests.unit.samples import DELETE, sample_raw, with_changes
 
 
 def problems_for(raw):
@@ -23,15 +21,7 @@ def test_sample_is_valid():
 
 
 def mutate(path, value):
-    raw = copy.deepcopy(sample_raw())
-    target = raw
-    for part in path[:-1]:
-        target = target[part]
-    if value is KeyError:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return raw
+    return with_changes(sample_raw(), [(path, DELETE if value is KeyError else value)])
 
 
 CASES = [
