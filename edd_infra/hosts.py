@@ -23,6 +23,10 @@ from .render.host_scripts import with_manifest, without_manifest
 from .settings import Host
 
 
+# A create with nothing to do still reads its stdin: the provider fails with EOF when the
+# remote command exits before taking what it was sent.
+DRAIN_STDIN = "cat >/dev/null"
+
 # Everything that could make a command run: a guarded one ignores all of it without a token.
 GUARDED_INPUTS = ("stdin", "create", "update", "delete", "connection", "logging", "triggers")
 
@@ -86,7 +90,7 @@ class HostTarget:
             opts = pulumi.ResourceOptions.merge(opts, ignore)
         command = self._command(name, create, update, delete, stdin, triggers, opts)
         if repairable:
-            self.run(f"{name}-repair", create=": nothing to repair yet", update=update, stdin=stdin,
+            self.run(f"{name}-repair", create=DRAIN_STDIN, update=update, stdin=stdin,
                      guarded=True, repair_token=self.drifted.get(name),
                      opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]))
         return command

@@ -21,7 +21,7 @@ import pulumi
 import pulumi_rabbitmq as rabbitmq
 
 from ..broker_drift import NOT_CHECKED, BrokerDrift
-from ..hosts import HostTarget
+from ..hosts import DRAIN_STDIN, HostTarget
 from ..render import host_scripts
 from ..render.broker_urls import management_endpoint
 from ..render.host_scripts import FileSpec
@@ -144,7 +144,7 @@ class RabbitBroker(pulumi.ComponentResource):
             return
         self._host.run(
             f"{self._name}-{key}-password",
-            create=": the user was just created with this password",
+            create=DRAIN_STDIN,  # the provider has just set this password
             update=host_scripts.password_restore(user=user, start_timeout=self._broker.start_timeout),
             stdin=password.apply(lambda pw: pw + "\n"),
             guarded=True,
