@@ -172,7 +172,8 @@ class RabbitBroker(pulumi.ComponentResource):
                                               purge_package=broker.purge_on_destroy),
             stdin=key_bundle,
             repairable=True,
-            opts=child,
+            # Its delete undoes its create: a replacement (`up --replace`) must delete first.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         return host.run(
             f"{name}-admin",
@@ -183,5 +184,5 @@ class RabbitBroker(pulumi.ComponentResource):
             # refuses it), and preview, which reads nothing, shows no change.
             guarded=True,
             repair_token=token,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[server]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[server], delete_before_replace=True),
         )
