@@ -6,7 +6,6 @@ any resource and tests can check every message without an engine.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from typing import Any, Iterable, Mapping
@@ -131,7 +130,7 @@ def reference_problems(settings: StackSettings) -> list[str]:
     # With broker.tls the plain ones stay on loopback and TLS ones take the configured addresses.
     broker, tls = settings.broker, settings.broker.tls
     listeners = [(f"broker.amqpListeners[{i}]", a, broker.amqp_port) for i, a in enumerate(broker.amqp_listeners)
-                 if tls is None or ipaddress.ip_address(a).is_loopback]
+                 if a in broker.plain_amqp_addresses]
     plain_management = "127.0.0.1" if tls else broker.management_address
     listeners.append(("broker.managementPort", plain_management, broker.management_port))
     if tls is not None:
@@ -218,7 +217,7 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
         problems += _certificate_problems("broker.tls.certFile", tls.cert_file, root)
         if settings.broker.install != "managed":
             problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
-        if not any(ipaddress.ip_address(a).is_loopback for a in settings.broker.amqp_listeners):
+        if not settings.broker.plain_amqp_addresses:
             problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
                             "(services on the broker host connect there without TLS)")
     if settings.celery_signing is not None:

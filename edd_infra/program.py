@@ -14,7 +14,7 @@ import pulumi
 
 from . import broker_drift, host_drift
 from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
-from .components.rabbit_broker import api_endpoint, local_management_address, plain_amqp_addresses
+from .components.rabbit_broker import api_endpoint, local_management_address
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
 from .render.edd_settings import edd_rabbitmq_settings
@@ -63,7 +63,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
                             after=vhost.flower_user)
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
-    amqp_host = plain_amqp_addresses(broker_cfg)[0]
+    amqp_host = broker_cfg.plain_amqp_addresses[0]
 
     def broker_url(user: str, password: pulumi.Output[str], remote: bool = False) -> pulumi.Output[str]:
         if remote:  # over TLS to the broker's address (validated to exist)
@@ -141,7 +141,7 @@ def broker_endpoints(broker: Broker, vhost: str) -> list[str]:
         return [f"{scheme}://{f'[{a}]' if ':' in a else a}:{port}/{vhost}" for a in addresses]
 
     tls = urls("amqps", broker.tls.amqp_port, broker.amqp_listeners) if broker.tls else []
-    return urls("amqp", broker.amqp_port, plain_amqp_addresses(broker)) + tls
+    return urls("amqp", broker.amqp_port, broker.plain_amqp_addresses) + tls
 
 
 def edd_settings_values(settings: StackSettings, secrets: StackSecrets, amqp_host: str) -> pulumi.Output[dict]:

@@ -173,12 +173,19 @@ class Broker(Model):
     tls: Optional[BrokerTls] = None
 
     @property
+    def plain_amqp_addresses(self) -> list[str]:
+        """The AMQP listeners without TLS: all of them, or with TLS the loopback ones."""
+        if self.tls is None:
+            return list(self.amqp_listeners)
+        return [a for a in self.amqp_listeners if ipaddress.ip_address(a).is_loopback]
+
+    @property
     def remote_amqp_address(self) -> Optional[str]:
         """The address services on other hosts dial: the first non-loopback AMQP listener,
         and only with TLS (plain AMQP stays on loopback)."""
         if self.tls is None:
             return None
-        return next((a for a in self.amqp_listeners if not ipaddress.ip_address(a).is_loopback), None)
+        return next((a for a in self.amqp_listeners if a not in self.plain_amqp_addresses), None)
 
 
 class Permissions(Model):

@@ -18,7 +18,7 @@ from ..render.celery_commands import worker_argv
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
-from ..render.signing_files import signing_files
+from ..render.signing_files import signing_files, signing_paths
 from ..render.systemd_units import render_service_unit
 from ..settings import Worker
 
@@ -86,7 +86,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
                                                *extra])
 
         bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)
-        extra_paths = [f.path for f in signing_files(self.service_name, worker.group, "", "")[0]] if signing else []
+        extra_paths = list(signing_paths(self.service_name)) if signing else []
         extra_paths += [ca_path] if broker_ca else []
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,

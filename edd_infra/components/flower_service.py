@@ -19,7 +19,7 @@ from ..render.celery_commands import flower_argv
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
-from ..render.signing_files import signing_files
+from ..render.signing_files import signing_files, signing_paths
 from ..render.systemd_units import render_service_unit
 from ..settings import Flower
 from .celery_worker_service import ETC_DIR
@@ -78,7 +78,7 @@ class FlowerService(pulumi.ComponentResource):
                 *extra,
             ])
 
-        extra_paths = [f.path for f in signing_files(service, flower.group, "", "")[0]] if signing else []
+        extra_paths = list(signing_paths(service)) if signing else []
         argv = flower_argv(virtualenv=flower.virtualenv, app=flower.app, config_path=conf_path)
         if manager == "systemd":
             definition = render_service_unit(

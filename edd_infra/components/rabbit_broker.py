@@ -14,7 +14,6 @@ With `install: external` only the Provider is made, for a broker someone else ru
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Optional
 
 import pulumi
@@ -78,13 +77,6 @@ def api_endpoint(broker: Broker) -> str:
     if broker.tls:
         return management_endpoint(broker.management_address, broker.tls.management_port, scheme="https")
     return management_endpoint(broker.management_address, broker.management_port)
-
-
-def plain_amqp_addresses(broker: Broker) -> list[str]:
-    """The AMQP listeners without TLS: all of them, or with TLS the loopback ones."""
-    if broker.tls is None:
-        return list(broker.amqp_listeners)
-    return [a for a in broker.amqp_listeners if ipaddress.ip_address(a).is_loopback]
 
 
 def local_management_address(broker: Broker) -> str:

@@ -14,10 +14,16 @@ from .host_scripts import FileSpec
 SIGNING_DIR = "/etc/edd-infra/signing"
 
 
+def signing_paths(service: str) -> tuple[str, str, str]:
+    """Where one service's key, certificate and stored certificate go."""
+    base = f"{SIGNING_DIR}/{service}"
+    return f"{base}/key.pem", f"{base}/cert.pem", f"{base}/store/cert.pem"
+
+
 def signing_files(service: str, group: str, key_pem: str, cert_pem: str) -> tuple[list[FileSpec], dict[str, str]]:
     """(files for the secret bundle, environment entries) for one service."""
     base = f"{SIGNING_DIR}/{service}"
-    key, cert, stored = f"{base}/key.pem", f"{base}/cert.pem", f"{base}/store/cert.pem"
+    key, cert, stored = signing_paths(service)
     files = [
         FileSpec(key, key_pem, "0640", "root", group),
         FileSpec(cert, cert_pem, "0644"),
