@@ -17,12 +17,14 @@ from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerSe
 from .components.rabbit_broker import api_endpoint, local_management_address
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, flower_broker_api
+from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
 from .settings import Broker, StackSettings
 from .stack_config import StackSecrets, load_settings
 
 # Output names are shared with the tests and README.
-OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings")
+OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
+                "celerySettings")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -75,6 +77,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     signing = ((secrets.celery_signing_key, Path(settings.celery_signing.cert_file).read_text())
                if settings.celery_signing else None)
     ready = [vhost]
+    celery = app_celery_settings(settings)
 
     accounts: dict[tuple[str, str], ServiceAccount] = {}
 
@@ -94,7 +97,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         workers.append(CeleryWorkerService(
             worker.name, worker=worker, host=hosts[worker.host],
             broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
-            broker_ca=tls_pems[0] if remote else None,
+            celery_config=celery, broker_ca=tls_pems[0] if remote else None,
             signing=signing, result_backend=secrets.result_backend, depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
@@ -107,6 +110,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
             # Flower's AMQP connection and its management API calls both use the Flower user.
             broker_url=broker_url(settings.flower_broker_user.name, secrets.flower_broker_password),
             broker_api=flower_broker_api(local_management_address(broker_cfg), broker_cfg.management_port),
+            celery_config=celery,
             ui_password=secrets.flower_ui_password,
             signing=signing,
             depends_on=deps,
@@ -116,7 +120,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     edd_settings = edd_settings_values(settings, secrets, amqp_host)
     if settings.edd_settings is not None:
         EddSettingsFile("edd-settings", config=settings.edd_settings, host=hosts[settings.edd_settings.host],
-                        values=edd_settings, depends_on=[vhost])
+                        values=edd_settings, celery=celery, depends_on=[vhost])
 
     health = pulumi.Output.all(*[w.service.id for w in workers]).apply(
         lambda _: {"broker": "answering", "workers": "answering ping", "flower": "answering" if flower_url else "off"}
@@ -128,7 +132,16 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
         "health": health,
         "eddSettings": edd_settings,
+        "celerySettings": celery,
     }
+
+
+def app_celery_settings(settings: StackSettings) -> dict[str, Any]:
+    """The Celery settings every producer shares with the broker objects (render.celery_config)."""
+    q = settings.app_queue
+    return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
+                           control_exchange=q.control_exchange, event_exchange=q.event_exchange,
+                           event_queue_prefix=q.event_queue_prefix)
 
 
 def remote_workers(settings: StackSettings) -> bool:

@@ -285,6 +285,8 @@ class AppQueue(Model):
     name: QueueName = "edd"
     exchange: QueueName = "edd"
     exchange_type: Literal["fanout", "direct", "topic"] = "fanout"
+    # quorum: replicated on every broker node (needed by a cluster); classic: one node.
+    queue_type: Literal["classic", "quorum"] = "classic"
     # Celery's naming settings the app uses (control_exchange, event_exchange,
     # event_queue_prefix): the least-privilege permissions are derived from them.
     control_exchange: QueueName = "celery"

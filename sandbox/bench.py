@@ -46,6 +46,7 @@ from pathlib import Path
 from pulumi.automation import EngineEvent, OpType
 
 from edd_infra.render.broker_urls import amqp_url
+from edd_infra.render.celery_config import CONFIG_MODULE, celery_settings, render_celery_config_module
 from edd_infra.workspace import ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
@@ -57,6 +58,9 @@ TASKS = 2000
 ROTATION_PACE = 0.02  # s between publishes: the rotation's tasks span ~40 s, longer than its `up`
 RUNS = 3
 APP_USER, FLOWER_USER, ADMIN_USER = "edd_user", "bunny", "edd-infra-admin"
+# The raw steps hand the app the same Celery settings the program does (queue edd, confirms).
+RAW_CONFIG_DIR = "/etc/edd-bench/celery"
+RAW_CONFIG_ENV = f"CELERY_CONFIG_MODULE={CONFIG_MODULE}\\nPYTHONPATH={RAW_CONFIG_DIR}\\n"
 UNTIL = "i=0; until {probe}; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 1; done"
 
 
@@ -131,6 +135,14 @@ def raw_accounts() -> str:
     ])
 
 
+def raw_config_module() -> str:
+    """Shell writing the Celery config module the program would write (the program's renderer)."""
+    text = render_celery_config_module(celery_settings(
+        queue="edd", exchange="edd", exchange_type="fanout", queue_type="classic",
+        control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev"))
+    return f"mkdir -p {RAW_CONFIG_DIR}\ncat > {RAW_CONFIG_DIR}/{CONFIG_MODULE}.py <<'EOF'\n{text}EOF"
+
+
 def raw_unit(name: str, exec_start: str, env: str) -> str:
     return (f"cat > /etc/systemd/system/{name}.service <<'EOF'\n[Unit]\nAfter=rabbitmq-server.service\n"
             f"[Service]\nType=exec\nUser=celery\nGroup=celery\nWorkingDirectory={APP_TARGET}\n"
@@ -150,7 +162,8 @@ def raw_worker(concurrency: int) -> str:
         "id -u celery >/dev/null 2>&1 || useradd --system --gid celery --no-create-home "
         "--home-dir /nonexistent --shell /usr/sbin/nologin celery",
         "mkdir -p /etc/edd-bench",
-        "(umask 027; printf 'CELERY_BROKER_URL=%s\\n' \"$url\" > /etc/edd-bench/worker.env)",
+        raw_config_module(),
+        f"(umask 027; printf 'CELERY_BROKER_URL=%s\\n{RAW_CONFIG_ENV}' \"$url\" > /etc/edd-bench/worker.env)",
         "chgrp celery /etc/edd-bench/worker.env",
         raw_unit("celery-bench", f"{VENV}/bin/celery -A edd worker -Q edd -n edd-worker-1@%%h --loglevel INFO "
                                  f"--concurrency {concurrency} -E", "/etc/edd-bench/worker.env"),
@@ -270,7 +283,7 @@ class Producer:
         self.since = int(sh(host, "date +%s").strip()) - 1
         load = f"set -a; . {env}; set +a; " if env else ""
         sh(host, "cat > /tmp/bench_producer.py", input=PRODUCER)
-        sh(host, f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET} nohup {VENV}/bin/python "
+        sh(host, f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
                  f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)")
 
     def marks(self) -> dict[str, float]:
@@ -342,11 +355,12 @@ def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int) ->
     count = wait_acked(stack, host, before, TASKS)
     phase(f"throughput: {TASKS} tasks on {raw.name}, stock broker, a worker started by hand")
     node = f"baseline@{raw.name}"
+    sh(raw, f"{raw_config_module()}\nprintf '{RAW_CONFIG_ENV}' > /etc/edd-bench/baseline.env")
     sh(raw, f"systemd-run -q --unit=bench-baseline -p User=celery -p WorkingDirectory={APP_TARGET} "
-            f"{VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO")
-    sh(raw, UNTIL.format(probe=f"(cd {APP_TARGET} && {VENV}/bin/celery -A edd inspect ping -d {node} "
-                               f"--timeout 3) >/dev/null 2>&1"))
-    baseline, base_note = measure_throughput(raw, "bench-baseline", None)
+            f"-p EnvironmentFile=/etc/edd-bench/baseline.env {VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO")
+    sh(raw, UNTIL.format(probe=f"(set -a; . /etc/edd-bench/baseline.env; set +a; cd {APP_TARGET} && "
+                               f"{VENV}/bin/celery -A edd inspect ping -d {node} --timeout 3) >/dev/null 2>&1"))
+    baseline, base_note = measure_throughput(raw, "bench-baseline", "/etc/edd-bench/baseline.env")
     left = sh(raw, "rabbitmqctl -q list_queues -p / name messages --no-table-headers | awk '$1 == \"edd\" {print $2}'")
     return [
         Row("throughput, deployed stack", f"{deployed:.0f}", "tasks/s",

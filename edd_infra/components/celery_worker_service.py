@@ -1,20 +1,21 @@
 """CeleryWorkerService: one Celery worker as a systemd unit (or a launchd daemon).
 
 Creates `<name>-service`: the environment file with the broker URL (0640, root:<group>,
-sent on stdin), with message signing the signing key, certificate and store too, the unit
+sent on stdin), the Celery config module it names (publisher confirms, queue settings), with message signing the signing key, certificate and store too, the unit
 or plist, the service enabled at boot, restarted when any of its files changes, and a ping
 round trip through the broker before `up` calls it done.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import worker_argv
+from ..render.celery_config import celery_config_files
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
@@ -61,6 +62,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         worker: Worker,
         host: HostTarget,
         broker_url: pulumi.Output[str],
+        celery_config: Mapping[str, Any],
         result_backend: Optional[pulumi.Output[str]] = None,
         signing: Optional[tuple[pulumi.Output[str], str]] = None,
         broker_ca: Optional[str] = None,
@@ -73,11 +75,13 @@ class CeleryWorkerService(pulumi.ComponentResource):
         env_path = f"{ETC_DIR}/{self.service_name}.env"
         signing_key, signing_cert = signing or (None, "")
         ca_path = f"{ETC_DIR}/tls/{self.service_name}/ca.pem"
+        config_files, config_env = celery_config_files(self.service_name, celery_config)
 
         def files(args: list) -> str:
             url, key, backend = args
             extra, env = signing_files(self.service_name, worker.group, key, signing_cert) if signing else ([], {})
-            values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env}
+            extra += config_files
+            values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env, **config_env}
             if broker_ca:
                 # The app sets broker_use_ssl from it (Celery has no environment name for it).
                 extra.append(FileSpec(ca_path, broker_ca))
@@ -88,6 +92,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)
         extra_paths = list(signing_paths(self.service_name)) if signing else []
         extra_paths += [ca_path] if broker_ca else []
+        extra_paths += [f.path for f in config_files]
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,
             virtualenv=worker.virtualenv, app=worker.app, node=worker.name,

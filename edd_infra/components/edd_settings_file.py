@@ -1,13 +1,14 @@
 """EddSettingsFile: the broker settings EDD reads, written for it on its host.
 
-The guide ends each account step with "add the password to EDD's server.cfg"; this does it.
+The guide ends each account step with "add the password to EDD's server.cfg"; this does it,
+with the Celery settings EDD's producers must share with the broker (publisher confirms).
 Creates `<name>-file`: the file (secret bundle on stdin, mode and group from config),
 rewritten in the same `up` that rotates a password, removed on destroy.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 
@@ -28,12 +29,13 @@ class EddSettingsFile(pulumi.ComponentResource):
         config: EddSettingsConfig,
         host: HostTarget,
         values: pulumi.Output[Mapping[str, str]],
+        celery: Mapping[str, Any],
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:EddSettingsFile", name, None, opts)
         bundle = values.apply(lambda v: host_scripts.secret_bundle([
-            FileSpec(config.path, render_edd_settings(v, config.format), config.mode, config.owner, config.group)]))
+            FileSpec(config.path, render_edd_settings(v, config.format, celery), config.mode, config.owner, config.group)]))
         self.file = host.run(
             f"{name}-file",
             create=host_scripts.secret_files_install(),

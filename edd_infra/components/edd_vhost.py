@@ -7,8 +7,8 @@ Creates, through the management API (pulumi_rabbitmq):
 - the Flower user: by default the `monitoring` tag and, on the vhost, only the event and
   control objects a Celery monitor uses (least privilege, the seed's TODO); with profile
   `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
-- the app's queue and exchange (EDD's `edd`, fanout) and their binding, durable and
-  protected: deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
+- the app's queue and exchange (EDD's `edd`, fanout) and their binding, durable (a quorum
+  queue with `appQueue.queueType: quorum`, replicated on every cluster node) and protected: deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
 Passwords update in place; tags are kept.
 """
 
@@ -106,7 +106,11 @@ class EddVhost(pulumi.ComponentResource):
             settings=rabbitmq.ExchangeSettingsArgs(type=queue.exchange_type, durable=True, auto_delete=False), opts=kept)
         created = rabbitmq.Queue(
             f"{name}-queue", name=queue.name, vhost=self.vhost.name,
-            settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False), opts=kept)
+            settings=rabbitmq.QueueSettingsArgs(
+                durable=True, auto_delete=False,
+                # Only a quorum queue carries the argument: a classic one stays as the seed made it.
+                arguments={"x-queue-type": "quorum"} if queue.queue_type == "quorum" else None),
+            opts=kept)
         rabbitmq.Binding(
             f"{name}-binding", source=exchange.name, destination=created.name, destination_type="queue",
             routing_key=queue.name, vhost=self.vhost.name,

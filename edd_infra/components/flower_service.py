@@ -2,20 +2,21 @@
 
 Creates `<name>-service`: flowerconfig.py (address, basic auth, broker_api, persistent db)
 and an environment file with the Flower user's broker URL (Flower reads the management API
-with the same account), both 0640 root:<group>
-and sent on stdin; the unit or plist; the service enabled, restarted when a file changes,
+with the same account), both 0640 root:<group>, and the Celery config module (publisher
+confirms for the tasks Flower's API sends), sent on stdin; the unit or plist; the service enabled, restarted when a file changes,
 and `/healthcheck` answering before `up` calls it done.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import flower_argv
+from ..render.celery_config import celery_config_files
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
@@ -50,6 +51,7 @@ class FlowerService(pulumi.ComponentResource):
         host: HostTarget,
         broker_url: pulumi.Output[str],
         broker_api: str,
+        celery_config: Mapping[str, Any],
         ui_password: pulumi.Output[str],
         signing: Optional[tuple[pulumi.Output[str], str]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
@@ -62,6 +64,7 @@ class FlowerService(pulumi.ComponentResource):
         db_path = f"/var/lib/{STATE_DIRECTORY}/flower.db"
 
         signing_key, signing_cert = signing or (None, "")
+        config_files, config_env = celery_config_files(service, celery_config)
 
         def files(args: list) -> str:
             amqp, ui_pw, key = args
@@ -74,11 +77,12 @@ class FlowerService(pulumi.ComponentResource):
             )
             return host_scripts.secret_bundle([
                 FileSpec(conf_path, config, "0640", "root", flower.group),
-                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp, **env}), "0640", "root", flower.group),
-                *extra,
+                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp, **env, **config_env}), "0640", "root",
+                         flower.group),
+                *extra, *config_files,
             ])
 
-        extra_paths = list(signing_paths(service)) if signing else []
+        extra_paths = (list(signing_paths(service)) if signing else []) + [f.path for f in config_files]
         argv = flower_argv(virtualenv=flower.virtualenv, app=flower.app, config_path=conf_path)
         if manager == "systemd":
             definition = render_service_unit(

@@ -12,7 +12,7 @@ ValueError naming the setting, never showing the value.
 from __future__ import annotations
 
 import json
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 from .service_files import render_env_file
 
@@ -22,6 +22,8 @@ FORMATS: tuple[SettingsFormat, ...] = ("ini", "json", "env")
 SECTION = "rabbitmq"
 KEYS = ("hostname", "edd_user", "edd_pass", "edd_vhost", "port", "mgmt_user", "mgmt_pass", "mgmt_port")
 ENV_PREFIX = "RABBITMQ_"
+CELERY_SECTION = "celery"
+CELERY_ENV_PREFIX = "CELERY_"
 HEADER = "Written by edd-infra. Holds passwords: root-owned, readable by EDD's group only."
 
 
@@ -54,8 +56,14 @@ def edd_rabbitmq_settings(
     return settings
 
 
-def render_edd_settings(settings: Mapping[str, str], file_format: SettingsFormat) -> str:
+def render_edd_settings(settings: Mapping[str, str], file_format: SettingsFormat,
+                        celery: Optional[Mapping[str, Any]] = None) -> str:
     """The settings file EDD (or the site's own tooling) reads, in `file_format`.
+
+    `celery` (render.celery_config's settings, publisher confirms among them) goes beside the
+    `rabbitmq` keys: a `celery` object (json), a `[celery]` section (ini), or `CELERY_<NAME>`
+    lines (env, the names a Django settings module with namespace CELERY uses); in ini and env
+    a value that is not a string is written as JSON.
 
     - `json`: server.cfg's own shape, ASCII only (`\\uXXXX` escapes), so `json.load` with
       any locale's default encoding gets the exact value.
@@ -68,17 +76,23 @@ def render_edd_settings(settings: Mapping[str, str], file_format: SettingsFormat
       `\\` escapes inside single quotes and no concatenation, so no one quoting serves both.
     """
     _check(settings)
+    celery = dict(celery or {})
     if file_format == "json":
-        ordered = {key: settings[key] for key in KEYS}
-        return json.dumps({SECTION: ordered}, indent=4, ensure_ascii=True) + "\n"
+        document = {SECTION: {key: settings[key] for key in KEYS}} | ({CELERY_SECTION: celery} if celery else {})
+        return json.dumps(document, indent=4, ensure_ascii=True) + "\n"
     if file_format == "ini":
-        return _render_ini(settings)
+        return _render_ini(settings, celery)
     if file_format == "env":
-        return render_env_file({ENV_PREFIX + key.upper(): settings[key] for key in KEYS})
+        return render_env_file({ENV_PREFIX + key.upper(): settings[key] for key in KEYS}
+                               | {CELERY_ENV_PREFIX + name.upper(): _text(value) for name, value in celery.items()})
     raise ValueError(f"settings file format {file_format!r}: use one of {', '.join(FORMATS)}")
 
 
-def _render_ini(settings: Mapping[str, str]) -> str:
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _render_ini(settings: Mapping[str, str], celery: Mapping[str, Any]) -> str:
     lines = [f"# {HEADER}", f"[{SECTION}]"]
     for key in KEYS:
         value = settings[key]
@@ -88,6 +102,9 @@ def _render_ini(settings: Mapping[str, str]) -> str:
                 " write EDD's settings as json or env instead"
             )
         lines.append(f"{key} = {value.replace('%', '%%')}")
+    if celery:
+        lines.append(f"[{CELERY_SECTION}]")
+        lines += [f"{name} = {_text(value).replace('%', '%%')}" for name, value in celery.items()]
     return "\n".join(lines) + "\n"
 
 

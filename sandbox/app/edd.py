@@ -5,6 +5,9 @@ The Pulumi program deploys workers that run
 from ``/opt/edd-sandbox/app``; this module is what they import. It is
 configured only from the environment, as a real deployment would be:
 
+- ``CELERY_CONFIG_MODULE``: edd-infra's Celery settings (publisher confirms, queue ``edd``
+  on the fanout exchange ``edd``, its queue type, Celery's exchange names). The app sets
+  none of them itself, so what the program delivers is what runs.
 - ``CELERY_BROKER_URL``: the broker (default: guest on the local RabbitMQ).
 - ``CELERY_RESULT_BACKEND``: where results go (default ``rpc://``).
 - ``CELERY_BROKER_CA_FILE``: when set (a worker on another host than the broker), the broker
@@ -18,21 +21,11 @@ import ssl
 from urllib.parse import urlsplit
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 app = Celery("edd")
 app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
     result_backend=os.environ.get("CELERY_RESULT_BACKEND", "rpc://"),
-    task_default_queue="edd",
-    # As EDD declares it: queue `edd` bound to the fanout exchange `edd` (edd-infra declares
-    # both on the broker; a different type here would be refused).
-    task_queues=[Queue("edd", Exchange("edd", type="fanout"), routing_key="edd")],
-    task_default_exchange="edd",
-    task_default_exchange_type="fanout",
-    task_default_routing_key="edd",
-    # Without publisher confirms a refused publish is dropped silently (field-facts.md).
-    broker_transport_options={"confirm_publish": True},
     broker_connection_retry_on_startup=True,
     # Ack after the task ran: a worker restarted mid-task (a password rotation) loses nothing,
     # the broker redelivers what it had not acked.

@@ -169,7 +169,7 @@ class Producer:
         code = base64.b64encode(PRODUCER.encode()).decode()
         d.sh(f"mkdir -p {self.dir} && echo {code} | base64 -d > {self.dir}/producer.py")
         self.pid = d.sh(
-            f"(set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET}; PYTHONPATH={APP_TARGET} "
+            f"(set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:$PYTHONPATH "
             f"nohup {VENV}/bin/python {self.dir}/producer.py {total} {self.prefix} {self.dir}/ids {pace} "
             f"> {self.dir}/out 2> {self.dir}/err < /dev/null & echo $!)").strip()
 

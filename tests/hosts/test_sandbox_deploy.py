@@ -226,7 +226,7 @@ def app_script(d: Deployment, code: str) -> str:
     env = f"/etc/edd-infra/celery-{WORKER}.env"
     encoded = base64.b64encode(code.encode()).decode()
     return d.sh(f"echo {encoded} | base64 -d > /tmp/app_script.py; set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
-                f"PYTHONPATH=/opt/edd-sandbox/app /opt/edd-sandbox/venv/bin/python /tmp/app_script.py").strip()
+                f"PYTHONPATH=/opt/edd-sandbox/app:$PYTHONPATH /opt/edd-sandbox/venv/bin/python /tmp/app_script.py").strip()
 
 
 def test_least_privilege_covers_control_commands_and_events(deployed):
@@ -295,7 +295,7 @@ def test_signed_tasks_run_and_an_unsigned_one_is_refused(deployed):
     assert send_task(deployed.host, 3, 4) == "7"  # signed by the producer, verified by the worker
     code = base64.b64encode(UNSIGNED.encode()).decode()
     out = deployed.sh(f"echo {code} | base64 -d > /tmp/unsigned.py; set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
-                      f"PYTHONPATH=/opt/edd-sandbox/app /opt/edd-sandbox/venv/bin/python /tmp/unsigned.py")
+                      f"PYTHONPATH=/opt/edd-sandbox/app:$PYTHONPATH /opt/edd-sandbox/venv/bin/python /tmp/unsigned.py")
     assert out.strip() == "TimeoutError", out
     journal = deployed.sh(f"journalctl -u celery-{WORKER} --no-pager -o cat --since=@{since}")
     assert "untrusted content" in journal or "Refusing to deserialize" in journal, journal[-2000:]
@@ -311,6 +311,31 @@ def flower_get(d: Deployment, path: str, auth: bool):
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, ""
+
+
+WORKER_CONF = """
+from edd import app
+conf = list((app.control.inspect(timeout=5).conf() or {}).values())[0]
+print(conf.get("broker_transport_options"), conf.get("task_default_queue"), conf.get("task_default_exchange_type"))
+"""
+
+
+def test_publisher_confirms_come_from_the_program_for_worker_and_flower(deployed):
+    """The sandbox app sets no confirms of its own: the worker runs with the program's config
+    module, and a task Flower's API sends with a user that may not publish fails loudly."""
+    assert app_script(deployed, WORKER_CONF) == "{'confirm_publish': True} edd fanout"
+    request = urllib.request.Request(f"http://{deployed.host.address}:5555/api/task/async-apply/edd.add",
+                                     data=json.dumps({"args": [1, 2]}).encode(), method="POST")
+    token = base64.b64encode(f"admin:{deployed.secrets['flowerUiPassword']}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Content-Type", "application/json")
+    # Flower's broker user is read-only (monitoring): the broker refuses the publish, and with
+    # confirms Flower reports it instead of answering 200 with the id of a task that is gone.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30).close()
+    assert refused.value.code >= 500
+    journal = deployed.sh("journalctl -u flower --no-pager -o cat -n 200")
+    assert "ACCESS_REFUSED" in journal or "access_refused" in journal.lower(), journal[-1500:]
 
 
 def test_flower_requires_auth_and_shows_the_edd_queue(deployed):
@@ -435,7 +460,7 @@ def test_rotation_under_load_loses_no_task(deployed):
     code = base64.b64encode(PRODUCER.encode()).decode()
     env = f"/etc/edd-infra/celery-{WORKER}.env"
     deployed.sh(f"echo {code} | base64 -d > /tmp/producer.py; (set -a; . {env}; set +a; cd /opt/edd-sandbox/app; "
-                f"PYTHONPATH=/opt/edd-sandbox/app nohup /opt/edd-sandbox/venv/bin/python /tmp/producer.py {total} "
+                f"PYTHONPATH=/opt/edd-sandbox/app:$PYTHONPATH nohup /opt/edd-sandbox/venv/bin/python /tmp/producer.py {total} "
                 f"> /tmp/producer.out 2>&1 &)")
     since = deployed.sh("date +%s").strip()
     time.sleep(2)  # tasks are flowing

@@ -1,0 +1,64 @@
+"""The Celery settings every producer edd-infra configures must share with the broker.
+
+Publisher confirms make a publish the broker refuses (a permission gap, a full or missing
+queue) raise in `apply_async` instead of vanishing (field-facts.md). The queue, exchange and
+naming settings are the ones the broker objects and the least-privilege permissions were
+made from, so the app cannot drift from them. Workers and Flower get these as a Celery
+config module (`CELERY_CONFIG_MODULE`, which Celery's loader reads when the app does not
+call `config_from_object`); EDD gets the same dict in its settings file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .host_scripts import FileSpec
+
+CONFIG_MODULE = "edd_infra_celeryconfig"
+CONFIG_DIR = "/etc/edd-infra/celery"
+
+
+def celery_settings(
+    *,
+    queue: str,
+    exchange: str,
+    exchange_type: str,
+    queue_type: str,
+    control_exchange: str,
+    event_exchange: str,
+    event_queue_prefix: str,
+) -> dict[str, Any]:
+    """Celery setting name -> value (JSON types only, so EDD's settings file can carry them)."""
+    return {
+        "broker_transport_options": {"confirm_publish": True},
+        "task_default_queue": queue,
+        "task_default_exchange": exchange,
+        "task_default_exchange_type": exchange_type,
+        # The broker's binding uses the queue's name as its routing key.
+        "task_default_routing_key": queue,
+        # Celery declares the default queue with x-queue-type; it must match the broker's.
+        "task_default_queue_type": queue_type,
+        "control_exchange": control_exchange,
+        "event_exchange": event_exchange,
+        "event_queue_prefix": event_queue_prefix,
+    }
+
+
+def render_celery_config_module(settings: Mapping[str, Any]) -> str:
+    """A Python module of `name = literal` lines (no secrets: the broker URL stays in the env file)."""
+    lines = ["# Written by edd-infra: Celery settings that must match the broker it configured."]
+    lines += [f"{name} = {value!r}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def celery_config_path(service: str) -> str:
+    return f"{CONFIG_DIR}/{service}/{CONFIG_MODULE}.py"
+
+
+def celery_config_files(service: str, settings: Mapping[str, Any]) -> tuple[list[FileSpec], dict[str, str]]:
+    """(the config module, environment entries that make Celery load it) for one service.
+
+    Each service has its own directory, so removing one service never removes another's."""
+    path = celery_config_path(service)
+    env = {"CELERY_CONFIG_MODULE": CONFIG_MODULE, "PYTHONPATH": path.rsplit("/", 1)[0]}
+    return [FileSpec(path, render_celery_config_module(settings), "0644")], env
