@@ -6,6 +6,8 @@ any resource and tests can check every message without an engine.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
 from typing import Any, Iterable, Mapping
@@ -124,6 +126,7 @@ def reference_problems(settings: StackSettings) -> list[str]:
                 f"{PROJECT}:workers[{i}].host: a worker off the broker host ({settings.broker.host!r}) needs "
                 "broker.tls and a non-loopback address in broker.amqpListeners (AMQP leaves the host only over TLS)"
             )
+    problems += cluster_problems(settings)
     if settings.flower.host != settings.broker.host:
         problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")
     # Listeners on the broker host (Flower runs there too) cannot share an address and port.
@@ -161,6 +164,47 @@ def reference_problems(settings: StackSettings) -> list[str]:
     return problems
 
 
+def cluster_problems(settings: StackSettings) -> list[str]:
+    """broker.clusterNodes: members on their own systemd hosts, reached over TLS, with node
+    names the others can resolve, and a queue that survives losing a node."""
+    broker, problems = settings.broker, []
+    nodes = broker.cluster_nodes
+    if not nodes:
+        return []
+    key = f"{PROJECT}:broker.clusterNodes"
+    if broker.install != "managed":
+        problems.append(f"{key}: only for install: managed (an external broker's cluster is its own)")
+    if broker.tls is None or broker.remote_amqp_address is None:
+        problems.append(f"{key}: a cluster needs broker.tls and a non-loopback address in broker.amqpListeners "
+                        "(services fail over between nodes over TLS)")
+    if ipaddress.ip_address(broker.node_address).is_loopback or broker.node_name != f"rabbit@{broker.node_address}":
+        problems.append(f"{PROJECT}:broker.nodeName: in a cluster, rabbit@<broker.nodeAddress> with a non-loopback "
+                        f"nodeAddress (the other nodes dial it), got {broker.node_name!r} and {broker.node_address!r}; "
+                        "renaming a node starts it with empty data, so set both before the first up")
+    if settings.app_queue.queue_type != "quorum":
+        problems.append(f"{PROJECT}:appQueue.queueType: must be quorum with broker.clusterNodes "
+                        "(a classic queue lives on one node and is lost with it)")
+    seen = {broker.host: "broker.host"}
+    addresses = {broker.node_address: "broker.nodeAddress"}
+    for i, node in enumerate(nodes):
+        where = f"{key}[{i}]"
+        if node.host not in settings.hosts:
+            problems.append(f"{where}.host: host {node.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))})")
+        elif settings.hosts[node.host].service_manager != "systemd":
+            problems.append(f"{where}.host: a cluster node needs a systemd (Debian) host")
+        if node.host in seen:
+            problems.append(f"{where}.host: {node.host!r} already runs a node ({PROJECT}:{seen[node.host]})")
+        seen.setdefault(node.host, f"broker.clusterNodes[{i}].host")
+        if ":" in node.address:
+            problems.append(f"{where}.address: IPv4 only (it is the host part of the node name rabbit@<address>)")
+        elif ipaddress.ip_address(node.address).is_loopback:
+            problems.append(f"{where}.address: must not be loopback (the other nodes and the workers dial it)")
+        if node.address in addresses:
+            problems.append(f"{where}.address: {node.address} is also {PROJECT}:{addresses[node.address]}")
+        addresses.setdefault(node.address, f"broker.clusterNodes[{i}].address")
+    return problems
+
+
 def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bool]) -> list[str]:
     """Checks on secret values; messages name the key and the rule, never the value."""
     problems = []
@@ -176,6 +220,10 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
         if key in ("sshPrivateKey", "brokerTlsKey", "celerySigningKey"):
             if "PRIVATE KEY-----" not in value:
                 problems.append(f"{full}: must be an OpenSSH or PEM private key")
+            continue
+        if key == "erlangCookie":
+            if not re.fullmatch(r"[A-Za-z0-9]{20,255}", value):
+                problems.append(f"{full}: 20 to 255 letters and digits (the Erlang cookie every cluster node shares)")
             continue
         if key == "resultBackend":
             problems += result_backend_problems(value, full)
@@ -220,6 +268,9 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
         if not settings.broker.plain_amqp_addresses:
             problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
                             "(services on the broker host connect there without TLS)")
+    if settings.broker.cluster_nodes and not secrets.get("erlangCookie"):
+        problems.append(f"{PROJECT}:erlangCookie: required when broker.clusterNodes is set "
+                        "(pulumi config set --secret erlangCookie \"$(openssl rand -hex 32)\")")
     if settings.celery_signing is not None:
         if not secrets.get("celerySigningKey"):
             problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "

@@ -16,7 +16,7 @@ from . import broker_drift, host_drift
 from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
 from .components.rabbit_broker import api_endpoint, local_management_address
 from .hosts import HostTarget
-from .render.broker_urls import amqp_url, flower_broker_api
+from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
 from .settings import Broker, StackSettings
@@ -44,12 +44,15 @@ def build(settings: StackSettings, secrets: StackSecrets,
         broker=broker_cfg,
         host=broker_host,
         # The app user may log in only from loopback unless a worker runs on another host.
-        loopback_users=["guest"] + ([] if remote_workers(settings) else [settings.app_user.name]),
+        loopback_users=["guest"] + ([] if remote_workers(settings) or broker_cfg.cluster_nodes
+                                    else [settings.app_user.name]),
         admin_password=secrets.admin_password,
         drift=drift,
         tls_pems=tls_pems,
         tls_key=secrets.broker_tls_key,
         ca_file=ca_file,
+        members=[(broker_cfg.member(node), hosts[node.host]) for node in broker_cfg.cluster_nodes],
+        erlang_cookie=secrets.erlang_cookie if broker_cfg.cluster_nodes else None,
     )
     vhost = EddVhost(
         "edd",
@@ -68,12 +71,13 @@ def build(settings: StackSettings, secrets: StackSecrets,
     amqp_host = broker_cfg.plain_amqp_addresses[0]
 
     def broker_url(user: str, password: pulumi.Output[str], remote: bool = False) -> pulumi.Output[str]:
-        if remote:  # over TLS to the broker's address (validated to exist)
-            host, port, scheme = broker_cfg.remote_amqp_address, broker_cfg.tls.amqp_port, "amqps"
-        else:
-            host, port, scheme = amqp_host, broker_cfg.amqp_port, "amqp"
+        """Over TLS to every node's address (validated to exist), or plain on loopback."""
+        if remote:
+            return pulumi.Output.secret(password).apply(lambda pw: failover_url(
+                [amqp_url(user, pw, a, broker_cfg.tls.amqp_port, settings.vhost, scheme="amqps")
+                 for a in broker_cfg.tls_addresses]))
         return pulumi.Output.secret(password).apply(
-            lambda pw: amqp_url(user, pw, host, port, settings.vhost, scheme=scheme))
+            lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost))
     signing = ((secrets.celery_signing_key, Path(settings.celery_signing.cert_file).read_text())
                if settings.celery_signing else None)
     ready = [vhost]
@@ -93,7 +97,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
     workers = []
     for worker in settings.workers:
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
-        remote = worker.host != broker_cfg.host
+        # In a cluster every worker fails over between all nodes, so it dials them over TLS.
+        remote = worker.host != broker_cfg.host or bool(broker_cfg.cluster_nodes)
         workers.append(CeleryWorkerService(
             worker.name, worker=worker, host=hosts[worker.host],
             broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
@@ -153,7 +158,8 @@ def broker_endpoints(broker: Broker, vhost: str) -> list[str]:
     def urls(scheme: str, port: int, addresses: list[str]) -> list[str]:
         return [f"{scheme}://{f'[{a}]' if ':' in a else a}:{port}/{vhost}" for a in addresses]
 
-    tls = urls("amqps", broker.tls.amqp_port, broker.amqp_listeners) if broker.tls else []
+    tls = urls("amqps", broker.tls.amqp_port, broker.amqp_listeners + [n.address for n in broker.cluster_nodes]
+               ) if broker.tls else []
     return urls("amqp", broker.amqp_port, broker.plain_amqp_addresses) + tls
 
 

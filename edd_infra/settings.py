@@ -142,8 +142,19 @@ class CelerySigning(Model):
     cert_file: LocalPath
 
 
+class ClusterNode(Model):
+    """One more RabbitMQ node, on its own host, that joins the broker's cluster.
+
+    AMQP (TLS), epmd and Erlang distribution listen on `address` (and loopback); its node
+    name is `rabbit@<address>` (long names), so the nodes need no DNS to find each other."""
+
+    host: Identifier
+    address: IPAddress
+
+
 class Broker(Model):
-    """RabbitMQ on one host: package, listeners, and the admin account Pulumi uses."""
+    """RabbitMQ on one host (or a cluster: this host's node plus `clusterNodes`): package,
+    listeners, and the admin account Pulumi uses."""
 
     host: Identifier
     # managed: this program installs and configures RabbitMQ (Debian, systemd).
@@ -171,6 +182,23 @@ class Broker(Model):
     # `destroy` purges the package and its data too (throw-away hosts); off keeps them.
     purge_on_destroy: bool = False
     tls: Optional[BrokerTls] = None
+    # The other members of a RabbitMQ cluster; empty: a single node. Each joins this host's
+    # node (the seed); removing one from the list makes it leave the cluster.
+    cluster_nodes: list[ClusterNode] = Field(default_factory=list)
+
+    @property
+    def tls_addresses(self) -> list[str]:
+        """Every node's TLS AMQP address, this host's first: the failover list services use
+        in a cluster."""
+        return [a for a in [self.remote_amqp_address, *(n.address for n in self.cluster_nodes)] if a]
+
+    def member(self, node: ClusterNode) -> "Broker":
+        """The settings of one cluster member: this broker's, on its host and address, with
+        plain AMQP and the management API on loopback only."""
+        return self.model_copy(update={
+            "host": node.host, "amqp_listeners": ["127.0.0.1", node.address], "management_address": "127.0.0.1",
+            "management_url": None, "node_address": node.address, "node_name": f"rabbit@{node.address}",
+            "cluster_nodes": []})
 
     @property
     def plain_amqp_addresses(self) -> list[str]:
@@ -332,4 +360,4 @@ class StackSettings(Model):
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend")
+OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend", "erlangCookie")

@@ -31,6 +31,8 @@ class StackSecrets:
     celery_signing_key: Optional[pulumi.Output[str]] = None
     # Celery's result backend URL; None means rpc:// (results over the broker).
     result_backend: Optional[pulumi.Output[str]] = None
+    # The Erlang cookie cluster nodes share (broker.clusterNodes).
+    erlang_cookie: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -109,4 +111,5 @@ async def load_settings(config: Optional[pulumi.Config] = None,
         broker_tls_key=secrets["brokerTlsKey"],
         celery_signing_key=secrets["celerySigningKey"],
         result_backend=secrets["resultBackend"],
+        erlang_cookie=secrets["erlangCookie"],
     )

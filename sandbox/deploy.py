@@ -27,6 +27,14 @@ WORKER = "edd-worker-1"
 # SANDBOX_WORKER_HOSTS=N adds N worker-only hosts, each running one more worker over TLS.
 WORKER_HOSTS = int(os.environ.get("SANDBOX_WORKER_HOSTS", "0"))
 WORKER_HOST_PREFIX = "edd-sbw"  # short: "ve-" + host name must fit an interface name
+# SANDBOX_TOPOLOGY=cluster: three RabbitMQ nodes (this host and edd-sbn2, edd-sbn3) and two
+# worker hosts (unless SANDBOX_WORKER_HOSTS says otherwise).
+TOPOLOGY = os.environ.get("SANDBOX_TOPOLOGY", "single")
+NODE_HOST_PREFIX = "edd-sbn"
+if TOPOLOGY not in ("single", "cluster"):
+    sys.exit(f"SANDBOX_TOPOLOGY: 'single' or 'cluster', got {TOPOLOGY!r}")
+if TOPOLOGY == "cluster" and "SANDBOX_WORKER_HOSTS" not in os.environ:
+    WORKER_HOSTS = 2
 # The seed told operators to avoid special characters; the sandbox uses all of them on purpose:
 # every printable ASCII character (space included), some non-ASCII, and one long password.
 PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
@@ -43,7 +51,7 @@ def tls_dir(stack: ProjectStack) -> str:
 
 
 def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None,
-                   signing: bool = False, worker_hosts: tuple = ()) -> dict:
+                   signing: bool = False, worker_hosts: tuple = (), broker_nodes: tuple = ()) -> dict:
     """Plain stack config for a single sandbox host running broker, worker and Flower.
 
     The management API and Flower listen on the host's veth address: a private link that
@@ -52,16 +60,21 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
     plain AMQP and management stay on loopback for the services on the host. With
     `signing`, tasks are signed with a certificate from the same directory. Each of
     `worker_hosts` (needs `tls`) runs one more worker, `edd-worker-<n>`, reaching the broker
-    over TLS.
+    over TLS. Each of `broker_nodes` (needs `tls`) runs one more RabbitMQ node, joined to the
+    host's node in a cluster, and the `edd` queue is a quorum queue.
     """
     broker = {"host": host.name, "managementAddress": host.address, "purgeOnDestroy": True}
     if tls:
         broker["tls"] = {"caFile": f"{tls}/ca.pem", "certFile": f"{tls}/server.pem"}
         broker["amqpListeners"] = ["127.0.0.1", "::1", host.address]
     extra = {"celerySigning": {"certFile": f"{tls}/signing.pem"}} if signing and tls else {}
+    if broker_nodes:
+        broker |= {"nodeAddress": host.address, "nodeName": f"rabbit@{host.address}",
+                   "clusterNodes": [{"host": n.name, "address": n.address} for n in broker_nodes]}
+        extra["appQueue"] = {"queueType": "quorum"}
     return extra | {
         "hosts": {h.name: {"address": h.address, "user": h.user, "port": h.port, "hostKey": h.host_key}
-                  for h in (host, *worker_hosts)},
+                  for h in (host, *broker_nodes, *worker_hosts)},
         "broker": broker,
         # EDD's settings as EDD reads them (server.cfg's rabbitmq keys), beside the worker.
         "eddSettings": {"host": host.name},
@@ -90,13 +103,16 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bo
     signing (a sandbox signing certificate), as recommended for production."""
     directory = tls_dir(stack) if hardened else None
     if directory:
-        files = make_broker_certificates(stack.work_dir / directory, host.address)
+        files = make_broker_certificates(stack.work_dir / directory, host.address,
+                                         *(n.address for n in config.get("broker_nodes", ())))
         files |= make_signing_certificate(stack.work_dir / directory)
     stack.set_plain(sandbox_config(host, tls=directory, signing=hardened, **config))
     have = stack.stack.get_all_config()
     for key, value in random_secrets().items():
         if f"edd-infra:{key}" not in have:
             stack.set_secret(key, value)
+    if config.get("broker_nodes") and "edd-infra:erlangCookie" not in have:
+        stack.set_secret("erlangCookie", secrets.token_hex(32))
     stack.set_secret("sshPrivateKey", Path(client_key()).read_text())
     if directory:
         stack.set_secret("brokerTlsKey", files["server.key"].read_text())
@@ -129,12 +145,15 @@ def up() -> None:
     if problem:
         sys.exit(problem)
     phase(f"booting sandbox host {HOST} (first run builds the image: a few minutes)")
+    nodes = [f"{NODE_HOST_PREFIX}{i}" for i in (2, 3)] if TOPOLOGY == "cluster" else []
     extra = [f"{WORKER_HOST_PREFIX}{i}" for i in range(1, WORKER_HOSTS + 1)]
-    host, *worker_hosts = sandbox_hosts.boot([HOST, *extra])
-    phase(f"host {host.name} at {host.address}" + "".join(f", worker host {w.name} at {w.address}" for w in worker_hosts)
+    host, *others = sandbox_hosts.boot([HOST, *nodes, *extra])
+    node_hosts, worker_hosts = others[:len(nodes)], others[len(nodes):]
+    phase(f"host {host.name} at {host.address}" + "".join(f", broker node {n.name} at {n.address}" for n in node_hosts)
+          + "".join(f", worker host {w.name} at {w.address}" for w in worker_hosts)
           + f"; writing stack '{STACK}' config")
     stack = project_stack()
-    configure(stack, host, hardened=True, worker_hosts=tuple(worker_hosts))
+    configure(stack, host, hardened=True, worker_hosts=tuple(worker_hosts), broker_nodes=tuple(node_hosts))
     phase("pulumi up")
     result = stack.stack.up(on_output=print, color="never")
     phase(f"up {result.summary.result} ({result.summary.resource_changes})")
@@ -161,7 +180,8 @@ def down() -> None:
         stack.stack.destroy(on_output=print, color="never")
         stack.stack.workspace.remove_stack(STACK)
     finally:
-        names = [h["name"] for h in sandbox_hosts.status() if h["name"] == HOST or h["name"].startswith(WORKER_HOST_PREFIX)]
+        names = [h["name"] for h in sandbox_hosts.status()
+                 if h["name"] == HOST or h["name"].startswith((WORKER_HOST_PREFIX, NODE_HOST_PREFIX))]
         phase(f"stopping host(s) {', '.join(names) or HOST}")
         sandbox_hosts.shutdown(names or [HOST])
     phase("sandbox removed")

@@ -18,17 +18,20 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()[-400:]}")
 
 
-def make_broker_certificates(directory: Path, address: str) -> dict[str, Path]:
-    """ca.pem, ca.key, server.pem, server.key in `directory` (reused when present)."""
+def make_broker_certificates(directory: Path, address: str, *cluster_addresses: str) -> dict[str, Path]:
+    """ca.pem, ca.key, server.pem, server.key in `directory` (reused when present). With
+    `cluster_addresses`, one certificate (and key) serves every node of the cluster."""
+    addresses = (address, *cluster_addresses)
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    if all(p.exists() for p in files.values()) and address in _subject_alt_names(files["server.pem"]):
+    if all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"]):
         return files
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
              "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
-    (directory / "san.ext").write_text(f"subjectAltName = IP:{address}, IP:127.0.0.1, IP:::1, DNS:localhost\n")
+    ips = "".join(f"IP:{a}, " for a in addresses)
+    (directory / "san.ext").write_text(f"subjectAltName = {ips}IP:127.0.0.1, IP:::1, DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "30", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
     for key in ("ca.key", "server.key"):
@@ -36,10 +39,11 @@ def make_broker_certificates(directory: Path, address: str) -> dict[str, Path]:
     return files
 
 
-def _subject_alt_names(cert: Path) -> str:
+def _ip_alt_names(cert: Path) -> set[str]:
     result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
                             capture_output=True, text=True)
-    return result.stdout
+    return {part.strip().removeprefix("IP Address:") for part in result.stdout.replace("\n", ",").split(",")
+            if part.strip().startswith("IP Address:")}
 
 
 def make_signing_certificate(directory: Path) -> dict[str, Path]:

@@ -9,12 +9,15 @@ Creates, on the broker host (with `install: managed`, the default):
 - `<name>-<key>-password`, per broker account: puts a password changed by hand back
   (`restore_password`). Drift found by `broker_drift.observe` reruns these commands and
   the admin's; otherwise their stdin is ignored, so a no-op `up` stays a no-op.
+- in a cluster, per member host: `<name>-node-<host>` (as `<name>-server`, with the shared
+  Erlang cookie) and `<name>-node-<host>-join`, which joins it to this host's node once and
+  whose delete makes it leave (so removing a node from the config is a config change).
 With `install: external` only the Provider is made, for a broker someone else runs.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_rabbitmq as rabbitmq
@@ -103,21 +106,34 @@ class RabbitBroker(pulumi.ComponentResource):
         tls_pems: Optional[tuple[str, str]] = None,
         tls_key: Optional[pulumi.Output[str]] = None,
         ca_file: Optional[str] = None,
+        members: Sequence[tuple[Broker, HostTarget]] = (),
+        erlang_cookie: Optional[pulumi.Output[str]] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
         self._name, self._broker, self._host, self._drift = name, broker, host, drift
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
-        admin = (self._managed(name, broker, host, loopback_users, admin_password, tls_pems, tls_key)
-                 if broker.install == "managed" else None)
+        self._loopback_users, self._tls_pems, self._tls_key, self._cookie = loopback_users, tls_pems, tls_key, erlang_cookie
+        ready = [self._managed(name, broker, host, admin_password)] if broker.install == "managed" else []
+        for member, member_host in members:
+            # Every node has joined before the provider declares the quorum queue, so the
+            # queue starts with a replica on each.
+            server = self._server(f"{name}-node-{member.host}", member, member_host)
+            ready.append(member_host.run(
+                f"{name}-node-{member.host}-join",
+                create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
+                                                 start_timeout=broker.start_timeout),
+                delete=host_scripts.cluster_leave(node=member.node_name),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, ready[0]], delete_before_replace=True),
+            ))
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
             endpoint=self.endpoint,
             username=broker.admin_user,
             password=admin_password,
             cacert_file=ca_file,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[admin] if admin else []),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=ready),
         )
         self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
 
@@ -144,29 +160,34 @@ class RabbitBroker(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
-    def _managed(self, name, broker, host, loopback_users, admin_password, tls_pems, tls_key) -> pulumi.Resource:
-        """The package, its config and the admin account; returns the command the Provider waits for."""
-        child = pulumi.ResourceOptions(parent=self)
-        token = self._drift.admin_token()
-        files = broker_files(broker, loopback_users, tls_pems)
+    def _server(self, name: str, broker: Broker, host: HostTarget) -> pulumi.Resource:
+        """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie."""
+        files = broker_files(broker, self._loopback_users, self._tls_pems)
         tls = tls_listeners(broker)
-        key_bundle = None
+        secrets = []
         if tls:
-            key_bundle = tls_key.apply(lambda pem: host_scripts.secret_bundle(
-                [FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")]))
-        server = host.run(
-            f"{name}-server",
+            secrets.append(self._tls_key.apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
+        if self._cookie is not None:
+            secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
+        bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
+        removed = [f.path for f in files] + ([tls.key_path] if tls else [])
+        removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
+        return host.run(
+            name,
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
-                secret_files=tls is not None,
+                secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
             ),
-            delete=host_scripts.broker_remove(files=[f.path for f in files] + ([tls.key_path] if tls else []),
-                                              purge_package=broker.purge_on_destroy),
-            stdin=key_bundle,
+            delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
+            stdin=bundle,
             repairable=True,
             # Its delete undoes its create: a replacement (`up --replace`) must delete first.
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
+
+    def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password) -> pulumi.Resource:
+        """The seed node and the admin account; returns the command the Provider waits for."""
+        server = self._server(f"{name}-server", broker, host)
         return host.run(
             f"{name}-admin",
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),
@@ -175,6 +196,6 @@ class RabbitBroker(pulumi.ComponentResource):
             # Reruns only for drift: a changed admin password is found too (the broker
             # refuses it), and preview, which reads nothing, shows no change.
             guarded=True,
-            repair_token=token,
+            repair_token=self._drift.admin_token(),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[server], delete_before_replace=True),
         )

@@ -24,6 +24,12 @@ def amqp_url(user: str, password: str, host: str, port: int, vhost: str, scheme:
     return f"{scheme}://{_credentials(user, password)}@{_host_port(host, port)}/{vhost}"
 
 
+def failover_url(urls: list[str]) -> str:
+    """One broker_url for several nodes: Celery splits it at `;` and fails over in turn
+    (a `;` inside a password is quoted, so it never splits)."""
+    return ";".join(urls)
+
+
 def flower_broker_api(host: str, port: int, scheme: str = "http") -> str:
     """`http://host:15672/api/` for Flower's broker_api, deliberately without credentials.
 

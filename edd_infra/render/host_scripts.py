@@ -209,14 +209,29 @@ def wait_for_broker(timeout: int) -> str:
     )
 
 
+# The cookie arrives in the secret bundle at STAGED_COOKIE (root-only) and is installed
+# from there, stopping the node first: rabbitmqctl cannot stop a node whose cookie changed.
+ERLANG_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+STAGED_COOKIE = f"{STATE_DIR}/erlang.cookie"
+INSTALL_COOKIE = f"""id -u rabbitmq >/dev/null 2>&1 || useradd --system --gid rabbitmq --home-dir /var/lib/rabbitmq \\
+  --no-create-home --shell /usr/sbin/nologin rabbitmq
+mkdir -p /var/lib/rabbitmq; chown rabbitmq:rabbitmq /var/lib/rabbitmq
+if ! cmp -s {STAGED_COOKIE} {ERLANG_COOKIE}; then
+  systemctl stop rabbitmq-server 2>/dev/null || true
+  tmp=$(mktemp); cp {STAGED_COOKIE} "$tmp"; put "$tmp" 0400 rabbitmq rabbitmq {ERLANG_COOKIE}
+fi"""
+
+
 def broker_install(
-    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False
+    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
+    erlang_cookie: bool = False,
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers.
 
-    With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq): the
-    group is made first, as the package would, so the key is readable at the first start."""
+    With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq; with
+    `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
+    the user) is made first, as the package would, so the node reads them at its first start."""
     package = "rabbitmq-server" + (f"={package_version}" if package_version else "")
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
@@ -224,7 +239,7 @@ def broker_install(
                   f"for u in {' '.join(PACKAGE_USERS)}; do id -u \"$u\" >/dev/null 2>&1 || "
                   f"touch {STATE_DIR}/created/package-user-$u; done")
     secrets = (mark_users + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
-               + READ_SECRET_FILES) if secret_files else ""
+               + READ_SECRET_FILES + ("\n" + INSTALL_COOKIE if erlang_cookie else "")) if secret_files else ""
     return script(
         *(write_file(f) for f in files),
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
@@ -241,6 +256,31 @@ def broker_install(
         "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
+    )
+
+
+def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
+    """Join this node to the seed's cluster unless it is a member already; a node that joins
+    takes a replica of every quorum queue. Only a node that is not yet a member is reset
+    (its own data goes: the cluster's replaces it)."""
+    member = f"rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null | grep -qF {q(repr(seed))}"
+    return script(
+        wait_for_broker(start_timeout),
+        f"if ! {member}; then\n"
+        f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
+        f"  {retry(f'rabbitmqctl -q join_cluster {q(seed)} </dev/null', max(1, start_timeout // 2), f'{node} could not join {seed}')}\n"
+        f"  rabbitmqctl -q start_app </dev/null\n"
+        f"  rabbitmq-queues -q grow {q(node)} all </dev/null >/dev/null\nfi",
+    )
+
+
+def cluster_leave(*, node: str) -> str:
+    """The delete of `cluster_join`: hand this node's quorum replicas back, then leave the
+    cluster (reset tells the other nodes); a stopped node is left as it is."""
+    return script(
+        "if systemctl is-active -q rabbitmq-server; then\n"
+        f"  rabbitmq-queues -q shrink {q(node)} </dev/null >/dev/null || true\n"
+        "  rabbitmqctl -q stop_app </dev/null && rabbitmqctl -q reset </dev/null && rabbitmqctl -q start_app </dev/null\nfi"
     )
 
 

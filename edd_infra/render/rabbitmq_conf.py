@@ -85,8 +85,10 @@ def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management",)) ->
 
 
 def render_rabbitmq_env(node_name: str) -> str:
-    """rabbitmq-env.conf, read by the server and by rabbitmqctl alike: the node name."""
-    return f"# Written by edd-infra.\nNODENAME={node_name}\n"
+    """rabbitmq-env.conf, read by the server and by rabbitmqctl alike: the node name, with
+    Erlang long names when its host part has dots (`rabbit@10.0.0.2`, a cluster node)."""
+    longname = "USE_LONGNAME=true\n" if "." in node_name.split("@", 1)[1] else ""
+    return f"# Written by edd-infra.\nNODENAME={node_name}\n{longname}"
 
 
 def render_epmd_environment(node_address: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ configured only from the environment, as a real deployment would be:
 
 import os
 import ssl
-from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -36,7 +35,9 @@ if os.environ.get("CELERY_BROKER_CA_FILE"):
     app.conf.broker_use_ssl = {
         "ca_certs": os.environ["CELERY_BROKER_CA_FILE"],
         "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": urlsplit(app.conf.broker_url).hostname,
+        # None: kombu checks the certificate against the host of the URL it dials (with
+        # several URLs, a cluster, the first one it connected to).
+        "server_hostname": None,
     }
 
 if os.environ.get("CELERY_SECURITY_KEY"):

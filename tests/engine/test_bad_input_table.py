@@ -80,6 +80,18 @@ PROJECT_FILES = {"ca.pem": CERTIFICATE, "server.pem": CERTIFICATE, "signing.pem"
 TLS = {"caFile": "ca.pem", "certFile": "server.pem"}
 TLS_KEY = {"brokerTlsKey": PEM_KEY}
 SIGNING_KEY = {"celerySigningKey": PEM_KEY}
+COOKIE = "0123456789abcdef0123456789abcdef"
+CLUSTER_SECRETS = dict(TLS_KEY, erlangCookie=COOKIE)
+# A valid cluster (checked below): node2 joins queue's node; rows change one thing.
+CLUSTER = (
+    (("broker", "tls"), TLS),
+    (("hosts", "node2"), {"address": "192.0.2.12", "hostKey": KEY}),
+    (("broker", "amqpListeners"), ["127.0.0.1", "192.0.2.10"]),
+    (("broker", "nodeAddress"), "192.0.2.10"),
+    (("broker", "nodeName"), "rabbit@192.0.2.10"),
+    (("broker", "clusterNodes"), [{"host": "node2", "address": "192.0.2.12"}]),
+    (("appQueue",), {"queueType": "quorum"}),
+)
 URL_PREFIX = "^([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$"
 
 CASES = [
@@ -339,6 +351,30 @@ CASES = [
     row("tls-key-in-plaintext", "edd-infra:brokerTlsKey: stored in plaintext")(
         (("broker", "tls"), TLS), (("brokerTlsKey",), PEM_KEY)),
 
+    # broker.clusterNodes: TLS, node names the others dial, a quorum queue, the cookie.
+    row("cluster-node-host-unknown", "edd-infra:broker.clusterNodes[0].host: host 'node9' is not in edd-infra:hosts",
+        secrets=CLUSTER_SECRETS)(*CLUSTER, (("broker", "clusterNodes"), [{"host": "node9", "address": "192.0.2.12"}])),
+    row("cluster-without-tls", "edd-infra:broker.clusterNodes: a cluster needs broker.tls",
+        secrets={"erlangCookie": COOKIE})(*CLUSTER[1:]),
+    row("cluster-with-loopback-node-name", "edd-infra:broker.nodeName: in a cluster, rabbit@<broker.nodeAddress>",
+        secrets=CLUSTER_SECRETS)(*CLUSTER, (("broker", "nodeName"), DELETE), (("broker", "nodeAddress"), DELETE)),
+    row("cluster-with-classic-queue", "edd-infra:appQueue.queueType: must be quorum with broker.clusterNodes",
+        secrets=CLUSTER_SECRETS)(*CLUSTER, (("appQueue",), {"queueType": "classic"})),
+    row("cluster-node-on-broker-host", "edd-infra:broker.clusterNodes[0].host: 'queue' already runs a node "
+        "(edd-infra:broker.host)", secrets=CLUSTER_SECRETS)(
+        *CLUSTER, (("broker", "clusterNodes"), [{"host": "queue", "address": "192.0.2.12"}])),
+    row("cluster-node-ipv6", "edd-infra:broker.clusterNodes[0].address: IPv4 only", secrets=CLUSTER_SECRETS)(
+        *CLUSTER, (("broker", "clusterNodes"), [{"host": "node2", "address": "2001:db8::12"}])),
+    row("cluster-node-same-address", "edd-infra:broker.clusterNodes[0].address: 192.0.2.10 is also "
+        "edd-infra:broker.nodeAddress", secrets=CLUSTER_SECRETS)(
+        *CLUSTER, (("broker", "clusterNodes"), [{"host": "node2", "address": "192.0.2.10"}])),
+    row("cluster-without-cookie", "edd-infra:erlangCookie: required when broker.clusterNodes is set",
+        secrets=TLS_KEY)(*CLUSTER),
+    row("cluster-cookie-too-short", "edd-infra:erlangCookie: 20 to 255 letters and digits",
+        secrets=dict(TLS_KEY, erlangCookie="short;cookie"))(*CLUSTER),
+    row("cluster-node-unknown-key", "edd-infra:broker.clusterNodes[0].adress: unknown key; allowed here: address, host",
+        "edd-infra:broker.clusterNodes[0].address: required, not set", secrets=CLUSTER_SECRETS)(*CLUSTER, (("broker", "clusterNodes"), [{"host": "node2", "adress": "192.0.2.12"}])),
+
     # celerySigning.
     row("unknown-signing-key", "edd-infra:celerySigning.keyFile: unknown key; allowed here: certFile",
         secrets=SIGNING_KEY)((("celerySigning",), {"certFile": "signing.pem", "keyFile": "signing.key"})),
@@ -445,6 +481,7 @@ CONTROLS = {
     "base": ((), {}),
     "base-with-tls-and-signing": (((("broker", "tls"), TLS), (("celerySigning",), {"certFile": "signing.pem"})),
                                   dict(TLS_KEY, **SIGNING_KEY)),
+    "base-as-a-cluster": (CLUSTER, CLUSTER_SECRETS),
 }
 
 

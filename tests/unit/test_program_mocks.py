@@ -418,3 +418,59 @@ def test_worker_on_another_host_dials_the_broker_over_tls(tmp_path):
     # The app user may now log in from other hosts; guest stays loopback-only.
     conf = plain(loop, by_name["broker-server"]["create"])
     assert "loopback_users.guest = true" in conf and "loopback_users.edd_user" not in conf
+
+
+def cluster_config(tmp_path, nodes=("edd-node2", "edd-node3")):
+    """prod with TLS and a cluster: the broker host's node plus `nodes`, 10.0.0.3, 10.0.0.4..."""
+    config, keys = tls_config(tmp_path)
+    hosts = json.loads(config["edd-infra:hosts"])
+    members = [{"host": name, "address": f"10.0.0.{i}"} for i, name in enumerate(nodes, 3)]
+    for member in members:
+        hosts[member["host"]] = dict(next(iter(hosts.values())), address=member["address"])
+    config["edd-infra:hosts"] = json.dumps(hosts)
+    broker = json.loads(config["edd-infra:broker"])
+    broker.update(nodeAddress="10.0.0.2", nodeName="rabbit@10.0.0.2", clusterNodes=members)
+    config["edd-infra:broker"] = json.dumps(broker)
+    config["edd-infra:appQueue"] = json.dumps({"queueType": "quorum"})
+    config["edd-infra:erlangCookie"] = "c00kie" * 6
+    return config, keys + ["edd-infra:erlangCookie"]
+
+
+def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_path):
+    config, keys = cluster_config(tmp_path)
+    outputs, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: (p, o, s) for t, n, p, o, s in resources}
+    for host, address in (("edd-node2", "10.0.0.3"), ("edd-node3", "10.0.0.4")):
+        props, _, secret = by_name[f"broker-node-{host}"]
+        create = plain(loop, props["create"])
+        assert f"NODENAME=rabbit@{address}\nUSE_LONGNAME=true" in create
+        assert f"listeners.ssl.2 = {address}:5671" in create and "management.tcp.ip = 127.0.0.1" in create
+        assert "c00kie" not in create and secret["stdin"]
+        files = bundle_files(plain(loop, props["stdin"]))
+        assert files["/var/lib/edd-infra/erlang.cookie"] == ("0400", "root", "root", "c00kie" * 6)
+        join, opts, _ = by_name[f"broker-node-{host}-join"]
+        assert "join_cluster rabbit@10.0.0.2" in plain(loop, join["create"])
+        assert "reset" in plain(loop, join["delete"])
+    # The seed gets the same cookie; the provider (so the quorum queue) waits for every join.
+    assert "/var/lib/edd-infra/erlang.cookie" in bundle_files(plain(loop, by_name["broker-server"][0]["stdin"]))
+    provider_deps = {d._name for d in by_name["broker-provider"][1].depends_on}
+    assert {"broker-admin", "broker-node-edd-node2-join", "broker-node-edd-node3-join"} <= provider_deps
+    queue = by_name["edd-queue"][0]["settings"]
+    assert plain(loop, queue.arguments) == {"x-queue-type": "quorum"}
+    # Every worker, on the broker host too, fails over between all three nodes over TLS.
+    env = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))["/etc/edd-infra/celery-edd-worker-1.env"][3]
+    url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL="))
+    assert [u.split("@")[1] for u in url.strip("'").split(";")] == [
+        "10.0.0.2:5671//edd", "10.0.0.3:5671//edd", "10.0.0.4:5671//edd"]
+    assert "CELERY_BROKER_CA_FILE=" in env
+    config_module = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))[
+        "/etc/edd-infra/celery/celery-edd-worker-1/edd_infra_celeryconfig.py"][3]
+    assert "task_default_queue_type = 'quorum'" in config_module
+    assert outputs["brokerEndpoints"][-2:] == ["amqps://10.0.0.3:5671//edd", "amqps://10.0.0.4:5671//edd"]
+
+
+def test_removing_a_cluster_node_removes_only_its_resources(tmp_path):
+    three = {n for _, n, *_ in run(*cluster_config(tmp_path))[1]}
+    two = {n for _, n, *_ in run(*cluster_config(tmp_path, nodes=("edd-node2",)))[1]}
+    assert three - two == {"broker-node-edd-node3", "broker-node-edd-node3-repair", "broker-node-edd-node3-join"}
+    assert two <= three
