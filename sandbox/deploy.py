@@ -111,7 +111,8 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bo
     for key, value in random_secrets().items():
         if f"edd-infra:{key}" not in have:
             stack.set_secret(key, value)
-    if config.get("broker_nodes") and "edd-infra:erlangCookie" not in have:
+    # `have` lists Pulumi.yaml's defaults too: the cookie's is "".
+    if config.get("broker_nodes") and not getattr(have.get("edd-infra:erlangCookie"), "value", ""):
         stack.set_secret("erlangCookie", secrets.token_hex(32))
     stack.set_secret("sshPrivateKey", Path(client_key()).read_text())
     if directory:

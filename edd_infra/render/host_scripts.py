@@ -249,6 +249,10 @@ def broker_install(
         f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  {mark_users}\n"
+        # The package starts the node: epmd must already listen where the drop-ins say (a
+        # rerun after a failed install finds epmd.socket running with the old binding).
+        f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
+        f"  systemctl restart epmd.socket 2>/dev/null || true\n"
         f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
         f"  changed=1 ;;\nesac",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.

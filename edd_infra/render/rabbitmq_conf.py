@@ -91,11 +91,16 @@ def render_rabbitmq_env(node_name: str) -> str:
     return f"# Written by edd-infra.\nNODENAME={node_name}\n{longname}"
 
 
+def _epmd_addresses(node_address: str) -> list[str]:
+    # Loopback always: RabbitMQ's prelaunch and CLI nodes are `<name>@localhost` short names.
+    return list(dict.fromkeys([LOOPBACK, node_address]))
+
+
 def render_epmd_environment(node_address: str) -> dict[str, str]:
-    """Environment for the broker's service so an epmd it starts binds only there."""
-    return {"ERL_EPMD_ADDRESS": node_address}
+    """Environment for the broker's service so an epmd it starts binds only there (and loopback)."""
+    return {"ERL_EPMD_ADDRESS": ",".join(_epmd_addresses(node_address))}
 
 
 def epmd_socket_listen(node_address: str, port: int = 4369) -> list[tuple[str, str]]:
-    """Debian socket-activates epmd on every address (epmd.socket): listen only here."""
-    return [("ListenStream", ""), ("ListenStream", _socket_address(node_address, port))]
+    """Debian socket-activates epmd on every address (epmd.socket): listen only there and on loopback."""
+    return [("ListenStream", "")] + [("ListenStream", _socket_address(a, port)) for a in _epmd_addresses(node_address)]

@@ -46,8 +46,14 @@ def test_golden():
 
 
 def test_epmd_socket_brackets_ipv6():
-    assert epmd_socket_listen("::1") == [("ListenStream", ""), ("ListenStream", "[::1]:4369")]
-    assert epmd_socket_listen("127.0.0.1")[1] == ("ListenStream", "127.0.0.1:4369")
+    assert epmd_socket_listen("::1") == [("ListenStream", ""), ("ListenStream", "127.0.0.1:4369"),
+                                         ("ListenStream", "[::1]:4369")]
+    assert epmd_socket_listen("127.0.0.1") == [("ListenStream", ""), ("ListenStream", "127.0.0.1:4369")]
+
+
+def test_epmd_listens_on_loopback_too_for_rabbitmqs_localhost_helper_nodes():
+    assert epmd_socket_listen("10.0.0.2")[1:] == [("ListenStream", "127.0.0.1:4369"), ("ListenStream", "10.0.0.2:4369")]
+    assert render_epmd_environment("10.0.0.2") == {"ERL_EPMD_ADDRESS": "127.0.0.1,10.0.0.2"}
 
 
 def test_plugins_and_epmd():

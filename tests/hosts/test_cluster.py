@@ -1,0 +1,154 @@
+"""A RabbitMQ cluster: three broker nodes (the broker host's and two more) and two worker
+hosts, deployed by one `up`; a node stopped while tasks flow loses none and rejoins; a node
+removed from and added to the config leaves and joins.
+
+Tests run in file order against one stack; the module's fixture destroys it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from sandbox import hosts as sandbox_hosts
+from sandbox.deploy import send_task
+from tests.hosts.deployment import Producer, deployment
+
+pytestmark = pytest.mark.hosts
+SEED, NODES, WORKER_HOSTS = "edd-cn1", ("edd-cn2", "edd-cn3"), ("edd-cw1", "edd-cw2")
+# worker name -> index of its host in (seed, *worker hosts), as sandbox.deploy names them
+WORKERS = {"edd-worker-1": 0, "edd-worker-2": 1, "edd-worker-3": 2}
+
+
+@pytest.fixture(scope="module")
+def cluster(plugins_ready, sandbox_hosts, tmp_path_factory):
+    seed, *others = sandbox_hosts(SEED, *NODES, *WORKER_HOSTS)
+    nodes, workers = others[:2], others[2:]
+    with deployment(seed, tmp_path_factory.mktemp("cluster"), prefix="cl", hardened=True,
+                    broker_nodes=tuple(nodes), worker_hosts=tuple(workers)) as d:
+        d.nodes, d.worker_hosts = nodes, workers
+        yield d
+
+
+def sh(host, command: str, timeout: float = 180) -> str:
+    result = sandbox_hosts.run(host, command, timeout=timeout)
+    assert result.returncode == 0, f"{host.name}: {command}: {result.stderr[-800:]}"
+    return result.stdout
+
+
+def running_nodes(host) -> list[str]:
+    status = json.loads(sh(host, "rabbitmqctl -q cluster_status --formatter json"))
+    return sorted(status["running_nodes"])
+
+
+def queue_members(host) -> tuple[str, list[str]]:
+    """The edd queue's type and its quorum members, as any running node reports them."""
+    out = sh(host, "rabbitmqctl -q list_queues -p /edd name type members --formatter json")
+    queue = next(q for q in json.loads(out) if q["name"] == "edd")
+    return queue["type"], sorted(queue.get("members") or [])
+
+
+def node_names(*hosts) -> list[str]:
+    return sorted(f"rabbit@{h.address}" for h in hosts)
+
+
+def completed(d, prefix: str) -> set[str]:
+    """Ids with `prefix` that any of the three workers logged as succeeded."""
+    done: set[str] = set()
+    for worker, index in WORKERS.items():
+        host = (d.host, *d.worker_hosts)[index]
+        journal = sh(host, f"journalctl -u celery-{worker} -o cat --no-pager | grep -F '[{prefix}-' || true", 300)
+        done |= set(re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal))
+    return done
+
+
+def test_three_nodes_form_one_cluster_with_a_quorum_queue(cluster):
+    d = cluster
+    everyone = node_names(d.host, *d.nodes)
+    for host in (d.host, *d.nodes):
+        assert running_nodes(host) == everyone
+    assert queue_members(d.host) == ("quorum", everyone)
+    # Each node listens for AMQP over TLS on its own address; plain AMQP stays on loopback.
+    for host in d.nodes:
+        listening = sh(host, "ss -Hltn").split()
+        assert f"{host.address}:5671" in listening and f"{host.address}:5672" not in listening
+
+
+def test_tasks_round_trip_through_the_workers_on_every_host(cluster):
+    d = cluster
+    assert [send_task(d.host, i, 1) for i in range(12)] == [str(i + 1) for i in range(12)]
+    env = sh(d.worker_hosts[0], "cat /etc/edd-infra/celery-edd-worker-2.env")
+    url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL="))
+    assert [part.split("@")[1].split("/")[0] for part in url.split(";")] == [
+        f"{h.address}:5671" for h in (d.host, *d.nodes)]
+
+
+def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
+    """The node every service dials first (the broker host's) stops mid-flow: workers and
+    the producer fail over to the others, the quorum queue keeps every confirmed task, and
+    the node rejoins when it starts again."""
+    d = cluster
+    total = 1000
+    producer = Producer(d, total, pace=0.01)
+    try:
+        deadline = time.monotonic() + 300
+        while producer.published() < total // 5:
+            assert time.monotonic() < deadline, producer.output()[-2000:]
+            time.sleep(0.5)
+        sh(d.host, "systemctl stop rabbitmq-server", timeout=300)
+        survivors = node_names(*d.nodes)
+        assert running_nodes(d.nodes[0]) == survivors
+        # While the node is down, the remote workers go on consuming through the other nodes.
+        before = len(completed(d, producer.prefix))
+        deadline = time.monotonic() + 120
+        while len(completed(d, producer.prefix)) <= before + 50:
+            assert time.monotonic() < deadline, "no worker consumed while one node was down"
+            time.sleep(3)
+        assert queue_members(d.nodes[0])[0] == "quorum"
+        sh(d.host, "systemctl start rabbitmq-server", timeout=300)
+        everyone = node_names(d.host, *d.nodes)
+        deadline = time.monotonic() + 120
+        while running_nodes(d.nodes[0]) != everyone:
+            assert time.monotonic() < deadline, "the node did not rejoin"
+            time.sleep(2)
+        producer.wait(600)
+        ids = producer.ids()
+        assert len(ids) == total
+        deadline = time.monotonic() + 600
+        while not ids <= (done := completed(d, producer.prefix)):
+            assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
+            time.sleep(3)
+        assert sh(d.nodes[0], "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers"
+                              " | awk '$1 == \"edd\" {print $2}'").strip() == "0"
+    finally:
+        producer.stop()
+        sandbox_hosts.run(d.host, "systemctl start rabbitmq-server", timeout=300)
+
+
+def test_up_after_the_node_came_back_changes_nothing(cluster):
+    result, _ = cluster.up()
+    assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
+
+
+def test_removing_and_adding_a_node_is_a_config_change(cluster):
+    d = cluster
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    members = broker["clusterNodes"]
+    d.stack.set_plain({"broker": dict(broker, clusterNodes=members[:1])})
+    result, _ = d.up()
+    changes = result.summary.resource_changes
+    # The node's server, its repair twin and its join go; services re-read their node list.
+    assert changes.get("delete") == 3 and "create" not in changes, changes
+    assert running_nodes(d.host) == node_names(d.host, d.nodes[0])
+    assert queue_members(d.host) == ("quorum", node_names(d.host, d.nodes[0]))
+    assert send_task(d.host, 5, 5) == "10"
+    d.stack.set_plain({"broker": broker})
+    result, _ = d.up()
+    assert result.summary.resource_changes.get("create") == 3, result.summary.resource_changes
+    everyone = node_names(d.host, *d.nodes)
+    assert running_nodes(d.host) == everyone
+    assert queue_members(d.host) == ("quorum", everyone)
+    assert send_task(d.host, 6, 6) == "12"
