@@ -16,12 +16,15 @@ A report, not a test: nothing here passes or fails on a number. What it measures
    first publish to the worker's last "succeeded" journal line.
 5. Worker-fleet scaling: `up` that adds 1, 2, 4, 8 worker-only hosts (each one worker over
    TLS) to the deployed stack, from none each time, and the ratio 8:1.
+6. A RabbitMQ cluster: a fresh `up` of three broker nodes (a stack of its own on hosts
+   `edd-bc1..3`) against the single-host fresh `up`, and its no-op `up`.
 
 Hosts of its own (`edd-bench` for the stack, `edd-benchraw` for the raw steps and the
 baseline), booted fresh from the sandbox image and shut down at the end, failed or not. The
 machine is shared and small, so the report records its cores and load average at start and
 end. Secrets never go on a command line, raw steps included: they travel on stdin.
-The table is printed and written to `<cache>/bench/last.txt`.
+The table is printed and written to `docs/bench.txt` (checked in with the machine it ran on)
+and `<cache>/bench/last.txt`.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
 from sandbox.image import APP_TARGET, VENV, cache_dir
 
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "bench.txt"
 HOST, RAW_HOST = "edd-bench", "edd-benchraw"  # host names are at most 12 characters
 FLEET_HOSTS = [f"edd-bw{i}" for i in range(1, 9)]
+CLUSTER_HOSTS = ["edd-bc1", "edd-bc2", "edd-bc3"]
 TASKS = 2000
 ROTATION_PACE = 0.02  # s between publishes: the rotation's tasks span ~40 s, longer than its `up`
 RUNS = 3
@@ -444,6 +449,8 @@ def measure(rows: list[Row]) -> None:
         rows += throughput(stack, host, raw, workers[0]["name"], concurrency)
         rows += rotation(stack, host, [w["name"] for w in workers])
         rows += fleet(stack, host)
+        fresh = next(float(r.value) for r in rows if r.name == "fresh up")
+        rows += cluster(Path(work) / "cluster", fresh)
 
 
 def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
@@ -463,6 +470,26 @@ def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
         sandbox_hosts.shutdown(FLEET_HOSTS)
 
 
+def cluster(work: Path, single_fresh: float) -> list[Row]:
+    """A fresh `up` of a three-node cluster (TLS, signing, quorum queue), then a no-op `up`."""
+    phase(f"fresh `up` of a three-node RabbitMQ cluster on {', '.join(CLUSTER_HOSTS)}")
+    seed, *nodes = sandbox_hosts.boot(CLUSTER_HOSTS)
+    try:
+        work.mkdir()
+        stack = new_stack(work)
+        configure(stack, seed, hardened=True, broker_nodes=tuple(nodes))
+        seconds, ran, changes = up(stack)
+        noop, noop_ran, _ = up(stack)
+        return [
+            Row("cluster fresh up, 3 nodes", f"{seconds:.1f}", "s",
+                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in parallel"),
+            Row("cluster fresh up / single-host fresh up", f"{seconds / single_fresh:.2f}", "x", "same image, TLS and signing"),
+            Row("cluster no-op up", f"{noop:.1f}", "s", f"{noop_ran} remote commands"),
+        ]
+    finally:
+        sandbox_hosts.shutdown(CLUSTER_HOSTS)
+
+
 def main() -> int:
     problem = engine_problem()
     if problem:
@@ -471,7 +498,7 @@ def main() -> int:
     (cache_dir() / "bench").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     failed = None
-    sandbox_hosts.shutdown([HOST, RAW_HOST, *FLEET_HOSTS])  # left by a crashed run: measure fresh hosts only
+    sandbox_hosts.shutdown([HOST, RAW_HOST, *FLEET_HOSTS, *CLUSTER_HOSTS])  # left by a crashed run: measure fresh hosts only
     try:
         measure(rows)
     except Exception as error:  # noqa: BLE001 - report what was measured, then the failure
@@ -488,9 +515,10 @@ def main() -> int:
               f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image, fresh"]
     report = render(rows, header)
     print("\n" + report, end="")
-    out = cache_dir() / "bench" / "last.txt"
-    out.write_text(report)
-    phase(f"written to {out}")
+    for out in (cache_dir() / "bench" / "last.txt", REPORT):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        phase(f"written to {out}")
     return 1 if failed else 0
 
 

@@ -86,6 +86,23 @@ def test_tasks_round_trip_through_the_workers_on_every_host(cluster):
         f"{h.address}:5671" for h in (d.host, *d.nodes)]
 
 
+def test_the_erlang_cookie_is_only_in_its_two_root_or_rabbitmq_files(cluster):
+    """On every node: the installed cookie (0400 rabbitmq) and its staged copy (0400 root),
+    nowhere else on disk; never in the engine's output or the exported state."""
+    d = cluster
+    cookie = d.secrets["erlangCookie"]
+    nodes = (d.host, *d.nodes)
+    for host in (*nodes, *d.worker_hosts):
+        found = sandbox_hosts.run(host, "grep -rlF -f - /etc /var/lib /var/log /tmp /root /opt 2>/dev/null || true",
+                                  input=cookie + "\n", timeout=300).stdout.split()
+        expected = ["/var/lib/edd-infra/erlang.cookie", "/var/lib/rabbitmq/.erlang.cookie"] if host in nodes else []
+        assert sorted(found) == expected, (host.name, found)
+    for host in nodes:
+        modes = sh(host, "stat -c '%a %U %G' /var/lib/rabbitmq/.erlang.cookie /var/lib/edd-infra/erlang.cookie")
+        assert modes.split("\n")[:2] == ["400 rabbitmq rabbitmq", "400 root root"]
+    assert cookie not in "\n".join(d.output) and cookie not in d.stack.export()
+
+
 def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
     """The node every service dials first (the broker host's) stops mid-flow: workers and
     the producer fail over to the others, the quorum queue keeps every confirmed task, and

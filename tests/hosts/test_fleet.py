@@ -17,7 +17,7 @@ from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 
 pytestmark = pytest.mark.hosts
-BROKER, WORKER_HOSTS = "edd-fl", ("edd-flw1", "edd-flw2")  # short: "ve-" + name is a link name
+BROKER, WORKER_HOSTS = "edd-fl", ("edd-flw1", "edd-flw2", "edd-flw3")  # short: "ve-" + name is a link name
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def processed_by(host, worker: str) -> int:
 
 
 def test_remote_worker_consumes_over_tls(fleet):
-    stack, broker, (w1, _) = fleet
+    stack, broker, (w1, *_) = fleet
     assert sh(w1, "systemctl is-active celery-edd-worker-2").strip() == "active"
     env = sh(w1, "cat /etc/edd-infra/celery-edd-worker-2.env")
     assert f"@{broker.address}:5671//edd" in env and "amqps://" in env
@@ -71,18 +71,22 @@ def changes(stack, config) -> dict:
 
 
 def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
-    stack, broker, (w1, w2) = fleet
+    """From one worker host to three and back: each added host gets its service account,
+    worker unit and repair twin (5 resources), each removed one loses them; nothing else moves."""
+    stack, broker, (w1, *more) = fleet
     base = json.loads(stack.stack.get_config("edd-infra:workers").value)
     hosts = json.loads(stack.stack.get_config("edd-infra:hosts").value)
-    grown_hosts = dict(hosts, **{w2.name: {"address": w2.address, "user": w2.user, "port": w2.port,
-                                          "hostKey": w2.host_key}})
-    grown = base + [dict(base[-1], name="edd-worker-3", host=w2.name)]
+    grown_hosts = dict(hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key}
+                                 for w in more})
+    grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(more, 3)]
     added = changes(stack, {"hosts": grown_hosts, "workers": grown})
-    # The new host's service account, worker unit and its repair twin; nothing else moves.
-    assert added == {"same": added.get("same"), "create": 5}, added
-    assert sh(w2, "systemctl is-active celery-edd-worker-3").strip() == "active"
+    assert added == {"same": added.get("same"), "create": 5 * len(more)}, added
+    for i, w in enumerate(more, 3):
+        assert sh(w, f"systemctl is-active celery-edd-worker-{i}").strip() == "active"
+    assert [send_task(broker, i, 1) for i in range(12)] == [str(i + 1) for i in range(12)]
     removed = changes(stack, {"hosts": hosts, "workers": base})
-    assert removed == {"same": removed.get("same"), "delete": 5}, removed
-    assert sandbox_hosts.run(w2, "systemctl cat celery-edd-worker-3", timeout=60).returncode != 0
-    assert sh(w2, "getent passwd celery || true").strip() == ""
+    assert removed == {"same": removed.get("same"), "delete": 5 * len(more)}, removed
+    for i, w in enumerate(more, 3):
+        assert sandbox_hosts.run(w, f"systemctl cat celery-edd-worker-{i}", timeout=60).returncode != 0
+        assert sh(w, "getent passwd celery || true").strip() == ""
     assert send_task(broker, 2, 2) == "4"
