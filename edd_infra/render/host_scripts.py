@@ -381,13 +381,20 @@ def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str]) 
 
 def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
                 node: str, attempts: int = 30) -> str:
-    """Wait until the worker answers `inspect ping`; the broker URL comes from its env file."""
-    ping = (
-        f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
-        f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect ping -d {q(node)}@\"$(hostname)\" --timeout 3) "
-        ">/dev/null 2>&1"
-    )
-    return retry(ping, attempts, f"worker {node} did not answer ping")
+    """Wait until the worker answers `inspect ping`; the broker URL comes from its env file.
+    Then ask it for its config: a worker whose app ignored the program's Celery config module
+    (see render.celery_config) runs without publisher confirms, and `up` says so."""
+    def celery(command: str) -> str:
+        return (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
+                f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect {command} -d {q(node)}@\"$(hostname)\" --timeout 5)")
+    confirms = ("import json, sys; conf = list(json.load(sys.stdin).values())[0]; "
+                "sys.exit(0 if (conf.get('broker_transport_options') or {}).get('confirm_publish') is True else 1)")
+    return "\n".join([
+        retry(f"{celery('ping')} >/dev/null 2>&1", attempts, f"worker {node} did not answer ping"),
+        f"{celery('conf --json')} 2>/dev/null | {q(virtualenv + '/bin/python')} -c {q(confirms)} || "
+        f"{{ echo \"worker {node} runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE "
+        f"or overrides broker_transport_options (README: Publisher confirms)\" >&2; exit 1; }}",
+    ])
 
 
 def http_ok(*, virtualenv: str, url: str, attempts: int = 30) -> str:

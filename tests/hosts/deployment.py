@@ -96,6 +96,17 @@ def deployment(host: sandbox_hosts.SandboxHost, work_dir: Path, prefix: str = "t
             print(f"\ndestroy of {stack.name} on {host.name} failed: {str(error)[-300:]}", file=sys.stderr)
 
 
+def print_figures(request, title: str, figures: dict[str, float]) -> None:
+    """One line of measured seconds on the terminal, past pytest's output capture (a report,
+    not an assertion: speed goals are checked by `make bench`)."""
+    if not figures:
+        return
+    line = f"{title} (s): " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + line, flush=True)
+
+
 def secret_forms(secrets: dict[str, str]) -> set[str]:
     """Every secret as it could show up: raw, percent-quoted, base64, JSON-escaped (twice, as
     in `stack export`), and with Go's escaping of & < >."""

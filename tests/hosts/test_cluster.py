@@ -15,22 +15,27 @@ import pytest
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import send_task
-from tests.hosts.deployment import Producer, deployment
+from tests.hosts.deployment import Producer, deployment, print_figures
 
 pytestmark = pytest.mark.hosts
 SEED, NODES, WORKER_HOSTS = "edd-cn1", ("edd-cn2", "edd-cn3"), ("edd-cw1", "edd-cw2")
 # worker name -> index of its host in (seed, *worker hosts), as sandbox.deploy names them
 WORKERS = {"edd-worker-1": 0, "edd-worker-2": 1, "edd-worker-3": 2}
+FIGURES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def cluster(plugins_ready, sandbox_hosts, tmp_path_factory):
+def cluster(plugins_ready, sandbox_hosts, tmp_path_factory, request):
     seed, *others = sandbox_hosts(SEED, *NODES, *WORKER_HOSTS)
     nodes, workers = others[:2], others[2:]
-    with deployment(seed, tmp_path_factory.mktemp("cluster"), prefix="cl", hardened=True,
-                    broker_nodes=tuple(nodes), worker_hosts=tuple(workers)) as d:
-        d.nodes, d.worker_hosts = nodes, workers
-        yield d
+    try:
+        with deployment(seed, tmp_path_factory.mktemp("cluster"), prefix="cl", hardened=True,
+                        broker_nodes=tuple(nodes), worker_hosts=tuple(workers)) as d:
+            d.nodes, d.worker_hosts = nodes, workers
+            FIGURES["fresh up, 3 nodes + 2 worker hosts"] = d.fresh_up_seconds
+            yield d
+    finally:
+        print_figures(request, "cluster", FIGURES)
 
 
 def sh(host, command: str, timeout: float = 180) -> str:
@@ -116,6 +121,7 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
             assert time.monotonic() < deadline, producer.output()[-2000:]
             time.sleep(0.5)
         sh(d.host, "systemctl stop rabbitmq-server", timeout=300)
+        stopped = time.monotonic()
         survivors = node_names(*d.nodes)
         assert running_nodes(d.nodes[0]) == survivors
         # While the node is down, the remote workers go on consuming through the other nodes.
@@ -123,14 +129,17 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
         deadline = time.monotonic() + 120
         while len(completed(d, producer.prefix)) <= before + 50:
             assert time.monotonic() < deadline, "no worker consumed while one node was down"
-            time.sleep(3)
+            time.sleep(1)
+        FIGURES["node stopped: 50 more tasks done after"] = time.monotonic() - stopped
         assert queue_members(d.nodes[0])[0] == "quorum"
         sh(d.host, "systemctl start rabbitmq-server", timeout=300)
+        started = time.monotonic()
         everyone = node_names(d.host, *d.nodes)
         deadline = time.monotonic() + 120
         while running_nodes(d.nodes[0]) != everyone:
             assert time.monotonic() < deadline, "the node did not rejoin"
-            time.sleep(2)
+            time.sleep(1)
+        FIGURES["node started: rejoined after"] = time.monotonic() - started
         producer.wait(600)
         ids = producer.ids()
         assert len(ids) == total
@@ -138,6 +147,8 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
         while not ids <= (done := completed(d, producer.prefix)):
             assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
             time.sleep(3)
+        FIGURES["node stop: all 1000 tasks done after"] = time.monotonic() - stopped
+        FIGURES["node stop: producer retries"] = producer.retries()
         assert sh(d.nodes[0], "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers"
                               " | awk '$1 == \"edd\" {print $2}'").strip() == "0"
     finally:

@@ -25,7 +25,7 @@ from edd_infra.workspace import ROOT
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, send_task
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (UNITS, WORKER_UNIT, Deployment, Producer, deployment, queue_stats,
+from tests.hosts.deployment import (UNITS, WORKER_UNIT, Deployment, Producer, deployment, print_figures, queue_stats,
                                     secret_forms, wait_all_completed)
 
 pytestmark = pytest.mark.hosts
@@ -41,11 +41,8 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
             RECOVERY["(fresh up, for scale)"] = d.fresh_up_seconds
             yield d
     finally:
-        if len(RECOVERY) > 1:  # on the terminal, past pytest's output capture
-            line = "fault recovery (s): " + ", ".join(f"{k} {v:.1f}" for k, v in RECOVERY.items())
-            capture = request.config.pluginmanager.get_plugin("capturemanager")
-            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-                print("\n" + line, flush=True)
+        if len(RECOVERY) > 1:
+            print_figures(request, "fault recovery", RECOVERY)
 
 
 # --- the host seen from this machine, without SSH -----------------------------------------

@@ -36,8 +36,8 @@ class Deployment:
         self.every_secret = dict(secrets)  # old values too, for the leak scan
         self.output: list[str] = []
 
-    def sh(self, command: str, check: bool = True) -> str:
-        result = sandbox_hosts.run(self.host, command, timeout=180)
+    def sh(self, command: str, check: bool = True, input: str | None = None) -> str:
+        result = sandbox_hosts.run(self.host, command, timeout=180, input=input)
         if check:
             assert result.returncode == 0, f"{command}: {result.stderr}"
         return result.stdout
@@ -392,6 +392,33 @@ def test_unhealthy_worker_fails_up_clearly_and_a_rerun_converges(deployed):
     result, _ = deployed.up()
     assert result.summary.result == "succeeded"
     assert send_task(deployed.host, 1, 1) == "2"
+
+
+NO_CONFIRMS_APP = """from edd import add, app  # noqa: F401 - the sandbox app, with its tasks
+app.conf.broker_transport_options = {}  # an app setting of its own wins over the config module
+"""
+
+
+def test_a_worker_app_that_turns_confirms_off_fails_up_clearly_and_a_fix_converges(deployed):
+    """A worker whose app drops the program's publisher confirms would lose refused publishes
+    silently: `up` refuses it, naming the worker; the host keeps the last good unit."""
+    from pulumi import automation as auto
+
+    deployed.sh("cat > /opt/edd-sandbox/app/edd_noconfirm.py", input=NO_CONFIRMS_APP)
+    workers = json.loads(deployed.stack.stack.get_config("edd-infra:workers").value)
+    try:
+        deployed.stack.set_plain({"workers": [dict(workers[0], app="edd_noconfirm"), *workers[1:]]})
+        with pytest.raises(auto.CommandError) as err:
+            deployed.up()
+        assert f"worker {WORKER} runs without publisher confirms" in str(err.value)
+        deployed.output.append(str(err.value))  # leak-scanned later
+        assert "-A edd worker" in deployed.sh(f"systemctl cat celery-{WORKER}")  # rolled back
+        assert send_task(deployed.host, 2, 5) == "7"
+    finally:
+        deployed.stack.set_plain({"workers": workers})
+        deployed.sh("rm -f /opt/edd-sandbox/app/edd_noconfirm.py")
+    result, _ = deployed.up()
+    assert result.summary.result == "succeeded"
 
 
 def management_status(d: Deployment, user: str, password: str) -> int:
