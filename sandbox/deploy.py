@@ -168,8 +168,15 @@ Sandbox deployed in {time.monotonic() - started:.0f} s.
   Management:  {outputs['managementEndpoint'].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
   EDD settings: /etc/edd-infra/edd-rabbitmq.json on the host; stack output eddSettings (secret)
   Host shell:  {shlex.join(host.ssh_command())}
-  Worker unit: systemctl status celery-{WORKER}   (on the host)
+  Worker unit: systemctl status celery-{WORKER}   (on the host){cluster_line(host, node_hosts)}
   Tear down:   make sandbox-down""")
+
+
+def cluster_line(host: sandbox_hosts.SandboxHost, nodes: list) -> str:
+    if not nodes:
+        return ""
+    names = ", ".join(f"rabbit@{h.address} ({h.name})" for h in (host, *nodes))
+    return f"\n  Cluster:     {names}; rabbitmqctl cluster_status on any of them"
 
 
 def down() -> None:

@@ -15,7 +15,7 @@ import pulumi
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import worker_argv
-from ..render.celery_config import celery_config_files
+from ..render.celery_config import celery_config_cache, celery_config_files
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
@@ -103,7 +103,8 @@ class CeleryWorkerService(pulumi.ComponentResource):
                 manager=manager, name=self.service_name,
                 definition=worker_definition(worker, manager, env_path), health=health,
             ),
-            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths]),
+            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths],
+                                               caches=[celery_config_cache(self.service_name)]),
             stdin=bundle,
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),

@@ -16,7 +16,7 @@ import pulumi
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import flower_argv
-from ..render.celery_config import celery_config_files
+from ..render.celery_config import celery_config_cache, celery_config_files
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
@@ -101,7 +101,8 @@ class FlowerService(pulumi.ComponentResource):
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
-            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths]),
+            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths],
+                                               caches=[celery_config_cache(service)]),
             stdin=pulumi.Output.all(broker_url, ui_password, signing_key).apply(files),
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),

@@ -55,6 +55,12 @@ def celery_config_path(service: str) -> str:
     return f"{CONFIG_DIR}/{service}/{CONFIG_MODULE}.py"
 
 
+def celery_config_cache(service: str) -> str:
+    """Where Python puts the module's bytecode when someone who may write there (root, running
+    a producer with the env file) imports it; removed with the service."""
+    return f"{CONFIG_DIR}/{service}/__pycache__"
+
+
 def celery_config_files(service: str, settings: Mapping[str, Any]) -> tuple[list[FileSpec], dict[str, str]]:
     """(the config module, environment entries that make Celery load it) for one service.
 

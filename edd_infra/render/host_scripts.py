@@ -174,9 +174,12 @@ def remove_files(paths: Sequence[str]) -> str:
     return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in dirs)} 2>/dev/null || true"
 
 
-def deactivate(manager: ServiceManager, name: str, paths: Sequence[str]) -> str:
-    """Stop, disable and remove a service and its files (the delete of `activate`)."""
+def deactivate(manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()) -> str:
+    """Stop, disable and remove a service and its files (the delete of `activate`), and the
+    `caches`: directories others fill in beside them (Python's __pycache__)."""
     files = remove_files([unit_path(manager, name), *paths])
+    if caches:
+        files = f"rm -rf {' '.join(q(c) for c in caches)}\n{files}"
     if manager == "systemd":
         return f"systemctl disable --now -q {q(name)} 2>/dev/null || true\n{files}\nsystemctl daemon-reload"
     return f"launchctl bootout system/{q(name)} 2>/dev/null || true\n{files}"
@@ -375,26 +378,38 @@ def secret_files_install() -> str:
     return script(READ_SECRET_FILES)
 
 
-def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str]) -> str:
-    return script(deactivate(manager, name, files))
+def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:
+    return script(deactivate(manager, name, files, caches))
+
+
+# Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.
+CONFIRMS_CHECK = """import json, sys
+try:
+    conf = list(json.load(sys.stdin).values())[0]
+except Exception:
+    sys.exit(2)
+sys.exit(0 if (conf.get("broker_transport_options") or {}).get("confirm_publish") is True else 1)"""
 
 
 def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
                 node: str, attempts: int = 30) -> str:
-    """Wait until the worker answers `inspect ping`; the broker URL comes from its env file.
-    Then ask it for its config: a worker whose app ignored the program's Celery config module
-    (see render.celery_config) runs without publisher confirms, and `up` says so."""
-    def celery(command: str) -> str:
-        return (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
-                f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect {command} -d {q(node)}@\"$(hostname)\" --timeout 5)")
-    confirms = ("import json, sys; conf = list(json.load(sys.stdin).values())[0]; "
-                "sys.exit(0 if (conf.get('broker_transport_options') or {}).get('confirm_publish') is True else 1)")
-    return "\n".join([
-        retry(f"{celery('ping')} >/dev/null 2>&1", attempts, f"worker {node} did not answer ping"),
-        f"{celery('conf --json')} 2>/dev/null | {q(virtualenv + '/bin/python')} -c {q(confirms)} || "
-        f"{{ echo \"worker {node} runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE "
-        f"or overrides broker_transport_options (README: Publisher confirms)\" >&2; exit 1; }}",
-    ])
+    """Wait until the worker answers through the broker (the broker URL comes from its env
+    file), asking for its config: a worker whose app ignored the program's Celery config
+    module (render.celery_config) runs without publisher confirms, and `up` says so. One
+    `inspect conf` serves as both the ping and the check; its reply (which holds the broker
+    URL) goes through a pipe, never into a file."""
+    inspect = (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
+               f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect conf --json -d {q(node)}@\"$(hostname)\" "
+               f"--timeout 5) 2>/dev/null")
+    return (
+        f"i=0\nwhile :; do\n"
+        f"  rc=0; {inspect} | {q(virtualenv + '/bin/python')} -c {q(CONFIRMS_CHECK)} || rc=$?\n"
+        f"  [ \"$rc\" -ne 2 ] && break\n"
+        f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "
+        f"exit 1; fi; sleep 2\ndone\n"
+        f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without publisher confirms: its app does not load "
+        f"CELERY_CONFIG_MODULE or overrides broker_transport_options (README: Publisher confirms)\" >&2; exit 1; }}"
+    )
 
 
 def http_ok(*, virtualenv: str, url: str, attempts: int = 30) -> str:

@@ -1,7 +1,9 @@
 """Host scripts run for real in a scratch directory: idempotent writes and the secret bundle."""
 
+import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -56,6 +58,20 @@ def test_service_scripts_mention_no_secret_and_undo_each_other():
     assert "rmdir /etc/systemd/system /etc/edd-infra 2>/dev/null || true" in remove
 
 
+def test_removing_a_service_removes_the_bytecode_python_left_beside_its_config_module(tmp_path):
+    """A producer run as root with the worker's env file compiles the config module into
+    __pycache__; the service's delete takes that away too, then the emptied directories."""
+    module_dir = tmp_path / "etc" / "edd-infra" / "celery" / "celery-w"
+    (module_dir / "__pycache__").mkdir(parents=True)
+    module = module_dir / "edd_infra_celeryconfig.py"
+    module.write_text("broker_transport_options = {'confirm_publish': True}\n")
+    (module_dir / "__pycache__" / "edd_infra_celeryconfig.cpython-311.pyc").write_bytes(b"\0")
+    text = host_scripts.deactivate("launchd", "org.celeryq.w", [str(module)], caches=[str(module_dir / "__pycache__")])
+    result = subprocess.run(["sh", "-c", text.replace("launchctl", "true")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "etc" / "edd-infra" / "celery").exists()
+
+
 def test_admin_script_takes_password_from_stdin_only():
     text = host_scripts.broker_admin(user="edd-infra-admin", start_timeout=60)
     assert "rabbitmqctl -q add_user edd-infra-admin >/dev/null" in text
@@ -83,3 +99,29 @@ def test_a_succeeding_script_leaves_no_backup(tmp_path):
     run(host_scripts.script(host_scripts.write_file(f)))
     run(host_scripts.script(host_scripts.write_file(FileSpec(f.path, "2\n", "0644", me, grp))))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and open(f.path).read() == "2\n"
+
+
+@pytest.mark.parametrize("reply, exit_code, message", [
+    ({"w1@h": {"broker_transport_options": {"confirm_publish": True}}}, 0, ""),
+    ({"w1@h": {}}, 1, "worker w1 runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE"),
+    ({"w1@h": {"broker_transport_options": {"visibility_timeout": 60}}}, 1, "worker w1 runs without publisher confirms"),
+    (None, 1, "worker w1 did not answer ping (inspect conf)"),
+])
+def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, exit_code, message):
+    """The health check of a worker unit, with `celery` and `runuser` stood in for: an answer
+    with confirms passes, one without fails naming the worker, no answer fails after retries."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    answer = json.dumps(reply) if reply is not None else ""
+    (bin_dir / "celery").write_text(f"#!/bin/sh\nprintf '%s' '{answer}'\n[ -n '{answer}' ]\n")
+    (bin_dir / "python").symlink_to(sys.executable)
+    (tmp_path / "runuser").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # runuser -u USER -- CMD...
+    for tool in (bin_dir / "celery", tmp_path / "runuser"):
+        tool.chmod(0o755)
+    (tmp_path / "worker.env").write_text("CELERY_BROKER_URL='amqp://u:p@h//edd'\n")
+    check = host_scripts.worker_ping(env_file=str(tmp_path / "worker.env"), user="celery",
+                                     working_directory=str(tmp_path), virtualenv=str(tmp_path / "venv"), app="edd",
+                                     node="w1", attempts=2)
+    result = subprocess.run(["sh", "-euc", check], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
+    assert result.returncode == exit_code and result.stderr.strip().startswith(message), result.stderr
