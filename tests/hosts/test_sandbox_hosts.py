@@ -18,7 +18,8 @@ pytestmark = pytest.mark.hosts
 PAIR = ("sbx-a", "sbx-b")
 VENV = "/opt/edd-sandbox/venv"
 APP = "/opt/edd-sandbox/app"
-WORKER = f"{VENV}/bin/celery -A edd worker -Q edd -n edd-worker-1@%h"
+# The bare app (no config module from the program): Celery's default queue, `celery`.
+WORKER = f"{VENV}/bin/celery -A edd worker -n edd-worker-1@%h"
 
 
 def sh(host: hosts.SandboxHost, command: str, timeout: float = 120) -> str:
