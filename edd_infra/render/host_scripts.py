@@ -392,7 +392,7 @@ sys.exit(0 if (conf.get("broker_transport_options") or {}).get("confirm_publish"
 
 
 def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
-                node: str, attempts: int = 30) -> str:
+                node: str, attempts: int = 60) -> str:
     """Wait until the worker answers through the broker (the broker URL comes from its env
     file), asking for its config: a worker whose app ignored the program's Celery config
     module (render.celery_config) runs without publisher confirms, and `up` says so. One
@@ -400,13 +400,14 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
     URL) goes through a pipe, never into a file."""
     inspect = (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
                f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect conf --json -d {q(node)}@\"$(hostname)\" "
-               f"--timeout 5) 2>/dev/null")
+               f"--timeout 2) 2>/dev/null")
     return (
         f"i=0\nwhile :; do\n"
         f"  rc=0; {inspect} | {q(virtualenv + '/bin/python')} -c {q(CONFIRMS_CHECK)} || rc=$?\n"
         f"  [ \"$rc\" -ne 2 ] && break\n"
         f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "
-        f"exit 1; fi; sleep 2\ndone\n"
+        # A started worker answers within milliseconds: ask often rather than wait long.
+        f"exit 1; fi; sleep 1\ndone\n"
         f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without publisher confirms: its app does not load "
         f"CELERY_CONFIG_MODULE or overrides broker_transport_options (README: Publisher confirms)\" >&2; exit 1; }}"
     )
