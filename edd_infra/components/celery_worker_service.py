@@ -1,9 +1,10 @@
 """CeleryWorkerService: one Celery worker as a systemd unit (or a launchd daemon).
 
 Creates `<name>-service`: the environment file with the broker URL (0640, root:<group>,
-sent on stdin), the Celery config module it names (publisher confirms, queue settings), with message signing the signing key, certificate and store too, the unit
-or plist, the service enabled at boot, restarted when any of its files changes, and a ping
-round trip through the broker before `up` calls it done.
+sent on stdin), the Celery config module it names (publisher confirms, queue settings), with
+message signing the signing key, certificate and store too, the unit or plist, the service
+enabled at boot, restarted when any of its files changes, and an `inspect conf` round trip
+through the broker (confirms on) before `up` calls it done.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Creates, through the management API (pulumi_rabbitmq):
   control objects a Celery monitor uses (least privilege, the seed's TODO); with profile
   `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
 - the app's queue and exchange (EDD's `edd`, fanout) and their binding, durable (a quorum
-  queue with `appQueue.queueType: quorum`, replicated on every cluster node) and protected: deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
+  queue with `appQueue.queueType: quorum`, replicated on every cluster node) and protected:
+  deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
 Passwords update in place; tags are kept.
 """
 

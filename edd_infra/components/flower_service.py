@@ -3,8 +3,8 @@
 Creates `<name>-service`: flowerconfig.py (address, basic auth, broker_api, persistent db)
 and an environment file with the Flower user's broker URL (Flower reads the management API
 with the same account), both 0640 root:<group>, and the Celery config module (publisher
-confirms for the tasks Flower's API sends), sent on stdin; the unit or plist; the service enabled, restarted when a file changes,
-and `/healthcheck` answering before `up` calls it done.
+confirms for the tasks Flower's API sends), sent on stdin; the unit or plist; the service
+enabled, restarted when a file changes, and `/healthcheck` answering before `up` calls it done.
 """
 
 from __future__ import annotations

@@ -114,8 +114,10 @@ class RabbitBroker(pulumi.ComponentResource):
         self._name, self._broker, self._host, self._drift = name, broker, host, drift
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
-        self._loopback_users, self._tls_pems, self._tls_key, self._cookie = loopback_users, tls_pems, tls_key, erlang_cookie
-        ready = [self._managed(name, broker, host, admin_password)] if broker.install == "managed" else []
+        self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
+        self._cookie = erlang_cookie
+        admin = self._managed(name, broker, host, admin_password) if broker.install == "managed" else None
+        ready = [admin] if admin else []
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
@@ -125,7 +127,7 @@ class RabbitBroker(pulumi.ComponentResource):
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
                                                  start_timeout=broker.start_timeout),
                 delete=host_scripts.cluster_leave(node=member.node_name),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, ready[0]], delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, admin], delete_before_replace=True),
             ))
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
