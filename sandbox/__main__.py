@@ -1,4 +1,4 @@
-"""CLI for the sandbox hosts.
+"""CLI for the sandbox hosts (Debian release: $SANDBOX_DEBIAN, 12, 13 or 14).
 
     python -m sandbox image          build (or reuse) the image, print its rootfs path
     python -m sandbox up NAME...     boot hosts (reusing running ones), print them as JSON

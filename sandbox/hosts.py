@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .image import cache_dir, client_key, ensure_image, file_lock, host_public_key, log, prune_images
+from .image import cache_dir, client_key, ensure_image, file_lock, host_public_key, log, prune_images, release
 
 SUBNET = "10.57"
 # "ve-" + name must fit in an interface name (15 characters) or nspawn hashes it.
@@ -97,9 +97,11 @@ def run(host: SandboxHost, command: str | list[str], input: str | None = None,
                           stdin=None if input is not None else subprocess.DEVNULL)
 
 
-def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
-    """Boot hosts ``names`` in parallel (reusing any already running and healthy); return them.
+def boot(names: list[str], timeout: float = BOOT_TIMEOUT, debian: int | None = None) -> list[SandboxHost]:
+    """Boot hosts ``names`` of Debian release ``debian`` in parallel (reusing any already running
+    and healthy on the same image); return them.
 
+    ``debian`` None means ``$SANDBOX_DEBIAN`` or the default (``image.release``).
     Builds the image first if needed. If any host fails to come up, the hosts this
     call started are stopped again and RuntimeError says why (with the nspawn log tail).
     """
@@ -108,7 +110,8 @@ def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
             raise ValueError(f"host name {name!r} must match {NAME_RE.pattern}")
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate host names in {names}")
-    rootfs = ensure_image()
+    rel = release(debian)
+    rootfs = ensure_image(rel.number)
     host_key = host_public_key(rootfs)
     with file_lock(_state_dir() / "hosts.lock"):
         state = _load_state()
@@ -128,7 +131,7 @@ def boot(names: list[str], timeout: float = BOOT_TIMEOUT) -> list[SandboxHost]:
         started = time.monotonic()
         indexes = _free_indexes(_load_state(), len(todo))
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
-            futures = {n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout)
+            futures = {n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout, rel.number)
                        for n, i in zip(todo, indexes)}
         errors = {n: f.exception() for n, f in futures.items() if f.exception()}
         if errors:
@@ -233,7 +236,7 @@ def memory_usage(host: SandboxHost) -> dict[str, int]:
 
 # --- one host ---------------------------------------------------------------------------
 
-def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float) -> dict:
+def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float, debian: int) -> dict:
     """Make the host's root and link config, start it; return its state entry."""
     run_dir = _run_dir(name)
     _unmount_root(name)  # left mounted by a process that died before stopping its host
@@ -250,7 +253,7 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
     entry = {"name": name, "address": address, "user": "root", "port": 22,
              "private_key_path": str(client_key()), "host_key": host_key, "pid": 0,
              "pid_start": None, "leader_pid": 0, "leader_start": None,
-             "index": index, "link": f"ve-{name}", "rootfs": str(rootfs), "root": None}
+             "index": index, "link": f"ve-{name}", "rootfs": str(rootfs), "root": None, "debian": debian}
     try:
         entry["root"] = str(_mount_root(name, rootfs))
         return _start(entry, time.monotonic() + timeout, "boot")
@@ -280,7 +283,7 @@ def _start(entry: dict, deadline: float, what: str) -> dict:
         out.flush()
         proc = subprocess.Popen(["/bin/sh", "-c", join + 'exec "$@"', "sh", *nspawn],  # exec: same PID
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **release(entry.get("debian", 12)).nspawn_env})
     _children[proc.pid] = proc
     entry.update(pid=proc.pid, pid_start=_start_time(proc.pid), leader_pid=0, leader_start=None)
     _record(name, entry)  # from now on `down` can stop it, even if this process dies

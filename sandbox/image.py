@@ -1,9 +1,11 @@
-"""The sandbox image: a cached Debian bookworm root filesystem that boots systemd.
+"""The sandbox image: a cached Debian root filesystem that boots systemd, one per release.
 
-``ensure_image()`` builds it once with debootstrap and returns the path of its
-rootfs; later calls return the cached one. The cache key covers everything that
-goes in (packages, Python requirements, the sandbox app, the client SSH key and
-a recipe version), so changing any of them builds a new image next to the old.
+``ensure_image(debian)`` builds it once with debootstrap and returns the path of its
+rootfs; later calls return the cached one. ``debian`` is 12 (bookworm, RabbitMQ 3.10),
+13 (trixie, RabbitMQ 4.0) or 14 (forky, testing: a canary); None means ``$SANDBOX_DEBIAN``,
+else ``DEFAULT_DEBIAN``. The cache key covers everything that goes in (release, packages,
+Python requirements, the sandbox app, the client SSH key and a recipe version), so
+changing any of them builds a new image next to the old.
 
 What the image holds, and why:
 - systemd as init, sshd, networkd: a host the Pulumi program reaches over SSH.
@@ -32,14 +34,50 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 # Bumped when the build steps change in a way the inputs below do not show.
 RECIPE_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A Debian release the sandbox can boot: its suite, its Python, and how to bootstrap it."""
+
+    number: int
+    suite: str
+    python: str                  # the release's python3, for the wheels downloaded on this machine
+    script: str | None = None    # debootstrap script when this machine's debootstrap lacks the suite's
+    security: bool = True        # has a <suite>-security suite
+    # forky's systemd refuses the legacy cgroup layout this machine's nspawn (252) offers it.
+    unified_cgroups: bool = False
+
+    @property
+    def nspawn_env(self) -> dict[str, str]:
+        """Environment systemd-nspawn needs to boot this release here."""
+        return {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"} if self.unified_cgroups else {}
+
+
+RELEASES = {
+    12: Release(12, "bookworm", "3.11"),
+    13: Release(13, "trixie", "3.13"),
+    14: Release(14, "forky", "3.14", script="sid", security=False, unified_cgroups=True),
+}
+DEFAULT_DEBIAN = 12
+
+
+def release(debian: int | str | None = None) -> Release:
+    """The release ``debian`` names (None: ``$SANDBOX_DEBIAN``, else the default); ValueError if unknown."""
+    chosen = debian if debian is not None else os.environ.get("SANDBOX_DEBIAN") or DEFAULT_DEBIAN
+    try:
+        return RELEASES[int(chosen)]
+    except (KeyError, ValueError):
+        raise ValueError(f"SANDBOX_DEBIAN={chosen}: allowed are {', '.join(map(str, RELEASES))}") from None
+
 
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "libnss-myhostname",
@@ -124,10 +162,11 @@ def _app_files() -> list[Path]:
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
-def image_key() -> str:
-    """Short sha256 of everything that goes into the image."""
+def image_key(debian: int | None = None) -> str:
+    """Short sha256 of everything that goes into the image of release ``debian``."""
     digest = hashlib.sha256()
-    for part in [RECIPE_VERSION, SUITE, *PACKAGES, "|", *OFFLINE_PACKAGES, "|", *PYTHON_REQUIREMENTS]:
+    rel = release(debian)
+    for part in [RECIPE_VERSION, rel.suite, rel.python, *PACKAGES, "|", *OFFLINE_PACKAGES, "|", *PYTHON_REQUIREMENTS]:
         digest.update(part.encode() + b"\0")
     for path in _app_files():
         digest.update(str(path.relative_to(APP_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -135,9 +174,9 @@ def image_key() -> str:
     return digest.hexdigest()[:12]
 
 
-def image_dir(key: str | None = None) -> Path:
+def image_dir(key: str | None = None, debian: int | None = None) -> Path:
     """``<cache>/images/<key>``: holds ``rootfs``, ``host_ed25519.pub`` and ``manifest.json``."""
-    return cache_dir() / "images" / (key or image_key())
+    return cache_dir() / "images" / (key or image_key(debian))
 
 
 def host_public_key(rootfs: Path) -> str:
@@ -146,8 +185,8 @@ def host_public_key(rootfs: Path) -> str:
     return f"{algo} {blob}"
 
 
-def ensure_image() -> Path:
-    """Return the rootfs of the current image, building it first if it is not cached.
+def ensure_image(debian: int | None = None) -> Path:
+    """Return the rootfs of release ``debian``'s current image, building it first if it is not cached.
 
     Safe to call from several processes at once: one builds under a lock, the
     others wait and reuse. A failed build leaves only ``<key>.failed.log``.
@@ -155,7 +194,8 @@ def ensure_image() -> Path:
     if os.geteuid() != 0:
         raise RuntimeError("not root (debootstrap and systemd-nspawn need root: run as root)")
     ensure_machine_tools()
-    key = image_key()
+    rel = release(debian)
+    key = image_key(rel.number)
     final = image_dir(key)
     if (final / "rootfs").is_dir():
         return final / "rootfs"
@@ -167,10 +207,10 @@ def ensure_image() -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=images))
         try:
             started = time.monotonic()
-            _build(work, key)
+            _build(work, key, rel)
             os.rename(work, final)
             (images / f"{key}.failed.log").unlink(missing_ok=True)
-            log(f"image {key} built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
+            log(f"image {key} (Debian {rel.number}, {rel.suite}) built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
         except BaseException as error:
             failed_log = images / f"{key}.failed.log"
             if (work / "build.log").exists():
@@ -184,15 +224,16 @@ def ensure_image() -> Path:
 
 
 def prune_images(keep: set[Path]) -> list[Path]:
-    """Delete cached images other than the current one and those in ``keep``; return them.
+    """Delete cached images other than each release's current one and those in ``keep``; return them.
 
     The caller makes sure no running host uses a deleted image (its overlay's lower layer).
     """
-    current = image_dir()
+    current = {image_dir(debian=number) for number in RELEASES}
+    images = cache_dir() / "images"
     removed = []
-    with file_lock(current.parent / ".build.lock"):
-        for old in current.parent.iterdir():
-            if old.is_dir() and not old.name.startswith(".") and old != current and old not in keep:
+    with file_lock(images / ".build.lock"):
+        for old in images.iterdir():
+            if old.is_dir() and not old.name.startswith(".") and old not in current and old not in keep:
                 _remove_tree(old)
                 removed.append(old)
     return removed
@@ -235,7 +276,7 @@ def _run(what: str, cmd: list[str], logfile: Path, **kwargs) -> None:
         raise RuntimeError(f"{what} exited {done.returncode}: {lines[-1] if lines else ''}\n" + "\n".join(lines[-15:]))
 
 
-def _build(work: Path, key: str) -> None:
+def _build(work: Path, key: str, rel: Release) -> None:
     """Make ``work/rootfs`` and its side files. ``work`` is renamed into place by the caller."""
     rootfs = work / "rootfs"
     buildlog = work / "build.log"
@@ -244,15 +285,16 @@ def _build(work: Path, key: str) -> None:
     with _phase("downloading wheels on this machine"):
         # The machine's pip has the registry access and CA setup; the chroot installs offline.
         _run("pip download", [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(wheels),
-              *PYTHON_REQUIREMENTS], buildlog)
+              *_wheel_target(rel.python), *PYTHON_REQUIREMENTS], buildlog)
 
-    with _phase(f"debootstrap {SUITE} ({len(PACKAGES)} packages)"):
+    with _phase(f"debootstrap {rel.suite} ({len(PACKAGES)} packages)"):
         # A private mount namespace: if debootstrap dies, its /proc and /sys mounts die with it.
         _run("debootstrap", ["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=minbase",
-              f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR], buildlog)
+              f"--include={','.join(PACKAGES)}", rel.suite, str(rootfs), MIRROR,
+              *([f"/usr/share/debootstrap/scripts/{rel.script}"] if rel.script else [])], buildlog)
 
     with _phase("configuring"):
-        _configure(rootfs)
+        _configure(rootfs, rel)
 
     with _phase(f"apt cache for offline {' '.join(OFFLINE_PACKAGES)}, venv with {' '.join(PYTHON_REQUIREMENTS)}"):
         script = f"""
@@ -268,7 +310,8 @@ def _build(work: Path, key: str) -> None:
             """
         # Not booted, network shared with the machine: apt reaches the registry from here.
         _run("apt-get/pip in the image", ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--pipe",
-              f"--bind-ro={wheels}:/wheels", "--resolv-conf=copy-host", "/bin/sh", "-c", script], buildlog)
+              f"--bind-ro={wheels}:/wheels", "--resolv-conf=copy-host", "/bin/sh", "-c", script], buildlog,
+             env={**os.environ, **rel.nspawn_env})
         (rootfs / "etc" / "resolv.conf").write_text("")  # hosts have no DNS server to ask
 
     with _phase("app, keys and manifest"):
@@ -281,13 +324,23 @@ def _build(work: Path, key: str) -> None:
         for package in OFFLINE_PACKAGES:
             if not any(name.startswith(f"{package}_") for name in archives):
                 raise RuntimeError(f"{package} .deb missing from the image's apt cache")
-        manifest = {"key": key, "suite": SUITE, "packages": PACKAGES, "offline_debs": archives,
+        manifest = {"key": key, "debian": rel.number, "suite": rel.suite, "packages": PACKAGES, "offline_debs": archives,
                     "python": PYTHON_REQUIREMENTS, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(work, 0o755)
 
 
-def _configure(rootfs: Path) -> None:
+def _wheel_target(python: str) -> list[str]:
+    """pip download options for the image's Python when it is not this machine's."""
+    if python == f"{sys.version_info.major}.{sys.version_info.minor}":
+        return []
+    abi = "cp" + python.replace(".", "")
+    return ["--python-version", python, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
+            "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
+            "--platform", "manylinux_2_28_x86_64", "--platform", "any"]
+
+
+def _configure(rootfs: Path, rel: Release) -> None:
     """Write the files that make a booted copy an SSH-reachable host named by nspawn."""
     etc = rootfs / "etc"
     # debootstrap copies the machine's /etc/hostname; without it `-M NAME` names the host.
@@ -296,9 +349,9 @@ def _configure(rootfs: Path) -> None:
     # Empty machine-id: every boot of a copy gets its own.
     (etc / "machine-id").write_text("")
     (etc / "apt/sources.list").write_text(
-        f"deb {MIRROR} {SUITE} main\n"
-        f"deb {MIRROR} {SUITE}-updates main\n"
-        f"deb {SECURITY_MIRROR} {SUITE}-security main\n")
+        f"deb {MIRROR} {rel.suite} main\n"
+        f"deb {MIRROR} {rel.suite}-updates main\n"
+        + (f"deb {SECURITY_MIRROR} {rel.suite}-security main\n" if rel.security else ""))
     (etc / "apt/apt.conf.d/90edd-sandbox").write_text(
         "// Keep the downloaded .debs: hosts install from them offline.\n"
         'APT::Keep-Downloaded-Packages "true";\n'

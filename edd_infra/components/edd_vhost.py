@@ -53,6 +53,25 @@ def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
                        rpc_results=rpc_results)
 
 
+def queue_arguments(queue: AppQueue) -> dict[str, str]:
+    """The app queue's declared arguments: its type, always named.
+
+    RabbitMQ 4 reports `x-queue-type` on every queue, so a classic queue declared without it
+    would differ from what the provider reads back, and the next `up` would replace it."""
+    return {"x-queue-type": queue.queue_type}
+
+
+def queue_ignore_changes(queue: AppQueue) -> list[str]:
+    """A classic queue keeps the arguments it was created with.
+
+    Stacks made before `x-queue-type` was declared (RabbitMQ 3.10 reports nothing for a
+    classic queue) hold no argument in their state: naming it now would replace their
+    protected queue. Ignoring the key reuses the previous inputs, whichever they were; a
+    new queue is still created with it. A quorum queue is compared as declared, so a change
+    of type shows as the replacement it is."""
+    return ['settings.arguments["x-queue-type"]'] if queue.queue_type == "classic" else []
+
+
 class EddVhost(pulumi.ComponentResource):
     """The vhost with its app and Flower users."""
 
@@ -107,11 +126,8 @@ class EddVhost(pulumi.ComponentResource):
             settings=rabbitmq.ExchangeSettingsArgs(type=queue.exchange_type, durable=True, auto_delete=False), opts=kept)
         created = rabbitmq.Queue(
             f"{name}-queue", name=queue.name, vhost=self.vhost.name,
-            settings=rabbitmq.QueueSettingsArgs(
-                durable=True, auto_delete=False,
-                # Only a quorum queue carries the argument: a classic one stays as the seed made it.
-                arguments={"x-queue-type": "quorum"} if queue.queue_type == "quorum" else None),
-            opts=kept)
+            settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False, arguments=queue_arguments(queue)),
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=queue_ignore_changes(queue))))
         rabbitmq.Binding(
             f"{name}-binding", source=exchange.name, destination=created.name, destination_type="queue",
             routing_key=queue.name, vhost=self.vhost.name,

@@ -29,11 +29,13 @@ from ..render.broker_urls import management_endpoint
 from ..render.host_scripts import FileSpec
 from ..render.rabbitmq_conf import (
     LOOPBACK,
+    RABBITMQ4_CONF_PATH,
     TlsListeners,
     epmd_socket_listen,
     render_enabled_plugins,
     render_epmd_environment,
     render_rabbitmq_conf,
+    render_rabbitmq4_conf,
     render_rabbitmq_env,
 )
 from ..render.systemd_units import environment_settings, render_dropin
@@ -172,13 +174,14 @@ class RabbitBroker(pulumi.ComponentResource):
         if self._cookie is not None:
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
-        removed = [f.path for f in files] + ([tls.key_path] if tls else [])
+        removed = [f.path for f in files] + [RABBITMQ4_CONF_PATH] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
         return host.run(
             name,
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
+                rabbitmq4_conf=FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf()),
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,

@@ -26,7 +26,8 @@ q = shlex.quote
 
 # `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1 and
 # journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore.
-# `on_rollback` is what restarts the service after a restore (set by `activate`).
+# `on_rollback` is what restarts the service after a restore (`activate` adds to it); it also
+# runs when a script that set `pending=1` (a package change) fails with no file to restore.
 # `manifest` (set by `with_manifest`): after a success, the digests and modes of every file
 # the script manages are recorded there, so a later `up` can tell which files were edited.
 # umask 022: apt and the directories made here must stay readable by service users;
@@ -43,6 +44,7 @@ fi
 changed=0
 journal=$(mktemp)
 on_rollback=:
+pending=0
 managed=$(mktemp)
 put() {
   echo "$5" >> "$managed"
@@ -63,7 +65,7 @@ finish() {
       rm -f "$path.edd-infra-old"
     fi
   done < "$journal"
-  if [ "$rc" -ne 0 ] && [ -s "$journal" ]; then echo "restored the previous files" >&2; eval "$on_rollback" || true; fi
+  if [ "$rc" -ne 0 ] && { [ -s "$journal" ] || [ "$pending" = 1 ]; }; then echo "rolled back to the previous files" >&2; eval "$on_rollback" || true; fi
   if [ "$rc" -eq 0 ] && [ -n "${manifest:-}" ] && [ -s "$managed" ]; then
     mkdir -p "$(dirname "$manifest")"; chmod 0700 "$(dirname "$manifest")"
     sort -u "$managed" | xargs sha256sum > "$manifest.sha256" || true
@@ -147,7 +149,7 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
     """Enable at boot, (re)start when a file changed or it is down, wait until active."""
     if manager == "systemd":
         return (
-            f"on_rollback='systemctl daemon-reload; systemctl restart {name}'\n"
+            f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl restart {name}\"\n"
             f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
             f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n"
             f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "
@@ -202,6 +204,16 @@ def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
 BROKER_ORDER = FileSpec("/etc/systemd/system/rabbitmq-server.service.d/edd-infra-order.conf",
                         "# Written by edd-infra.\n[Unit]\nAfter=epmd.service\n")
 
+# Over SSH there is no locale: rabbitmqctl 4.0 then stores a non-ASCII password read from
+# stdin mangled. C.UTF-8 is built into Debian's libc.
+BROKER_LOCALE = "export LC_ALL=C.UTF-8"
+
+
+def broker_script(*parts: str) -> str:
+    """`script` for a broker host: rabbitmqctl gets a UTF-8 locale."""
+    return script(BROKER_LOCALE, *parts)
+
+
 def wait_for_broker(timeout: int) -> str:
     # await_startup exits at once while the node is not yet registered with epmd: loop.
     return retry(
@@ -225,17 +237,47 @@ if ! cmp -s {STAGED_COOKIE} {ERLANG_COOKIE}; then
 fi"""
 
 
+# The version to run: the pinned one; unpinned, the one installed, else apt's candidate (lists
+# refreshed once). Unpinned never upgrades by itself: an upgrade is a packageVersion change.
+TARGET_VERSION = r"""candidate() { apt-cache policy rabbitmq-server 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
+installed=$(dpkg-query -W -f='${Status} ${Version}' rabbitmq-server 2>/dev/null | sed -n 's/^install ok installed //p')
+target=${wanted:-${installed:-$(candidate)}}
+if [ -z "$target" ] || [ "$target" = "(none)" ]; then apt-get update -q </dev/null >/dev/null; target=$(candidate); fi
+[ -n "$target" ] && [ "$target" != "(none)" ] || { echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; }"""
+
+# RabbitMQ supports an in-place upgrade to the next minor series only, with every feature
+# flag enabled first (docs: Upgrading RabbitMQ); never a downgrade.
+UPGRADE_PATH = r"""series() { echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'; }
+next_series() { series "$1" | { read -r major minor; case "$major.$minor" in 3.13) echo "4 0" ;; *) echo "$major $((minor + 1))" ;; esac; }; }
+if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
+  if dpkg --compare-versions "$target" lt "$installed"; then
+    echo "rabbitmq-server $installed -> $target is a downgrade: RabbitMQ cannot run on data of a newer version. Set broker.packageVersion back to $installed" >&2; exit 1
+  fi
+  if [ "$(series "$target")" != "$(series "$installed")" ] && [ "$(series "$target")" != "$(next_series "$installed")" ]; then
+    echo "rabbitmq-server $installed -> $target skips a release series: RabbitMQ upgrades one minor series at a time ($(series "$installed" | tr ' ' .) -> $(next_series "$installed" | tr ' ' .)), each with every feature flag enabled. Upgrade through each series in turn, or migrate to a new host (README: Upgrades)" >&2; exit 1
+  fi
+fi"""
+
+
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
-    erlang_cookie: bool = False,
+    erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None,
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
-    package offline-first, restart when anything changed, wait until it answers.
+    package offline-first, restart when anything changed, wait until it answers, enable
+    every feature flag (the next upgrade needs them) and hold the package (an unattended
+    upgrade never restarts the broker behind the program's back).
+
+    A version change is an upgrade: refused before anything changes unless RabbitMQ supports
+    it (UPGRADE_PATH), made with every feature flag enabled, and rolled back to the old
+    package, started again, if the new one does not install or start.
+
+    `rabbitmq4_conf` is written when the version installed is 4.0 or newer (its keys are
+    unknown to 3.x, which refuses to boot on them); an older one gets the same file empty.
 
     With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq; with
     `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
     the user) is made first, as the package would, so the node reads them at its first start."""
-    package = "rabbitmq-server" + (f"={package_version}" if package_version else "")
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
     mark_users = (f"mkdir -p {STATE_DIR}/created\n"
@@ -243,26 +285,44 @@ def broker_install(
                   f"touch {STATE_DIR}/created/package-user-$u; done")
     secrets = (mark_users + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
                + READ_SECRET_FILES + ("\n" + INSTALL_COOKIE if erlang_cookie else "")) if secret_files else ""
-    return script(
+    version_conf = ""
+    if rabbitmq4_conf:
+        empty = FileSpec(rabbitmq4_conf.path, "# Written by edd-infra: RabbitMQ 3.x takes none of these keys.\n")
+        version_conf = (f"if dpkg --compare-versions \"$target\" ge 4~; then\n{write_file(rabbitmq4_conf)}\n"
+                        f"else\n{write_file(empty)}\nfi")
+    install = "apt-get install -y -q --allow-change-held-packages --allow-downgrades \"rabbitmq-server=$1\" </dev/null"
+    return broker_script(
+        f"wanted={q(wanted)}",
+        TARGET_VERSION,
+        UPGRADE_PATH,
         *(write_file(f) for f in files),
+        version_conf,
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
         f"was=$changed\n{write_file(BROKER_ORDER)}\nchanged=$was",
         secrets,
-        f"have=$(dpkg-query -W -f='${{Status}} ${{Version}}' rabbitmq-server 2>/dev/null || true)\n"
-        f"case \"$have\" in \"install ok installed {wanted}\"*) ;; *)\n"
+        f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
+        f"if [ \"$installed\" != \"$target\" ]; then\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  {mark_users}\n"
+        f"  if [ -n \"$installed\" ] && systemctl is-active -q rabbitmq-server; then\n"
+        f"    rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo \"cannot enable every feature flag on $installed before the upgrade\" >&2; exit 1; }}\n"
+        # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
+        f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
+        f"  fi\n"
         # The package starts the node: epmd must already listen where the drop-ins say (a
         # rerun after a failed install finds epmd.socket running with the old binding).
         f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
         f"  systemctl restart epmd.socket 2>/dev/null || true\n"
-        f"  apt-get install -y -q {q(package)} </dev/null || {{ apt-get update -q </dev/null && apt-get install -y -q {q(package)} </dev/null; }}\n"
-        f"  changed=1 ;;\nesac",
+        f"  pending=1\n"
+        f"  install_version \"$target\"\n"
+        f"  changed=1\nfi\n"
+        "apt-mark hold rabbitmq-server >/dev/null",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
         "if [ \"$changed\" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; "
         "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
+        "rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null",
     )
 
 
@@ -271,7 +331,7 @@ def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
     takes a replica of every quorum queue. Only a node that is not yet a member is reset
     (its own data goes: the cluster's replaces it)."""
     member = f"rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null | grep -qF {q(repr(seed))}"
-    return script(
+    return broker_script(
         wait_for_broker(start_timeout),
         f"if ! {member}; then\n"
         f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
@@ -284,7 +344,7 @@ def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
 def cluster_leave(*, node: str) -> str:
     """The delete of `cluster_join`: hand this node's quorum replicas back, then leave the
     cluster (reset tells the other nodes); a stopped node is left as it is."""
-    return script(
+    return broker_script(
         "if systemctl is-active -q rabbitmq-server; then\n"
         f"  rabbitmq-queues -q shrink {q(node)} </dev/null >/dev/null || true\n"
         "  rabbitmqctl -q stop_app </dev/null && rabbitmqctl -q reset </dev/null && rabbitmqctl -q start_app </dev/null\nfi"
@@ -302,18 +362,26 @@ def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
         if purge_package
         else ""
     )
-    return script(deactivate("systemd", "rabbitmq-server", [*files, BROKER_ORDER.path]), purge)
+    # The hold is the program's: a host it no longer manages takes upgrades again.
+    unhold = "apt-mark unhold rabbitmq-server >/dev/null 2>&1 || true"
+    return broker_script(deactivate("systemd", "rabbitmq-server", [*files, BROKER_ORDER.path]), unhold, purge)
+
+
+def read_password(command: str, user: str) -> str:
+    """`rabbitmqctl add_user|change_password USER` with the password from stdin's first line.
+
+    Exactly two arguments, no `-q`: RabbitMQ 4's rabbitmqctl lets a command read stdin only
+    when its argument count says the password is not on argv (3.10 reads it either way)."""
+    return f"head -n 1 | rabbitmqctl {command} {q(user)} >/dev/null"
 
 
 def broker_admin(*, user: str, start_timeout: int) -> str:
     """Create or re-password the admin Pulumi uses (password: stdin's first line), tag it,
     drop guest. Lines after the first carry drift repair tokens and are ignored."""
     exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
-    return script(
+    return broker_script(
         wait_for_broker(start_timeout),
-        # add_user/change_password read the password from stdin when it is not on argv.
-        f"if {exists}; then head -n 1 | rabbitmqctl -q change_password {q(user)} >/dev/null; "
-        f"else head -n 1 | rabbitmqctl -q add_user {q(user)} >/dev/null; fi",
+        f"if {exists}; then {read_password('change_password', user)}; else {read_password('add_user', user)}; fi",
         f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
         "if rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF guest; then "
         "rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
@@ -322,14 +390,14 @@ def broker_admin(*, user: str, start_timeout: int) -> str:
 
 def password_restore(*, user: str, start_timeout: int) -> str:
     """Set a broker user's password back to stdin's first line (the user must exist)."""
-    return script(
+    return broker_script(
         wait_for_broker(start_timeout),
-        f"head -n 1 | rabbitmqctl -q change_password {q(user)} >/dev/null",
+        read_password("change_password", user),
     )
 
 
 def broker_admin_remove(*, user: str) -> str:
-    return script(
+    return broker_script(
         f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
         f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
     )

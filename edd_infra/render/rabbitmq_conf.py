@@ -74,9 +74,22 @@ def render_rabbitmq_conf(
         f"distribution.listener.interface = {node_address}",
     ]
     lines += [f"loopback_users.{user} = true" for user in loopback_users]
+    # Password mechanisms only (RabbitMQ 4 also offers ANONYMOUS, a login without one).
+    lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = AMQPLAIN"]
     if tls:
         lines += _tls_lines(tls, amqp_listeners, management_address)
     return "\n".join(lines) + "\n"
+
+
+RABBITMQ4_CONF_PATH = "/etc/rabbitmq/conf.d/20-edd-infra-rabbitmq4.conf"
+
+
+def render_rabbitmq4_conf() -> str:
+    """Settings only RabbitMQ 4.0+ knows (3.x refuses to boot on an unknown key): the
+    ANONYMOUS mechanism's user, so no login without a password exists even if a later
+    auth_mechanisms list brought the mechanism back."""
+    return ("# Written by edd-infra: RabbitMQ 4.0 and newer only.\n"
+            "anonymous_login_user = none\n")
 
 
 def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management",)) -> str:

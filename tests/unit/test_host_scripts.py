@@ -72,11 +72,63 @@ def test_removing_a_service_removes_the_bytecode_python_left_beside_its_config_m
     assert not (tmp_path / "etc" / "edd-infra" / "celery").exists()
 
 
-def test_admin_script_takes_password_from_stdin_only():
+# rabbitmqctl as RabbitMQ 4.0's wrapper behaves: add_user/change_password read stdin only with
+# exactly two arguments (a third looks like a password on argv); it records what it was given.
+FAKE_RABBITMQCTL = r"""#!/bin/sh
+log={log}
+case "$*" in
+  *list_users*) cat {log}.users 2>/dev/null; exit 0 ;;
+  *add_user*|*change_password*)
+    if [ "$#" -eq 2 ]; then read -r pw; else pw="<stdin not read>"; fi
+    printf '%s %s %s LC_ALL=%s\n' "$1" "$2" "$pw" "${{LC_ALL:-}}" >> "$log"; echo "$2" >> {log}.users ;;
+  *) echo "$*" >> "$log" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_admin_password_reaches_rabbitmqctl_on_stdin_under_rabbitmq_4s_argument_rules(tmp_path, existing):
+    log = tmp_path / "calls"
+    if existing:
+        (tmp_path / "calls.users").write_text("edd-infra-admin\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rabbitmqctl").write_text(FAKE_RABBITMQCTL.format(log=log))
+    (bin_dir / "rabbitmqctl").chmod(0o755)
     text = host_scripts.broker_admin(user="edd-infra-admin", start_timeout=60)
-    assert "rabbitmqctl -q add_user edd-infra-admin >/dev/null" in text
-    assert "rabbitmqctl -q change_password edd-infra-admin >/dev/null" in text
-    assert "delete_user guest" in text
+    password = "pässwörd ünïcode"
+    result = subprocess.run(["sh", "-c", text], input=password + "\nrepair-token\n", capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr
+    verb = "change_password" if existing else "add_user"
+    calls = log.read_text().splitlines()
+    assert f"{verb} edd-infra-admin {password} LC_ALL=C.UTF-8" in calls
+    assert "delete_user" not in " ".join(calls) or "guest" in " ".join(calls)
+    assert password not in text
+
+
+UPGRADES = [
+    # installed, target, refused with
+    ("3.10.8-1.1+deb12u1", "3.10.8-1.1+deb12u2", None),
+    ("3.10.8-1.1+deb12u1", "3.11.28-1", None),
+    ("3.13.7-1", "4.0.5-6+deb13u2", None),
+    ("4.0.5-6+deb13u2", "4.1.4-1", None),
+    ("3.10.8-1.1+deb12u1", "4.0.5-6+deb13u2", "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)"),
+    ("3.12.1-1", "3.13.7-1", None),
+    ("4.0.5-6+deb13u2", "4.3.6-1", "skips a release series: RabbitMQ upgrades one minor series at a time (4.0 -> 4.1)"),
+    ("4.0.5-6+deb13u2", "3.10.8-1.1+deb12u1", "is a downgrade"),
+    ("", "4.0.5-6+deb13u2", None),
+]
+
+
+@pytest.mark.parametrize("installed, target, refused", UPGRADES)
+def test_a_version_change_is_refused_unless_rabbitmq_supports_that_upgrade(installed, target, refused):
+    result = subprocess.run(["sh", "-euc", f"installed='{installed}'; target='{target}'\n{host_scripts.UPGRADE_PATH}"],
+                            capture_output=True, text=True)
+    if refused:
+        assert result.returncode == 1 and refused in result.stderr, result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
 
 
 def test_a_failing_script_puts_the_previous_files_back(tmp_path):
@@ -87,7 +139,7 @@ def test_a_failing_script_puts_the_previous_files_back(tmp_path):
     failing = host_scripts.script(host_scripts.write_file(new), host_scripts.write_file(fresh),
                                   f"on_rollback='echo rolled back > {tmp_path}/rb'", "false")
     result = run(failing)
-    assert result.returncode != 0 and "restored the previous files" in result.stderr
+    assert result.returncode != 0 and "rolled back to the previous files" in result.stderr
     assert open(old.path).read() == "good\n" and oct(os.stat(old.path).st_mode & 0o777) == "0o640"
     assert not os.path.exists(fresh.path)
     assert (tmp_path / "rb").read_text() == "rolled back\n"

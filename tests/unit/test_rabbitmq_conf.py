@@ -38,6 +38,9 @@ def test_seed_listeners_and_loopback_users():
         "distribution.listener.interface": "127.0.0.1",
         "loopback_users.guest": "true",
         "loopback_users.edd_user": "true",
+        # Password logins only: no ANONYMOUS mechanism (RabbitMQ 4 offers it by default).
+        "auth_mechanisms.1": "PLAIN",
+        "auth_mechanisms.2": "AMQPLAIN",
     }
 
 
