@@ -315,6 +315,13 @@ class AppQueue(Model):
     exchange_type: Literal["fanout", "direct", "topic"] = "fanout"
     # quorum: replicated on every broker node (needed by a cluster); classic: one node.
     queue_type: Literal["classic", "quorum"] = "classic"
+    # A task redelivered this many times (a worker died under it each time: a poison task)
+    # goes to the dead-letter queue instead of looping; RabbitMQ 4 would drop it after 20.
+    # Quorum queues count deliveries; classic queues have no such count.
+    delivery_limit: Annotated[int, Field(ge=1, le=10000)] = 20
+    # Exchange and queue (same type as the app queue, durable, protected) that keep what the
+    # app queue dead-letters: tasks past the delivery limit, or rejected without requeue.
+    dead_letter: QueueName = "edd.dead-letter"
     # Celery's naming settings the app uses (control_exchange, event_exchange,
     # event_queue_prefix): the least-privilege permissions are derived from them.
     control_exchange: QueueName = "celery"

@@ -127,7 +127,7 @@ def raw_broker() -> str:
 def raw_accounts() -> str:
     """The admin, the vhost, the app and Flower users and their permissions; passwords are the
     first three lines of stdin, piped from the shell's builtin printf (never an argv)."""
-    add = 'printf "%s\\n" "${pw}" | rabbitmqctl -q add_user {user} >/dev/null'
+    add = 'printf "%s\\n" "${pw}" | rabbitmqctl add_user {user} >/dev/null'
     perms = "rabbitmqctl -q set_permissions -p /edd {user} '.*' '.*' '.*'"
     return "\n".join([
         "set -e", "read -r admin; read -r app; read -r flower",

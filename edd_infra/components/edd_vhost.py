@@ -9,12 +9,16 @@ Creates, through the management API (pulumi_rabbitmq):
   `administrator`, the seed's `bunny` with `.*` on `/` and on the vhost.
 - the app's queue and exchange (EDD's `edd`, fanout) and their binding, durable (a quorum
   queue with `appQueue.queueType: quorum`, replicated on every cluster node) and protected:
-  deleting a queue loses its messages, so `destroy` needs `state unprotect` first.
+  deleting a queue loses its messages, so `destroy` needs `state unprotect` first;
+- a dead-letter exchange and queue (`edd.dead-letter`, kept the same way) and the policy
+  that sends a task there after `appQueue.deliveryLimit` deliveries, so a poison task is
+  kept for a person to look at, not redelivered forever or dropped.
 Passwords update in place; tags are kept.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import pulumi
@@ -51,6 +55,28 @@ def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
     return CeleryNames(queues=[queue.name], exchanges=[queue.exchange], control_exchange=queue.control_exchange,
                        event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
                        rpc_results=rpc_results)
+
+
+APP_QUEUE_POLICY = "edd-infra-app-queue"
+
+
+def app_queue_policy(queue: AppQueue) -> dict:
+    """The policy on the app queue: a task delivered `deliveryLimit` times goes to the
+    dead-letter exchange (quorum queues count; RabbitMQ 4 drops it there otherwise).
+
+    At-least-once dead-lettering (quorum) needs `overflow: reject-publish`; with no length
+    limit set, that never refuses a publish."""
+    return {
+        "pattern": f"^{re.escape(queue.name)}$",
+        "apply_to": "queues",
+        "priority": 0,
+        "definition": {
+            "delivery-limit": str(queue.delivery_limit),
+            "dead-letter-exchange": queue.dead_letter,
+            "dead-letter-strategy": "at-least-once",
+            "overflow": "reject-publish",
+        },
+    }
 
 
 def queue_arguments(queue: AppQueue) -> dict[str, str]:
@@ -132,4 +158,25 @@ class EddVhost(pulumi.ComponentResource):
             f"{name}-binding", source=exchange.name, destination=created.name, destination_type="queue",
             routing_key=queue.name, vhost=self.vhost.name,
             opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, created])))
+        self._dead_letter(name, queue, kept, after_vhost)
         return created
+
+    def _dead_letter(self, name: str, queue: AppQueue, kept: pulumi.ResourceOptions,
+                     after_vhost: pulumi.ResourceOptions) -> None:
+        """Where the app queue's poison tasks go (a fanout exchange and a queue, both kept), and
+        the policy that sends them there (see `app_queue_policy`)."""
+        exchange = rabbitmq.Exchange(
+            f"{name}-dead-letter-exchange", name=queue.dead_letter, vhost=self.vhost.name,
+            settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True, auto_delete=False), opts=kept)
+        parked = rabbitmq.Queue(
+            f"{name}-dead-letter-queue", name=queue.dead_letter, vhost=self.vhost.name,
+            settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False, arguments=queue_arguments(queue)),
+            opts=kept)
+        rabbitmq.Binding(
+            f"{name}-dead-letter-binding", source=exchange.name, destination=parked.name, destination_type="queue",
+            routing_key="", vhost=self.vhost.name,
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])))
+        rabbitmq.Policy(
+            f"{name}-app-queue-policy", name=APP_QUEUE_POLICY, vhost=self.vhost.name,
+            policy=rabbitmq.PolicyPolicyArgs(**app_queue_policy(queue)),
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])))

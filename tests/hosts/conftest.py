@@ -1,10 +1,14 @@
-"""Fixtures for the hosts tier: real Debian 12 hosts (systemd as PID 1) over SSH.
+"""Fixtures for the hosts tier: real Debian hosts (systemd as PID 1) over SSH.
 
 Mark a module ``pytestmark = pytest.mark.hosts`` and ask for hosts by name:
 
     def test_deploy(sandbox_hosts):
         broker, worker = sandbox_hosts("broker", "worker")   # SandboxHost objects
         result = sandbox.hosts.run(broker, "systemctl is-active rabbitmq-server")
+        (old,) = sandbox_hosts("old-broker", debian=12)      # another Debian release
+
+Hosts are of the default release (``$SANDBOX_DEBIAN``, else ``sandbox.image.DEFAULT_DEBIAN``)
+unless ``debian=`` names one; a name is one host, so give hosts of each release their own.
 
 ``sandbox_hosts`` boots each name once per session (in parallel within one call)
 and shuts them all down when the session ends, failed or not; ``throwaway_hosts``
@@ -39,8 +43,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "hosts: needs real sandbox hosts (root, systemd-nspawn, debootstrap)")
 
 
-def _missing() -> str | None:
-    """Why this machine cannot run sandbox hosts, with the fix; None if it can."""
+def _missing(debian: int | None = None) -> str | None:
+    """Why this machine cannot run sandbox hosts of release ``debian``, with the fix; None if it can."""
     if os.environ.get("EDD_INFRA_HOSTS") == "0":
         return "EDD_INFRA_HOSTS=0 (unset it to run them)"
     if os.geteuid() != 0:
@@ -50,7 +54,7 @@ def _missing() -> str | None:
     except RuntimeError as error:
         return str(error)
     try:
-        ensure_image()
+        ensure_image(debian)
     except Exception as error:  # noqa: BLE001 - any build failure means: no hosts here
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return f"image cannot be built: {first} (python -m sandbox image shows the whole log)"
@@ -75,13 +79,25 @@ def _real_name(name: str) -> str:
 
 
 def _factory(booted: dict):
-    def get(*names: str) -> list[sandbox_hosts_api.SandboxHost]:
+    def get(*names: str, debian: int | None = None) -> list[sandbox_hosts_api.SandboxHost]:
         new = [n for n in names if n not in booted]
         if new:
-            for name, host in zip(new, sandbox_hosts_api.boot([_real_name(n) for n in new])):
+            if debian is not None:
+                _require_release(debian)
+            for name, host in zip(new, sandbox_hosts_api.boot([_real_name(n) for n in new], debian=debian)):
                 booted[name] = host
         return [booted[n] for n in names]
     return get
+
+
+def _require_release(debian: int) -> None:
+    """Skip (or fail, as ``hosts_tier``) when release ``debian``'s image cannot be had."""
+    reason = _missing(debian)
+    if reason:
+        message = f"hosts tier skipped: Debian {debian}: {reason}"
+        if os.environ.get("EDD_INFRA_HOSTS") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

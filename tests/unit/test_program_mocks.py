@@ -99,6 +99,10 @@ def test_prod_graph_and_type_tokens(prod):
         ("rabbitmq:index/exchange:Exchange", "edd-exchange"),
         ("rabbitmq:index/queue:Queue", "edd-queue"),
         ("rabbitmq:index/binding:Binding", "edd-binding"),
+        ("rabbitmq:index/exchange:Exchange", "edd-dead-letter-exchange"),
+        ("rabbitmq:index/queue:Queue", "edd-dead-letter-queue"),
+        ("rabbitmq:index/binding:Binding", "edd-dead-letter-binding"),
+        ("rabbitmq:index/policy:Policy", "edd-app-queue-policy"),
         ("rabbitmq:index/user:User", "edd-app-user"),
         ("rabbitmq:index/permissions:Permissions", "edd-app-user-vhost-permissions"),
         ("rabbitmq:index/user:User", "edd-flower-user"),
@@ -474,3 +478,25 @@ def test_removing_a_cluster_node_removes_only_its_resources(tmp_path):
     two = {n for _, n, *_ in run(*cluster_config(tmp_path, nodes=("edd-node2",)))[1]}
     assert three - two == {"broker-node-edd-node3", "broker-node-edd-node3-repair", "broker-node-edd-node3-join"}
     assert two <= three
+
+
+def test_a_classic_app_queue_names_its_type_and_keeps_its_creation_arguments():
+    """RabbitMQ 4 reports `x-queue-type` on every queue: a new queue declares it, and a queue of
+    an older stack (created without it) is not replaced for it (the key reuses old inputs)."""
+    _, resources, loop = run(stack_config("prod"))
+    by_name = {n: (p, o) for _, n, p, o, _ in resources}
+    settings, opts = by_name["edd-queue"]
+    assert plain(loop, settings["settings"].arguments) == {"x-queue-type": "classic"}
+    assert opts.ignore_changes == ['settings.arguments["x-queue-type"]'] and opts.protect
+
+
+def test_poison_tasks_go_to_a_kept_dead_letter_queue_after_the_delivery_limit():
+    _, resources, loop = run(stack_config("prod"))
+    by_name = {n: (p, o) for _, n, p, o, _ in resources}
+    policy = plain(loop, by_name["edd-app-queue-policy"][0]["policy"])
+    assert policy.pattern == "^edd$" and policy.apply_to == "queues"
+    assert policy.definition == {"delivery-limit": "20", "dead-letter-exchange": "edd.dead-letter",
+                                 "dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+    queue, queue_opts = by_name["edd-dead-letter-queue"]
+    assert plain(loop, queue["name"]) == "edd.dead-letter" and queue_opts.protect
+    assert by_name["edd-dead-letter-exchange"][1].protect

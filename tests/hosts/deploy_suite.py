@@ -1,7 +1,10 @@
-"""End to end: one real `pulumi up` of the sandbox stack on a real systemd host, then
-assertions on the host (units, sockets, broker accounts, a task, Flower), not on Pulumi's view.
+"""The core suite, end to end: one real `pulumi up` of the sandbox stack on a real systemd
+host, then assertions on the host (units, sockets, broker accounts, a task, Flower), not on
+Pulumi's view.
 
-Tests run in file order against one deployment; the last one destroys it.
+Not collected itself: each `test_deploy_debian<N>.py` imports it with `DEBIAN = N`, so the
+same suite runs on every Debian release users install (and in parallel under xdist). Tests
+run in file order against one deployment; the last one destroys it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from tests.engine.conftest import PASSPHRASE
 from tests.hosts.deployment import amqp_login, secret_forms
 
 pytestmark = pytest.mark.hosts
-TIMINGS: dict[str, float] = {}
 
 
 class Deployment:
@@ -35,6 +37,7 @@ class Deployment:
         self.host, self.stack, self.secrets = host, stack, secrets
         self.every_secret = dict(secrets)  # old values too, for the leak scan
         self.output: list[str] = []
+        self.timings: dict[str, float] = {}
 
     def sh(self, command: str, check: bool = True, input: str | None = None) -> str:
         result = sandbox_hosts.run(self.host, command, timeout=180, input=input)
@@ -60,17 +63,19 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployed(plugins_ready, sandbox_hosts, tmp_path_factory):
-    (host,) = sandbox_hosts("edd-e2e")
+def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
+    debian = request.module.DEBIAN
+    (host,) = sandbox_hosts(f"edd-e2e{debian}", debian=debian)
     work = tmp_path_factory.mktemp("e2e")
     (work / "state").mkdir()
     stack = ProjectStack(f"e2e{uuid.uuid4().hex[:6]}", work, f"file://{work / 'state'}", PASSPHRASE)
     configure(stack, host, hardened=True)
     secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
     deployment = Deployment(host, stack, secrets)
+    deployment.debian = debian
     deployment.before = snapshot(deployment)
     result, seconds = deployment.up()
-    TIMINGS["fresh up"] = seconds
+    deployment.timings["fresh up"] = seconds
     assert result.summary.result == "succeeded"
     yield deployment
     try:
@@ -350,12 +355,12 @@ def test_flower_requires_auth_and_shows_the_edd_queue(deployed):
 def test_second_up_changes_nothing_and_preview_agrees(deployed):
     pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
     result, seconds = deployed.up()
-    TIMINGS["no-op up"] = seconds
+    deployed.timings["no-op up"] = seconds
     changes = result.summary.resource_changes
     assert set(changes) == {"same"}, changes
     started = time.monotonic()
     preview = deployed.stack.stack.preview(color="never")
-    TIMINGS["preview"] = time.monotonic() - started
+    deployed.timings["preview"] = time.monotonic() - started
     assert set(preview.change_summary) == {"same"}, preview.change_summary
     assert {u: deployed.main_pid(u) for u in pids} == pids  # nothing restarted
 
@@ -440,7 +445,7 @@ def test_rotating_every_secret_in_one_up(deployed):
     for key, value in new.items():
         deployed.stack.set_secret(key, value)
     result, seconds = deployed.up()
-    TIMINGS["rotation up"] = seconds
+    deployed.timings["rotation up"] = seconds
     changes = result.summary.resource_changes
     assert set(changes) <= {"same", "update"}, changes  # nothing replaced or deleted
     deployed.secrets.update(new)
@@ -518,7 +523,7 @@ def test_rotation_under_load_loses_no_task(deployed):
     gap = ready - stopping
     # A figure, not a pass/fail line: `make bench` reports it (goal < 5 s) on a quiet machine;
     # here the other hosts tests share the two cores.
-    TIMINGS["worker gap in rotation"] = gap
+    deployed.timings["worker gap in rotation"] = gap
     assert gap > 0, "the worker was not restarted by the rotation"
 
 
@@ -528,7 +533,7 @@ def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deploy
     log_lines_before = len(deployed.sh("cat /var/log/rabbitmq/*.log 2>/dev/null").splitlines())
     by_hand = "set by hand " + uuid.uuid4().hex
     for user in ("edd_user", "bunny", "edd-infra-admin"):
-        result = sandbox_hosts.run(deployed.host, f"rabbitmqctl -q change_password {user} >/dev/null",
+        result = sandbox_hosts.run(deployed.host, f"LC_ALL=C.UTF-8 rabbitmqctl change_password {user} >/dev/null",
                                    input=by_hand + "\n", timeout=60)
         assert result.returncode == 0, result.stderr
     deployed.sh("rabbitmqctl -q add_user guest guest >/dev/null && rabbitmqctl -q set_user_tags guest administrator")
@@ -648,4 +653,4 @@ def test_destroy_leaves_the_host_as_before(deployed):
     assert not leaked, f"{len(leaked)} secret form(s) in destroy output"
     assert deployed.sh("find /etc/edd-infra /etc/rabbitmq 2>/dev/null; true").strip() == ""
     assert snapshot(deployed) == deployed.before
-    print("\nsandbox timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
+    print(f"\nsandbox timings, Debian {deployed.debian} (s): " + ", ".join(f"{k} {v:.1f}" for k, v in deployed.timings.items()))
