@@ -67,7 +67,7 @@ RELEASES = {
     13: Release(13, "trixie", "3.13"),
     14: Release(14, "forky", "3.14", script="sid", security=False, unified_cgroups=True),
 }
-DEFAULT_DEBIAN = 12
+DEFAULT_DEBIAN = 13
 
 
 def release(debian: int | str | None = None) -> Release:

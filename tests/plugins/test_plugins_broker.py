@@ -114,3 +114,53 @@ def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
     assert "/edd" not in broker.ctl("list_vhosts", "-q", "--no-table-headers").stdout.split()
     assert not (out_dir / "worker.env").exists()
     stack.stack.workspace.remove_stack(stack.name)
+
+
+def ensure_admin(broker) -> None:
+    if ADMIN not in users(broker):
+        broker.ctl("add_user", ADMIN, stdin=ADMIN_PASSWORD + "\n")
+        broker.ctl("set_user_tags", ADMIN, "administrator")
+
+
+def test_an_older_stacks_queue_is_kept_and_a_rejected_task_is_dead_lettered(local_broker, tmp_path, monkeypatch):
+    """A stack whose `edd` queue was created before its type was declared (as every stack made
+    on RabbitMQ 3.10 before this change) sees no change to the protected queue; a task
+    rejected without requeue lands in the kept dead-letter queue, not nowhere."""
+    from edd_infra.components import edd_vhost
+    broker = local_broker
+    ensure_admin(broker)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    stack = ProjectStack(f"q{uuid.uuid4().hex[:8]}", tmp_path, f"file://{tmp_path}", PASSPHRASE,
+                         program=program_for(broker, out_dir), project="edd-infra-plugins-test")
+    for key, value in {"adminPassword": ADMIN_PASSWORD, "appPassword": HOSTILE, "flowerPassword": "fl0wer pw"}.items():
+        stack.set_secret(key, value)
+    with monkeypatch.context() as old_program:  # the program before: no type, no dead-letter objects
+        old_program.setattr(edd_vhost, "queue_arguments", lambda queue: None)
+        old_program.setattr(edd_vhost.EddVhost, "_dead_letter", lambda *args: None)
+        assert stack.stack.up().summary.result == "succeeded"
+    preview = stack.stack.preview(diff=True)
+    # The dead-letter exchange, queue, binding and policy are new; nothing is replaced.
+    assert preview.change_summary == {"same": preview.change_summary["same"], "create": 4}, preview.stdout
+    assert stack.stack.up().summary.result == "succeeded"
+
+    with Connection(amqp_url("edd_user", HOSTILE, "127.0.0.1", broker.amqp_port, "/edd"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.basic_publish(__import__("amqp").Message("poison"), exchange="edd", routing_key="edd")
+        for _ in range(50):
+            message = channel.basic_get("edd", no_ack=False)
+            if message:
+                break
+            __import__("time").sleep(0.1)
+        assert message is not None
+        channel.basic_reject(message.delivery_tag, requeue=False)
+    for _ in range(50):
+        depth = broker.ctl("list_queues", "-p", "/edd", "-q", "name", "messages", "--no-table-headers").stdout
+        if "edd.dead-letter\t1" in depth:
+            break
+        __import__("time").sleep(0.1)
+    assert "edd.dead-letter\t1" in depth and "edd\t0" in depth
+
+    stack.cli_run("state", "unprotect", "--all", "--yes")
+    stack.stack.destroy()
+    stack.stack.workspace.remove_stack(stack.name)

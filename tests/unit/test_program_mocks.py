@@ -461,6 +461,9 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
     assert {"broker-admin", "broker-node-edd-node2-join", "broker-node-edd-node3-join"} <= provider_deps
     queue = by_name["edd-queue"][0]["settings"]
     assert plain(loop, queue.arguments) == {"x-queue-type": "quorum"}
+    assert plain(loop, by_name["edd-app-queue-policy"][0]["policy"]).definition == {
+        "dead-letter-exchange": "edd.dead-letter", "delivery-limit": "20", "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish"}
     # Every worker, on the broker host too, fails over between all three nodes over TLS.
     env = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))["/etc/edd-infra/celery-edd-worker-1.env"][3]
     url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL="))
@@ -495,8 +498,8 @@ def test_poison_tasks_go_to_a_kept_dead_letter_queue_after_the_delivery_limit():
     by_name = {n: (p, o) for _, n, p, o, _ in resources}
     policy = plain(loop, by_name["edd-app-queue-policy"][0]["policy"])
     assert policy.pattern == "^edd$" and policy.apply_to == "queues"
-    assert policy.definition == {"delivery-limit": "20", "dead-letter-exchange": "edd.dead-letter",
-                                 "dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+    # Classic: a key of quorum queues only (delivery-limit) would void the whole policy.
+    assert policy.definition == {"dead-letter-exchange": "edd.dead-letter"}
     queue, queue_opts = by_name["edd-dead-letter-queue"]
     assert plain(loop, queue["name"]) == "edd.dead-letter" and queue_opts.protect
     assert by_name["edd-dead-letter-exchange"][1].protect
