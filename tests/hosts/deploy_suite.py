@@ -352,6 +352,39 @@ def test_flower_requires_auth_and_shows_the_edd_queue(deployed):
     assert status == 200 and ">edd<" in page.replace(" ", "")
 
 
+ANONYMOUS_LOGIN = """import amqp, sys
+from amqp.sasl import RAW
+try:
+    amqp.Connection("127.0.0.1:5672", authentication=(RAW(b"ANONYMOUS", b""),), virtual_host="/edd", connect_timeout=5).connect()
+except Exception as error:
+    print(type(error).__name__, error)
+    sys.exit(1)
+"""
+# What Celery 5.7 itself still uses that RabbitMQ 4 deprecates (README: Support matrix says
+# why and what breaks when RabbitMQ turns each off).
+KNOWN_DEPRECATED = {"transient_nonexcl_queues", "global_qos"}
+
+
+def test_broker_is_held_has_every_feature_flag_and_no_login_without_a_password(deployed):
+    """The next upgrade needs every stable feature flag; unattended upgrades must not move the
+    held package; no login without a password (RabbitMQ 4 offers ANONYMOUS by default)."""
+    assert "rabbitmq-server" in deployed.sh("apt-mark showhold").split()
+    flags = deployed.sh("rabbitmqctl -q list_feature_flags name state stability --no-table-headers").splitlines()
+    assert flags and not [f for f in flags if f.split()[1] != "enabled" and "experimental" not in f], flags
+    anonymous = sandbox_hosts.run(deployed.host, ["/opt/edd-sandbox/venv/bin/python", "-c", ANONYMOUS_LOGIN], timeout=60)
+    assert anonymous.returncode == 1, anonymous.stdout + anonymous.stderr
+    if deployed.debian >= 13:
+        assert "anonymous_login_user = none" in deployed.sh("cat /etc/rabbitmq/conf.d/20-edd-infra-rabbitmq4.conf")
+
+
+def test_no_deprecated_feature_in_use_but_those_readme_names(deployed):
+    if deployed.debian < 13:
+        pytest.skip("RabbitMQ 3.10 has no deprecated-feature registry (rabbitmq-diagnostics list_deprecated_features)")
+    used = deployed.sh("rabbitmq-diagnostics -q list_deprecated_features --used --no-table-headers name").split()
+    print(f"\ndeprecated features in use on Debian {deployed.debian}: {used}")
+    assert set(used) <= KNOWN_DEPRECATED, used
+
+
 def test_second_up_changes_nothing_and_preview_agrees(deployed):
     pids = {u: deployed.main_pid(u) for u in ("rabbitmq-server", f"celery-{WORKER}", "flower")}
     result, seconds = deployed.up()
