@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
 
+from .render.apt_source import looks_like_public_key
 from .render.result_backend import result_backend_problems
 from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
 
@@ -253,9 +254,32 @@ def _certificate_problems(key: str, name: str, root: Path) -> list[str]:
     return []
 
 
-def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path) -> list[str]:
-    """broker.tls and celerySigning need their secret keys and readable PEM certificates."""
+def _apt_source_problems(settings: StackSettings, root: Path) -> list[str]:
+    source = settings.broker.apt_source
+    if source is None:
+        return []
     problems = []
+    if settings.broker.package_version is None:
+        problems.append(f"{PROJECT}:broker.packageVersion: required with broker.aptSource (the version it pins, "
+                        "e.g. from `apt-cache policy rabbitmq-server` on a host with the source)")
+    if settings.broker.install != "managed":
+        problems.append(f"{PROJECT}:broker.aptSource: only for install: managed")
+    path = root / source.key_file
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        return problems + [f"{PROJECT}:broker.aptSource.keyFile: cannot read {str(path)!r} ({type(err).__name__}); "
+                           "the repository's ASCII-armored public key, relative to the project directory or absolute"]
+    if not looks_like_public_key(text):
+        problems.append(f"{PROJECT}:broker.aptSource.keyFile: {str(path)!r} holds no ASCII-armored public key "
+                        "(-----BEGIN PGP PUBLIC KEY BLOCK-----; `gpg --armor --export` makes one)")
+    return problems
+
+
+def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path) -> list[str]:
+    """broker.tls and celerySigning need their secret keys and readable PEM certificates;
+    broker.aptSource its key file and a version to pin."""
+    problems = _apt_source_problems(settings, root)
     tls = settings.broker.tls
     if tls is not None:
         if not secrets.get("brokerTlsKey"):

@@ -142,6 +142,20 @@ class CelerySigning(Model):
     cert_file: LocalPath
 
 
+AptWord = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,63}$")]
+
+
+class AptSource(Model):
+    """An apt repository RabbitMQ comes from instead of Debian's (RabbitMQ's own, or a mirror
+    of it), as the guide says: the up-to-date version, pinned. Installed with `signed-by` the
+    repository's public key (`keyFile`: ASCII-armored, beside Pulumi.yaml or absolute)."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s'\"]+$"), AfterValidator(_http_url)]
+    suite: AptWord
+    component: AptWord = "main"
+    key_file: LocalPath
+
+
 class ClusterNode(Model):
     """One more RabbitMQ node, on its own host, that joins the broker's cluster.
 
@@ -161,8 +175,11 @@ class Broker(Model):
     # external: RabbitMQ is run by someone else (e.g. `brew services` on a Mac); the program
     # only manages vhost, users and permissions through the management API as adminUser.
     install: Literal["managed", "external"] = "managed"
-    # apt version pin, e.g. "3.10.8-1.1+deb12u2"; None installs the distribution's.
+    # apt version, e.g. "4.0.5-6+deb13u2", held; None keeps the installed one (a fresh host
+    # gets apt's candidate). A change is an upgrade, checked against RabbitMQ's upgrade path.
     package_version: Optional[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.+:~-]+$")]] = None
+    # Where the package comes from besides Debian; needs package_version (the pin).
+    apt_source: Optional[AptSource] = None
     amqp_port: Port = 5672
     amqp_listeners: list[IPAddress] = Field(default_factory=lambda: ["127.0.0.1", "::1"], min_length=1)
     management_port: Port = 15672

@@ -54,7 +54,7 @@ def _unknown_keys() -> list[str]:
 
 
 def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
-    """File names in the config (broker.tls, celerySigning) resolved against the project directory."""
+    """File names in the config (broker.tls, celerySigning, broker.aptSource) resolved against the project directory."""
     def resolve(name: str) -> str:
         return str((project_dir / name).resolve())
 
@@ -65,6 +65,9 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
     if settings.celery_signing is not None:
         signing = settings.celery_signing.model_copy(update={"cert_file": resolve(settings.celery_signing.cert_file)})
         settings = settings.model_copy(update={"celery_signing": signing})
+    if settings.broker.apt_source is not None:
+        source = settings.broker.apt_source.model_copy(update={"key_file": resolve(settings.broker.apt_source.key_file)})
+        settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"apt_source": source})})
     return settings
 
 

@@ -25,6 +25,7 @@ import pulumi_rabbitmq as rabbitmq
 from ..broker_drift import NOT_CHECKED, BrokerDrift
 from ..hosts import DRAIN_STDIN, HostTarget
 from ..render import host_scripts
+from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
 from ..render.broker_urls import management_endpoint
 from ..render.host_scripts import FileSpec
 from ..render.rabbitmq_conf import (
@@ -73,6 +74,18 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         FileSpec(DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))),
         FileSpec(EPMD_DROPIN_PATH, render_dropin("Socket", epmd_socket_listen(broker.node_address))),
     ]
+
+
+def apt_files(broker: Broker) -> list[FileSpec]:
+    """With `broker.aptSource`: its key, the source and the pin (render.apt_source)."""
+    source = broker.apt_source
+    if source is None:
+        return []
+    with open(source.key_file) as key:
+        armored = key.read()
+    return [FileSpec(KEYRING_PATH, armored),
+            FileSpec(SOURCES_PATH, render_apt_sources(source.url, source.suite, source.component)),
+            FileSpec(PREFERENCES_PATH, render_apt_preferences(source.url, broker.package_version or ""))]
 
 
 def api_endpoint(broker: Broker) -> str:
@@ -174,14 +187,15 @@ class RabbitBroker(pulumi.ComponentResource):
         if self._cookie is not None:
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
-        removed = [f.path for f in files] + [RABBITMQ4_CONF_PATH] + ([tls.key_path] if tls else [])
+        sources = apt_files(broker)
+        removed = [f.path for f in files + sources] + [RABBITMQ4_CONF_PATH] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
         return host.run(
             name,
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
-                rabbitmq4_conf=FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf()),
+                rabbitmq4_conf=FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf()), apt_files=sources,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,

@@ -261,7 +261,7 @@ fi"""
 
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
-    erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None,
+    erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -271,6 +271,9 @@ def broker_install(
     A version change is an upgrade: refused before anything changes unless RabbitMQ supports
     it (UPGRADE_PATH), made with every feature flag enabled, and rolled back to the old
     package, started again, if the new one does not install or start.
+
+    `apt_files` (render.apt_source: key, source, pin) go first; when they change, apt refreshes
+    that source's lists only (the host may not reach the others).
 
     `rabbitmq4_conf` is written when the version installed is 4.0 or newer (its keys are
     unknown to 3.x, which refuses to boot on them); an older one gets the same file empty.
@@ -291,8 +294,15 @@ def broker_install(
         version_conf = (f"if dpkg --compare-versions \"$target\" ge 4~; then\n{write_file(rabbitmq4_conf)}\n"
                         f"else\n{write_file(empty)}\nfi")
     install = "apt-get install -y -q --allow-change-held-packages --allow-downgrades \"rabbitmq-server=$1\" </dev/null"
+    refresh = ""
+    if apt_files:
+        sources = next(f.path for f in apt_files if f.path.endswith(".sources"))
+        refresh = (f"was=$changed; changed=0\n" + "\n".join(write_file(f) for f in apt_files) + "\n"
+                   f"if [ \"$changed\" = 1 ]; then apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
+                   f"-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null; fi\nchanged=$was")
     return broker_script(
         f"wanted={q(wanted)}",
+        refresh,
         TARGET_VERSION,
         UPGRADE_PATH,
         *(write_file(f) for f in files),

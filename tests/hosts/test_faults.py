@@ -74,7 +74,8 @@ def cut_ssh(host: sandbox_hosts.SandboxHost) -> list[int]:
     drop, new ones are refused. Returns the PIDs killed."""
     stopped = inside(host, "systemctl stop ssh.service")
     assert stopped.returncode == 0, stopped.stderr
-    sessions = [pid for pid, comm, _ in host_processes(host) if comm == "sshd"]
+    # OpenSSH 9.8+ (Debian 13) serves each session from an `sshd-session` process.
+    sessions = [pid for pid, comm, _ in host_processes(host) if comm in ("sshd", "sshd-session", "sshd-auth")]
     for pid in sessions:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

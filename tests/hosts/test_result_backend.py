@@ -1,6 +1,6 @@
 """Celery's PostgreSQL result backend, end to end on a real sandbox host (issue 10).
 
-Debian's PostgreSQL 15 is installed on the host from the image's offline apt cache, a role
+Debian's PostgreSQL (15 on Debian 12, 17 on 13) is installed on the host from the image's offline apt cache, a role
 `celery` gets a password with every printable ASCII character (quotes, `%`, `@`, `:`, `/`,
 space, backslash), and the database `edd_results` (owned by postgres) gets Celery's tables,
 made by the owner, plus exactly the grants `result_backend_grants` prints. Then a hardened
@@ -67,7 +67,7 @@ def psql(host, sql: str, database: str = "postgres") -> str:
 
 def install_postgresql(host) -> None:
     """Debian's postgresql from the image's apt cache (the host has no route to a registry),
-    as broker_install installs rabbitmq-server; the package starts cluster 15/main."""
+    as broker_install installs rabbitmq-server; the package starts cluster <version>/main."""
     sh(host, "export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q postgresql </dev/null", timeout=600)
     sh(host, "for i in $(seq 60); do pg_isready -q -h /var/run/postgresql && exit 0; sleep 1; done; "
              "pg_lsclusters; exit 1", timeout=120)
@@ -126,7 +126,8 @@ def deployed(request, plugins_ready, sandbox_hosts, tmp_path_factory):
 
 def test_postgresql_runs_from_the_offline_cache_with_least_privilege(deployed):
     host = deployed["host"]
-    assert sh(host, "systemctl is-active postgresql@15-main").strip() == "active"
+    (version,) = sh(host, "ls /etc/postgresql").split()  # the release's one PostgreSQL
+    assert sh(host, f"systemctl is-active postgresql@{version}-main").strip() == "active"
     # Tables owned by postgres; the role may use rows and sequences, may not create anything.
     checks = psql(host, f"""
         SELECT string_agg(tableowner, ',' ORDER BY tablename) FROM pg_tables
