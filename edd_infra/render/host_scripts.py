@@ -302,9 +302,9 @@ def broker_install(
                    f"-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null; fi\nchanged=$was")
     return broker_script(
         f"wanted={q(wanted)}",
-        refresh,
         TARGET_VERSION,
         UPGRADE_PATH,
+        refresh,
         *(write_file(f) for f in files),
         version_conf,
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
