@@ -240,7 +240,8 @@ fi"""
 # The version to run: the pinned one; unpinned, the one installed, else apt's candidate (lists
 # refreshed once). Unpinned never upgrades by itself: an upgrade is a packageVersion change.
 TARGET_VERSION = r"""candidate() { apt-cache policy rabbitmq-server 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
-installed=$(dpkg-query -W -f='${Status} ${Version}' rabbitmq-server 2>/dev/null | sed -n 's/^install ok installed //p')
+# "hold ok installed" once held: any wanted state, but installed.
+installed=$(dpkg-query -W -f='${Status} ${Version}' rabbitmq-server 2>/dev/null | sed -n 's/^[a-z]* ok installed //p')
 target=${wanted:-${installed:-$(candidate)}}
 if [ -z "$target" ] || [ "$target" = "(none)" ]; then apt-get update -q </dev/null >/dev/null; target=$(candidate); fi
 [ -n "$target" ] && [ "$target" != "(none)" ] || { echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; }"""
@@ -314,8 +315,10 @@ def broker_install(
         f"if [ \"$installed\" != \"$target\" ]; then\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  {mark_users}\n"
-        f"  if [ -n \"$installed\" ] && systemctl is-active -q rabbitmq-server; then\n"
-        f"    rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo \"cannot enable every feature flag on $installed before the upgrade\" >&2; exit 1; }}\n"
+        f"  if [ -n \"$installed\" ]; then\n"
+        f"    if systemctl is-active -q rabbitmq-server; then\n"
+        f"      rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo \"cannot enable every feature flag on $installed before the upgrade\" >&2; exit 1; }}\n"
+        f"    fi\n"
         # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
         f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
         f"  fi\n"

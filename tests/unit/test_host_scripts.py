@@ -177,3 +177,54 @@ def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, 
     result = subprocess.run(["sh", "-euc", check], capture_output=True, text=True,
                             env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
     assert result.returncode == exit_code and result.stderr.strip().startswith(message), result.stderr
+
+
+# Stand-ins for the broker host's package and service tools: dpkg-query reports the state in
+# `installed`, apt-get "installs" any version but the broken one, every call is logged.
+FAKE_TOOLS = {
+    "dpkg-query": 'cat "$FAKE/installed" 2>/dev/null || true',
+    "apt-cache": 'echo "  Candidate: 4.0.5-1"',
+    "apt-get": 'echo "apt-get $*" >> "$FAKE/calls"\n'
+               'case "$*" in *"rabbitmq-server=$FAKE_BROKEN"*) exit 100 ;; *rabbitmq-server=*) '
+               'v=${*##*rabbitmq-server=}; echo "hold ok installed ${v%% *}" > "$FAKE/installed" ;; esac',
+    "apt-mark": "exit 0",
+    "systemctl": 'echo "systemctl $*" >> "$FAKE/calls"',
+    "rabbitmqctl": 'echo "rabbitmqctl $*" >> "$FAKE/calls"',
+}
+
+BROKER_CASES = [
+    # before (dpkg status), packageVersion, broken build, exit code, installed after, calls that must appear
+    ("", None, "", 0, "4.0.5-1", ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"]),
+    ("hold ok installed 4.0.5-1", None, "", 0, "4.0.5-1", ["rabbitmqctl -q enable_feature_flag all"]),
+    ("hold ok installed 4.0.5-1", "4.0.5-2", "", 0, "4.0.5-2", ["rabbitmqctl -q enable_feature_flag all",
+                                                               "apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-2"]),
+    ("hold ok installed 4.0.5-1", "4.0.5-2", "4.0.5-2", 100, "4.0.5-1",
+     ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"]),
+    ("hold ok installed 4.0.5-1", "4.2.0-1", "", 1, "4.0.5-1", []),
+]
+
+
+@pytest.mark.parametrize("before, version, broken, code, after, calls", BROKER_CASES,
+                         ids=["fresh host", "no-op", "upgrade", "failed upgrade rolls back", "refused jump"])
+def test_broker_install_cases(tmp_path, before, version, broken, code, after, calls):
+    """The broker script on a fresh host, a no-op rerun, an upgrade, an upgrade whose package
+    fails (the old one is put back) and a jump RabbitMQ refuses (nothing installed). A held
+    package (`hold ok installed`) counts as installed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in FAKE_TOOLS.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    if before:
+        (tmp_path / "installed").write_text(before + "\n")
+    text = host_scripts.broker_install(files=[], package_version=version, start_timeout=2)
+    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(tmp_path),
+                                     FAKE_BROKEN=broken or "none"))
+    assert result.returncode == code, result.stderr
+    assert (tmp_path / "installed").read_text().split()[-1] == after
+    logged = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    for call in calls:
+        assert call in logged, logged
+    if code == 1:
+        assert not [c for c in logged if c.startswith("apt-get install")], logged
