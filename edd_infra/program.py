@@ -19,12 +19,14 @@ from .hosts import HostTarget
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
-from .settings import Broker, StackSettings
+from .config_errors import ConfigError
+from .settings import PROJECT, Broker, StackSettings
 from .stack_config import StackSecrets, load_settings
+from .upgrade_path import upgrade_problem
 
 # Output names are shared with the tests and README.
 OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
-                "celerySettings")
+                "celerySettings", "brokerPackageVersion")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -138,6 +140,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "health": health,
         "eddSettings": edd_settings,
         "celerySettings": celery,
+        # What the next preview compares a new packageVersion with (upgrade_path).
+        "brokerPackageVersion": broker_cfg.package_version,
     }
 
 
@@ -200,11 +204,26 @@ async def observe_edits(settings: StackSettings, secrets: StackSecrets) -> dict[
     return await asyncio.to_thread(host_drift.observe, settings.hosts, key)
 
 
+async def check_upgrade_path(settings: StackSettings) -> None:
+    """With a pinned RabbitMQ, refuse (at preview, before any resource) a change of
+    `broker.packageVersion` that RabbitMQ cannot upgrade in place. The version deployed last
+    is this stack's own output, read back through a reference to the stack itself."""
+    broker = settings.broker
+    if broker.install != "managed" or broker.package_version is None:
+        return
+    me = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+    deployed = await me.get_output("brokerPackageVersion").future()
+    problem = upgrade_problem(deployed, broker.package_version)
+    if problem:
+        raise ConfigError([f"{PROJECT}:broker.packageVersion: {problem}"])
+
+
 async def deploy(check_drift: bool = True, project_dir: Optional[str] = None) -> dict[str, Any]:
     """Validate the stack's config (stopping before any resource on a problem), look for
     drift on the broker and the hosts, then build. `project_dir`: where Pulumi.yaml is
     (inline programs have no root directory of their own)."""
     settings, secrets = await load_settings(project_dir=Path(project_dir) if project_dir else None)
+    await check_upgrade_path(settings)
     if not check_drift:
         return build(settings, secrets)
     drift, edited = await asyncio.gather(observe_drift(settings, secrets), observe_edits(settings, secrets))

@@ -9,7 +9,8 @@ the repository configured (`broker.aptSource`), then:
   task runs exactly once; the broker's down-time is printed;
 - "upgrades" to the broken build: `up` fails naming the broker, the old package is put back and
   started, and every service still logs in and runs tasks;
-- asks for a jump RabbitMQ does not support (4.0 -> 4.3): refused before anything changes.
+- asks for a jump RabbitMQ does not support (4.0 -> 4.3): refused by `preview` (the stack reads
+  the version it deployed last from its own output) and by `up` before anything changes.
 """
 
 from __future__ import annotations
@@ -156,9 +157,12 @@ def test_a_jump_rabbitmq_does_not_support_is_refused_before_anything_changes(upg
     pid = d.main_pid("rabbitmq-server")
     d.pin("4.3.6-1")
     try:
-        with pytest.raises(auto.CommandError) as refused:
-            d.up()
-        assert "skips a release series: RabbitMQ upgrades one minor series at a time (4.0 -> 4.1)" in str(refused.value)
+        for attempt in (d.stack.stack.preview, d.up):  # preview says it first; up stops before any resource
+            with pytest.raises(auto.CommandError) as refused:
+                attempt()
+            text = str(refused.value)
+            assert re.search(r"edd-infra:broker\.packageVersion: \S+ -> 4\.3\.6-1 skips a release series: RabbitMQ "
+                             r"upgrades one minor series at a time \(4\.0 -> 4\.1\)", text), text[-2000:]
         assert d.main_pid("rabbitmq-server") == pid and installed(d) == d.versions["good"]
     finally:
         d.pin(d.versions["good"])

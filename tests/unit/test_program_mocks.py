@@ -26,7 +26,11 @@ SECRETS = {
 
 
 class Recorder(pulumi.runtime.Mocks):
+    deployed: dict = {}  # the stack's own outputs, as its self-reference reads them
+
     def new_resource(self, args):
+        if args.typ == "pulumi:pulumi:StackReference":
+            return [f"{args.name}_id", {"outputs": dict(self.deployed)}]
         return [f"{args.name}_id", args.inputs]
 
     def call(self, args):
@@ -503,3 +507,28 @@ def test_poison_tasks_go_to_a_kept_dead_letter_queue_after_the_delivery_limit():
     queue, queue_opts = by_name["edd-dead-letter-queue"]
     assert plain(loop, queue["name"]) == "edd.dead-letter" and queue_opts.protect
     assert by_name["edd-dead-letter-exchange"][1].protect
+
+
+@pytest.mark.parametrize("deployed, wanted, refused", [
+    (None, "4.0.5-1", None),                   # first deploy with a pin
+    ("4.0.5-1", "4.0.5-2", None),              # a patch release
+    ("3.13.7-1", "4.0.5-1", None),             # the next series
+    ("3.10.8-1.1+deb12u1", "4.0.5-6+deb13u2", "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)"),
+    ("4.1.0-1", "4.0.5-1", "is a downgrade"),
+])
+def test_preview_refuses_a_version_change_rabbitmq_cannot_upgrade(monkeypatch, deployed, wanted, refused):
+    """The version a stack deployed last comes back through its reference to itself; a new
+    pin that skips a series or goes back fails before any resource is registered."""
+    monkeypatch.setattr(Recorder, "deployed", {"brokerPackageVersion": deployed} if deployed else {})
+    config = stack_config("prod")
+    broker = json.loads(config["edd-infra:broker"])
+    config["edd-infra:broker"] = json.dumps(dict(broker, packageVersion=wanted))
+    if refused is None:
+        outputs, resources, _ = run(config)
+        assert outputs["brokerPackageVersion"] == wanted
+        assert any(t == "pulumi:pulumi:StackReference" for t, *_ in resources)
+    else:
+        with pytest.raises(ConfigError) as error:
+            run(config)
+        (message,) = error.value.problems
+        assert message.startswith("edd-infra:broker.packageVersion: ") and refused in message, message
