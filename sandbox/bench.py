@@ -53,7 +53,7 @@ from edd_infra.render.celery_config import CONFIG_MODULE, celery_settings, rende
 from edd_infra.workspace import ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
-from sandbox.image import APP_TARGET, VENV, cache_dir
+from sandbox.image import APP_TARGET, VENV, cache_dir, release
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "bench.txt"
 HOST, RAW_HOST = "edd-bench", "edd-benchraw"  # host names are at most 12 characters
@@ -512,7 +512,8 @@ def main() -> int:
               f"machine: {machine_facts()}",
               f"load average (1/5/15 min): {load_start} at start, {load()} at end; "
               f"bench ran {time.monotonic() - started:.0f} s",
-              f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image, fresh"]
+              f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image "
+              f"Debian {release().number} ({release().suite}; SANDBOX_DEBIAN), fresh"]
     report = render(rows, header)
     print("\n" + report, end="")
     for out in (cache_dir() / "bench" / "last.txt", REPORT):

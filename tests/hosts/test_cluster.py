@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -106,6 +107,50 @@ def test_the_erlang_cookie_is_only_in_its_two_root_or_rabbitmq_files(cluster):
         modes = sh(host, "stat -c '%a %U %G' /var/lib/rabbitmq/.erlang.cookie /var/lib/edd-infra/erlang.cookie")
         assert modes.split("\n")[:2] == ["400 rabbitmq rabbitmq", "400 root root"]
     assert cookie not in "\n".join(d.output) and cookie not in d.stack.export()
+
+
+# Takes one message from `edd` and drops the channel without an ack until the queue gives none
+# back; prints how often it was delivered. The app's own connection (TLS, failover, the app
+# user's least-privilege account) from the worker's environment file.
+POISON = """import amqp
+from edd import app
+with app.connection_for_write() as conn:
+    conn.ensure_connection()
+    conn.default_channel.basic_publish(amqp.Message("poison", delivery_mode=2), exchange="edd", routing_key="edd")
+    deliveries = 0
+    for _ in range(40):
+        channel = conn.connection.channel()
+        message = channel.basic_get("edd", no_ack=False)
+        if message is None:
+            channel.close()
+            break
+        deliveries += 1
+        channel.close()  # unacked: the queue counts a failed delivery
+    print(deliveries)
+"""
+
+
+def test_a_poison_task_is_dead_lettered_after_the_delivery_limit_not_dropped(cluster):
+    """RabbitMQ 4 drops a quorum queue's message after 20 failed deliveries unless it has a
+    dead-letter target: with the program's policy it lands, once, in `edd.dead-letter`."""
+    d = cluster
+    units = [(h, f"celery-{w}") for w, i in WORKERS.items() for h in [(d.host, *d.worker_hosts)[i]]]
+    for host, unit in units:  # nobody else may take the message
+        sh(host, f"systemctl stop {unit}")
+    try:
+        env = "/etc/edd-infra/celery-edd-worker-1.env"
+        out = sh(d.host, f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && "
+                         f"/opt/edd-sandbox/venv/bin/python -c {shlex.quote(POISON)}")
+        deliveries = int(out.split()[-1])
+        parked = sh(d.host, "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers").split()
+        depths = dict(zip(parked[::2], parked[1::2]))
+        assert (depths["edd"], depths["edd.dead-letter"]) == ("0", "1"), parked
+        assert 20 <= deliveries <= 21, deliveries
+        FIGURES["poison task deliveries before dead-lettering"] = deliveries
+        sh(d.host, "rabbitmqctl -q purge_queue -p /edd edd.dead-letter")
+    finally:
+        for host, unit in units:
+            sh(host, f"systemctl start {unit}")
 
 
 def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):

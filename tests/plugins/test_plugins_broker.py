@@ -66,16 +66,24 @@ def users(broker):
     return {line.split("\t")[0] for line in broker.ctl("list_users", "-q", "--no-table-headers").stdout.splitlines()}
 
 
-def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
-    broker = local_broker
-    broker.ctl("add_user", ADMIN, stdin=ADMIN_PASSWORD + "\n")
-    broker.ctl("set_user_tags", ADMIN, "administrator")
+def plugin_stack(broker, tmp_path):
+    """The admin Pulumi uses (made once on the broker) and a stack of `program_for` with its
+    secrets set; returns (stack, the directory its env file goes to)."""
+    if ADMIN not in users(broker):
+        broker.ctl("add_user", ADMIN, stdin=ADMIN_PASSWORD + "\n")
+        broker.ctl("set_user_tags", ADMIN, "administrator")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     stack = ProjectStack(f"p{uuid.uuid4().hex[:8]}", tmp_path, f"file://{tmp_path}", PASSPHRASE,
                          program=program_for(broker, out_dir), project="edd-infra-plugins-test")
     for key, value in {"adminPassword": ADMIN_PASSWORD, "appPassword": HOSTILE, "flowerPassword": "fl0wer pw"}.items():
         stack.set_secret(key, value)
+    return stack, out_dir
+
+
+def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
+    broker = local_broker
+    stack, out_dir = plugin_stack(broker, tmp_path)
     engine_output = []
 
     first = stack.stack.up(on_output=engine_output.append)
@@ -116,25 +124,13 @@ def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
     stack.stack.workspace.remove_stack(stack.name)
 
 
-def ensure_admin(broker) -> None:
-    if ADMIN not in users(broker):
-        broker.ctl("add_user", ADMIN, stdin=ADMIN_PASSWORD + "\n")
-        broker.ctl("set_user_tags", ADMIN, "administrator")
-
-
 def test_an_older_stacks_queue_is_kept_and_a_rejected_task_is_dead_lettered(local_broker, tmp_path, monkeypatch):
     """A stack whose `edd` queue was created before its type was declared (as every stack made
     on RabbitMQ 3.10 before this change) sees no change to the protected queue; a task
     rejected without requeue lands in the kept dead-letter queue, not nowhere."""
     from edd_infra.components import edd_vhost
     broker = local_broker
-    ensure_admin(broker)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    stack = ProjectStack(f"q{uuid.uuid4().hex[:8]}", tmp_path, f"file://{tmp_path}", PASSPHRASE,
-                         program=program_for(broker, out_dir), project="edd-infra-plugins-test")
-    for key, value in {"adminPassword": ADMIN_PASSWORD, "appPassword": HOSTILE, "flowerPassword": "fl0wer pw"}.items():
-        stack.set_secret(key, value)
+    stack, _ = plugin_stack(broker, tmp_path)
     with monkeypatch.context() as old_program:  # the program before: no type, no dead-letter objects
         old_program.setattr(edd_vhost, "queue_arguments", lambda queue: None)
         old_program.setattr(edd_vhost.EddVhost, "_dead_letter", lambda *args: None)
