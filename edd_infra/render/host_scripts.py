@@ -244,7 +244,7 @@ TARGET_VERSION = r"""candidate() { apt-cache policy rabbitmq-server 2>/dev/null 
 installed=$(dpkg-query -W -f='${Status} ${Version}' rabbitmq-server 2>/dev/null | sed -n 's/^[a-z]* ok installed //p')
 target=${wanted:-${installed:-$(candidate)}}
 if [ -z "$target" ] || [ "$target" = "(none)" ]; then apt-get update -q </dev/null >/dev/null; target=$(candidate); fi
-[ -n "$target" ] && [ "$target" != "(none)" ] || { echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; }"""
+if [ -z "$target" ] || [ "$target" = "(none)" ]; then echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; fi"""
 
 # RabbitMQ supports an in-place upgrade to the next minor series only, with every feature
 # flag enabled first (docs: Upgrading RabbitMQ); never a downgrade.
