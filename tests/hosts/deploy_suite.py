@@ -379,7 +379,8 @@ def test_no_deprecated_rabbitmq_feature_is_in_use(deployed):
     RabbitMQ 4 would one day turn off is not what this deployment relies on."""
     if deployed.debian < 13:
         pytest.skip("RabbitMQ 3.10 has no deprecated-feature registry (rabbitmq-diagnostics list_deprecated_features)")
-    used = deployed.sh("rabbitmq-diagnostics -q list_deprecated_features --used --no-table-headers name").split()
+    # JSON: 4.3 refuses --no-table-headers for this command.
+    used = json.loads(deployed.sh("rabbitmq-diagnostics -q list_deprecated_features --used --formatter json"))
     assert used == [], used
 
 
