@@ -22,9 +22,13 @@ def series(version: str) -> Optional[tuple[int, int]]:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
+# The last series of a major version and the series that follows it; otherwise the next minor.
+MAJOR_STEPS = {(3, 13): (4, 0)}
+
+
 def next_series(current: tuple[int, int]) -> tuple[int, int]:
     """The series RabbitMQ supports upgrading to from `current` (3.13 is followed by 4.0)."""
-    return (4, 0) if current == (3, 13) else (current[0], current[1] + 1)
+    return MAJOR_STEPS.get(current, (current[0], current[1] + 1))
 
 
 def upgrade_problem(deployed: Optional[str], wanted: Optional[str]) -> Optional[str]:

@@ -188,14 +188,15 @@ class RabbitBroker(pulumi.ComponentResource):
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
         sources = apt_files(broker)
-        removed = [f.path for f in files + sources] + [RABBITMQ4_CONF_PATH] + ([tls.key_path] if tls else [])
+        rabbitmq4 = FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf())
+        removed = [f.path for f in [*files, *sources, rabbitmq4]] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
         return host.run(
             name,
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
-                rabbitmq4_conf=FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf()), apt_files=sources,
+                rabbitmq4_conf=rabbitmq4, apt_files=sources,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,

@@ -17,6 +17,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
+from ..upgrade_path import MAJOR_STEPS
+
 ServiceManager = Literal["systemd", "launchd"]
 
 STATE_DIR = "/var/lib/edd-infra"
@@ -109,6 +111,13 @@ def write_file(f: FileSpec) -> str:
     text = f.text if f.text.endswith("\n") else f.text + "\n"
     tag = "EDD_INFRA_EOF_" + hashlib.sha256(text.encode()).hexdigest()[:12]
     return f"tmp=$(mktemp)\ncat > \"$tmp\" <<'{tag}'\n{text}{tag}\nput \"$tmp\" {f.mode} {f.owner} {f.group} {q(f.path)}"
+
+
+def write_without_restart(files: Sequence[FileSpec], on_change: str = "") -> str:
+    """Write `files` without counting them as a change that restarts the service (`changed`
+    is kept as it was); `on_change` runs when one of them did change."""
+    then = f"if [ \"$changed\" = 1 ]; then {on_change}; fi\n" if on_change else ""
+    return ("was=$changed; changed=0\n" + "\n".join(write_file(f) for f in files) + f"\n{then}changed=$was")
 
 
 MANIFEST_DIR = f"{STATE_DIR}/manifests"
@@ -248,8 +257,10 @@ if [ -z "$target" ] || [ "$target" = "(none)" ]; then echo "rabbitmq-server: no 
 
 # RabbitMQ supports an in-place upgrade to the next minor series only, with every feature
 # flag enabled first (docs: Upgrading RabbitMQ); never a downgrade.
+# The same rule as upgrade_path (which `preview` applies), against the installed package.
+_MAJOR_STEPS = " ".join(f'{a}.{b}) echo "{c} {d}" ;;' for (a, b), (c, d) in MAJOR_STEPS.items())
 UPGRADE_PATH = r"""series() { echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'; }
-next_series() { series "$1" | { read -r major minor; case "$major.$minor" in 3.13) echo "4 0" ;; *) echo "$major $((minor + 1))" ;; esac; }; }
+next_series() { series "$1" | { read -r major minor; case "$major.$minor" in """ + _MAJOR_STEPS + r""" *) echo "$major $((minor + 1))" ;; esac; }; }
 if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
   if dpkg --compare-versions "$target" lt "$installed"; then
     echo "rabbitmq-server $installed -> $target is a downgrade: RabbitMQ cannot run on data of a newer version. Set broker.packageVersion back to $installed" >&2; exit 1
@@ -298,9 +309,9 @@ def broker_install(
     refresh = ""
     if apt_files:
         sources = next(f.path for f in apt_files if f.path.endswith(".sources"))
-        refresh = (f"was=$changed; changed=0\n" + "\n".join(write_file(f) for f in apt_files) + "\n"
-                   f"if [ \"$changed\" = 1 ]; then apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
-                   f"-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null; fi\nchanged=$was")
+        refresh = write_without_restart(
+            apt_files, on_change=f"apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
+                                 "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null")
     return broker_script(
         f"wanted={q(wanted)}",
         TARGET_VERSION,
@@ -309,7 +320,7 @@ def broker_install(
         *(write_file(f) for f in files),
         version_conf,
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
-        f"was=$changed\n{write_file(BROKER_ORDER)}\nchanged=$was",
+        write_without_restart([BROKER_ORDER]),
         secrets,
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
         f"if [ \"$installed\" != \"$target\" ]; then\n"

@@ -64,12 +64,7 @@ def _missing(debian: int | None = None) -> str | None:
 @pytest.fixture(scope="session")
 def hosts_tier() -> None:
     """Skip (or, with EDD_INFRA_HOSTS=1, fail) unless sandbox hosts can run here; builds the image."""
-    reason = _missing()
-    if reason:
-        message = f"hosts tier skipped: {reason}"
-        if os.environ.get("EDD_INFRA_HOSTS") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    _skip_unless_ready()
 
 
 def _real_name(name: str) -> str:
@@ -83,18 +78,19 @@ def _factory(booted: dict):
         new = [n for n in names if n not in booted]
         if new:
             if debian is not None:
-                _require_release(debian)
+                _skip_unless_ready(debian)
             for name, host in zip(new, sandbox_hosts_api.boot([_real_name(n) for n in new], debian=debian)):
                 booted[name] = host
         return [booted[n] for n in names]
     return get
 
 
-def _require_release(debian: int) -> None:
-    """Skip (or fail, as ``hosts_tier``) when release ``debian``'s image cannot be had."""
+def _skip_unless_ready(debian: int | None = None) -> None:
+    """Skip (or, with EDD_INFRA_HOSTS=1, fail) when hosts of release ``debian`` (default: the
+    default release) cannot run here."""
     reason = _missing(debian)
     if reason:
-        message = f"hosts tier skipped: Debian {debian}: {reason}"
+        message = f"hosts tier skipped: {f'Debian {debian}: ' if debian else ''}{reason}"
         if os.environ.get("EDD_INFRA_HOSTS") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
