@@ -5,8 +5,9 @@ The repository is made here (tests/hosts/apt_repo.py): Debian's rabbitmq-server 
 as two newer builds of the same series, one good and one whose server never starts, signed
 with a throw-away key and served on the host's link. The stack installs Debian's build with
 the repository configured (`broker.aptSource`), then:
-- upgrades to the good build while a producer with publisher confirms sends 1,000 tasks: every
-  task runs exactly once; the broker's down-time is printed;
+- upgrades to the good build while a producer with publisher confirms sends 1,000 tasks and
+  a 30 s task runs: every short task runs exactly once, the long one is not lost (how often it
+  completed is printed); the broker's down-time is printed;
 - "upgrades" to the broken build: `up` fails naming the broker, the old package is put back and
   started, and every service still logs in and runs tasks;
 - asks for a jump RabbitMQ does not support (4.0 -> 4.3): refused by `preview` (the stack reads
@@ -16,6 +17,7 @@ the repository configured (`broker.aptSource`), then:
 from __future__ import annotations
 
 import re
+import shlex
 import time
 import uuid
 
@@ -24,7 +26,7 @@ from pulumi import automation as auto
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, sandbox_config, send_task
-from sandbox.image import ensure_image
+from sandbox.image import APP_TARGET, VENV, ensure_image
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts import apt_repo
@@ -96,6 +98,31 @@ def broker_downtime(d: Deployment, since: float) -> float:
     return max(starts) - min(stops)
 
 
+LONG_TASK_SECONDS = 30
+
+
+def start_long_task(d: Deployment, seconds: int) -> str:
+    """Send `edd.work(seconds)` and wait until the worker runs it; return its id."""
+    task_id = f"long-{uuid.uuid4().hex[:8]}"
+    code = f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r})"
+    d.sh(f"set -a; . /etc/edd-infra/{WORKER_UNIT}.env; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
+    deadline = time.monotonic() + 60
+    while f"edd.work[{task_id}] received" not in d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | tail -200"):
+        assert time.monotonic() < deadline, "the worker never received the long task"
+        time.sleep(0.5)
+    return task_id
+
+
+def wait_long_task(d: Deployment, task_id: str, timeout: float) -> int:
+    """How many times the task completed, once it has (0 if not within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -cF 'edd.work[{task_id}] succeeded' || true")
+        if int(runs.strip() or 0) or time.monotonic() > deadline:
+            return int(runs.strip() or 0)
+        time.sleep(2)
+
+
 def test_the_repository_is_configured_pinned_and_held(upgradable):
     d = upgradable
     assert installed(d) == d.versions["debian"]
@@ -115,6 +142,7 @@ def test_an_upgrade_under_load_runs_every_confirmed_task_exactly_once(upgradable
         while producer.published() < total // 5:
             time.sleep(0.5)
         assert producer.running(), "the producer finished before the upgrade: nothing flowed through it"
+        long_task = start_long_task(d, LONG_TASK_SECONDS)
         since = float(d.sh("date +%s.%N"))
         d.pin(d.versions["good"])
         started = time.monotonic()
@@ -131,6 +159,10 @@ def test_an_upgrade_under_load_runs_every_confirmed_task_exactly_once(upgradable
         producer.stop()
     counts = succeeded_counts(d, producer.prefix)
     assert set(counts) == ids and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    # The task that was running when the broker went away is not lost (at least once).
+    runs = wait_long_task(d, long_task, LONG_TASK_SECONDS * 4)
+    FIGURES["30 s task in flight: times it completed"] = runs
+    assert runs >= 1
     assert installed(d) == d.versions["good"]
     flags = d.sh("rabbitmqctl -q list_feature_flags name state stability --no-table-headers").splitlines()
     assert not [f for f in flags if f.split()[1] != "enabled" and "experimental" not in f], flags
