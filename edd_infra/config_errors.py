@@ -127,7 +127,7 @@ def reference_problems(settings: StackSettings) -> list[str]:
                 f"{PROJECT}:workers[{i}].host: a worker off the broker host ({settings.broker.host!r}) needs "
                 "broker.tls and a non-loopback address in broker.amqpListeners (AMQP leaves the host only over TLS)"
             )
-    problems += cluster_problems(settings)
+    problems += cluster_problems(settings) + migration_problems(settings)
     if settings.flower.host != settings.broker.host:
         problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")
     # Listeners on the broker host (Flower runs there too) cannot share an address and port.
@@ -203,6 +203,31 @@ def cluster_problems(settings: StackSettings) -> list[str]:
         if node.address in addresses:
             problems.append(f"{where}.address: {node.address} is also {PROJECT}:{addresses[node.address]}")
         addresses.setdefault(node.address, f"broker.clusterNodes[{i}].address")
+    return problems
+
+
+def migration_problems(settings: StackSettings) -> list[str]:
+    """broker.migrateFrom: the old broker is another systemd host of this stack, and the new
+    broker takes the shovel over TLS (it crosses the network; plain AMQP stays on loopback)."""
+    broker = settings.broker
+    old = broker.migrate_from
+    if old is None:
+        return []
+    key, problems = f"{PROJECT}:broker.migrateFrom", []
+    if old.host == broker.host:
+        problems.append(f"{key}.host: the host the broker moves away from, not broker.host ({broker.host!r}) itself")
+    elif old.host not in settings.hosts:
+        problems.append(f"{key}.host: host {old.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))}); "
+                        "keep the old host there until the migration is retired")
+    elif settings.hosts[old.host].service_manager != "systemd":
+        problems.append(f"{key}.host: the old broker must be a managed Debian (systemd) host")
+    if broker.install != "managed":
+        problems.append(f"{key}: only for install: managed (the program installs the new broker)")
+    if broker.cluster_nodes:
+        problems.append(f"{key}: moves a single node; migrate before adding broker.clusterNodes")
+    if broker.remote_amqp_address is None:
+        problems.append(f"{key}: needs broker.tls and a non-loopback address in broker.amqpListeners on the new broker "
+                        "(the old broker's shovel reaches it over the network, and AMQP leaves a host only over TLS)")
     return problems
 
 

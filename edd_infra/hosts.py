@@ -73,10 +73,11 @@ class HostTarget:
         repairable: bool = False,
         guarded: bool = False,
         repair_token: Optional[str] = None,
+        secret_output: bool = False,
         opts: Optional[pulumi.ResourceOptions] = None,
     ) -> pulumi.CustomResource:
         """A command whose create also serves as its update unless `update` is given
-        (scripts are idempotent)."""
+        (scripts are idempotent). `secret_output`: its stdout is a secret (as with a stdin)."""
         update = create if update is None else update
         if repairable:
             create, update = with_manifest(name, create), with_manifest(name, update)
@@ -88,15 +89,16 @@ class HostTarget:
                     lambda text: text + f"# repair {repair_token}\n")
             ignore = pulumi.ResourceOptions(ignore_changes=[] if repair_token else list(GUARDED_INPUTS))
             opts = pulumi.ResourceOptions.merge(opts, ignore)
-        command = self._command(name, create, update, delete, stdin, triggers, opts)
+        command = self._command(name, create, update, delete, stdin, triggers, opts, secret_output)
         if repairable:
             self.run(f"{name}-repair", create=DRAIN_STDIN, update=update, stdin=stdin,
                      guarded=True, repair_token=self.drifted.get(name),
                      opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]))
         return command
 
-    def _command(self, name, create, update, delete, stdin, triggers, opts) -> pulumi.CustomResource:
-        quiet = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"]) if stdin is not None else None
+    def _command(self, name, create, update, delete, stdin, triggers, opts, secret_output=False) -> pulumi.CustomResource:
+        secret = stdin is not None or secret_output
+        quiet = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"]) if secret else None
         opts = pulumi.ResourceOptions.merge(opts, quiet)
         common = dict(
             create=self._wrap(create),
@@ -105,7 +107,7 @@ class HostTarget:
             stdin=stdin,
             triggers=triggers,
             # stdin carries secrets; stdout/stderr could echo them on a failure.
-            logging="none" if stdin is not None else "stdoutAndStderr",
+            logging="none" if secret else "stdoutAndStderr",
             opts=opts,
         )
         if self.host.connection == "local":

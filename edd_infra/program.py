@@ -14,6 +14,9 @@ import pulumi
 
 from . import broker_drift, host_drift
 from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .components.broker_migration import MigrationSource
+from .components.celery_worker_service import worker_service_name
+from .components.flower_service import flower_service_name
 from .components.rabbit_broker import api_endpoint, local_management_address
 from .hosts import HostTarget
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
@@ -55,6 +58,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         ca_file=ca_file,
         members=[(broker_cfg.member(node), hosts[node.host]) for node in broker_cfg.cluster_nodes],
         erlang_cookie=secrets.erlang_cookie if broker_cfg.cluster_nodes else None,
+        migration=migration_source(settings, hosts),
     )
     vhost = EddVhost(
         "edd",
@@ -145,6 +149,18 @@ def build(settings: StackSettings, secrets: StackSecrets,
     }
 
 
+def migration_source(settings: StackSettings, hosts: dict[str, HostTarget]) -> Optional[MigrationSource]:
+    """With broker.migrateFrom: the old broker host, the app queue that moves, and the units
+    that retire with the old host (the broker's services ran there under the same names)."""
+    old = settings.broker.migrate_from
+    if old is None:
+        return None
+    units = [worker_service_name(w, "systemd") for w in settings.workers]
+    units += [flower_service_name("systemd")] if settings.flower.enabled else []
+    q = settings.app_queue
+    return MigrationSource(host=hosts[old.host], vhost=settings.vhost, queue=q.name, exchange=q.exchange, units=units)
+
+
 def app_celery_settings(settings: StackSettings) -> dict[str, Any]:
     """The Celery settings every producer shares with the broker objects (render.celery_config)."""
     q = settings.app_queue
@@ -209,7 +225,8 @@ async def check_upgrade_path(settings: StackSettings) -> None:
     `broker.packageVersion` that RabbitMQ cannot upgrade in place. The version deployed last
     is this stack's own output, read back through a reference to the stack itself."""
     broker = settings.broker
-    if broker.install != "managed" or broker.package_version is None:
+    # A migration installs on a fresh host: nothing is upgraded in place.
+    if broker.install != "managed" or broker.package_version is None or broker.migrate_from is not None:
         return
     me = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
     deployed = await me.get_output("brokerPackageVersion").future()

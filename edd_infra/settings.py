@@ -156,6 +156,17 @@ class AptSource(Model):
     key_file: LocalPath
 
 
+class BrokerMigration(Model):
+    """Where the broker ran before `broker.host` (a blue/green move to a new host): the old
+    broker's definitions are copied to the new one (password hashes too, nothing rotates) and
+    a shovel on the old broker moves what its app queue holds until the migration is retired
+    by removing this key."""
+
+    host: Identifier
+    # `up` waits this long for the old app queue to empty through the shovel.
+    drain_timeout: Annotated[int, Field(ge=30, le=86400)] = 1800
+
+
 class ClusterNode(Model):
     """One more RabbitMQ node, on its own host, that joins the broker's cluster.
 
@@ -202,6 +213,8 @@ class Broker(Model):
     # The other members of a RabbitMQ cluster; empty: a single node. Each joins this host's
     # node (the seed); removing one from the list makes it leave the cluster.
     cluster_nodes: list[ClusterNode] = Field(default_factory=list)
+    # Set for the `up` that moves the broker here from another host, removed to retire it.
+    migrate_from: Optional[BrokerMigration] = None
 
     @property
     def tls_addresses(self) -> list[str]:

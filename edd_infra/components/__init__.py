@@ -1,5 +1,6 @@
 """ComponentResources: each wires commands and broker objects for one part of the queue."""
 
+from .broker_migration import BrokerMigration
 from .celery_worker_service import CeleryWorkerService
 from .edd_settings_file import EddSettingsFile
 from .edd_vhost import EddVhost
@@ -15,7 +16,8 @@ TYPE_TOKENS = {
     "CeleryWorkerService": "edd:infra:CeleryWorkerService",
     "FlowerService": "edd:infra:FlowerService",
     "EddSettingsFile": "edd:infra:EddSettingsFile",
+    "BrokerMigration": "edd:infra:BrokerMigration",
 }
 
 __all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "EddSettingsFile",
-           "TYPE_TOKENS"]
+           "BrokerMigration", "TYPE_TOKENS"]

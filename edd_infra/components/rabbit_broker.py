@@ -12,6 +12,8 @@ Creates, on the broker host (with `install: managed`, the default):
 - in a cluster, per member host: `<name>-node-<host>` (as `<name>-server`, with the shared
   Erlang cookie) and `<name>-node-<host>-join`, which joins it to this host's node once and
   whose delete makes it leave (so removing a node from the config is a config change).
+- with `migration` (broker.migrateFrom), `<name>-migration`: the old broker's definitions and
+  queued messages moved here (BrokerMigration); the Provider waits for them.
 With `install: external` only the Provider is made, for a broker someone else runs.
 """
 
@@ -23,6 +25,7 @@ import pulumi
 import pulumi_rabbitmq as rabbitmq
 
 from ..broker_drift import NOT_CHECKED, BrokerDrift
+from .broker_migration import BrokerMigration, MigrationSource
 from ..hosts import DRAIN_STDIN, HostTarget
 from ..render import host_scripts
 from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
@@ -123,6 +126,7 @@ class RabbitBroker(pulumi.ComponentResource):
         ca_file: Optional[str] = None,
         members: Sequence[tuple[Broker, HostTarget]] = (),
         erlang_cookie: Optional[pulumi.Output[str]] = None,
+        migration: Optional[MigrationSource] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
@@ -131,8 +135,14 @@ class RabbitBroker(pulumi.ComponentResource):
         self.admin_user = broker.admin_user
         self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
         self._cookie = erlang_cookie
-        admin = self._managed(name, broker, host, admin_password) if broker.install == "managed" else None
+        admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
+            if broker.install == "managed" else None
         ready = [admin] if admin else []
+        if migration is not None:
+            # The broker objects the Provider manages come over with the definitions.
+            ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
+                                         admin_password=admin_password, ca_pem=tls_pems[0],
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[admin])).imported)
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
@@ -205,8 +215,9 @@ class RabbitBroker(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
 
-    def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password) -> pulumi.Resource:
-        """The seed node and the admin account; returns the command the Provider waits for."""
+    def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password, moved: bool) -> pulumi.Resource:
+        """The seed node and the admin account; returns the command the Provider waits for.
+        `moved`: the broker moves to this host (a migration), so the admin is made here too."""
         server = self._server(f"{name}-server", broker, host)
         return host.run(
             f"{name}-admin",
@@ -216,6 +227,6 @@ class RabbitBroker(pulumi.ComponentResource):
             # Reruns only for drift: a changed admin password is found too (the broker
             # refuses it), and preview, which reads nothing, shows no change.
             guarded=True,
-            repair_token=self._drift.admin_token(),
+            repair_token=self._drift.admin_token() or (f"moved-to-{broker.host}" if moved else None),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[server], delete_before_replace=True),
         )

@@ -44,3 +44,10 @@ def management_endpoint(host: str, port: int, scheme: str = "http") -> str:
     """`http://host:15672` without credentials or trailing slash: the rabbitmq provider
     appends `/api/...` itself, and a doubled slash gets 405 from the management API."""
     return f"{scheme}://{_host_port(host, port)}"
+
+
+def shovel_uri(user: str, password: str, host: str, port: int, vhost: str, ca_file: str) -> str:
+    """The amqps URI a RabbitMQ shovel (the Erlang client) dials: the vhost percent-quoted (the
+    Erlang client reads the whole path as the vhost), the peer checked against `ca_file`."""
+    query = f"cacertfile={quote(ca_file, safe='/')}&verify=verify_peer"
+    return f"amqps://{_credentials(user, password)}@{_host_port(host, port)}/{quote(vhost, safe='')}?{query}"

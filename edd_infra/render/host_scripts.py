@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
 from ..upgrade_path import MAJOR_STEPS
+from .broker_migration import MIGRATION_CA_PATH, SHOVEL_NAME
 
 ServiceManager = Literal["systemd", "launchd"]
 
@@ -424,6 +425,97 @@ def broker_admin_remove(*, user: str) -> str:
     return broker_script(
         f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
         f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
+    )
+
+
+# ---- blue/green migration (broker.migrateFrom) ----------------------------------------
+
+# Definitions from stdin into the node. The node reads the file itself (rabbitmqctl's stdin
+# is not read on RabbitMQ 4), so it goes in a directory only rabbitmq can read, gone after.
+IMPORT_DEFINITIONS = """defs=$(mktemp -d)
+(umask 077; cat > "$defs/definitions.json")
+chown -R rabbitmq "$defs"
+if ! rabbitmqctl -q import_definitions "$defs/definitions.json" </dev/null >/dev/null; then rm -rf "$defs"; exit 1; fi
+rm -rf "$defs\""""
+
+
+def queue_messages(vhost: str, queue: str) -> str:
+    """Shell function `left`: messages (ready and unacked) in `queue`, empty if there is no
+    such queue, `unknown` if the broker does not answer."""
+    return (f"left() {{ out=$(rabbitmqctl -q list_queues -p {q(vhost)} name messages --no-table-headers </dev/null) "
+            f"|| {{ echo unknown; return 0; }}; printf '%s\\n' \"$out\" | awk -v q={q(queue)} '$1 == q {{ print $2 }}'; }}")
+
+
+def definitions_export(*, start_timeout: int) -> str:
+    """The old broker's definitions on stdout (users with their password hashes)."""
+    return broker_script(wait_for_broker(start_timeout), "rabbitmqctl -q export_definitions - </dev/null")
+
+
+def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, start_timeout: int) -> str:
+    """Import the old broker's definitions (stdin after the first line), wait until the
+    import (asynchronous) made `queue`, then give the shovel its account: `user` with the
+    password on stdin's first line, allowed to publish to `exchange` only."""
+    exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
+    has_queue = f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
+    password = f"printf '%s\\n' \"$password\" | rabbitmqctl"
+    return broker_script(
+        wait_for_broker(start_timeout),
+        "IFS= read -r password",
+        IMPORT_DEFINITIONS,
+        retry(has_queue, 30, f"the imported definitions made no queue {queue} in {vhost} within 60 s"),
+        f"if {exists}; then {password} change_password {q(user)} >/dev/null; "
+        f"else {password} add_user {q(user)} >/dev/null; fi",
+        f"rabbitmqctl -q set_permissions -p {q(vhost)} {q(user)} '^$' {q('^' + exchange + '$')} '^$' </dev/null >/dev/null",
+    )
+
+
+def definitions_import_remove(*, user: str) -> str:
+    """Retire the shovel's account on the new broker."""
+    return broker_script(
+        f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
+        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi")
+
+
+def shovel_start(*, ca: FileSpec, vhost: str, queue: str, drain_timeout: int, start_timeout: int) -> str:
+    """On the old broker: the shovel plugin (enabled online, no restart), the new broker's CA,
+    the shovel (definitions on stdin), then wait until `queue` is empty."""
+    return broker_script(
+        wait_for_broker(start_timeout),
+        "rabbitmq-plugins -q enable rabbitmq_shovel </dev/null >/dev/null",
+        write_file(ca),
+        IMPORT_DEFINITIONS,
+        queue_messages(vhost, queue),
+        f"""waited=0
+while n=$(left); [ "${{n:-0}}" != 0 ]; do
+  if [ "$waited" -ge {drain_timeout} ]; then
+    echo "$n messages still in {queue} on the old broker after {drain_timeout} s (broker.migrateFrom.drainTimeout); \\
+the shovel goes on moving them: rerun up to wait again" >&2
+    rabbitmqctl -q shovel_status </dev/null >&2 || true
+    exit 1
+  fi
+  sleep 2; waited=$((waited + 2))
+done
+echo "the old {queue} queue was empty after $waited s\"""",
+    )
+
+
+def shovel_retire(*, vhost: str, queue: str, units: Sequence[str]) -> str:
+    """Retire the old broker host: refuse while its queue still holds messages (the shovel is
+    moving them), then drop the shovel and stop the old services for good (their files and
+    the broker's data stay, for a look back)."""
+    stop = " ".join(q(u) for u in [*units, "rabbitmq-server"])
+    return broker_script(
+        queue_messages(vhost, queue),
+        f"""if systemctl is-active -q rabbitmq-server; then
+  n=$(left)
+  if [ "${{n:-0}}" != 0 ]; then
+    echo "$n messages still in {queue} on the old broker: the shovel is moving them; retire it once that is 0" >&2
+    exit 1
+  fi
+  rabbitmqctl -q clear_parameter -p {q(vhost)} shovel {SHOVEL_NAME} </dev/null >/dev/null 2>&1 || true
+fi
+for unit in {stop}; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done""",
+        remove_files([MIGRATION_CA_PATH]),
     )
 
 

@@ -120,7 +120,8 @@ def test_prod_graph_and_type_tokens(prod):
         ("command:remote:Command", "flower-service"),
         ("command:remote:Command", "flower-service-repair"),
     ])
-    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile"}
+    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile",
+                                                                                              "edd:infra:BrokerMigration"}
 
 
 def test_type_tokens_are_pinned():
@@ -132,6 +133,7 @@ def test_type_tokens_are_pinned():
         "CeleryWorkerService": "edd:infra:CeleryWorkerService",
         "FlowerService": "edd:infra:FlowerService",
         "EddSettingsFile": "edd:infra:EddSettingsFile",
+        "BrokerMigration": "edd:infra:BrokerMigration",
     }
 
 

@@ -1,0 +1,133 @@
+"""A live broker moved off an unsupported version (issue 17): a Debian 12 / RabbitMQ 3.10 host
+to a Debian 13 / RabbitMQ 4.0 host, blue/green, by the same stack.
+
+The stack is deployed on the old host as a site runs it today (broker, worker and Flower on one
+host). Its worker is stopped and 2,000 tasks are queued there. Then one `up` with `broker.host`,
+the worker, Flower and EDD's settings on the new host and `broker.migrateFrom` naming the old
+one: the new broker takes the old one's definitions (the passwords' hashes with them), the old
+broker's shovel moves the queued tasks across, and every one of them runs on the new host,
+exactly once. A second `up` without `migrateFrom` retires the old broker; a third changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from sandbox import hosts as sandbox_hosts
+from sandbox.deploy import configure, sandbox_config, send_task, tls_dir
+from sandbox.tls import make_broker_certificates
+from edd_infra.render.broker_migration import MIGRATION_USER
+from edd_infra.workspace import ProjectStack
+from tests.engine.conftest import PASSPHRASE
+from tests.hosts.deployment import WORKER_UNIT, Deployment, Producer, completed_tasks, print_figures
+
+pytestmark = pytest.mark.hosts
+OLD_DEBIAN, NEW_DEBIAN = 12, 13
+TOTAL = 2000
+FIGURES: dict[str, float] = {}
+
+
+def rabbitmq_version(d: Deployment) -> str:
+    return d.sh("rabbitmqctl -q version").strip()
+
+
+def queued(d: Deployment, queue: str = "edd") -> int:
+    """Messages (ready and unacked) in the app queue, as the broker host's rabbitmqctl says."""
+    lines = d.sh("rabbitmqctl -q list_queues -p /edd name messages --no-table-headers").splitlines()
+    return next(int(line.split()[1]) for line in lines if line.split()[0] == queue)
+
+
+def succeeded(d: Deployment, prefix: str) -> list[str]:
+    """Every `succeeded` line of the worker's journal for tasks of `prefix`, repeats included."""
+    journal = d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -F '[{prefix}-' || true", timeout=300)
+    return re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal)
+
+
+@pytest.fixture(scope="module")
+def migrated(plugins_ready, sandbox_hosts, tmp_path_factory, request):
+    (old_host,) = sandbox_hosts("edd-mg12", debian=OLD_DEBIAN)
+    (new_host,) = sandbox_hosts("edd-mg13", debian=NEW_DEBIAN)
+    work = tmp_path_factory.mktemp("migration")
+    (work / "state").mkdir()
+    stack = ProjectStack(f"m{uuid.uuid4().hex[:6]}", work, f"file://{work / 'state'}", PASSPHRASE)
+    configure(stack, old_host)
+    secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
+    old, new = Deployment(old_host, stack, secrets), Deployment(new_host, stack, secrets)
+    try:
+        result, FIGURES["fresh up on the old host"] = old.up()
+        assert result.summary.result == "succeeded"
+        assert rabbitmq_version(old).startswith("3.10.")
+        yield old, new
+    finally:
+        print_figures(request, f"migration Debian {OLD_DEBIAN} -> {NEW_DEBIAN}", FIGURES)
+        stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
+        try:
+            stack.stack.destroy(color="never")
+        except Exception as error:  # noqa: BLE001 - the hosts go at session end anyway
+            print(f"destroy failed: {str(error)[-300:]}")
+
+
+def move_to(stack: ProjectStack, old_host, new_host, migrate: bool) -> None:
+    """The stack's config for the new host (TLS: the old broker's shovel dials it), with the
+    old host kept and, while `migrate`, named in broker.migrateFrom."""
+    directory = tls_dir(stack)
+    files = make_broker_certificates(stack.work_dir / directory, new_host.address)
+    config = sandbox_config(new_host, tls=directory)
+    config["hosts"] |= sandbox_config(old_host)["hosts"]
+    if migrate:
+        config["broker"]["migrateFrom"] = {"host": old_host.name, "drainTimeout": 600}
+    stack.set_plain(config)
+    stack.set_secret("brokerTlsKey", files["server.key"].read_text())
+
+
+def test_queued_tasks_move_to_the_new_broker_and_run_there_exactly_once(migrated):
+    old, new = migrated
+    old.sh(f"systemctl stop {WORKER_UNIT}")
+    producer = Producer(old, TOTAL)
+    try:
+        producer.wait(600)
+    finally:
+        producer.stop()
+    ids = producer.ids()
+    assert len(ids) == TOTAL and queued(old) == TOTAL
+
+    move_to(old.stack, old.host, new.host, migrate=True)
+    started = time.monotonic()
+    result, FIGURES["migration up"] = new.up()
+    assert result.summary.result == "succeeded"
+    # `up` returns once the shovel has emptied the old queue.
+    assert queued(old) == 0
+    assert rabbitmq_version(new).startswith("4.0.")
+
+    while not ids <= completed_tasks(new, producer.prefix) or queued(new):
+        assert time.monotonic() - started < 600, f"{len(ids - completed_tasks(new, producer.prefix))} tasks never ran"
+        time.sleep(3)
+    FIGURES["all 2,000 tasks done after up began"] = time.monotonic() - started
+    runs = succeeded(new, producer.prefix)
+    assert sorted(runs) == sorted(ids), "a task ran twice or not at all"
+    assert not succeeded(old, producer.prefix), "the stopped worker on the old host ran tasks"
+
+    # Nothing rotated: the services log in with the passwords they had, and guest is gone.
+    assert send_task(new.host, 20, 22) == "42"
+    assert new.sh("systemctl is-active flower").strip() == "active"
+    users = new.sh("rabbitmqctl -q list_users --no-table-headers").split()
+    assert "guest" not in users and {"edd-infra-admin", "edd_user", MIGRATION_USER} <= set(users)
+    assert "deprecated" not in new.sh("rabbitmq-diagnostics -q list_deprecated_features --used || true")
+
+
+def test_without_migrate_from_the_old_broker_retires_and_the_next_up_is_a_no_op(migrated):
+    old, new = migrated
+    move_to(old.stack, old.host, new.host, migrate=False)
+    result, FIGURES["retire up"] = new.up()
+    assert result.summary.result == "succeeded"
+    assert old.sh("systemctl is-active rabbitmq-server", check=False).strip() == "inactive"
+    assert old.sh("systemctl is-enabled rabbitmq-server", check=False).strip() == "disabled"
+    assert MIGRATION_USER not in new.sh("rabbitmqctl -q list_users --no-table-headers").split()
+    result, _ = new.up()
+    changes = {k: v for k, v in result.summary.resource_changes.items() if k != "same"}
+    assert not changes, changes
+    assert send_task(new.host, 1, 2) == "3"
