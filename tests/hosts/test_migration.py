@@ -12,6 +12,8 @@ exactly once. A second `up` without `migrateFrom` retires the old broker; a thir
 from __future__ import annotations
 
 import re
+import shlex
+import threading
 import time
 import uuid
 
@@ -19,11 +21,13 @@ import pytest
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, sandbox_config, send_task, tls_dir
+from sandbox.image import APP_TARGET, VENV
 from sandbox.tls import make_broker_certificates
-from edd_infra.render.broker_migration import MIGRATION_USER
+from edd_infra.render.broker_migration import MIGRATION_USER, shovel_password
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import WORKER_UNIT, Deployment, Producer, completed_tasks, print_figures
+from tests.hosts.deployment import (WORKER_ENV, WORKER_UNIT, Deployment, Producer, completed_tasks, print_figures,
+                                   secret_forms)
 
 pytestmark = pytest.mark.hosts
 OLD_DEBIAN, NEW_DEBIAN = 12, 13
@@ -41,10 +45,44 @@ def queued(d: Deployment, queue: str = "edd") -> int:
     return next(int(line.split()[1]) for line in lines if line.split()[0] == queue)
 
 
-def succeeded(d: Deployment, prefix: str) -> list[str]:
+def succeeded(d: Deployment, prefix: str, task: str = "edd.add") -> list[str]:
     """Every `succeeded` line of the worker's journal for tasks of `prefix`, repeats included."""
     journal = d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -F '[{prefix}-' || true", timeout=300)
-    return re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal)
+    return re.findall(rf"{re.escape(task)}\[({re.escape(prefix)}-\w+)\] succeeded", journal)
+
+
+def wait_completed(d: Deployment, ids: set[str], prefix: str, started: float) -> None:
+    while not ids <= completed_tasks(d, prefix) or queued(d):
+        assert time.monotonic() - started < 600, f"{len(ids - completed_tasks(d, prefix))} tasks never ran on {d.host.name}"
+        time.sleep(2)
+
+
+LONG_TASK_SECONDS = 30
+
+
+def queue_long_task(d: Deployment, prefix: str) -> str:
+    """Queue `edd.work(LONG_TASK_SECONDS)` (EDD's tasks run for minutes) with an id of `prefix`."""
+    task_id = f"{prefix}-long"
+    code = f"from edd import work; work.apply_async(args=({LONG_TASK_SECONDS},), task_id={task_id!r})"
+    d.sh(f"set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
+    return task_id
+
+
+class EmptyWatch(threading.Thread):
+    """Polls the old broker's queue once a second from `start()`; `seconds` is how long until it
+    first held nothing."""
+
+    def __init__(self, d: Deployment):
+        super().__init__(daemon=True)
+        self.d, self.seconds, self.done = d, None, threading.Event()
+
+    def run(self):
+        started = time.monotonic()
+        while not self.done.is_set():
+            if queued(self.d) == 0:
+                self.seconds = time.monotonic() - started
+                return
+            time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +131,44 @@ def test_queued_tasks_move_to_the_new_broker_and_run_there_exactly_once(migrated
     finally:
         producer.stop()
     ids = producer.ids()
-    assert len(ids) == TOTAL and queued(old) == TOTAL
+    long_task = queue_long_task(old, producer.prefix)
+    assert len(ids) == TOTAL and queued(old) == TOTAL + 1
 
     move_to(old.stack, old.host, new.host, migrate=True)
     started = time.monotonic()
-    result, FIGURES["migration up"] = new.up()
+    watch = EmptyWatch(old)
+    watch.start()
+    try:
+        result, FIGURES["migration up"] = new.up()
+    finally:
+        watch.done.set()
     assert result.summary.result == "succeeded"
     # `up` returns once the shovel has emptied the old queue.
-    assert queued(old) == 0
+    assert queued(old) == 0 and watch.seconds is not None
+    FIGURES["old queue empty after up began"] = watch.seconds
     assert rabbitmq_version(new).startswith("4.0.")
 
-    while not ids <= completed_tasks(new, producer.prefix) or queued(new):
-        assert time.monotonic() - started < 600, f"{len(ids - completed_tasks(new, producer.prefix))} tasks never ran"
-        time.sleep(3)
-    FIGURES["all 2,000 tasks done after up began"] = time.monotonic() - started
-    runs = succeeded(new, producer.prefix)
-    assert sorted(runs) == sorted(ids), "a task ran twice or not at all"
+    wait_completed(new, ids, producer.prefix, started)
+    FIGURES["all 2,000 tasks and the 30 s one done after up began"] = time.monotonic() - started
+    # A producer still on the old host (EDD before its settings move) loses nothing either:
+    # the shovel goes on until the old broker is retired.
+    late = Producer(old, 50)
+    late.wait(300)
+    wait_completed(new, late.ids(), late.prefix, started)
+    expected = ids | late.ids()
+    runs = succeeded(new, producer.prefix) + succeeded(new, late.prefix)
+    assert sorted(runs) == sorted(expected), "a task ran twice or not at all"
     assert not succeeded(old, producer.prefix), "the stopped worker on the old host ran tasks"
+    deadline = time.monotonic() + LONG_TASK_SECONDS * 4
+    while not succeeded(new, producer.prefix, "edd.work"):
+        assert time.monotonic() < deadline, "the 30 s task queued on the old broker never completed on the new one"
+        time.sleep(2)
+    assert succeeded(new, producer.prefix, "edd.work") == [long_task]
+
+    # Nothing secret in the engine's output or the state: passwords, the shovel's, the hashes.
+    shown = "".join(new.output) + new.stack.export()
+    forms = secret_forms(new.secrets | {"shovel": shovel_password(new.secrets["adminPassword"])})
+    assert not [f for f in forms if f in shown] and "password_hash" not in shown
 
     # Nothing rotated: the services log in with the passwords they had, and guest is gone.
     assert send_task(new.host, 20, 22) == "42"

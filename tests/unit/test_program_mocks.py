@@ -25,12 +25,17 @@ SECRETS = {
 }
 
 
+OLD_DEFINITIONS = {"users": [{"name": "edd_user", "password_hash": "0ld-h4sh"}], "queues": [], "bindings": []}
+
+
 class Recorder(pulumi.runtime.Mocks):
     deployed: dict = {}  # the stack's own outputs, as its self-reference reads them
 
     def new_resource(self, args):
         if args.typ == "pulumi:pulumi:StackReference":
             return [f"{args.name}_id", {"outputs": dict(self.deployed)}]
+        if args.name.endswith("-migration-export"):  # what the old broker prints
+            return [f"{args.name}_id", dict(args.inputs, stdout=json.dumps(OLD_DEFINITIONS))]
         return [f"{args.name}_id", args.inputs]
 
     def call(self, args):
@@ -534,3 +539,63 @@ def test_preview_refuses_a_version_change_rabbitmq_cannot_upgrade(monkeypatch, d
             run(config)
         (message,) = error.value.problems
         assert message.startswith("edd-infra:broker.packageVersion: ") and refused in message, message
+
+
+def migration_config(tmp_path, **migrate_from):
+    """prod with TLS, moving the broker from `edd-old` (10.0.0.9) to its host (broker.migrateFrom)."""
+    config, keys = tls_config(tmp_path)
+    hosts = json.loads(config["edd-infra:hosts"])
+    hosts["edd-old"] = dict(next(iter(hosts.values())), address="10.0.0.9")
+    config["edd-infra:hosts"] = json.dumps(hosts)
+    broker = json.loads(config["edd-infra:broker"])
+    config["edd-infra:broker"] = json.dumps(dict(broker, migrateFrom={"host": "edd-old", **migrate_from},
+                                                 packageVersion="4.0.5-6+deb13u2"))
+    return config, keys
+
+
+def test_a_migration_copies_definitions_then_shovels_the_old_queue_before_the_provider_acts(tmp_path, monkeypatch):
+    # The old broker ran 3.10: no upgrade path applies to a fresh install on another host.
+    monkeypatch.setattr(Recorder, "deployed", {"brokerPackageVersion": "3.10.8-1.1+deb12u1"})
+    config, keys = migration_config(tmp_path)
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: (p, o, s) for t, n, p, o, s in resources}
+    hosts = {n: plain(loop, p["connection"].host) for n, (p, *_) in by_name.items() if "connection" in p}
+    assert [hosts[f"broker-migration-{step}"] for step in ("export", "import", "shovel")] == \
+        ["10.0.0.9", hosts["broker-server"], "10.0.0.9"]
+    export, export_opts, _ = by_name["broker-migration-export"]
+    assert export["logging"] == "none" and {"stdout", "stderr"} <= set(export_opts.additional_secret_outputs)
+    assert [d._name for d in by_name["broker-provider"][1].depends_on] == ["broker-admin", "broker-migration-import"]
+    assert [d._name for d in by_name["broker-migration-shovel"][1].depends_on] == ["broker-migration-import"]
+    # The admin is made on the new host too (and guest dropped there): its move is a repair.
+    admin, admin_opts, _ = by_name["broker-admin"]
+    assert plain(loop, admin["stdin"]).endswith("# repair moved-to-edd-queue\n") and not admin_opts.ignore_changes
+    imported, _, secret = by_name["broker-migration-import"]
+    assert secret["stdin"] and '"password_hash": "0ld-h4sh"' in plain(loop, imported["stdin"])
+    shovel, _, secret = by_name["broker-migration-shovel"]
+    assert secret["stdin"] and "cacertfile=/etc/edd-infra/migration-ca.pem" in plain(loop, shovel["stdin"])
+    units = plain(loop, shovel["delete"])
+    assert "for unit in celery-edd-worker-1 flower rabbitmq-server; do systemctl disable --now" in units
+
+
+def test_without_migrate_from_there_is_no_migration_and_the_admin_ignores_the_host():
+    _, resources, loop = run(stack_config("prod"))
+    assert not [n for _, n, *_ in resources if "migration" in n]
+    assert next(o for _, n, _, o, _ in resources if n == "broker-admin").ignore_changes
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"host": "edd-queue"}, "edd-infra:broker.migrateFrom.host: the host the broker moves away from, not broker.host"),
+    ({"host": "gone"}, "edd-infra:broker.migrateFrom.host: host 'gone' is not in edd-infra:hosts"),
+    ({"drainTimeout": 5}, "edd-infra:broker.migrateFrom.drainTimeout: Input should be greater than or equal to 30"),
+    ({"plain": True}, "edd-infra:broker.migrateFrom: needs broker.tls and a non-loopback address"),
+])
+def test_a_migration_that_cannot_work_is_refused_naming_the_key(tmp_path, change, problem):
+    config, keys = migration_config(tmp_path)
+    broker = json.loads(config["edd-infra:broker"])
+    if change.pop("plain", False):
+        broker = {k: v for k, v in broker.items() if k not in ("tls", "amqpListeners")}
+    broker["migrateFrom"] |= change
+    config["edd-infra:broker"] = json.dumps(broker)
+    with pytest.raises(ConfigError) as error:
+        run(config, secret_keys=keys)
+    assert any(p.startswith(problem) for p in error.value.problems), error.value.problems
