@@ -88,12 +88,18 @@ def deployment(host: sandbox_hosts.SandboxHost, work_dir: Path, prefix: str = "t
         d.fresh_up_seconds = seconds
         yield d
     finally:
-        try:
-            # The queue and exchange are protected from accidental deletion; this one is deliberate.
-            stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
-            stack.stack.destroy(color="never")
-        except Exception as error:  # noqa: BLE001 - the host may be gone; its shutdown cleans it
-            print(f"\ndestroy of {stack.name} on {host.name} failed: {str(error)[-300:]}", file=sys.stderr)
+        destroy(stack)
+
+
+def destroy(stack: ProjectStack) -> None:
+    """Destroy a test's stack, protected queue included; a failure is printed, not raised (the
+    hosts go at session end anyway, and the test's own failure is the one to see)."""
+    try:
+        # The queue and exchange are protected from accidental deletion; this one is deliberate.
+        stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
+        stack.stack.destroy(color="never")
+    except Exception as error:  # noqa: BLE001
+        print(f"\ndestroy of {stack.name} failed: {str(error)[-300:]}", file=sys.stderr)
 
 
 def print_figures(request, title: str, figures: dict[str, float]) -> None:

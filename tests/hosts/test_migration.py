@@ -26,8 +26,8 @@ from sandbox.tls import make_broker_certificates
 from edd_infra.render.broker_migration import MIGRATION_USER, shovel_password
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (WORKER_ENV, WORKER_UNIT, Deployment, Producer, completed_tasks, print_figures,
-                                   secret_forms)
+from tests.hosts.deployment import (WORKER_ENV, WORKER_UNIT, Deployment, Producer, completed_tasks, destroy,
+                                   print_figures, secret_forms)
 
 pytestmark = pytest.mark.hosts
 OLD_DEBIAN, NEW_DEBIAN = 12, 13
@@ -102,11 +102,7 @@ def migrated(plugins_ready, sandbox_hosts, tmp_path_factory, request):
         yield old, new
     finally:
         print_figures(request, f"migration Debian {OLD_DEBIAN} -> {NEW_DEBIAN}", FIGURES)
-        stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
-        try:
-            stack.stack.destroy(color="never")
-        except Exception as error:  # noqa: BLE001 - the hosts go at session end anyway
-            print(f"destroy failed: {str(error)[-300:]}")
+        destroy(stack)
 
 
 def move_to(stack: ProjectStack, old_host, new_host, migrate: bool) -> None:

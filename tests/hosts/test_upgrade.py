@@ -6,8 +6,9 @@ as two newer builds of the same series, one good and one whose server never star
 with a throw-away key and served on the host's link. The stack installs Debian's build with
 the repository configured (`broker.aptSource`), then:
 - upgrades to the good build while a producer with publisher confirms sends 1,000 tasks and
-  a 30 s task runs: every short task runs exactly once, the long one is not lost (how often it
-  completed is printed); the broker's down-time is printed;
+  a 30 s task runs: no confirmed task is lost; a task may run twice only if it was running when
+  the broker stopped (its ack went with the connection), and how many did is printed, as is how
+  often the long one completed and the broker's down-time;
 - "upgrades" to the broken build: `up` fails naming the broker, the old package is put back and
   started, and every service still logs in and runs tasks;
 - asks for a jump RabbitMQ does not support (4.0 -> 4.3): refused by `preview` (the stack reads
@@ -30,7 +31,8 @@ from sandbox.image import APP_TARGET, VENV, ensure_image
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts import apt_repo
-from tests.hosts.deployment import UNITS, WORKER_UNIT, Deployment, Producer, print_figures, wait_all_completed
+from tests.hosts.deployment import (UNITS, WORKER_UNIT, Deployment, Producer, destroy, print_figures,
+                                   wait_all_completed)
 
 pytestmark = pytest.mark.hosts
 DEBIAN = 13
@@ -70,11 +72,7 @@ def upgradable(plugins_ready, sandbox_hosts, tmp_path_factory, request):
             yield d
         finally:
             print_figures(request, f"upgrade on Debian {DEBIAN}", FIGURES)
-            stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
-            try:
-                stack.stack.destroy(color="never")
-            except Exception as error:  # noqa: BLE001 - the host goes at session end anyway
-                print(f"destroy failed: {str(error)[-300:]}")
+            destroy(stack)
 
 
 def installed(d: Deployment) -> str:
@@ -134,7 +132,12 @@ def test_the_repository_is_configured_pinned_and_held(upgradable):
     assert "rabbitmq-server" in d.sh("apt-mark showhold").split()
 
 
-def test_an_upgrade_under_load_runs_every_confirmed_task_exactly_once(upgradable):
+# Tasks running when the broker stops can run twice (their acks are lost with the connection):
+# at most what the worker runs at once (concurrency 2) plus a finished one or two whose ack was in flight.
+MAX_RERUN = 4
+
+
+def test_an_upgrade_under_load_loses_no_confirmed_task(upgradable):
     d = upgradable
     total = 1000
     producer = Producer(d, total, pace=0.05)
@@ -158,7 +161,10 @@ def test_an_upgrade_under_load_runs_every_confirmed_task_exactly_once(upgradable
     finally:
         producer.stop()
     counts = succeeded_counts(d, producer.prefix)
-    assert set(counts) == ids and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    assert set(counts) == ids, f"{len(ids - set(counts))} confirmed tasks never ran"
+    reruns = {k: v for k, v in counts.items() if v != 1}
+    FIGURES["short tasks run twice"] = len(reruns)
+    assert len(reruns) <= MAX_RERUN and set(reruns.values()) <= {2}, reruns
     # The task that was running when the broker went away is not lost (at least once).
     runs = wait_long_task(d, long_task, LONG_TASK_SECONDS * 4)
     FIGURES["30 s task in flight: times it completed"] = runs
