@@ -59,6 +59,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         members=[(broker_cfg.member(node), hosts[node.host]) for node in broker_cfg.cluster_nodes],
         erlang_cookie=secrets.erlang_cookie if broker_cfg.cluster_nodes else None,
         migration=migration_source(settings, hosts),
+        consumer_timeout_ms=settings.tasks.consumer_timeout_ms,
     )
     vhost = EddVhost(
         "edd",
@@ -109,7 +110,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
             worker.name, worker=worker, host=hosts[worker.host],
             broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
             celery_config=celery, broker_ca=tls_pems[0] if remote else None,
-            signing=signing, result_backend=secrets.result_backend, depends_on=deps))
+            signing=signing, result_backend=secrets.result_backend, stop_timeout=settings.tasks.stop_timeout,
+            depends_on=deps))
     flower_url = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
@@ -166,7 +168,8 @@ def app_celery_settings(settings: StackSettings) -> dict[str, Any]:
     q = settings.app_queue
     return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
                            control_exchange=q.control_exchange, event_exchange=q.event_exchange,
-                           event_queue_prefix=q.event_queue_prefix)
+                           event_queue_prefix=q.event_queue_prefix, soft_time_limit=settings.tasks.soft_time_limit,
+                           time_limit=settings.tasks.time_limit, prefetch_multiplier=settings.tasks.prefetch_multiplier)
 
 
 def remote_workers(settings: StackSettings) -> bool:

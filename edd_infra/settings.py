@@ -334,6 +334,42 @@ class Flower(Model):
     ui_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "admin"
 
 
+class Tasks(Model):
+    """How long a task may run and how many a worker holds: the Celery settings that make
+    "at least once" true, delivered by the program (not the app), and what the broker and the
+    units derive from them (consumer_timeout, TimeoutStopSec)."""
+
+    # Past it Celery raises SoftTimeLimitExceeded inside the task, which can still clean up.
+    soft_time_limit: Annotated[int, Field(ge=1, le=604800)] = 3300
+    # Past it the worker kills the task's process; the task fails (it is not run again).
+    time_limit: Annotated[int, Field(ge=2, le=604800)] = 3600
+    # Tasks a worker process reserves ahead; 1 for long tasks, so none waits behind another.
+    prefetch_multiplier: Annotated[int, Field(ge=1, le=100)] = 1
+
+    @model_validator(mode="after")
+    def _soft_before_hard(self) -> "Tasks":
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError(f"softTimeLimit ({self.soft_time_limit} s) must be below timeLimit ({self.time_limit} s): "
+                             "the task gets its warning before it is killed")
+        return self
+
+    @property
+    def stop_timeout(self) -> int:
+        """Seconds systemd gives a stopping worker: its running tasks end within the hard
+        limit, then the worker exits."""
+        return self.time_limit + STOP_GRACE
+
+    @property
+    def consumer_timeout_ms(self) -> int:
+        """RabbitMQ's consumer_timeout: longer than any task may run plus a stop, so the broker
+        never closes a channel under a task that is still within its limits."""
+        return (self.time_limit + 2 * STOP_GRACE) * 1000
+
+
+# Seconds past the hard time limit for a worker to ack, report and exit.
+STOP_GRACE = 30
+
+
 class AppQueue(Model):
     """The queue and exchange EDD publishes through, declared on the broker (protected).
 
@@ -380,6 +416,7 @@ class StackSettings(Model):
     vhost: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.-]*$")] = "/edd"
     app_queue: AppQueue = AppQueue()
     app_user: AppUser = AppUser()
+    tasks: Tasks = Tasks()
     flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
     workers: list[Worker] = Field(min_length=1)
     flower: Flower

@@ -50,6 +50,7 @@ from pulumi.automation import EngineEvent, OpType
 
 from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.celery_config import CONFIG_MODULE, celery_settings, render_celery_config_module
+from edd_infra.settings import Tasks
 from edd_infra.workspace import ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
@@ -140,11 +141,16 @@ def raw_accounts() -> str:
     ])
 
 
+# The stock worker runs with the program's default task settings, so throughput compares like with like.
+TASKS = Tasks()
+
+
 def raw_config_module() -> str:
     """Shell writing the Celery config module the program would write (the program's renderer)."""
     text = render_celery_config_module(celery_settings(
         queue="edd", exchange="edd", exchange_type="fanout", queue_type="classic",
-        control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev"))
+        control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev",
+        soft_time_limit=TASKS.soft_time_limit, time_limit=TASKS.time_limit, prefetch_multiplier=TASKS.prefetch_multiplier))
     return f"mkdir -p {RAW_CONFIG_DIR}\ncat > {RAW_CONFIG_DIR}/{CONFIG_MODULE}.py <<'EOF'\n{text}EOF"
 
 

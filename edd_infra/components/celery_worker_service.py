@@ -16,7 +16,7 @@ import pulumi
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import worker_argv
-from ..render.celery_config import celery_config_cache, celery_config_files
+from ..render.celery_config import celery_config_cache, celery_config_files, required_settings
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
@@ -31,8 +31,9 @@ def worker_service_name(worker: Worker, manager: str) -> str:
     return f"celery-{worker.name}" if manager == "systemd" else f"org.celeryq.{worker.name}"
 
 
-def worker_definition(worker: Worker, manager: str, env_path: str) -> str:
-    """The unit file (systemd) or plist (launchd) text for a worker."""
+def worker_definition(worker: Worker, manager: str, env_path: str, stop_timeout: int = 60) -> str:
+    """The unit file (systemd) or plist (launchd) text for a worker; a stop waits up to
+    `stop_timeout` seconds for running tasks."""
     argv = worker_argv(
         virtualenv=worker.virtualenv, app=worker.app, name=worker.name, queues=worker.queues,
         concurrency=worker.concurrency, autoscale=worker.autoscale, log_level=worker.log_level,
@@ -42,12 +43,12 @@ def worker_definition(worker: Worker, manager: str, env_path: str) -> str:
         return render_service_unit(
             description=f"Celery worker {worker.name} (edd-infra)", argv=argv, user=worker.user,
             group=worker.group, working_directory=worker.working_directory, environment_file=env_path,
-            supplementary_groups=worker.extra_groups,
+            supplementary_groups=worker.extra_groups, stop_timeout=stop_timeout, graceful_children=True,
         )
     return render_daemon_plist(
         label=worker_service_name(worker, manager), argv=argv, user=worker.user, group=worker.group,
         working_directory=worker.working_directory, environment_file=env_path,
-        log_path=f"/var/log/celery/{worker.name}.log",
+        log_path=f"/var/log/celery/{worker.name}.log", exit_timeout=stop_timeout,
     )
 
 
@@ -67,6 +68,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         result_backend: Optional[pulumi.Output[str]] = None,
         signing: Optional[tuple[pulumi.Output[str], str]] = None,
         broker_ca: Optional[str] = None,
+        stop_timeout: int = 60,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -96,13 +98,13 @@ class CeleryWorkerService(pulumi.ComponentResource):
         extra_paths += [f.path for f in config_files]
         health = host_scripts.worker_ping(
             env_file=env_path, user=worker.user, working_directory=worker.working_directory,
-            virtualenv=worker.virtualenv, app=worker.app, node=worker.name,
+            virtualenv=worker.virtualenv, app=worker.app, node=worker.name, required=required_settings(celery_config),
         ) if manager == "systemd" else ""
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(
                 manager=manager, name=self.service_name,
-                definition=worker_definition(worker, manager, env_path), health=health,
+                definition=worker_definition(worker, manager, env_path, stop_timeout), health=health,
             ),
             delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths],
                                                caches=[celery_config_cache(self.service_name)]),

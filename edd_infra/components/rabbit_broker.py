@@ -56,7 +56,8 @@ def tls_listeners(broker: Broker) -> Optional[TlsListeners]:
     return TlsListeners(broker.tls.amqp_port, broker.tls.management_port) if broker.tls else None
 
 
-def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None) -> list[FileSpec]:
+def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None,
+                 consumer_timeout_ms: Optional[int] = None) -> list[FileSpec]:
     """The broker's config files (no secrets in them); with TLS, the CA and server
     certificates (`tls_pems`, public) too."""
     tls = tls_listeners(broker)
@@ -68,6 +69,7 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         node_address=broker.node_address,
         loopback_users=loopback_users,
         tls=tls,
+        consumer_timeout_ms=consumer_timeout_ms,
     )
     certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
     return certificates + [
@@ -127,6 +129,7 @@ class RabbitBroker(pulumi.ComponentResource):
         members: Sequence[tuple[Broker, HostTarget]] = (),
         erlang_cookie: Optional[pulumi.Output[str]] = None,
         migration: Optional[MigrationSource] = None,
+        consumer_timeout_ms: Optional[int] = None,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
@@ -134,7 +137,7 @@ class RabbitBroker(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
         self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
-        self._cookie = erlang_cookie
+        self._cookie, self._consumer_timeout = erlang_cookie, consumer_timeout_ms
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
             if broker.install == "managed" else None
         ready = [admin] if admin else []
@@ -189,7 +192,7 @@ class RabbitBroker(pulumi.ComponentResource):
 
     def _server(self, name: str, broker: Broker, host: HostTarget) -> pulumi.Resource:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie."""
-        files = broker_files(broker, self._loopback_users, self._tls_pems)
+        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout)
         tls = tls_listeners(broker)
         secrets = []
         if tls:

@@ -27,10 +27,23 @@ def celery_settings(
     control_exchange: str,
     event_exchange: str,
     event_queue_prefix: str,
+    soft_time_limit: int,
+    time_limit: int,
+    prefetch_multiplier: int,
 ) -> dict[str, Any]:
     """Celery setting name -> value (JSON types only, so EDD's settings file can carry them)."""
     return {
         "broker_transport_options": {"confirm_publish": True},
+        # At least once: a task is acked when it has run; one whose worker process died goes
+        # back to the queue (a quorum queue's delivery limit catches a task that kills it).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # On a lost broker connection the broker gives the task out again: stop this run of
+        # it rather than finish it a second time.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_prefetch_multiplier": prefetch_multiplier,
+        "task_soft_time_limit": soft_time_limit,
+        "task_time_limit": time_limit,
         "task_default_queue": queue,
         "task_default_exchange": exchange,
         "task_default_exchange_type": exchange_type,
@@ -41,7 +54,19 @@ def celery_settings(
         "control_exchange": control_exchange,
         "event_exchange": event_exchange,
         "event_queue_prefix": event_queue_prefix,
-    }
+    } | ({"worker_detect_quorum_queues": True} if queue_type == "quorum" else {})
+
+
+# What a worker must run with for "at least once": checked in `up`'s health check.
+REQUIRED_KEYS = ("task_acks_late", "task_reject_on_worker_lost", "worker_cancel_long_running_tasks_on_connection_loss",
+                 "worker_prefetch_multiplier", "task_soft_time_limit", "task_time_limit")
+
+
+def required_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """{name or name.key: value} a worker's `inspect conf` must show: publisher confirms and
+    the reliability settings."""
+    required = {"broker_transport_options.confirm_publish": True}
+    return required | {key: settings[key] for key in REQUIRED_KEYS}
 
 
 def render_celery_config_module(settings: Mapping[str, Any]) -> str:

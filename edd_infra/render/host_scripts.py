@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import posixpath
 import shlex
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 from ..upgrade_path import MAJOR_STEPS
 from .broker_migration import MIGRATION_CA_PATH, SHOVEL_NAME
@@ -567,33 +568,44 @@ def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], 
 
 
 # Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.
-CONFIRMS_CHECK = """import json, sys
+# stdin: `inspect conf --json`'s reply; argv[1]: {"name" or "name.key": value} the worker must
+# run with. Prints the names it runs without; exit 2 when there was no reply.
+SETTINGS_CHECK = """import json, sys
 try:
     conf = list(json.load(sys.stdin).values())[0]
 except Exception:
     sys.exit(2)
-sys.exit(0 if (conf.get("broker_transport_options") or {}).get("confirm_publish") is True else 1)"""
+def value(name):
+    head, _, key = name.partition(".")
+    return (conf.get(head) or {}).get(key) if key else conf.get(head)
+off = [name for name, want in json.loads(sys.argv[1]).items() if value(name) != want]
+print(" ".join(off))
+sys.exit(1 if off else 0)"""
 
 
 def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
-                node: str, attempts: int = 60) -> str:
+                node: str, required: Mapping[str, object], attempts: int = 60) -> str:
     """Wait until the worker answers through the broker (the broker URL comes from its env
-    file), asking for its config: a worker whose app ignored the program's Celery config
-    module (render.celery_config) runs without publisher confirms, and `up` says so. One
-    `inspect conf` serves as both the ping and the check; its reply (which holds the broker
-    URL) goes through a pipe, never into a file."""
+    file), asking for its config: a worker whose app ignored or overrode the program's Celery
+    config module (render.celery_config) would run without publisher confirms or late acks,
+    and `up` says so, naming the settings (`required`). One `inspect conf` serves as both the
+    ping and the check; its reply (which holds the broker URL) goes through a pipe, never into a file."""
     inspect = (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
                f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect conf --json -d {q(node)}@\"$(hostname)\" "
                f"--timeout 2) 2>/dev/null")
     return (
         f"i=0\nwhile :; do\n"
-        f"  rc=0; {inspect} | {q(virtualenv + '/bin/python')} -c {q(CONFIRMS_CHECK)} || rc=$?\n"
+        f"  rc=0; off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
+        f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
         f"  [ \"$rc\" -ne 2 ] && break\n"
         f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "
         # A started worker answers within milliseconds: ask often rather than wait long.
         f"exit 1; fi; sleep 1\ndone\n"
-        f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without publisher confirms: its app does not load "
-        f"CELERY_CONFIG_MODULE or overrides broker_transport_options (README: Publisher confirms)\" >&2; exit 1; }}"
+        f"case \" $off \" in *' broker_transport_options.confirm_publish '*) echo \"worker {node} runs without "
+        f"publisher confirms: its app does not load CELERY_CONFIG_MODULE or overrides broker_transport_options "
+        f"(README: Publisher confirms)\" >&2; exit 1 ;; esac\n"
+        f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without the program's Celery settings $off: its app "
+        f"overrides them (README: Publisher confirms)\" >&2; exit 1; }}"
     )
 
 

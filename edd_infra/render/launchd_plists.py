@@ -21,8 +21,10 @@ def render_daemon_plist(
     working_directory: str,
     environment_file: str | None,
     log_path: str,
+    exit_timeout: int | None = None,
 ) -> str:
-    """A LaunchDaemon plist that starts at boot and is restarted when it exits."""
+    """A LaunchDaemon plist that starts at boot and is restarted when it exits; `exit_timeout`:
+    seconds from SIGTERM to SIGKILL when it is stopped (launchd's default is 20)."""
     command = "exec " + " ".join(shlex.quote(word) for word in argv)
     if environment_file:
         command = f"set -a; . {shlex.quote(environment_file)}; set +a; {command}"
@@ -37,4 +39,6 @@ def render_daemon_plist(
         "StandardOutPath": log_path,
         "StandardErrorPath": log_path,
     }
+    if exit_timeout is not None:
+        job["ExitTimeOut"] = exit_timeout
     return plistlib.dumps(job, sort_keys=True).decode()

@@ -56,6 +56,7 @@ def render_rabbitmq_conf(
     node_address: str,
     loopback_users: Iterable[str],
     tls: Optional[TlsListeners] = None,
+    consumer_timeout_ms: Optional[int] = None,
 ) -> str:
     """rabbitmq.conf: AMQP and management on the given addresses only, loopback-only users.
 
@@ -76,6 +77,9 @@ def render_rabbitmq_conf(
     lines += [f"loopback_users.{user} = true" for user in loopback_users]
     # Password mechanisms only (RabbitMQ 4 also offers ANONYMOUS, a login without one).
     lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = AMQPLAIN"]
+    if consumer_timeout_ms is not None:
+        # A delivery not acked within this closes its channel: longer than any task may run.
+        lines.append(f"consumer_timeout = {consumer_timeout_ms}")
     if tls:
         lines += _tls_lines(tls, amqp_listeners, management_address)
     return "\n".join(lines) + "\n"

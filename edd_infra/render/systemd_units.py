@@ -44,9 +44,14 @@ def render_service_unit(
     supplementary_groups: Iterable[str] = (),
     state_directory: str | None = None,
     after: Iterable[str] = ("network-online.target",),
+    stop_timeout: int = 60,
+    graceful_children: bool = False,
 ) -> str:
     """A hardened long-running service unit that reads its secrets from an EnvironmentFile;
-    ordered after `after` (wanted too) and after the broker (see BROKER_UNIT)."""
+    ordered after `after` (wanted too) and after the broker (see BROKER_UNIT).
+
+    `graceful_children` (a Celery worker): on stop only the main process gets SIGTERM and waits
+    for its children to finish their tasks (within `stop_timeout`); what is left then is killed."""
     after = tuple(after)
     lines = [
         "# Written by edd-infra.",
@@ -71,7 +76,12 @@ def render_service_unit(
         "RestartSec=2",
         # Celery finishes the task at hand on SIGTERM (warm shutdown).
         "KillSignal=SIGTERM",
-        "TimeoutStopSec=60",
+    ]
+    if graceful_children:
+        # Sent to every process (the default), SIGTERM kills prefork children mid-task.
+        lines.append("KillMode=mixed")
+    lines += [
+        f"TimeoutStopSec={stop_timeout}",
     ]
     if state_directory:
         lines.append(f"StateDirectory={state_directory}")

@@ -5,9 +5,10 @@ The Pulumi program deploys workers that run
 from ``/opt/edd-sandbox/app``; this module is what they import. It is
 configured only from the environment, as a real deployment would be:
 
-- ``CELERY_CONFIG_MODULE``: edd-infra's Celery settings (publisher confirms, queue ``edd``
-  on the fanout exchange ``edd``, its queue type, Celery's exchange names). The app sets
-  none of them itself, so what the program delivers is what runs.
+- ``CELERY_CONFIG_MODULE``: edd-infra's Celery settings (publisher confirms, late acks and
+  the other reliability settings, time limits, queue ``edd`` on the fanout exchange ``edd``,
+  its queue type, Celery's exchange names). The app sets none of them itself, so what the
+  program delivers is what runs.
 - ``CELERY_BROKER_URL``: the broker (default: guest on the local RabbitMQ).
 - ``CELERY_RESULT_BACKEND``: where results go (default ``rpc://``).
 - ``CELERY_BROKER_CA_FILE``: when set (a worker on another host than the broker), the broker
@@ -26,9 +27,6 @@ app.conf.update(
     broker_url=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
     result_backend=os.environ.get("CELERY_RESULT_BACKEND", "rpc://"),
     broker_connection_retry_on_startup=True,
-    # Ack after the task ran: a worker restarted mid-task (a password rotation) loses nothing,
-    # the broker redelivers what it had not acked.
-    task_acks_late=True,
 )
 
 if os.environ.get("CELERY_BROKER_CA_FILE"):

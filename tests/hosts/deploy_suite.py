@@ -27,7 +27,8 @@ from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import amqp_login, secret_forms
+from tests.hosts.deployment import (LONG_TASK_SECONDS, amqp_login, secret_forms, start_long_task, task_journal,
+                                   wait_long_task)
 
 pytestmark = pytest.mark.hosts
 
@@ -557,6 +558,40 @@ def test_rotation_under_load_loses_no_task(deployed):
     # here the other hosts tests share the two cores.
     deployed.timings["worker gap in rotation"] = gap
     assert gap > 0, "the worker was not restarted by the rotation"
+
+
+def test_a_long_task_in_flight_through_a_rotation_finishes_exactly_once(deployed):
+    """EDD's tasks run for minutes. One that is running when `up` rotates appPassword (which
+    restarts the worker) is let finish: the worker stops consuming, waits for it, acks it,
+    then restarts. Before KillMode=mixed its process was killed (WorkerLostError) and the
+    task was acked anyway, never to run."""
+    task_id = start_long_task(deployed)
+    started = time.monotonic()
+    new = {"appPassword": random_secrets()["appPassword"]}
+    deployed.stack.set_secret("appPassword", new["appPassword"])
+    deployed.every_secret["long-task-appPassword"] = new["appPassword"]
+    result, seconds = deployed.up()
+    deployed.secrets.update(new)
+    assert result.summary.result == "succeeded"
+    deployed.timings["rotation up with a 30 s task running"] = seconds
+    assert wait_long_task(deployed, task_id, LONG_TASK_SECONDS * 4) == 1
+    journal = task_journal(deployed, task_id)
+    assert journal.count(f"edd.work[{task_id}] received") == 1, journal  # not redelivered: it ran once
+    assert "WorkerLostError" not in journal and "SIGTERM" not in journal, journal
+    # The old worker finished the task before it exited: the restart waited for it.
+    assert time.monotonic() - started >= seconds
+    assert send_task(deployed.host, 3, 4) == "7"
+
+
+def test_a_task_whose_worker_process_dies_is_run_again_not_dropped(deployed):
+    """A worker process killed mid-task (OOM killer, SIGKILL): with task_reject_on_worker_lost the
+    task goes back to the queue and runs again to its end, once."""
+    task_id = start_long_task(deployed, 10)
+    main = deployed.main_pid(f"celery-{WORKER}")
+    deployed.sh(f"kill -KILL $(pgrep -P {main})")  # the prefork children, the task's among them
+    assert wait_long_task(deployed, task_id, 120) == 1
+    journal = task_journal(deployed, task_id)
+    assert "WorkerLostError" in journal and journal.count(f"edd.work[{task_id}] received") == 2, journal
 
 
 def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deployed):

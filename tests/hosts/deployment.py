@@ -241,3 +241,35 @@ def wait_all_completed(d: Deployment, ids: set[str], prefix: str, timeout: float
                                  f"queue: {stats.get('messages')} messages, "
                                  f"{stats.get('messages_unacknowledged')} unacked; journald: {suppressed}")
         time.sleep(3)
+
+
+# EDD's tasks run for minutes; `edd.work(LONG_TASK_SECONDS)` stands in for them in tests that
+# restart, rotate or upgrade something while a task runs.
+LONG_TASK_SECONDS = 30
+
+
+def start_long_task(d, seconds: int = LONG_TASK_SECONDS) -> str:
+    """Send `edd.work(seconds)` and wait until the worker runs it; return its id."""
+    task_id = f"long-{uuid.uuid4().hex[:8]}"
+    code = f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r})"
+    d.sh(f"set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
+    deadline = time.monotonic() + 60
+    while f"edd.work[{task_id}] received" not in d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | tail -200"):
+        assert time.monotonic() < deadline, "the worker never received the long task"
+        time.sleep(0.5)
+    return task_id
+
+
+def task_journal(d, task_id: str) -> str:
+    """The worker's journal lines about one task (all boots)."""
+    return d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -F '{task_id}' || true", timeout=120)
+
+
+def wait_long_task(d, task_id: str, timeout: float) -> int:
+    """How many times the task completed, once it has (0 if not within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = task_journal(d, task_id).count(f"edd.work[{task_id}] succeeded")
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)

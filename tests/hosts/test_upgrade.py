@@ -31,8 +31,8 @@ from sandbox.image import APP_TARGET, VENV, ensure_image
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts import apt_repo
-from tests.hosts.deployment import (UNITS, WORKER_UNIT, Deployment, Producer, destroy, print_figures,
-                                   wait_all_completed)
+from tests.hosts.deployment import (LONG_TASK_SECONDS, UNITS, WORKER_UNIT, Deployment, Producer, destroy,
+                                   print_figures, start_long_task, wait_all_completed, wait_long_task)
 
 pytestmark = pytest.mark.hosts
 DEBIAN = 13
@@ -94,31 +94,6 @@ def broker_downtime(d: Deployment, since: float) -> float:
     starts = [float(l.split()[0]) for l in lines if "Started rabbitmq-server" in l]
     assert stops and starts, "\n".join(lines[-20:])
     return max(starts) - min(stops)
-
-
-LONG_TASK_SECONDS = 30
-
-
-def start_long_task(d: Deployment, seconds: int) -> str:
-    """Send `edd.work(seconds)` and wait until the worker runs it; return its id."""
-    task_id = f"long-{uuid.uuid4().hex[:8]}"
-    code = f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r})"
-    d.sh(f"set -a; . /etc/edd-infra/{WORKER_UNIT}.env; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
-    deadline = time.monotonic() + 60
-    while f"edd.work[{task_id}] received" not in d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | tail -200"):
-        assert time.monotonic() < deadline, "the worker never received the long task"
-        time.sleep(0.5)
-    return task_id
-
-
-def wait_long_task(d: Deployment, task_id: str, timeout: float) -> int:
-    """How many times the task completed, once it has (0 if not within `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -cF 'edd.work[{task_id}] succeeded' || true")
-        if int(runs.strip() or 0) or time.monotonic() > deadline:
-            return int(runs.strip() or 0)
-        time.sleep(2)
 
 
 def test_the_repository_is_configured_pinned_and_held(upgradable):

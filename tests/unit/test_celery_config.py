@@ -20,7 +20,8 @@ from edd_infra.render.edd_settings import edd_rabbitmq_settings, render_edd_sett
 
 def settings(queue_type: str = "classic", **names) -> dict:
     base = dict(queue="edd", exchange="edd", exchange_type="fanout", queue_type=queue_type,
-                control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev")
+                control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev",
+                soft_time_limit=3300, time_limit=3600, prefetch_multiplier=1)
     return celery_settings(**(base | names))
 
 
@@ -45,6 +46,20 @@ def test_celery_loads_confirms_and_the_queue_from_the_module(tmp_path, monkeypat
     assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("jobs-x", "fanout", "jobs")
     assert queue.queue_arguments == {"x-queue-type": "quorum"}
     assert app.conf.broker_connection_retry_on_startup is True  # the app's own settings stay
+
+
+def test_celery_runs_tasks_at_least_once_with_the_programs_time_limits(tmp_path, monkeypatch):
+    app = app_loading(tmp_path, monkeypatch, settings("quorum") | {"task_time_limit": 600, "task_soft_time_limit": 540})
+
+    @app.task(name="t", shared=False)
+    def noop():
+        pass
+    task = app.tasks["t"]
+    assert (task.acks_late, task.reject_on_worker_lost, task.time_limit, task.soft_time_limit) == (True, True, 600, 540)
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert app.conf.worker_detect_quorum_queues is True  # no global QoS on a quorum queue
+    assert "worker_detect_quorum_queues" not in settings("classic")
 
 
 def test_classic_queue_is_declared_without_arguments(tmp_path, monkeypatch):

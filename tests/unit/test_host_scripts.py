@@ -153,10 +153,17 @@ def test_a_succeeding_script_leaves_no_backup(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and open(f.path).read() == "2\n"
 
 
+DELIVERED = {"broker_transport_options": {"confirm_publish": True}, "task_acks_late": True, "task_time_limit": 3600}
+
+
 @pytest.mark.parametrize("reply, exit_code, message", [
-    ({"w1@h": {"broker_transport_options": {"confirm_publish": True}}}, 0, ""),
+    ({"w1@h": DELIVERED}, 0, ""),
     ({"w1@h": {}}, 1, "worker w1 runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE"),
-    ({"w1@h": {"broker_transport_options": {"visibility_timeout": 60}}}, 1, "worker w1 runs without publisher confirms"),
+    ({"w1@h": DELIVERED | {"broker_transport_options": {"visibility_timeout": 60}}}, 1,
+     "worker w1 runs without publisher confirms"),
+    # An app that sets its own acks (early) or a shorter time limit is named setting by setting.
+    ({"w1@h": DELIVERED | {"task_acks_late": False, "task_time_limit": 60}}, 1,
+     "worker w1 runs without the program's Celery settings task_acks_late task_time_limit: its app overrides them"),
     (None, 1, "worker w1 did not answer ping (inspect conf)"),
 ])
 def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, exit_code, message):
@@ -173,7 +180,8 @@ def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, 
     (tmp_path / "worker.env").write_text("CELERY_BROKER_URL='amqp://u:p@h//edd'\n")
     check = host_scripts.worker_ping(env_file=str(tmp_path / "worker.env"), user="celery",
                                      working_directory=str(tmp_path), virtualenv=str(tmp_path / "venv"), app="edd",
-                                     node="w1", attempts=2)
+                                     node="w1", attempts=2, required={"broker_transport_options.confirm_publish": True,
+                                                                      "task_acks_late": True, "task_time_limit": 3600})
     result = subprocess.run(["sh", "-euc", check], capture_output=True, text=True,
                             env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
     assert result.returncode == exit_code and result.stderr.strip().startswith(message), result.stderr

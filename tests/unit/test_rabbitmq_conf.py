@@ -7,6 +7,7 @@ from edd_infra.render.rabbitmq_conf import (
     render_epmd_environment,
     render_rabbitmq_conf,
 )
+from edd_infra.settings import Tasks
 from tests.unit.golden import assert_golden
 
 
@@ -25,6 +26,7 @@ def seed_conf():
     return render_rabbitmq_conf(
         amqp_listeners=["127.0.0.1", "::1"], amqp_port=5672, management_address="127.0.0.1",
         management_port=15672, node_address="127.0.0.1", loopback_users=["guest", "edd_user"],
+        consumer_timeout_ms=Tasks().consumer_timeout_ms,
     )
 
 
@@ -41,6 +43,8 @@ def test_seed_listeners_and_loopback_users():
         # Password logins only: no ANONYMOUS mechanism (RabbitMQ 4 offers it by default).
         "auth_mechanisms.1": "PLAIN",
         "auth_mechanisms.2": "AMQPLAIN",
+        # An unacked delivery closes its channel only after the hard time limit (3600 s) + 60 s.
+        "consumer_timeout": "3660000",
     }
 
 

@@ -11,6 +11,7 @@ from edd_infra.render.celery_commands import flower_argv, worker_argv
 from edd_infra.render.launchd_plists import render_daemon_plist
 from edd_infra.render.service_files import render_env_file, render_flower_config
 from edd_infra.render.systemd_units import render_service_unit
+from edd_infra.settings import Tasks
 from tests.unit.golden import assert_golden
 from tests.unit.samples import HOSTILE_PASSWORDS
 
@@ -22,7 +23,7 @@ def unit():
     return render_service_unit(
         description="Celery worker edd-worker-1 (edd-infra)", argv=ARGV, user="celery", group="celery",
         working_directory="/opt/edd/code", environment_file="/etc/edd-infra/celery-edd-worker-1.env",
-        supplementary_groups=["www-data"],
+        supplementary_groups=["www-data"], stop_timeout=Tasks().stop_timeout, graceful_children=True,
     )
 
 
@@ -42,6 +43,9 @@ def test_unit_parses_and_escapes_percent():
     assert service["EnvironmentFile"] == "/etc/edd-infra/celery-edd-worker-1.env"
     assert "-n edd-worker-1@%%h" in service["ExecStart"]  # systemd's %h would be the home directory
     assert service["NoNewPrivileges"] == "yes" and service["PrivateTmp"] == "yes"
+    # A stop lets running tasks finish: SIGTERM to the main process only (its prefork children
+    # would die mid-task), for as long as the hard time limit (3600 s) plus 30 s.
+    assert service["KillMode"] == "mixed" and service["TimeoutStopSec"] == "3630"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
     assert_golden("celery-edd-worker-1.service", unit())
 
