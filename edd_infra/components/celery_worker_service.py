@@ -89,7 +89,8 @@ class CeleryWorkerService(pulumi.ComponentResource):
                 # The app sets broker_use_ssl from it (Celery has no environment name for it).
                 extra.append(FileSpec(ca_path, broker_ca))
                 values["CELERY_BROKER_CA_FILE"] = ca_path
-            return host_scripts.secret_bundle([FileSpec(env_path, render_env_file(values), "0640", "root", worker.group),
+            env_file = FileSpec(env_path, render_env_file(values), "0640", "root", worker.group, keep_on_failure=True)
+            return host_scripts.secret_bundle([env_file,
                                                *extra])
 
         bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)

@@ -78,7 +78,7 @@ class FlowerService(pulumi.ComponentResource):
             return host_scripts.secret_bundle([
                 FileSpec(conf_path, config, "0640", "root", flower.group),
                 FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp, **env, **config_env}), "0640", "root",
-                         flower.group),
+                         flower.group, keep_on_failure=True),
                 *extra, *config_files,
             ])
 

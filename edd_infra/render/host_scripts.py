@@ -28,8 +28,9 @@ STATE_DIR = "/var/lib/edd-infra"
 PACKAGE_USERS = ("rabbitmq", "epmd")
 q = shlex.quote
 
-# `put TMP MODE OWNER GROUP PATH`: install TMP at PATH unless identical; sets changed=1 and
-# journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore.
+# `put TMP MODE OWNER GROUP PATH [keep]`: install TMP at PATH unless identical; sets changed=1 and
+# journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore, or with
+# `keep` (a file holding a broker password the broker already has) to leave the new one in place.
 # `on_rollback` is what restarts the service after a restore (`activate` adds to it); it also
 # runs when a script that set `pending=1` (a package change) fails with no file to restore.
 # `manifest` (set by `with_manifest`): after a success, the digests and modes of every file
@@ -54,7 +55,8 @@ put() {
   echo "$5" >> "$managed"
   mkdir -p "$(dirname "$5")"
   if [ -f "$5" ] && cmp -s "$1" "$5"; then rm -f "$1"; else
-    if [ -f "$5" ]; then cp -p "$5" "$5.edd-infra-old"; echo "restore $5" >> "$journal"; else echo "remove $5" >> "$journal"; fi
+    if [ "${6:-}" = keep ]; then echo "keep $5" >> "$journal"
+    elif [ -f "$5" ]; then cp -p "$5" "$5.edd-infra-old"; echo "restore $5" >> "$journal"; else echo "remove $5" >> "$journal"; fi
     install -m "$2" -o "$3" -g "$4" "$1" "$5"; rm -f "$1"; changed=1
   fi
   chmod "$2" "$5"; chown "$3:$4" "$5"
@@ -64,7 +66,7 @@ finish() {
   trap - EXIT
   while read -r action path; do
     if [ "$rc" -ne 0 ]; then
-      if [ "$action" = restore ]; then mv -f "$path.edd-infra-old" "$path"; else rm -f "$path"; fi
+      case "$action" in restore) mv -f "$path.edd-infra-old" "$path" ;; remove) rm -f "$path" ;; esac
     else
       rm -f "$path.edd-infra-old"
     fi
@@ -80,9 +82,9 @@ finish() {
 }
 trap finish EXIT"""
 
-READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path data; do
+READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path on_failure data; do
   [ -n "$data" ] || continue  # a repair token line, not a file
-  tmp=$(mktemp); printf '%s' "$data" | base64 -d > "$tmp"; put "$tmp" "$mode" "$owner" "$group" "$path"
+  tmp=$(mktemp); printf '%s' "$data" | base64 -d > "$tmp"; put "$tmp" "$mode" "$owner" "$group" "$path" "$on_failure"
 done"""
 
 
@@ -95,16 +97,20 @@ class FileSpec:
     mode: str = "0644"
     owner: str = "root"
     group: str = "root"
+    # Left in place when the script fails: it holds a broker password the broker already has
+    # (putting the old one back would lock the service out).
+    keep_on_failure: bool = False
 
 
 def secret_bundle(files: Iterable[FileSpec]) -> str:
-    """stdin for READ_SECRET_FILES: one `MODE OWNER GROUP PATH BASE64` line per file."""
+    """stdin for READ_SECRET_FILES: one `MODE OWNER GROUP PATH keep|restore BASE64` line per file."""
     lines = []
     for f in files:
         for word in (f.mode, f.owner, f.group, f.path):
             if not word or any(c.isspace() for c in word):
                 raise ValueError(f"file attribute {word!r} must be one word")
-        lines.append(f"{f.mode} {f.owner} {f.group} {f.path} {base64.b64encode(f.text.encode()).decode()}")
+        on_failure = "keep" if f.keep_on_failure else "restore"
+        lines.append(f"{f.mode} {f.owner} {f.group} {f.path} {on_failure} {base64.b64encode(f.text.encode()).decode()}")
     return "\n".join(lines) + "\n"
 
 

@@ -594,6 +594,34 @@ def test_a_task_whose_worker_process_dies_is_run_again_not_dropped(deployed):
     assert "WorkerLostError" in journal and journal.count(f"edd.work[{task_id}] received") == 2, journal
 
 
+def test_a_rotation_whose_worker_check_fails_leaves_every_service_logging_in(deployed):
+    """The broker takes the new app password before the worker's script runs; when that script
+    then fails (here: a worker app that does not load), the unit goes back but the env file
+    keeps the new password, so the worker that runs again logs in (before, it got the old
+    password back and crash-looped). A fixed config converges."""
+    from pulumi import automation as auto
+
+    new = {"appPassword": random_secrets()["appPassword"]}
+    deployed.stack.set_secret("appPassword", new["appPassword"])
+    deployed.every_secret["failed-rotation-appPassword"] = new["appPassword"]
+    workers = json.loads(deployed.stack.stack.get_config("edd-infra:workers").value)
+    deployed.stack.set_plain({"workers": [dict(workers[0], app="no_such_app"), *workers[1:]]})
+    try:
+        with pytest.raises(auto.CommandError) as err:
+            deployed.up()
+        assert f"worker {WORKER} did not answer ping" in str(err.value)
+        deployed.output.append(str(err.value))  # leak-scanned later
+        deployed.secrets.update(new)  # the broker has it now
+        assert "-A edd worker" in deployed.sh(f"systemctl cat celery-{WORKER}")  # the unit went back
+        assert send_task(deployed.host, 6, 7) == "13"  # the worker logs in with the new password
+        assert amqp_login(deployed, "edd_user", new["appPassword"])
+    finally:
+        deployed.stack.set_plain({"workers": workers})
+    result, _ = deployed.up()
+    assert result.summary.result == "succeeded"
+    assert send_task(deployed.host, 1, 2) == "3"
+
+
 def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deployed):
     """Someone re-passwords every account with rabbitmqctl and re-adds guest: the next `up`
     finds it from the stored hashes (no login as those users) and restores the config."""

@@ -146,6 +146,22 @@ def test_a_failing_script_puts_the_previous_files_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rb", "unit.conf"]  # no backup left behind
 
 
+def test_a_failing_script_keeps_the_new_broker_password_and_puts_the_rest_back(tmp_path):
+    """A rotation whose health check fails: the broker already has the new password, so the
+    env file keeps it (the old one would lock the service out); the unit goes back."""
+    env, unit = str(tmp_path / "w.env"), str(tmp_path / "w.service")
+    bundle = [FileSpec(env, "URL=amqp://u:old@h\n", "0640", me, grp, keep_on_failure=True),
+              FileSpec(unit, "ExecStart=good\n", "0644", me, grp)]
+    first = run(host_scripts.script(host_scripts.READ_SECRET_FILES), host_scripts.secret_bundle(bundle))
+    assert first.returncode == 0, first.stderr
+    bundle = [FileSpec(env, "URL=amqp://u:new@h\n", "0640", me, grp, keep_on_failure=True),
+              FileSpec(unit, "ExecStart=broken\n", "0644", me, grp)]
+    result = run(host_scripts.script(host_scripts.READ_SECRET_FILES, "false"), host_scripts.secret_bundle(bundle))
+    assert result.returncode != 0 and "rolled back to the previous files" in result.stderr
+    assert open(env).read() == "URL=amqp://u:new@h\n" and open(unit).read() == "ExecStart=good\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.env", "w.service"]  # no backup left behind
+
+
 def test_a_succeeding_script_leaves_no_backup(tmp_path):
     f = FileSpec(str(tmp_path / "a"), "1\n", "0644", me, grp)
     run(host_scripts.script(host_scripts.write_file(f)))

@@ -258,7 +258,7 @@ def bundle_files(stdin):
     """The files in a secret bundle: path -> (mode, owner, group, text)."""
     files = {}
     for line in stdin.splitlines():
-        mode, owner, group, path, data = line.split(" ")
+        mode, owner, group, path, _on_failure, data = line.split(" ")
         files[path] = (mode, owner, group, base64.b64decode(data).decode())
     return files
 
