@@ -250,6 +250,12 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
         if key == "erlangCookie":
             if not re.fullmatch(r"[A-Za-z0-9]{20,255}", value):
                 problems.append(f"{full}: 20 to 255 letters and digits (the Erlang cookie every cluster node shares)")
+            elif re.fullmatch(r"[A-Z]{20}", value):
+                # Debian's package writes such a cookie on every install: copied from a node, it is
+                # not a secret chosen for the cluster and changes with the next reinstall.
+                problems.append(f"{full}: looks like the cookie Debian's rabbitmq-server generates (20 capital "
+                                "letters); use a random one: openssl rand -hex 32 | scripts/pulumi config set --secret "
+                                "erlangCookie")
             continue
         if key == "resultBackend":
             problems += result_backend_problems(value, full)

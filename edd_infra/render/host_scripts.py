@@ -360,12 +360,13 @@ def broker_install(
 
 def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
     """Join this node to the seed's cluster unless it is a member already; a node that joins
-    takes a replica of every quorum queue. Only a node that is not yet a member is reset
-    (its own data goes: the cluster's replaces it)."""
-    member = f"rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null | grep -qF {q(repr(seed))}"
+    takes a replica of every quorum queue. Only a node that says it is not yet a member is
+    reset (its own data goes: the cluster's replaces it); one that does not answer is left alone."""
     return broker_script(
         wait_for_broker(start_timeout),
-        f"if ! {member}; then\n"
+        f"members=$(rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null) || "
+        f"{{ echo \"{node} did not say which cluster it is in: not resetting it\" >&2; exit 1; }}",
+        f"if ! printf '%s\\n' \"$members\" | grep -qF {q(repr(seed))}; then\n"
         f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
         f"  {retry(f'rabbitmqctl -q join_cluster {q(seed)} </dev/null', max(1, start_timeout // 2), f'{node} could not join {seed}')}\n"
         f"  rabbitmqctl -q start_app </dev/null\n"

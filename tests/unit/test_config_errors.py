@@ -197,3 +197,17 @@ def test_listener_clashes_with_tls_follow_where_rabbitmq_listens():
     raw["broker"]["tls"]["amqpPort"] = 5672
     assert problems_for(raw) == ["edd-infra:broker.tls.amqpPort: 127.0.0.1:5672 is also "
                                  "edd-infra:broker.amqpListeners[0]; each listener needs its own address and port"]
+
+
+@pytest.mark.parametrize("cookie, refused", [
+    ("QWERTYUIOPASDFGHJKLZ", "looks like the cookie Debian's rabbitmq-server generates"),  # Debian's shape
+    ("c00kie" * 6, None),
+    ("short", "20 to 255 letters and digits"),
+])
+def test_an_erlang_cookie_debian_made_is_refused_without_showing_it(cookie, refused):
+    problems = secret_problems(dict(GOOD, erlangCookie=cookie), dict(ALL_SECRET, erlangCookie=True))
+    if refused is None:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.startswith("edd-infra:erlangCookie: ") and refused in problem and cookie not in problem

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -252,3 +253,30 @@ def test_broker_install_cases(tmp_path, before, version, broken, code, after, ca
         assert call in logged, logged
     if code == 1:
         assert not [c for c in logged if c.startswith("apt-get install")], logged
+
+
+@pytest.mark.parametrize("answer, resets", [
+    # What `rabbitmqctl eval 'rabbit_nodes:all().'` prints (Erlang quotes atoms with @ and .).
+    ("['rabbit@10.0.0.3']", True),                      # a node on its own: joins
+    ("['rabbit@10.0.0.2','rabbit@10.0.0.3']", False),   # a member already: left alone
+    (None, False),                                 # the CLI failed: never taken for "not a member"
+])
+def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, answer, resets):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    eval_reply = f"echo {shlex.quote(answer)}" if answer else "exit 69"
+    (bin_dir / "rabbitmqctl").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {log}\ncase \"$*\" in *eval*) {eval_reply} ;; esac\n")
+    (bin_dir / "rabbitmq-queues").write_text("#!/bin/sh\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    text = host_scripts.cluster_join(seed="rabbit@10.0.0.2", node="rabbit@10.0.0.3", start_timeout=10)
+    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    calls = log.read_text()
+    assert ("-q reset" in calls) is resets, calls
+    if answer is None:
+        assert result.returncode == 1 and "did not say which cluster it is in: not resetting it" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
