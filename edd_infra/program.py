@@ -102,8 +102,12 @@ def build(settings: StackSettings, secrets: StackSecrets,
         return [accounts[key]]
 
     workers = []
-    for worker in settings.workers:
+    batch = settings.rollout.max_unavailable
+    for i, worker in enumerate(settings.workers):
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
+        # Rolling: a worker's script (which restarts it) waits for the one `batch` places ahead,
+        # health check included, so no more than `batch` workers are down at once.
+        deps += [workers[i - batch].service] if i >= batch else []
         # In a cluster every worker fails over between all nodes, so it dials them over TLS.
         remote = worker.host != broker_cfg.host or bool(broker_cfg.cluster_nodes)
         workers.append(CeleryWorkerService(

@@ -366,6 +366,14 @@ class Tasks(Model):
         return (self.time_limit + 2 * STOP_GRACE) * 1000
 
 
+class Rollout(Model):
+    """How a change that restarts workers goes through the fleet: in batches, each batch
+    after the previous one answers again, so the app queue keeps consumers."""
+
+    # Workers (in config order) that restart at the same time.
+    max_unavailable: Annotated[int, Field(ge=1, le=256)] = 1
+
+
 # Seconds past the hard time limit for a worker to ack, report and exit.
 STOP_GRACE = 30
 
@@ -417,6 +425,7 @@ class StackSettings(Model):
     app_queue: AppQueue = AppQueue()
     app_user: AppUser = AppUser()
     tasks: Tasks = Tasks()
+    rollout: Rollout = Rollout()
     flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
     workers: list[Worker] = Field(min_length=1)
     flower: Flower

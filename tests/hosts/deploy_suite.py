@@ -40,8 +40,8 @@ class Deployment:
         self.output: list[str] = []
         self.timings: dict[str, float] = {}
 
-    def sh(self, command: str, check: bool = True, input: str | None = None) -> str:
-        result = sandbox_hosts.run(self.host, command, timeout=180, input=input)
+    def sh(self, command: str, check: bool = True, input: str | None = None, timeout: float = 180) -> str:
+        result = sandbox_hosts.run(self.host, command, timeout=timeout, input=input)
         if check:
             assert result.returncode == 0, f"{command}: {result.stderr}"
         return result.stdout
