@@ -142,17 +142,19 @@ def queue_stats(d: Deployment, queue: str = "edd") -> dict:
 
 
 PRODUCER = '''
-"""Publish argv[1] tasks edd.add(i, 1) with ids <argv[2]>-<i>; append each id to argv[3] once
-the broker confirmed it; argv[4] seconds between publishes (a steady flow, not a burst).
+"""Publish argv[1] tasks edd.add(i, 1) (or, with argv[5], edd.work(argv[5]): that many seconds)
+with ids <argv[2]>-<i>; append each id to argv[3] once the broker confirmed it; argv[4] seconds
+between publishes (a steady flow, not a burst).
 
 Messages are persistent and confirmed (the app sets confirm_publish). When the broker goes
 away (restart, reboot) a publish raises; like a real producer this one retries it, with the
 same id, until it is confirmed, so a task is written down only once the broker has it.
 """
 import sys, time
-from edd import add
+from edd import add, work
 
 total, prefix, out, pace = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+seconds = float(sys.argv[5]) if len(sys.argv) > 5 else None
 retries = 0
 with open(out, "a") as ids:
     for i in range(total):
@@ -160,7 +162,10 @@ with open(out, "a") as ids:
         give_up = time.monotonic() + 300
         while True:
             try:
-                add.apply_async((i, 1), task_id=task_id, ignore_result=True)
+                if seconds is None:
+                    add.apply_async((i, 1), task_id=task_id, ignore_result=True)
+                else:
+                    work.apply_async((seconds,), task_id=task_id, ignore_result=True)
                 break
             except Exception as error:  # the broker is restarting: retry the same task
                 if time.monotonic() > give_up:
@@ -179,7 +184,7 @@ print(f"published {total} retries {retries}", flush=True)
 class Producer:
     """A PRODUCER process on the host, run with the worker's broker URL (from its env file)."""
 
-    def __init__(self, d: Deployment, total: int, pace: float = 0.0):
+    def __init__(self, d: Deployment, total: int, pace: float = 0.0, work_seconds: float | None = None):
         self.d, self.total = d, total
         self.prefix = f"p{uuid.uuid4().hex[:8]}"
         self.dir = f"/tmp/{self.prefix}"
@@ -188,6 +193,7 @@ class Producer:
         self.pid = d.sh(
             f"(set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:$PYTHONPATH "
             f"nohup {VENV}/bin/python {self.dir}/producer.py {total} {self.prefix} {self.dir}/ids {pace} "
+            f"{'' if work_seconds is None else work_seconds} "
             f"> {self.dir}/out 2> {self.dir}/err < /dev/null & echo $!)").strip()
 
     def published(self) -> int:

@@ -6,22 +6,29 @@ Tests run in file order against one stack; the last one destroys it.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import subprocess
+import time
 import uuid
 
 import pytest
 
 from sandbox import hosts as sandbox_hosts
-from sandbox.deploy import configure, send_task
+from sandbox.deploy import configure, random_secrets, send_task
+from sandbox.image import VENV
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
+from tests.hosts.deployment import WORKER_ENV, Deployment, Producer, print_figures
 
 pytestmark = pytest.mark.hosts
+FIGURES: dict[str, float] = {}
 BROKER, WORKER_HOSTS = "edd-fl", ("edd-flw1", "edd-flw2", "edd-flw3")  # short: "ve-" + name is a link name
 
 
 @pytest.fixture(scope="module")
-def fleet(plugins_ready, sandbox_hosts, tmp_path_factory):
+def fleet(plugins_ready, sandbox_hosts, tmp_path_factory, request):
     broker, *workers = sandbox_hosts(BROKER, *WORKER_HOSTS)
     work = tmp_path_factory.mktemp("fleet")
     (work / "state").mkdir()
@@ -30,6 +37,7 @@ def fleet(plugins_ready, sandbox_hosts, tmp_path_factory):
     result = stack.stack.up(color="never")
     assert result.summary.result == "succeeded"
     yield stack, broker, workers
+    print_figures(request, "fleet", FIGURES)
     stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
     try:
         stack.stack.destroy(color="never")
@@ -90,3 +98,86 @@ def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
         assert sandbox_hosts.run(w, f"systemctl cat celery-edd-worker-{i}", timeout=60).returncode != 0
         assert sh(w, "getent passwd celery || true").strip() == ""
     assert send_task(broker, 2, 2) == "4"
+
+
+# Samples the app queue's consumer count every 100 ms until /tmp/sampler.stop exists, as the broker has it
+# at that moment (a passive declare answers from the queue itself; the management API's
+# figures are 5 s samples), and prints the lowest count seen and for how long it was 0.
+CONSUMER_SAMPLER = """
+import os, sys, time
+from kombu import Connection
+lowest, gap, longest, last = None, 0.0, 0.0, time.monotonic()
+with Connection(os.environ["CELERY_BROKER_URL"]) as conn:
+    channel = conn.default_channel
+    while not os.path.exists("/tmp/sampler.stop"):
+        consumers = channel.queue_declare("edd", passive=True).consumer_count
+        now = time.monotonic()
+        gap = gap + (now - last) if consumers == 0 else 0.0
+        longest, last = max(longest, gap), now
+        lowest = consumers if lowest is None else min(lowest, consumers)
+        time.sleep(0.1)
+print(lowest, round(longest, 2))
+"""
+
+
+def completed(hosts_and_units, prefix: str) -> list[str]:
+    """Every `succeeded` line for tasks of `prefix` in the journals of the given worker units."""
+    runs = []
+    for host, unit in hosts_and_units:
+        journal = sh(host, f"journalctl -u {unit} --no-pager -o cat | grep -F '[{prefix}-' || true")
+        runs += re.findall(rf"edd\.work\[({prefix}-\d+)\] succeeded", journal)
+    return runs
+
+
+def test_a_rotation_restarts_the_fleet_one_worker_at_a_time_and_the_queue_keeps_consumers(fleet):
+    """Four workers (one on the broker host, three on their own), 1 s tasks flowing, appPassword
+    rotated: each worker restarts after the one before it answers again, so the `edd` queue
+    never has no consumer, and every task runs once."""
+    stack, broker, workers = fleet
+    base = json.loads(stack.stack.get_config("edd-infra:workers").value)
+    hosts = json.loads(stack.stack.get_config("edd-infra:hosts").value)
+    grown_hosts = dict(hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key}
+                                 for w in workers[1:]})
+    grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(workers[1:], 3)]
+    stack.set_plain({"hosts": grown_hosts, "workers": grown})
+    assert stack.stack.up(color="never").summary.result == "succeeded"
+    units = [(broker, "celery-edd-worker-1")] + [(w, f"celery-edd-worker-{i}") for i, w in enumerate(workers, 2)]
+    secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
+    d = Deployment(broker, stack, secrets)
+    producer = Producer(d, 240, pace=0.1, work_seconds=1)
+    try:
+        code = base64.b64encode(CONSUMER_SAMPLER.encode()).decode()
+        sh(broker, f"rm -f /tmp/sampler.stop; echo {code} | base64 -d > /tmp/sampler.py")
+        sampler = subprocess.Popen(
+            [*broker.ssh_command(), f"set -a; . {WORKER_ENV}; set +a; {VENV}/bin/python /tmp/sampler.py"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # tasks are running on every worker
+        stack.set_secret("appPassword", random_secrets()["appPassword"])
+        started = time.monotonic()
+        result = stack.stack.up(color="never")
+        FIGURES["rotation up, 4 workers in turn"] = time.monotonic() - started
+        assert result.summary.result == "succeeded"
+        sh(broker, "touch /tmp/sampler.stop")
+        out, err = sampler.communicate(timeout=60)
+        assert sampler.returncode == 0, err[-2000:]
+        lowest, longest_gap = out.split()
+        FIGURES["fewest consumers on edd"], FIGURES["longest time with none"] = int(lowest), float(longest_gap)
+        assert int(lowest) >= 1 and float(longest_gap) == 0.0, out
+        producer.wait(300)
+    finally:
+        producer.stop()
+    ids = producer.ids()
+    deadline = time.monotonic() + 300
+    while set(completed(units, producer.prefix)) != ids:
+        assert time.monotonic() < deadline, f"{len(ids - set(completed(units, producer.prefix)))} tasks never ran"
+        time.sleep(3)
+    runs = completed(units, producer.prefix)
+    assert sorted(runs) == sorted(ids), "a task ran twice"
+    # In turn: each worker began to stop only once the one before it was running again (the
+    # hosts share one kernel, so their monotonic clocks compare).
+    times = [dict(line.split("=", 1) for line in sh(
+        host, f"systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic {unit}").split())
+        for host, unit in units]
+    entered = [int(t["ActiveEnterTimestampMonotonic"]) for t in times]
+    left = [int(t["ActiveExitTimestampMonotonic"]) for t in times]
+    assert all(left[i + 1] >= entered[i] for i in range(len(units) - 1)), times
