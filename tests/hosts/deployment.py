@@ -254,10 +254,11 @@ def wait_all_completed(d: Deployment, ids: set[str], prefix: str, timeout: float
 LONG_TASK_SECONDS = 30
 
 
-def start_long_task(d, seconds: int = LONG_TASK_SECONDS) -> str:
+def start_long_task(d, seconds: int = LONG_TASK_SECONDS, ignore_result: bool = False) -> str:
     """Send `edd.work(seconds)` and wait until the worker runs it; return its id."""
     task_id = f"long-{uuid.uuid4().hex[:8]}"
-    code = f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r})"
+    code = (f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r}, "
+            f"ignore_result={ignore_result})")
     d.sh(f"set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
     deadline = time.monotonic() + 60
     while f"edd.work[{task_id}] received" not in d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | tail -200"):
