@@ -414,6 +414,10 @@ class EddSettingsFile(Model):
     owner: UserName = "root"
     group: UserName = "www-data"
     mode: Literal["0600", "0640"] = "0640"
+    # EDD's own systemd units (its web app, its producers), restarted when the file changes:
+    # EDD reads the password once, at start.
+    restart_units: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@_.:-]{1,200}\.service$")]] = \
+        Field(default_factory=list)
 
 
 class StackSettings(Model):

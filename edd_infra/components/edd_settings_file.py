@@ -3,7 +3,8 @@
 The guide ends each account step with "add the password to EDD's server.cfg"; this does it,
 with the Celery settings EDD's producers must share with the broker (publisher confirms).
 Creates `<name>-file`: the file (secret bundle on stdin, mode and group from config),
-rewritten in the same `up` that rotates a password, removed on destroy.
+rewritten in the same `up` that rotates a password (after the broker has it), then EDD's own
+units in `restartUnits` restarted if they run; removed on destroy.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class EddSettingsFile(pulumi.ComponentResource):
                      keep_on_failure=True)]))
         self.file = host.run(
             f"{name}-file",
-            create=host_scripts.secret_files_install(),
+            create=host_scripts.secret_files_install(config.restart_units),
             delete=host_scripts.script(host_scripts.remove_files([config.path])),
             stdin=bundle,
             repairable=True,

@@ -565,9 +565,12 @@ def service_install(
     return script(READ_SECRET_FILES, write_file(unit), activate(manager, name), health)
 
 
-def secret_files_install() -> str:
-    """Files from a `secret_bundle` on stdin, nothing else."""
-    return script(READ_SECRET_FILES)
+def secret_files_install(restart_units: Sequence[str] = ()) -> str:
+    """Files from a `secret_bundle` on stdin; when one changed, the running ones of
+    `restart_units` restart (services that read them only at start)."""
+    restart = (f"if [ \"$changed\" = 1 ]; then systemctl try-restart {' '.join(q(u) for u in restart_units)}; fi"
+               if restart_units else "")
+    return script(READ_SECRET_FILES, restart)
 
 
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:

@@ -630,6 +630,35 @@ def test_a_rotation_whose_worker_check_fails_leaves_every_service_logging_in(dep
     assert send_task(deployed.host, 1, 2) == "3"
 
 
+EDD_WEB_UNIT = "[Unit]\nDescription=stands in for EDD's web app\n[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def test_edds_own_units_restart_when_a_rotation_rewrites_its_settings(deployed):
+    """EDD reads its broker password once, at start: `eddSettings.restartUnits` restarts its
+    units once the file changed (the broker has the new password by then); an `up` that
+    leaves the file as it is leaves them alone."""
+    deployed.sh("cat > /etc/systemd/system/edd-web.service && systemctl daemon-reload && systemctl start edd-web",
+                input=EDD_WEB_UNIT)
+    settings = json.loads(deployed.stack.stack.get_config("edd-infra:eddSettings").value)
+    try:
+        deployed.stack.set_plain({"eddSettings": dict(settings, restartUnits=["edd-web.service"])})
+        pid = deployed.main_pid("edd-web")
+        deployed.up()
+        assert deployed.main_pid("edd-web") == pid  # the script changed, the file did not
+        new = {"appPassword": random_secrets()["appPassword"]}
+        deployed.stack.set_secret("appPassword", new["appPassword"])
+        deployed.every_secret["edd-restart-appPassword"] = new["appPassword"]
+        result, _ = deployed.up()
+        deployed.secrets.update(new)
+        assert result.summary.result == "succeeded"
+        assert deployed.main_pid("edd-web") != pid
+        assert edd_settings_on_host(deployed)["edd_pass"] == new["appPassword"]
+    finally:
+        deployed.stack.set_plain({"eddSettings": settings})
+        deployed.sh("systemctl stop edd-web; rm -f /etc/systemd/system/edd-web.service; systemctl daemon-reload")
+    assert deployed.up()[0].summary.result == "succeeded"
+
+
 def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deployed):
     """Someone re-passwords every account with rabbitmqctl and re-adds guest: the next `up`
     finds it from the stored hashes (no login as those users) and restores the config."""

@@ -53,6 +53,7 @@ CASES = [
     (("broker", "amqpListeners"), ["::1", "::1"],
      "edd-infra:broker.amqpListeners[1]: [::1]:5672 is also edd-infra:broker.amqpListeners[0]"),
     (("flower", "port"), 15672, "edd-infra:flower.port: 127.0.0.1:15672 is also edd-infra:broker.managementPort"),
+    (("eddSettings",), {"host": "queue", "restartUnits": ["edd web"]}, "edd-infra:eddSettings.restartUnits[0]: must match"),
     (("tasks",), {"softTimeLimit": 600, "timeLimit": 600},
      "edd-infra:tasks: softTimeLimit (600 s) must be below timeLimit (600 s)"),
     (("tasks",), {"timeLimit": 0}, "edd-infra:tasks.timeLimit: Input should be greater than or equal to 2"),

@@ -280,3 +280,19 @@ def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, 
         assert result.returncode == 1 and "did not say which cluster it is in: not resetting it" in result.stderr
     else:
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("content, restarts", [("new password\n", True), ("same\n", False)])
+def test_edds_units_restart_only_when_its_settings_file_changed(tmp_path, content, restarts):
+    path = tmp_path / "edd-rabbitmq.json"
+    path.write_text("same\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    text = host_scripts.secret_files_install(["edd-web.service", "edd-producer@1.service"])
+    result = subprocess.run(["sh", "-c", text], input=host_scripts.secret_bundle([FileSpec(str(path), content, "0640", me, grp)]),
+                            capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert ("try-restart edd-web.service edd-producer@1.service" in calls) is restarts, calls
