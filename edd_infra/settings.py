@@ -205,6 +205,9 @@ class Broker(Model):
     # cannot register with an epmd bound there (hence localhost, not the host name).
     node_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+@[A-Za-z0-9.-]+$")] = "rabbit@localhost"
     admin_user: UserName = "edd-infra-admin"
+    # Share of the host's memory at which RabbitMQ blocks publishers (a host that also runs
+    # workers keeps the rest); the free-disk limit is as large a share of memory.
+    memory_high_watermark: Annotated[float, Field(ge=0.1, le=0.9)] = 0.4
     # The broker must answer within this many seconds after a (re)start.
     start_timeout: Annotated[int, Field(ge=10, le=600)] = 120
     # `destroy` purges the package and its data too (throw-away hosts); off keeps them.

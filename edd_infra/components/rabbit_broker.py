@@ -57,9 +57,9 @@ def tls_listeners(broker: Broker) -> Optional[TlsListeners]:
 
 
 def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None,
-                 consumer_timeout_ms: Optional[int] = None) -> list[FileSpec]:
+                 consumer_timeout_ms: Optional[int] = None, clustered: bool = False) -> list[FileSpec]:
     """The broker's config files (no secrets in them); with TLS, the CA and server
-    certificates (`tls_pems`, public) too."""
+    certificates (`tls_pems`, public) too. `clustered`: the node is one of several."""
     tls = tls_listeners(broker)
     conf = render_rabbitmq_conf(
         amqp_listeners=broker.amqp_listeners,
@@ -70,6 +70,8 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         loopback_users=loopback_users,
         tls=tls,
         consumer_timeout_ms=consumer_timeout_ms,
+        memory_high_watermark=broker.memory_high_watermark,
+        clustered=clustered,
     )
     certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
     return certificates + [
@@ -137,7 +139,7 @@ class RabbitBroker(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
         self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
-        self._cookie, self._consumer_timeout = erlang_cookie, consumer_timeout_ms
+        self._cookie, self._consumer_timeout, self._clustered = erlang_cookie, consumer_timeout_ms, bool(members)
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
             if broker.install == "managed" else None
         ready = [admin] if admin else []
@@ -192,7 +194,7 @@ class RabbitBroker(pulumi.ComponentResource):
 
     def _server(self, name: str, broker: Broker, host: HostTarget) -> pulumi.Resource:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie."""
-        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout)
+        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered)
         tls = tls_listeners(broker)
         secrets = []
         if tls:
@@ -209,7 +211,7 @@ class RabbitBroker(pulumi.ComponentResource):
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
-                rabbitmq4_conf=rabbitmq4, apt_files=sources,
+                rabbitmq4_conf=rabbitmq4, apt_files=sources, memory_high_watermark=broker.memory_high_watermark,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,

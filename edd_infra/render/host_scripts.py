@@ -279,9 +279,23 @@ if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
 fi"""
 
 
+def disk_check(memory_high_watermark: float) -> str:
+    """Refuse, before anything changes, a host whose free disk is already below the free-disk
+    limit the broker will get (that share of its memory): the broker would block every publisher."""
+    return (f"need=$(awk '/^MemTotal:/ {{ printf \"%.0f\", $2 * 1024 * {memory_high_watermark} }}' /proc/meminfo)\n"
+            "data=/var/lib/rabbitmq; [ -d \"$data\" ] || data=/var/lib\n"
+            "have=$(df -P -B1 \"$data\" | awk 'NR == 2 { print $4 }')\n"
+            "if [ \"$have\" -le \"$need\" ]; then\n"
+            "  echo \"$((have / 1048576)) MiB free on $data on $(hostname), below the broker's free-disk limit of "
+            "$((need / 1048576)) MiB (edd-infra:broker.memoryHighWatermark x memory): RabbitMQ would block every "
+            f"publisher; free some disk or lower broker.memoryHighWatermark (now {memory_high_watermark})\" >&2\n"
+            "  exit 1\nfi")
+
+
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
     erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
+    memory_high_watermark: float | None = None,
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -321,6 +335,7 @@ def broker_install(
             apt_files, on_change=f"apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
                                  "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null")
     return broker_script(
+        disk_check(memory_high_watermark) if memory_high_watermark is not None else "",
         f"wanted={q(wanted)}",
         TARGET_VERSION,
         UPGRADE_PATH,

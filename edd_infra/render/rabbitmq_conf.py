@@ -57,6 +57,8 @@ def render_rabbitmq_conf(
     loopback_users: Iterable[str],
     tls: Optional[TlsListeners] = None,
     consumer_timeout_ms: Optional[int] = None,
+    memory_high_watermark: Optional[float] = None,
+    clustered: bool = False,
 ) -> str:
     """rabbitmq.conf: AMQP and management on the given addresses only, loopback-only users.
 
@@ -80,6 +82,15 @@ def render_rabbitmq_conf(
     if consumer_timeout_ms is not None:
         # A delivery not acked within this closes its channel: longer than any task may run.
         lines.append(f"consumer_timeout = {consumer_timeout_ms}")
+    if memory_high_watermark is not None:
+        # RabbitMQ's production checklist: the node blocks publishers at this share of the
+        # host's memory, and at a free disk below as much (not the 50 MB default), so a node
+        # that must page its messages out to disk still has room to.
+        lines += [f"vm_memory_high_watermark.relative = {memory_high_watermark}",
+                  f"disk_free_limit.relative = {memory_high_watermark}"]
+    if clustered:
+        # A node cut off from the majority pauses instead of serving a split cluster.
+        lines.append("cluster_partition_handling = pause_minority")
     if tls:
         lines += _tls_lines(tls, amqp_listeners, management_address)
     return "\n".join(lines) + "\n"

@@ -375,6 +375,16 @@ def test_broker_is_held_has_every_feature_flag_and_no_login_without_a_password(d
         assert "anonymous_login_user = none" in deployed.sh("cat /etc/rabbitmq/conf.d/20-edd-infra-rabbitmq4.conf")
 
 
+def test_the_broker_blocks_publishers_before_memory_or_disk_run_out(deployed):
+    """Production defaults: the memory watermark at 40 % of the host's memory, the free-disk
+    limit as large (RabbitMQ's own default is 50 MB)."""
+    status = json.loads(deployed.sh("rabbitmq-diagnostics -q status --formatter json"))
+    total = int(deployed.sh("awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"))
+    assert abs(status["disk_free_limit"] - 0.4 * total) < 0.01 * total, status["disk_free_limit"]
+    assert abs(status["vm_memory_high_watermark_limit"] - 0.4 * total) < 0.01 * total
+    assert not status.get("alarms"), status.get("alarms")
+
+
 def test_no_deprecated_rabbitmq_feature_is_in_use(deployed):
     """After tasks, events, control commands and rpc results flowed (the tests above): what
     RabbitMQ 4 would one day turn off is not what this deployment relies on."""

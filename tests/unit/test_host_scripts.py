@@ -296,3 +296,20 @@ def test_edds_units_restart_only_when_its_settings_file_changed(tmp_path, conten
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
     assert ("try-restart edd-web.service edd-producer@1.service" in calls) is restarts, calls
+
+
+@pytest.mark.parametrize("free_bytes, refused", [(10 * 2**40, False), (2**20, True)])
+def test_a_host_without_the_free_disk_the_broker_needs_is_refused_before_anything_changes(tmp_path, free_bytes, refused):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "df").write_text(f"#!/bin/sh\necho 'Filesystem 1-blocks Used Available Capacity Mounted'\n"
+                                f"echo '/dev/x 1 1 {free_bytes} 1% /'\n")
+    (bin_dir / "df").chmod(0o755)
+    text = host_scripts.disk_check(0.4) + "\necho checked"
+    result = subprocess.run(["sh", "-euc", text], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    if refused:
+        assert result.returncode == 1 and "checked" not in result.stdout
+        assert "1 MiB free on /var/lib" in result.stderr and "edd-infra:broker.memoryHighWatermark" in result.stderr
+    else:
+        assert result.returncode == 0 and "checked" in result.stdout, result.stderr

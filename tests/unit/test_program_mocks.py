@@ -433,6 +433,7 @@ def test_worker_on_another_host_dials_the_broker_over_tls(tmp_path):
     # The app user may now log in from other hosts; guest stays loopback-only.
     conf = plain(loop, by_name["broker-server"]["create"])
     assert "loopback_users.guest = true" in conf and "loopback_users.edd_user" not in conf
+    assert "cluster_partition_handling" not in conf  # a single node has no partition to handle
 
 
 def cluster_config(tmp_path, nodes=("edd-node2", "edd-node3")):
@@ -461,11 +462,13 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
         assert f"NODENAME=rabbit@{address}\nUSE_LONGNAME=true" in create
         assert f"listeners.ssl.2 = {address}:5671" in create and "management.tcp.ip = 127.0.0.1" in create
         assert "c00kie" not in create and secret["stdin"]
+        assert "cluster_partition_handling = pause_minority" in create  # every node, the seed too
         files = bundle_files(plain(loop, props["stdin"]))
         assert files["/var/lib/edd-infra/erlang.cookie"] == ("0400", "root", "root", "c00kie" * 6)
         join, opts, _ = by_name[f"broker-node-{host}-join"]
         assert "join_cluster rabbit@10.0.0.2" in plain(loop, join["create"])
         assert "reset" in plain(loop, join["delete"])
+    assert "cluster_partition_handling = pause_minority" in plain(loop, by_name["broker-server"][0]["create"])
     # The seed gets the same cookie; the provider (so the quorum queue) waits for every join.
     assert "/var/lib/edd-infra/erlang.cookie" in bundle_files(plain(loop, by_name["broker-server"][0]["stdin"]))
     provider_deps = {d._name for d in by_name["broker-provider"][1].depends_on}

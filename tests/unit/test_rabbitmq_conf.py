@@ -26,7 +26,7 @@ def seed_conf():
     return render_rabbitmq_conf(
         amqp_listeners=["127.0.0.1", "::1"], amqp_port=5672, management_address="127.0.0.1",
         management_port=15672, node_address="127.0.0.1", loopback_users=["guest", "edd_user"],
-        consumer_timeout_ms=Tasks().consumer_timeout_ms,
+        consumer_timeout_ms=Tasks().consumer_timeout_ms, memory_high_watermark=0.4,
     )
 
 
@@ -45,6 +45,9 @@ def test_seed_listeners_and_loopback_users():
         "auth_mechanisms.2": "AMQPLAIN",
         # An unacked delivery closes its channel only after the hard time limit (3600 s) + 60 s.
         "consumer_timeout": "3660000",
+        # Production defaults: publishers blocked at 40 % of memory, or below as much free disk.
+        "vm_memory_high_watermark.relative": "0.4",
+        "disk_free_limit.relative": "0.4",
     }
 
 
