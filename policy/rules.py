@@ -179,13 +179,13 @@ def option(argv: list[str], *names: str) -> Optional[str]:
 
 
 def bundle_file(stdin: str, path: str) -> Optional[str]:
-    """The text of `path` in a secret bundle on stdin (`MODE OWNER GROUP PATH BASE64` lines,
-    edd_infra.render.host_scripts.secret_bundle); None when it is not there."""
+    """The text of `path` in a secret bundle on stdin (`MODE OWNER GROUP PATH keep|restore BASE64`
+    lines, edd_infra.render.host_scripts.secret_bundle); None when it is not there."""
     for line in stdin.splitlines():
         parts = line.split(" ")
-        if len(parts) == 5 and parts[3] == path:
+        if len(parts) == 6 and parts[3] == path:
             try:
-                return base64.b64decode(parts[4], validate=True).decode()
+                return base64.b64decode(parts[5], validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 return None
     return None

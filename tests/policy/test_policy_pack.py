@@ -11,7 +11,6 @@ the host-key policy is prod-only. Nothing runs on a host: preview runs no comman
 from __future__ import annotations
 
 import ast
-import base64
 import json
 
 import pulumi
@@ -19,6 +18,7 @@ import pulumi_rabbitmq as rabbitmq
 import pytest
 from pulumi_command import local, remote
 
+from edd_infra.render.host_scripts import FileSpec, secret_bundle
 from tests.policy.conftest import POLICY_PACK, preview_inline
 
 pytestmark = pytest.mark.policy
@@ -54,7 +54,8 @@ def flower_unit(*extra: str) -> str:
     argv = " ".join(["/opt/edd/venv/bin/celery", "-A", "edd", "flower", *extra])
     return ("tmp=$(mktemp)\ncat > \"$tmp\" <<'EOF_UNIT'\n[Service]\nUser=celery\n"
             f"ExecStart={argv}\nEOF_UNIT\ninstall -m 0644 \"$tmp\" /etc/systemd/system/flower.service\n"
-            "while IFS=' ' read -r mode owner group path data; do printf '%s' \"$data\" | base64 -d > \"$path\"; done\n")
+            "while IFS=' ' read -r mode owner group path on_failure data; do printf '%s' \"$data\" | base64 -d > \"$path\"; "
+            "done\n")
 
 
 def flower_bundle(address: str, password: str | None) -> str:
@@ -62,8 +63,7 @@ def flower_bundle(address: str, password: str | None) -> str:
     lines = [f"address = {address!r}", "port = 5555"]
     if password is not None:
         lines.append(f"basic_auth = [{('admin:' + password)!r}]")
-    data = base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
-    return f"0640 root celery {FLOWER_CONF} {data}\n"
+    return secret_bundle([FileSpec(FLOWER_CONF, "\n".join(lines) + "\n", "0640", "root", "celery")])
 
 
 def provider(password) -> rabbitmq.Provider:

@@ -313,3 +313,13 @@ def test_a_host_without_the_free_disk_the_broker_needs_is_refused_before_anythin
         assert "1 MiB free on /var/lib" in result.stderr and "edd-infra:broker.memoryHighWatermark" in result.stderr
     else:
         assert result.returncode == 0 and "checked" in result.stdout, result.stderr
+
+
+def test_the_policy_pack_reads_the_bundle_format_the_program_writes():
+    """policy/rules.py reads Flower's config out of the secret bundle; both sides must agree."""
+    from policy import rules
+
+    bundle = host_scripts.secret_bundle([FileSpec("/etc/a.env", "A=1\n", "0640", keep_on_failure=True),
+                                         FileSpec("/etc/edd-infra/flowerconfig.py", "port = 5555\n", "0640")])
+    assert rules.bundle_file(bundle, "/etc/edd-infra/flowerconfig.py") == "port = 5555\n"
+    assert rules.bundle_file(bundle, "/etc/missing") is None
