@@ -62,6 +62,17 @@ class Deployment:
     def main_pid(self, unit: str) -> str:
         return self.sh(f"systemctl show -p MainPID --value {unit}").strip()
 
+    def new_app_password(self, label: str) -> str:
+        """Set a new appPassword in the stack (kept under `label` for the leak scan); the next
+        `up` rotates it. Call `rotated` once the broker has it."""
+        new = random_secrets()["appPassword"]
+        self.stack.set_secret("appPassword", new)
+        self.every_secret[label] = new
+        return new
+
+    def rotated(self, password: str) -> None:
+        self.secrets["appPassword"] = password
+
 
 @pytest.fixture(scope="module")
 def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
@@ -539,11 +550,9 @@ def test_rotation_under_load_loses_no_task(deployed):
                 f"> /tmp/producer.out 2>&1 &)")
     since = deployed.sh("date +%s").strip()
     time.sleep(2)  # tasks are flowing
-    new = {"appPassword": random_secrets()["appPassword"]}
-    deployed.stack.set_secret("appPassword", new["appPassword"])
-    deployed.every_secret["rotated-appPassword"] = new["appPassword"]
+    new = deployed.new_app_password("rotated-appPassword")
     result, _ = deployed.up()
-    deployed.secrets.update(new)
+    deployed.rotated(new)
     assert set(result.summary.resource_changes) <= {"same", "update"}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -581,11 +590,9 @@ def test_a_long_task_in_flight_through_a_rotation_finishes_exactly_once(deployed
     Rotate a secret). EDD keeps results in its database."""
     task_id = start_long_task(deployed, ignore_result=True)
     started = time.monotonic()
-    new = {"appPassword": random_secrets()["appPassword"]}
-    deployed.stack.set_secret("appPassword", new["appPassword"])
-    deployed.every_secret["long-task-appPassword"] = new["appPassword"]
+    new = deployed.new_app_password("long-task-appPassword")
     result, seconds = deployed.up()
-    deployed.secrets.update(new)
+    deployed.rotated(new)
     assert result.summary.result == "succeeded"
     deployed.timings["rotation up with a 30 s task running"] = seconds
     runs = wait_long_task(deployed, task_id, LONG_TASK_SECONDS * 4)
@@ -619,9 +626,7 @@ def test_a_rotation_whose_worker_check_fails_leaves_every_service_logging_in(dep
     password back and crash-looped). A fixed config converges."""
     from pulumi import automation as auto
 
-    new = {"appPassword": random_secrets()["appPassword"]}
-    deployed.stack.set_secret("appPassword", new["appPassword"])
-    deployed.every_secret["failed-rotation-appPassword"] = new["appPassword"]
+    new = deployed.new_app_password("failed-rotation-appPassword")
     workers = json.loads(deployed.stack.stack.get_config("edd-infra:workers").value)
     deployed.stack.set_plain({"workers": [dict(workers[0], app="no_such_app"), *workers[1:]]})
     try:
@@ -629,10 +634,10 @@ def test_a_rotation_whose_worker_check_fails_leaves_every_service_logging_in(dep
             deployed.up()
         assert f"worker {WORKER} did not answer ping" in str(err.value)
         deployed.output.append(str(err.value))  # leak-scanned later
-        deployed.secrets.update(new)  # the broker has it now
+        deployed.rotated(new)  # the broker has it now
         assert "-A edd worker" in deployed.sh(f"systemctl cat celery-{WORKER}")  # the unit went back
         assert send_task(deployed.host, 6, 7) == "13"  # the worker logs in with the new password
-        assert amqp_login(deployed, "edd_user", new["appPassword"])
+        assert amqp_login(deployed, "edd_user", new)
     finally:
         deployed.stack.set_plain({"workers": workers})
     result, _ = deployed.up()
@@ -655,14 +660,12 @@ def test_edds_own_units_restart_when_a_rotation_rewrites_its_settings(deployed):
         pid = deployed.main_pid("edd-web")
         deployed.up()
         assert deployed.main_pid("edd-web") == pid  # the script changed, the file did not
-        new = {"appPassword": random_secrets()["appPassword"]}
-        deployed.stack.set_secret("appPassword", new["appPassword"])
-        deployed.every_secret["edd-restart-appPassword"] = new["appPassword"]
+        new = deployed.new_app_password("edd-restart-appPassword")
         result, _ = deployed.up()
-        deployed.secrets.update(new)
+        deployed.rotated(new)
         assert result.summary.result == "succeeded"
         assert deployed.main_pid("edd-web") != pid
-        assert edd_settings_on_host(deployed)["edd_pass"] == new["appPassword"]
+        assert edd_settings_on_host(deployed)["edd_pass"] == new
     finally:
         deployed.stack.set_plain({"eddSettings": settings})
         deployed.sh("systemctl stop edd-web; rm -f /etc/systemd/system/edd-web.service; systemctl daemon-reload")
