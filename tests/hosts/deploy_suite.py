@@ -390,7 +390,7 @@ def test_the_broker_blocks_publishers_before_memory_or_disk_run_out(deployed):
     """Production defaults: the memory watermark at 40 % of the host's memory, the free-disk
     limit as large (RabbitMQ's own default is 50 MB)."""
     status = json.loads(deployed.sh("rabbitmq-diagnostics -q status --formatter json"))
-    total = int(deployed.sh("awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"))
+    total = int(deployed.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo")) * 1024  # (mawk prints 1e10 as 1e+10)
     assert abs(status["disk_free_limit"] - 0.4 * total) < 0.01 * total, status["disk_free_limit"]
     assert abs(status["vm_memory_high_watermark_limit"] - 0.4 * total) < 0.01 * total
     assert not status.get("alarms"), status.get("alarms")
