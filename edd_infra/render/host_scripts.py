@@ -166,7 +166,10 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
     """Enable at boot, (re)start when a file changed or it is down, wait until active."""
     if manager == "systemd":
         return (
-            f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl restart {name}\"\n"
+            # reset-failed: a unit that crash-looped on the bad files hit systemd's start limit,
+            # and a plain restart would be refused, leaving it down on the good ones.
+            f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl reset-failed {name} 2>/dev/null; "
+            f"systemctl restart {name}\"\n"
             f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
             f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n"
             f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "

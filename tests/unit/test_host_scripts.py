@@ -323,3 +323,22 @@ def test_the_policy_pack_reads_the_bundle_format_the_program_writes():
                                          FileSpec("/etc/edd-infra/flowerconfig.py", "port = 5555\n", "0640")])
     assert rules.bundle_file(bundle, "/etc/edd-infra/flowerconfig.py") == "port = 5555\n"
     assert rules.bundle_file(bundle, "/etc/missing") is None
+
+
+def test_a_rolled_back_unit_that_crash_looped_is_started_again(tmp_path):
+    """The bad unit hit systemd's start limit while it crash-looped: the rollback clears that
+    (reset-failed) before it restarts the unit on the files put back."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\n"
+        f"case \"$1\" in is-active) exit 0 ;; reset-failed) touch {tmp_path}/reset ;; "
+        f"restart) [ -f {tmp_path}/reset ] || {{ echo 'Start request repeated too quickly.' >&2; exit 1; }} ;; esac\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    unit = FileSpec(str(tmp_path / "w.service"), "[Service]\nExecStart=/bad\n", "0644", me, grp)
+    text = host_scripts.script(host_scripts.write_file(unit), host_scripts.activate("systemd", "w"), "false")
+    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode != 0
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[-2:] == ["reset-failed w", "restart w"], calls
