@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from urllib.parse import quote
 
 # The account the shovel logs in as on the new broker: it may publish to the app exchange only.
 MIGRATION_USER = "edd-infra-shovel"
@@ -43,7 +44,7 @@ def shovel_definitions(*, vhost: str, queue: str, exchange: str, dest_uri: str) 
     `exchange` (routing keys kept), acked after the new broker's confirm, never stopping by
     itself (what producers still send to the old broker moves too, until it is retired)."""
     value = {
-        "src-protocol": "amqp091", "src-uri": f"amqp:///{vhost.replace('/', '%2F')}", "src-queue": queue,
+        "src-protocol": "amqp091", "src-uri": f"amqp:///{quote(vhost, safe='')}", "src-queue": queue,
         "dest-protocol": "amqp091", "dest-uri": dest_uri, "dest-exchange": exchange,
         "ack-mode": "on-confirm", "src-delete-after": "never",
     }
