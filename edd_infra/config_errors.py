@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 from typing import Any, Iterable, Mapping
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
 from .render.apt_source import looks_like_public_key
 from .render.result_backend import result_backend_problems
-from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
+from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, CelerySigning, StackSettings
 
 
 class ConfigError(Exception):
@@ -285,6 +288,54 @@ def _certificate_problems(key: str, name: str, root: Path) -> list[str]:
     return []
 
 
+def celery_certificate_id(cert: x509.Certificate) -> str:
+    """How Celery's certificate store names a certificate (celery.security.certificate.get_id):
+    two with the same id make the store raise, and the worker does not start."""
+    return f"{' '.join(str(a.value) for a in cert.issuer)} {cert.serial_number}"
+
+
+def _load_certificate(key: str, name: str, root: Path) -> tuple[x509.Certificate | None, list[str]]:
+    """The first certificate in a PEM file, as Celery reads it, or the problem with it."""
+    path = root / name
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()), []
+    except OSError as err:
+        return None, [f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
+                      "a PEM certificate file, relative to the project directory or absolute"]
+    except ValueError:
+        return None, [f"{PROJECT}:{key}: {str(path)!r} holds no PEM certificate that can be read"]
+
+
+def previous_certificate_problems(signing: CelerySigning, root: Path, now: datetime) -> list[str]:
+    """celerySigning.previousCertFile, while it is trusted: a certificate Celery's store accepts
+    beside certFile (another id, not expired before previousTrustedUntil, RSA)."""
+    if not signing.previous_trusted(now):
+        return []  # not deployed: nothing on a host depends on it
+    key = "celerySigning.previousCertFile"
+    previous, problems = _load_certificate(key, signing.previous_cert_file, root)
+    if previous is None:
+        return problems
+    until = signing.previous_trusted_until
+    if previous.not_valid_after_utc < until:
+        problems.append(f"{PROJECT}:{key}: the certificate expires at {previous.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, "
+                        f"before celerySigning.previousTrustedUntil ({until:%Y-%m-%dT%H:%M:%SZ}); Celery refuses to "
+                        "start with an expired certificate in its store: set previousTrustedUntil no later than that")
+    if not isinstance(previous.public_key(), rsa.RSAPublicKey):
+        problems.append(f"{PROJECT}:{key}: must be an RSA certificate (Celery's auth serializer supports no other)")
+    current, _ = _load_certificate("celerySigning.certFile", signing.cert_file, root)
+    if current is None:
+        problems.append(f"{PROJECT}:celerySigning.certFile: holds no PEM certificate that can be read, "
+                        "so previousCertFile cannot be checked against it")
+    elif previous == current:
+        problems.append(f"{PROJECT}:{key}: is the same certificate as celerySigning.certFile; set it to the "
+                        "certificate of the key used before the rotation")
+    elif celery_certificate_id(previous) == celery_certificate_id(current):
+        problems.append(f"{PROJECT}:{key}: has the same issuer and serial number as celerySigning.certFile "
+                        f"({celery_certificate_id(current)!r}); Celery's store refuses duplicates: issue the new "
+                        "certificate with another serial number")
+    return problems
+
+
 def _apt_source_problems(settings: StackSettings, root: Path) -> list[str]:
     source = settings.broker.apt_source
     if source is None:
@@ -307,9 +358,11 @@ def _apt_source_problems(settings: StackSettings, root: Path) -> list[str]:
     return problems
 
 
-def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path) -> list[str]:
-    """broker.tls and celerySigning need their secret keys and readable PEM certificates;
-    broker.aptSource its key file and a version to pin."""
+def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path,
+                  now: datetime | None = None) -> list[str]:
+    """broker.tls and celerySigning need their secret keys and readable PEM certificates
+    (celerySigning's previous one while it is trusted at `now`, default: now); broker.aptSource
+    its key file and a version to pin."""
     problems = _apt_source_problems(settings, root)
     tls = settings.broker.tls
     if tls is not None:
@@ -331,6 +384,7 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
             problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "
                             "(pulumi config set --secret celerySigningKey < signing.key)")
         problems += _certificate_problems("celerySigning.certFile", settings.celery_signing.cert_file, root)
+        problems += previous_certificate_problems(settings.celery_signing, root, now or datetime.now(timezone.utc))
     return problems
 
 

@@ -7,6 +7,7 @@ and the Automation API's inline program (tests, `make sandbox`).
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -22,6 +23,7 @@ from .hosts import HostTarget
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
+from .render.signing_files import previous_certificate_warning
 from .config_errors import ConfigError
 from .settings import PROJECT, Broker, StackSettings
 from .stack_config import StackSecrets, load_settings
@@ -34,9 +36,10 @@ OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUni
 
 def build(settings: StackSettings, secrets: StackSecrets,
           drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED,
-          edited: Optional[Mapping[str, set[str]]] = None) -> dict[str, Any]:
+          edited: Optional[Mapping[str, set[str]]] = None, now: Optional[datetime] = None) -> dict[str, Any]:
     """Register every resource for one stack; return the stack outputs. `drift` and `edited`
-    (host -> commands whose files were edited) are what `up` found changed behind its back."""
+    (host -> commands whose files were edited) are what `up` found changed behind its back;
+    `now` (default: the clock) decides whether a previous signing certificate is still trusted."""
     edited = edited or {}
     hosts = {name: HostTarget(name, host, secrets.ssh_private_key,
                               drifted={command: f"edited-{drift.nonce}" for command in edited.get(name, ())})
@@ -85,8 +88,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
                  for a in broker_cfg.tls_addresses]))
         return pulumi.Output.secret(password).apply(
             lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost))
-    signing = ((secrets.celery_signing_key, Path(settings.celery_signing.cert_file).read_text())
-               if settings.celery_signing else None)
+    signing = signing_material(settings, secrets, now or datetime.now(timezone.utc))
     ready = [vhost]
     celery = app_celery_settings(settings)
 
@@ -153,6 +155,19 @@ def build(settings: StackSettings, secrets: StackSecrets,
         # What the next preview compares a new packageVersion with (upgrade_path).
         "brokerPackageVersion": broker_cfg.package_version,
     }
+
+
+def signing_material(settings: StackSettings, secrets: StackSecrets,
+                     now: datetime) -> Optional[tuple[pulumi.Output[str], str, Optional[str]]]:
+    """(signing key, certificate, previous certificate while still trusted) for every service,
+    with celerySigning; warns once the previous one is past its time (files checked at load)."""
+    signing = settings.celery_signing
+    if signing is None:
+        return None
+    previous = Path(signing.previous_cert_file).read_text() if signing.previous_trusted(now) else None
+    if signing.previous_expired(now):
+        pulumi.log.warn(previous_certificate_warning(signing.previous_trusted_until))
+    return secrets.celery_signing_key, Path(signing.cert_file).read_text(), previous
 
 
 def migration_source(settings: StackSettings, hosts: dict[str, HostTarget]) -> Optional[MigrationSource]:

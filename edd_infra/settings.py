@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -135,11 +137,57 @@ class BrokerTls(Model):
     management_port: Port = 15671
 
 
+UTC_EXAMPLE = "e.g. 2027-01-31 (its 00:00 UTC) or 2027-01-31T12:00:00Z"
+
+
+def _utc_instant(value: object) -> object:
+    """An ISO-8601 date (its 00:00 UTC) or a date-time in UTC (`Z` or `+00:00`), as an aware datetime."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be an ISO-8601 UTC date or date-time as a string, {UTC_EXAMPLE}")
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return datetime.combine(date.fromisoformat(value), time(), tzinfo=timezone.utc)
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"must be an ISO-8601 UTC date or date-time, {UTC_EXAMPLE}") from None
+    if instant.utcoffset() != timedelta(0):
+        raise ValueError(f"must be in UTC (end it with Z or +00:00), {UTC_EXAMPLE}")
+    return instant
+
+
+UtcInstant = Annotated[datetime, BeforeValidator(_utc_instant)]
+
+
 class CelerySigning(Model):
     """Message signing: tasks are signed with the secret `celerySigningKey` and checked
-    against `certFile` (PEM, beside Pulumi.yaml or absolute) by every worker and Flower."""
+    against `certFile` (PEM, beside Pulumi.yaml or absolute) by every worker and Flower.
+
+    During a key rotation `previousCertFile` (the certificate of the key signed with before)
+    is trusted too, until `previousTrustedUntil`, so tasks queued under the old key still run."""
 
     cert_file: LocalPath
+    previous_cert_file: Optional[LocalPath] = None
+    previous_trusted_until: Optional[UtcInstant] = None
+
+    @model_validator(mode="after")
+    def _previous_until(self) -> "CelerySigning":
+        if self.previous_cert_file is not None and self.previous_trusted_until is None:
+            raise ValueError("previousTrustedUntil is required with previousCertFile: the UTC date or date-time "
+                             f"until which tasks signed with the previous key still run, {UTC_EXAMPLE}")
+        if self.previous_trusted_until is not None and self.previous_cert_file is None:
+            raise ValueError("previousTrustedUntil is used only with previousCertFile (the previous certificate); "
+                             "remove it, or set previousCertFile")
+        return self
+
+    def previous_trusted(self, now: datetime) -> bool:
+        """Whether the stores hold the previous certificate at `now` (aware, UTC)."""
+        return self.previous_cert_file is not None and now < self.previous_trusted_until
+
+    def previous_expired(self, now: datetime) -> bool:
+        """A previous certificate is still configured though no longer trusted: time to remove the keys."""
+        return self.previous_cert_file is not None and not self.previous_trusted(now)
 
 
 AptWord = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,63}$")]

@@ -63,7 +63,9 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
         tls = tls.model_copy(update={"ca_file": resolve(tls.ca_file), "cert_file": resolve(tls.cert_file)})
         settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"tls": tls})})
     if settings.celery_signing is not None:
-        signing = settings.celery_signing.model_copy(update={"cert_file": resolve(settings.celery_signing.cert_file)})
+        signing = settings.celery_signing
+        previous = signing.previous_cert_file and resolve(signing.previous_cert_file)
+        signing = signing.model_copy(update={"cert_file": resolve(signing.cert_file), "previous_cert_file": previous})
         settings = settings.model_copy(update={"celery_signing": signing})
     if settings.broker.apt_source is not None:
         source = settings.broker.apt_source.model_copy(update={"key_file": resolve(settings.broker.apt_source.key_file)})

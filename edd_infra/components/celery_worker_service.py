@@ -2,7 +2,8 @@
 
 Creates `<name>-service`: the environment file with the broker URL (0640, root:<group>,
 sent on stdin), the Celery config module it names (publisher confirms, queue settings), with
-message signing the signing key, certificate and store too, the unit or plist, the service
+message signing the signing key, certificate and store too (with the previous certificate
+during a key rotation), the unit or plist, the service
 enabled at boot, restarted when any of its files changes, and an `inspect conf` round trip
 through the broker (confirms on) before `up` calls it done.
 """
@@ -20,7 +21,7 @@ from ..render.celery_config import celery_config_cache, celery_config_files, req
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
-from ..render.signing_files import signing_files, signing_paths
+from ..render.signing_files import signing_files, signing_paths, untrusted_paths
 from ..render.systemd_units import render_service_unit
 from ..settings import Worker
 
@@ -66,7 +67,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
         broker_url: pulumi.Output[str],
         celery_config: Mapping[str, Any],
         result_backend: Optional[pulumi.Output[str]] = None,
-        signing: Optional[tuple[pulumi.Output[str], str]] = None,
+        signing: Optional[tuple[pulumi.Output[str], str, Optional[str]]] = None,
         broker_ca: Optional[str] = None,
         stop_timeout: int = 60,
         depends_on: Sequence[pulumi.Resource] = (),
@@ -76,13 +77,14 @@ class CeleryWorkerService(pulumi.ComponentResource):
         manager = host.manager
         self.service_name = worker_service_name(worker, manager)
         env_path = f"{ETC_DIR}/{self.service_name}.env"
-        signing_key, signing_cert = signing or (None, "")
+        signing_key, signing_cert, previous_cert = signing or (None, "", None)
         ca_path = f"{ETC_DIR}/tls/{self.service_name}/ca.pem"
         config_files, config_env = celery_config_files(self.service_name, celery_config)
 
         def files(args: list) -> str:
             url, key, backend = args
-            extra, env = signing_files(self.service_name, worker.group, key, signing_cert) if signing else ([], {})
+            extra, env = (signing_files(self.service_name, worker.group, key, signing_cert, previous_cert)
+                          if signing else ([], {}))
             extra += config_files
             values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env, **config_env}
             if broker_ca:
@@ -106,6 +108,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
             create=host_scripts.service_install(
                 manager=manager, name=self.service_name,
                 definition=worker_definition(worker, manager, env_path, stop_timeout), health=health,
+                absent=untrusted_paths(self.service_name, previous_cert) if signing else (),
             ),
             delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths],
                                                caches=[celery_config_cache(self.service_name)]),

@@ -20,7 +20,7 @@ from ..render.celery_config import celery_config_cache, celery_config_files
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
-from ..render.signing_files import signing_files, signing_paths
+from ..render.signing_files import signing_files, signing_paths, untrusted_paths
 from ..render.systemd_units import render_service_unit
 from ..settings import Flower
 from .celery_worker_service import ETC_DIR
@@ -53,7 +53,7 @@ class FlowerService(pulumi.ComponentResource):
         broker_api: str,
         celery_config: Mapping[str, Any],
         ui_password: pulumi.Output[str],
-        signing: Optional[tuple[pulumi.Output[str], str]] = None,
+        signing: Optional[tuple[pulumi.Output[str], str, Optional[str]]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -63,12 +63,12 @@ class FlowerService(pulumi.ComponentResource):
         conf_path, env_path = f"{ETC_DIR}/flowerconfig.py", f"{ETC_DIR}/{service}.env"
         db_path = f"/var/lib/{STATE_DIRECTORY}/flower.db"
 
-        signing_key, signing_cert = signing or (None, "")
+        signing_key, signing_cert, previous_cert = signing or (None, "", None)
         config_files, config_env = celery_config_files(service, celery_config)
 
         def files(args: list) -> str:
             amqp, ui_pw, key = args
-            extra, env = signing_files(service, flower.group, key, signing_cert) if signing else ([], {})
+            extra, env = signing_files(service, flower.group, key, signing_cert, previous_cert) if signing else ([], {})
             config = render_flower_config(
                 address=flower.address, port=flower.port, url_prefix=flower.url_prefix,
                 basic_auth_user=flower.ui_user, basic_auth_password=ui_pw,
@@ -100,7 +100,9 @@ class FlowerService(pulumi.ComponentResource):
         health = host_scripts.http_ok(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
         self.service = host.run(
             f"{name}-service",
-            create=host_scripts.service_install(manager=manager, name=service, definition=definition, health=health),
+            create=host_scripts.service_install(
+                manager=manager, name=service, definition=definition, health=health,
+                absent=untrusted_paths(service, previous_cert) if signing else ()),
             delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths],
                                                caches=[celery_config_cache(service)]),
             stdin=pulumi.Output.all(broker_url, ui_password, signing_key).apply(files),

@@ -121,6 +121,14 @@ def write_file(f: FileSpec) -> str:
     return f"tmp=$(mktemp)\ncat > \"$tmp\" <<'{tag}'\n{text}{tag}\nput \"$tmp\" {f.mode} {f.owner} {f.group} {q(f.path)}"
 
 
+def remove_file(path: str) -> str:
+    """Shell that removes `path` if present, as a change (the service restarts), journaled as
+    `put` does: a failed script puts it back."""
+    p = q(path)
+    return (f"if [ -e {p} ]; then mv -f {p} {q(path + '.edd-infra-old')}; echo \"restore {path}\" >> \"$journal\"; "
+            f"changed=1; fi")
+
+
 def write_without_restart(files: Sequence[FileSpec], on_change: str = "") -> str:
     """Write `files` without counting them as a change that restarts the service (`changed`
     is kept as it was); `on_change` runs when one of them did change."""
@@ -576,11 +584,13 @@ def account_remove(*, user: str, group: str) -> str:
 # ---- Celery worker and Flower ---------------------------------------------------------
 
 def service_install(
-    *, manager: ServiceManager, name: str, definition: str, health: str = ""
+    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = ()
 ) -> str:
-    """Secret files from stdin, the unit or plist from a heredoc, then (re)start and check."""
+    """Secret files from stdin, the unit or plist from a heredoc, the `absent` files removed,
+    then (re)start and check."""
     unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
-    return script(READ_SECRET_FILES, write_file(unit), activate(manager, name), health)
+    return script(READ_SECRET_FILES, *(remove_file(p) for p in absent), write_file(unit), activate(manager, name),
+                  health)
 
 
 def secret_files_install(restart_units: Sequence[str] = ()) -> str:
