@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,6 +16,8 @@ from edd_infra.config_errors import ConfigError
 from edd_infra import program
 from edd_infra.broker_drift import BrokerDrift
 from edd_infra.program import OUTPUT_NAMES, deploy
+from edd_infra.render.signing_files import previous_certificate_warning
+from tests.unit.certificates import certificate_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -332,6 +335,50 @@ def test_signing_without_its_key_is_refused(tmp_path):
         run(config)
     assert "edd-infra:celerySigningKey: required when celerySigning is set" in str(err.value)
     assert "edd-infra:celerySigning.certFile: cannot read" in str(err.value)
+
+
+def rotation_config(tmp_path, until):
+    """Signing with a rotation in progress: the new certificate, and the previous one until `until`."""
+    (tmp_path / "new.pem").write_text(certificate_pem(serial=2))
+    (tmp_path / "old.pem").write_text(certificate_pem(serial=1))
+    config = stack_config("prod")
+    config["edd-infra:celerySigning"] = json.dumps({"certFile": str(tmp_path / "new.pem"), "previousTrustedUntil": until,
+                                                    "previousCertFile": str(tmp_path / "old.pem")})
+    config["edd-infra:celerySigningKey"] = "-----BEGIN PRIVATE KEY-----\nsign1ng-k3y\n-----END PRIVATE KEY-----\n"
+    return config, [f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:celerySigningKey"]
+
+
+SIGNED_SERVICES = (("edd-worker-1-service", "celery-edd-worker-1"), ("flower-service", "flower"))
+
+
+def test_during_a_rotation_every_store_holds_the_previous_certificate_too(tmp_path, monkeypatch):
+    config, keys = rotation_config(tmp_path, "2099-01-01")
+    warnings = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: p for t, n, p, o, s in resources}
+    for resource, service in SIGNED_SERVICES:
+        files = bundle_files(plain(loop, by_name[resource]["stdin"]))
+        store = f"/etc/edd-infra/signing/{service}/store"
+        assert files[f"{store}/previous.pem"] == ("0644", "root", "root", (tmp_path / "old.pem").read_text())
+        assert files[f"{store}/cert.pem"][3] == (tmp_path / "new.pem").read_text()
+        assert f"{store}/previous.pem" not in plain(loop, by_name[resource]["create"])
+        assert f"{store}/previous.pem" in plain(loop, by_name[resource]["delete"])
+    assert not [w for w in warnings if "previousTrustedUntil" in w]
+
+
+def test_past_its_time_the_previous_certificate_leaves_every_store_with_a_warning(tmp_path, monkeypatch):
+    config, keys = rotation_config(tmp_path, "2020-01-01")
+    (tmp_path / "old.pem").unlink()  # not read once past its time
+    warnings = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: p for t, n, p, o, s in resources}
+    for resource, service in SIGNED_SERVICES:
+        store = f"/etc/edd-infra/signing/{service}/store"
+        assert not [p for p in bundle_files(plain(loop, by_name[resource]["stdin"])) if p.endswith("previous.pem")]
+        assert f"mv -f {store}/previous.pem {store}/previous.pem.edd-infra-old" in plain(loop, by_name[resource]["create"])
+    assert warnings == [previous_certificate_warning(datetime(2020, 1, 1, tzinfo=timezone.utc))]
 
 
 def test_edited_unit_reruns_only_that_services_repair_twin():
