@@ -17,6 +17,7 @@ import copy
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from pulumi import automation as auto
 from edd_infra.config_errors import secret_problems, validate
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
+from tests.unit.certificates import certificate_pem
 from tests.unit.samples import DELETE, sample_raw, with_changes
 
 pytestmark = pytest.mark.engine
@@ -75,11 +77,23 @@ PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAnotarealkey\n-----END OPENSS
 SECOND_HOST = {"address": "192.0.2.11", "hostKey": KEY}
 # Files in the stack's project directory (see TableStack), where relative names resolve.
 CERTIFICATE = "-----BEGIN CERTIFICATE-----\nMIIBnotarealcertificate\n-----END CERTIFICATE-----\n"
+# Signing-key rotation reads its certificates as Celery does: these are real ones.
+ROTATION_FILES = {"signing-new.pem": certificate_pem(serial=2), "signing-old.pem": certificate_pem(serial=1),
+                  "signing-same-id.pem": certificate_pem(serial=2, not_after=datetime(2101, 1, 1, tzinfo=timezone.utc)),
+                  "signing-short.pem": certificate_pem(serial=3, not_after=datetime(2098, 6, 1, tzinfo=timezone.utc)),
+                  "signing-ec.pem": certificate_pem(serial=4, key="ec")}
 PROJECT_FILES = {"ca.pem": CERTIFICATE, "server.pem": CERTIFICATE, "signing.pem": CERTIFICATE,
-                 "server.key.txt": "not a certificate\n"}
+                 "server.key.txt": "not a certificate\n", **ROTATION_FILES}
 TLS = {"caFile": "ca.pem", "certFile": "server.pem"}
 TLS_KEY = {"brokerTlsKey": PEM_KEY}
 SIGNING_KEY = {"celerySigningKey": PEM_KEY}
+ROTATION = {"certFile": "signing-new.pem", "previousCertFile": "signing-old.pem", "previousTrustedUntil": "2099-01-01"}
+
+
+def rotation(**changes):
+    """A celerySigning change: the valid rotation above with `changes`."""
+    return (("celerySigning",), {k: v for k, v in {**ROTATION, **changes}.items() if v is not None})
+
 COOKIE = "0123456789abcdef0123456789abcdef"
 CLUSTER_SECRETS = dict(TLS_KEY, erlangCookie=COOKIE)
 # A valid cluster (checked below): node2 joins queue's node; rows change one thing.
@@ -385,6 +399,28 @@ CASES = [
         (("celerySigning",), {"certFile": "missing.pem"})),
     row("signing-key-not-a-key", "edd-infra:celerySigningKey: must be an OpenSSH or PEM private key",
         secrets={"celerySigningKey": "hunter2"})((("celerySigning",), {"certFile": "signing.pem"})),
+    # celerySigning during a key rotation.
+    row("rotation-without-until", "edd-infra:celerySigning: previousTrustedUntil is required with previousCertFile: "
+        "the UTC date or date-time", secrets=SIGNING_KEY)(rotation(previousTrustedUntil=None)),
+    row("rotation-until-alone", "edd-infra:celerySigning: previousTrustedUntil is used only with previousCertFile",
+        secrets=SIGNING_KEY)(rotation(previousCertFile=None)),
+    row("rotation-until-not-utc", "edd-infra:celerySigning.previousTrustedUntil: must be in UTC (end it with Z or "
+        "+00:00), e.g. 2027-01-31", secrets=SIGNING_KEY)(rotation(previousTrustedUntil="2099-01-01T00:00:00+02:00")),
+    row("rotation-until-not-a-date", "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or "
+        "date-time, e.g. 2027-01-31", secrets=SIGNING_KEY)(rotation(previousTrustedUntil="in a week")),
+    row("rotation-previous-missing", "edd-infra:celerySigning.previousCertFile: cannot read '{dir}/missing.pem' "
+        "(FileNotFoundError); a PEM certificate file", secrets=SIGNING_KEY)(rotation(previousCertFile="missing.pem")),
+    row("rotation-previous-not-a-certificate", "edd-infra:celerySigning.previousCertFile: '{dir}/server.key.txt' holds "
+        "no PEM certificate that can be read", secrets=SIGNING_KEY)(rotation(previousCertFile="server.key.txt")),
+    row("rotation-previous-is-the-new-one", "edd-infra:celerySigning.previousCertFile: is the same certificate as "
+        "celerySigning.certFile", secrets=SIGNING_KEY)(rotation(previousCertFile="signing-new.pem")),
+    row("rotation-previous-same-issuer-and-serial", "edd-infra:celerySigning.previousCertFile: has the same issuer and "
+        "serial number as celerySigning.certFile", secrets=SIGNING_KEY)(rotation(previousCertFile="signing-same-id.pem")),
+    row("rotation-previous-expires-first", "edd-infra:celerySigning.previousCertFile: the certificate expires at "
+        "2098-06-01T00:00:00Z, before celerySigning.previousTrustedUntil (2099-01-01T00:00:00Z)",
+        secrets=SIGNING_KEY)(rotation(previousCertFile="signing-short.pem")),
+    row("rotation-previous-not-rsa", "edd-infra:celerySigning.previousCertFile: must be an RSA certificate",
+        secrets=SIGNING_KEY)(rotation(previousCertFile="signing-ec.pem")),
 
     # Secrets (set with --secret unless the row says otherwise).
     row("app-password-empty", "edd-infra:appPassword: must not be empty", secrets={"appPassword": ""})(),
@@ -445,9 +481,9 @@ class TableStack:
                 self.stack.set_secret(key, value)
                 self.ciphertexts[key, value] = yaml.safe_load(self.file.read_text())["config"][f"edd-infra:{key}"]
         self.stack.set_plain({**config, **{key: self.ciphertexts[key, value] for key, value in secrets.items()}})
-        events = []
+        events, self.output = [], []
         try:
-            self.stack.stack.preview(on_event=events.append)
+            self.stack.stack.preview(on_event=events.append, on_output=self.output.append)
             error = None
         except auto.CommandError as err:
             error = str(err)
@@ -482,6 +518,7 @@ CONTROLS = {
     "base-with-tls-and-signing": (((("broker", "tls"), TLS), (("celerySigning",), {"certFile": "signing.pem"})),
                                   dict(TLS_KEY, **SIGNING_KEY)),
     "base-as-a-cluster": (CLUSTER, CLUSTER_SECRETS),
+    "base-with-signing-rotation": ((rotation(),), SIGNING_KEY),
 }
 
 
@@ -529,3 +566,15 @@ def test_bad_input_refused_by_the_engine_before_the_program(table_stack, case):
         assert f"error: validating stack config: {expected.format(stack=table_stack.stack.name)}" in error, error
     assert "invalid stack configuration" not in error
     assert registered == []
+
+
+def test_a_rotation_past_its_time_previews_with_a_warning_to_remove_both_keys(table_stack):
+    """The previous certificate is no longer read (it may be gone already): preview passes and says what to do."""
+    config = with_changes(base_config(), [rotation(previousCertFile="missing.pem", previousTrustedUntil="2020-01-01")])
+    error, registered = table_stack.preview(config, SIGNING_KEY)
+    assert error is None or "invalid stack configuration" not in error, error
+    assert len(registered) >= 5
+    shown = " ".join("".join(table_stack.output).split())
+    assert ("celerySigning.previousTrustedUntil (2020-01-01T00:00:00Z) has passed: the previous signing certificate "
+            "is no longer trusted") in shown, shown[-2000:]
+    assert "remove celerySigning.previousCertFile and celerySigning.previousTrustedUntil" in shown
