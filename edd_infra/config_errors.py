@@ -317,7 +317,8 @@ def previous_certificate_problems(signing: CelerySigning, root: Path, now: datet
         return problems
     until = signing.previous_trusted_until
     if previous.not_valid_after_utc < until:
-        problems.append(f"{PROJECT}:{key}: the certificate expires at {previous.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, "
+        expires = previous.not_valid_after_utc
+        problems.append(f"{PROJECT}:{key}: the certificate expires at {expires:%Y-%m-%dT%H:%M:%SZ}, "
                         f"before celerySigning.previousTrustedUntil ({until:%Y-%m-%dT%H:%M:%SZ}); Celery refuses to "
                         "start with an expired certificate in its store: set previousTrustedUntil no later than that")
     if not isinstance(previous.public_key(), rsa.RSAPublicKey):
