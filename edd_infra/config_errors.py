@@ -140,9 +140,11 @@ def reference_problems(settings: StackSettings) -> list[str]:
                  if a in broker.plain_amqp_addresses]
     plain_management = "127.0.0.1" if tls else broker.management_address
     listeners.append(("broker.managementPort", plain_management, broker.management_port))
+    listeners.append(("broker.prometheusPort", plain_management, broker.prometheus_port))
     if tls is not None:
         listeners += [("broker.tls.amqpPort", a, tls.amqp_port) for a in broker.amqp_listeners]
         listeners.append(("broker.tls.managementPort", broker.management_address, tls.management_port))
+        listeners.append(("broker.tls.prometheusPort", broker.management_address, tls.prometheus_port))
     if settings.flower.enabled:
         listeners.append(("flower.port", settings.flower.address, settings.flower.port))
     for i, (key, address, port) in enumerate(listeners):

@@ -18,8 +18,11 @@ from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerSe
 from .components.broker_migration import MigrationSource
 from .components.celery_worker_service import worker_service_name
 from .components.flower_service import flower_service_name
-from .components.rabbit_broker import api_endpoint, local_management_address
+from .components.rabbit_broker import api_endpoint, local_management_address, metrics_address
 from .hosts import HostTarget
+from .render.alert_rules import RULES_PATH, render_alert_rules
+from .render.host_scripts import FileSpec
+from .render.scrape_targets import scrape_targets
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
@@ -31,7 +34,7 @@ from .upgrade_path import upgrade_problem
 
 # Output names are shared with the tests and README.
 OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
-                "celerySettings", "brokerPackageVersion")
+                "celerySettings", "brokerPackageVersion", "scrapeTargets", "alertRules")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -63,6 +66,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         erlang_cookie=secrets.erlang_cookie if broker_cfg.cluster_nodes else None,
         migration=migration_source(settings, hosts),
         consumer_timeout_ms=settings.tasks.consumer_timeout_ms,
+        site_files=[FileSpec(RULES_PATH, render_alert_rules(settings))] if broker_cfg.install == "managed" else [],
     )
     vhost = EddVhost(
         "edd",
@@ -154,7 +158,18 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "celerySettings": celery,
         # What the next preview compares a new packageVersion with (upgrade_path).
         "brokerPackageVersion": broker_cfg.package_version,
+        "scrapeTargets": scrape_targets(settings, metrics_nodes(broker_cfg)),
+        "alertRules": {"host": broker_cfg.host, "path": RULES_PATH} if broker_cfg.install == "managed" else None,
     }
+
+
+def metrics_nodes(broker: Broker) -> list[tuple[str, str]]:
+    """(node name, metrics address) of every RabbitMQ node this stack runs (none when external)."""
+    if broker.install != "managed":
+        return []
+    members = [broker.member(n) for n in broker.cluster_nodes]
+    return [(broker.node_name, metrics_address(broker))] + [(m.node_name, metrics_address(m, member=True))
+                                                             for m in members]
 
 
 def signing_material(settings: StackSettings, secrets: StackSecrets,

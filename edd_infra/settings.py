@@ -135,6 +135,8 @@ class BrokerTls(Model):
     cert_file: LocalPath
     amqp_port: Port = 5671
     management_port: Port = 15671
+    # rabbitmq_prometheus over HTTPS on managementAddress (RabbitMQ's default port).
+    prometheus_port: Port = 15691
 
 
 UTC_EXAMPLE = "e.g. 2027-01-31 (its 00:00 UTC) or 2027-01-31T12:00:00Z"
@@ -247,6 +249,8 @@ class Broker(Model):
     # How Pulumi reaches the management API; default http://<managementAddress>:<managementPort>/.
     management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$"),
                                        AfterValidator(_http_url)]] = None
+    # rabbitmq_prometheus's plain listener, bound like the management API (RabbitMQ's default port).
+    prometheus_port: Port = 15692
     # epmd and Erlang distribution bind here (not on every address).
     node_address: IPAddress = "127.0.0.1"
     # The Erlang node name; its host part must resolve to node_address, or the broker
@@ -454,6 +458,16 @@ class AppQueue(Model):
     event_queue_prefix: QueueName = "celeryev"
 
 
+class Alerts(Model):
+    """Thresholds of the Prometheus alert rules that no other setting gives (render.alert_rules)."""
+
+    # Share of finished tasks that failed (Flower's task events, over 15 min) above which
+    # CeleryTasksFailing fires.
+    task_failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # How far ahead RabbitMQDiskFillingUp projects the free disk towards its limit.
+    disk_forecast_hours: Annotated[int, Field(ge=1, le=168)] = 4
+
+
 class EddSettingsFile(Model):
     """Where the settings EDD reads (server.cfg's `rabbitmq` keys) are written for it."""
 
@@ -481,6 +495,7 @@ class StackSettings(Model):
     app_user: AppUser = AppUser()
     tasks: Tasks = Tasks()
     rollout: Rollout = Rollout()
+    alerts: Alerts = Alerts()
     flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
     workers: list[Worker] = Field(min_length=1)
     flower: Flower

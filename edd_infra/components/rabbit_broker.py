@@ -2,7 +2,8 @@
 
 Creates, on the broker host (with `install: managed`, the default):
 - `<name>-server`: rabbitmq.conf, enabled_plugins and the epmd binding written before the
-  package is installed, the service enabled at boot and restarted when they change;
+  package is installed, the service enabled at boot and restarted when they change; the
+  `site_files` (the Prometheus alert rules) beside them, which never restart it;
 - `<name>-admin`: the administrator Pulumi uses (password on stdin) and `guest` removed;
 - `<name>-provider`: the pulumi_rabbitmq Provider for the management API, usable only after
   the admin exists, so nothing touches the broker before it answers;
@@ -53,13 +54,23 @@ EPMD_DROPIN_PATH = "/etc/systemd/system/epmd.socket.d/edd-infra.conf"
 
 
 def tls_listeners(broker: Broker) -> Optional[TlsListeners]:
-    return TlsListeners(broker.tls.amqp_port, broker.tls.management_port) if broker.tls else None
+    return TlsListeners(broker.tls.amqp_port, broker.tls.management_port, broker.tls.prometheus_port) \
+        if broker.tls else None
+
+
+def metrics_address(broker: Broker, member: bool = False) -> str:
+    """Where rabbitmq_prometheus listens (over TLS when broker.tls is set): the management
+    API's address, or on a cluster member (whose management API is loopback only) its node
+    address, so a site's Prometheus reaches every node."""
+    return broker.node_address if member else broker.management_address
 
 
 def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None,
-                 consumer_timeout_ms: Optional[int] = None, clustered: bool = False) -> list[FileSpec]:
+                 consumer_timeout_ms: Optional[int] = None, clustered: bool = False,
+                 member: bool = False) -> list[FileSpec]:
     """The broker's config files (no secrets in them); with TLS, the CA and server
-    certificates (`tls_pems`, public) too. `clustered`: the node is one of several."""
+    certificates (`tls_pems`, public) too. `clustered`: the node is one of several;
+    `member`: it is not the seed."""
     tls = tls_listeners(broker)
     conf = render_rabbitmq_conf(
         amqp_listeners=broker.amqp_listeners,
@@ -72,6 +83,8 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         consumer_timeout_ms=consumer_timeout_ms,
         memory_high_watermark=broker.memory_high_watermark,
         clustered=clustered,
+        prometheus_port=broker.prometheus_port,
+        prometheus_address=metrics_address(broker, member),
     )
     certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
     return certificates + [
@@ -132,6 +145,7 @@ class RabbitBroker(pulumi.ComponentResource):
         erlang_cookie: Optional[pulumi.Output[str]] = None,
         migration: Optional[MigrationSource] = None,
         consumer_timeout_ms: Optional[int] = None,
+        site_files: Sequence[FileSpec] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
@@ -140,6 +154,7 @@ class RabbitBroker(pulumi.ComponentResource):
         self.admin_user = broker.admin_user
         self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
         self._cookie, self._consumer_timeout, self._clustered = erlang_cookie, consumer_timeout_ms, bool(members)
+        self._site_files = list(site_files)
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
             if broker.install == "managed" else None
         ready = [admin] if admin else []
@@ -151,7 +166,7 @@ class RabbitBroker(pulumi.ComponentResource):
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
-            server = self._server(f"{name}-node-{member.host}", member, member_host)
+            server = self._server(f"{name}-node-{member.host}", member, member_host, is_member=True)
             ready.append(member_host.run(
                 f"{name}-node-{member.host}-join",
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
@@ -192,9 +207,12 @@ class RabbitBroker(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
-    def _server(self, name: str, broker: Broker, host: HostTarget) -> pulumi.Resource:
-        """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie."""
-        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered)
+    def _server(self, name: str, broker: Broker, host: HostTarget, is_member: bool = False) -> pulumi.Resource:
+        """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie;
+        on the seed, the alert rules for the site's Prometheus too."""
+        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered,
+                             member=is_member)
+        site_files = [] if is_member else self._site_files
         tls = tls_listeners(broker)
         secrets = []
         if tls:
@@ -204,7 +222,7 @@ class RabbitBroker(pulumi.ComponentResource):
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
         sources = apt_files(broker)
         rabbitmq4 = FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf())
-        removed = [f.path for f in [*files, *sources, rabbitmq4]] + ([tls.key_path] if tls else [])
+        removed = [f.path for f in [*files, *sources, rabbitmq4, *site_files]] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
         return host.run(
             name,
@@ -212,6 +230,7 @@ class RabbitBroker(pulumi.ComponentResource):
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
                 rabbitmq4_conf=rabbitmq4, apt_files=sources, memory_high_watermark=broker.memory_high_watermark,
+                site_files=site_files,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,

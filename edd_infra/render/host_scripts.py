@@ -306,7 +306,7 @@ def disk_check(memory_high_watermark: float) -> str:
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
     erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
-    memory_high_watermark: float | None = None,
+    memory_high_watermark: float | None = None, site_files: Sequence[FileSpec] = (),
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -322,6 +322,9 @@ def broker_install(
 
     `rabbitmq4_conf` is written when the version installed is 4.0 or newer (its keys are
     unknown to 3.x, which refuses to boot on them); an older one gets the same file empty.
+
+    `site_files` (for other programs on the host: the alert rules) are written without
+    counting as a change: the broker does not read them, so they never restart it.
 
     With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq; with
     `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
@@ -354,7 +357,7 @@ def broker_install(
         *(write_file(f) for f in files),
         version_conf,
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
-        write_without_restart([BROKER_ORDER]),
+        write_without_restart([BROKER_ORDER, *site_files]),
         secrets,
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
         f"if [ \"$installed\" != \"$target\" ]; then\n"

@@ -21,12 +21,14 @@ class TlsListeners:
 
     amqp_port: int
     management_port: int
+    prometheus_port: Optional[int] = None
     ca_path: str = f"{TLS_DIR}/ca.pem"
     cert_path: str = f"{TLS_DIR}/cert.pem"
     key_path: str = f"{TLS_DIR}/key.pem"
 
 
-def _tls_lines(tls: TlsListeners, amqp_listeners: Iterable[str], management_address: str) -> list[str]:
+def _tls_lines(tls: TlsListeners, amqp_listeners: Iterable[str], management_address: str,
+               prometheus_address: str) -> list[str]:
     files = {"cacertfile": tls.ca_path, "certfile": tls.cert_path, "keyfile": tls.key_path}
     lines = [f"listeners.ssl.{i} = {_listener(a, tls.amqp_port)}" for i, a in enumerate(amqp_listeners, 1)]
     lines += [f"ssl_options.{k} = {v}" for k, v in files.items()]
@@ -34,6 +36,9 @@ def _tls_lines(tls: TlsListeners, amqp_listeners: Iterable[str], management_addr
     lines += ["ssl_options.verify = verify_none", "ssl_options.fail_if_no_peer_cert = false",
               f"management.ssl.ip = {management_address}", f"management.ssl.port = {tls.management_port}"]
     lines += [f"management.ssl.{k} = {v}" for k, v in files.items()]
+    if tls.prometheus_port is not None:
+        lines += [f"prometheus.ssl.ip = {prometheus_address}", f"prometheus.ssl.port = {tls.prometheus_port}"]
+        lines += [f"prometheus.ssl.{k} = {v}" for k, v in files.items()]
     return lines
 
 
@@ -59,11 +64,15 @@ def render_rabbitmq_conf(
     consumer_timeout_ms: Optional[int] = None,
     memory_high_watermark: Optional[float] = None,
     clustered: bool = False,
+    prometheus_port: Optional[int] = None,
+    prometheus_address: Optional[str] = None,
 ) -> str:
     """rabbitmq.conf: AMQP and management on the given addresses only, loopback-only users.
 
     With `tls`, the given addresses get TLS listeners and the plain ones move to loopback
-    (where the workers and Flower on the broker host connect)."""
+    (where the workers and Flower on the broker host connect). With `prometheus_port`,
+    rabbitmq_prometheus listens like the management API, on `prometheus_address` (default
+    `management_address`)."""
     amqp_listeners = list(amqp_listeners)
     plain_amqp = [a for a in amqp_listeners if ipaddress.ip_address(a).is_loopback] if tls else amqp_listeners
     plain_management = LOOPBACK if tls else management_address
@@ -76,6 +85,10 @@ def render_rabbitmq_conf(
         f"management.tcp.port = {management_port}",
         f"distribution.listener.interface = {node_address}",
     ]
+    prometheus_address = prometheus_address or management_address
+    if prometheus_port is not None:
+        lines += [f"prometheus.tcp.ip = {LOOPBACK if tls else prometheus_address}",
+                  f"prometheus.tcp.port = {prometheus_port}"]
     lines += [f"loopback_users.{user} = true" for user in loopback_users]
     # Password mechanisms only (RabbitMQ 4 also offers ANONYMOUS, a login without one).
     lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = AMQPLAIN"]
@@ -92,7 +105,7 @@ def render_rabbitmq_conf(
         # A node cut off from the majority pauses instead of serving a split cluster.
         lines.append("cluster_partition_handling = pause_minority")
     if tls:
-        lines += _tls_lines(tls, amqp_listeners, management_address)
+        lines += _tls_lines(tls, amqp_listeners, management_address, prometheus_address)
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +120,7 @@ def render_rabbitmq4_conf() -> str:
             "anonymous_login_user = none\n")
 
 
-def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management",)) -> str:
+def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management", "rabbitmq_prometheus")) -> str:
     """enabled_plugins, an Erlang term list."""
     return "[" + ",".join(plugins) + "].\n"
 

@@ -26,7 +26,7 @@ def seed_conf():
     return render_rabbitmq_conf(
         amqp_listeners=["127.0.0.1", "::1"], amqp_port=5672, management_address="127.0.0.1",
         management_port=15672, node_address="127.0.0.1", loopback_users=["guest", "edd_user"],
-        consumer_timeout_ms=Tasks().consumer_timeout_ms, memory_high_watermark=0.4,
+        consumer_timeout_ms=Tasks().consumer_timeout_ms, memory_high_watermark=0.4, prometheus_port=15692,
     )
 
 
@@ -38,6 +38,9 @@ def test_seed_listeners_and_loopback_users():
         "management.tcp.ip": "127.0.0.1",
         "management.tcp.port": "15672",
         "distribution.listener.interface": "127.0.0.1",
+        # rabbitmq_prometheus beside the management API, on the same address only.
+        "prometheus.tcp.ip": "127.0.0.1",
+        "prometheus.tcp.port": "15692",
         "loopback_users.guest": "true",
         "loopback_users.edd_user": "true",
         # Password logins only: no ANONYMOUS mechanism (RabbitMQ 4 offers it by default).
@@ -67,7 +70,7 @@ def test_epmd_listens_on_loopback_too_for_rabbitmqs_localhost_helper_nodes():
 
 
 def test_plugins_and_epmd():
-    assert render_enabled_plugins() == "[rabbitmq_management].\n"
+    assert render_enabled_plugins() == "[rabbitmq_management,rabbitmq_prometheus].\n"
     assert render_epmd_environment("127.0.0.1") == {"ERL_EPMD_ADDRESS": "127.0.0.1"}
 
 
@@ -75,7 +78,7 @@ def test_tls_moves_plain_listeners_to_loopback_and_adds_tls_ones():
     conf = render_rabbitmq_conf(
         amqp_listeners=["127.0.0.1", "::1", "10.0.0.2"], amqp_port=5672, management_address="10.0.0.2",
         management_port=15672, node_address="127.0.0.1", loopback_users=["guest"],
-        tls=TlsListeners(amqp_port=5671, management_port=15671),
+        tls=TlsListeners(amqp_port=5671, management_port=15671, prometheus_port=15691), prometheus_port=15692,
     )
     lines = conf.splitlines()
     assert [line for line in lines if line.startswith("listeners.tcp.")] == [
@@ -86,6 +89,22 @@ def test_tls_moves_plain_listeners_to_loopback_and_adds_tls_ones():
     assert "management.ssl.port = 15671" in lines
     assert "ssl_options.keyfile = /etc/rabbitmq/tls/key.pem" in lines
     assert "management.ssl.certfile = /etc/rabbitmq/tls/cert.pem" in lines
+    # Metrics like the management API: plain on loopback, HTTPS with the stack's certificate outside.
+    assert [line for line in lines if line.startswith("prometheus.")] == [
+        "prometheus.tcp.ip = 127.0.0.1", "prometheus.tcp.port = 15692",
+        "prometheus.ssl.ip = 10.0.0.2", "prometheus.ssl.port = 15691",
+        "prometheus.ssl.cacertfile = /etc/rabbitmq/tls/ca.pem", "prometheus.ssl.certfile = /etc/rabbitmq/tls/cert.pem",
+        "prometheus.ssl.keyfile = /etc/rabbitmq/tls/key.pem"]
+
+
+def test_cluster_member_serves_metrics_on_its_node_address():
+    conf = render_rabbitmq_conf(
+        amqp_listeners=["127.0.0.1", "10.0.0.3"], amqp_port=5672, management_address="127.0.0.1",
+        management_port=15672, node_address="10.0.0.3", loopback_users=["guest"],
+        tls=TlsListeners(5671, 15671, 15691), prometheus_port=15692, prometheus_address="10.0.0.3")
+    lines = conf.splitlines()
+    assert "management.ssl.ip = 127.0.0.1" in lines
+    assert "prometheus.tcp.ip = 127.0.0.1" in lines and "prometheus.ssl.ip = 10.0.0.3" in lines
 
 
 def test_tls_with_only_public_listeners_turns_plain_amqp_off():
