@@ -145,4 +145,6 @@ def render_alert_rules(settings: StackSettings) -> str:
 
 def metric_names(rules: list[Rule]) -> set[str]:
     """The exported metric names the rules read (for checking them against live endpoints)."""
-    return {m for r in rules for m in re.findall(r"\b((?:rabbitmq|flower)_[a-z_]+)\b", r.expr)}
+    # Label names only follow `by (`: drop those lists first.
+    exprs = [re.sub(r"\b(by|without) \([^)]*\)", "", r.expr) for r in rules]
+    return {m for e in exprs for m in re.findall(r"\b((?:rabbitmq|flower)_[a-z_]+)\b", e)}

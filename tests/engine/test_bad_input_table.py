@@ -72,7 +72,7 @@ def row(id: str, *expected: str, secrets: dict | None = None):
 
 # Unknown-key messages list every key allowed at that level (sorted); rows check the first
 # few, which include the key meant, so a key added later does not break them.
-ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, appPassword, appQueue, appUser, broker,"
+ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, alerts, appPassword, appQueue, appUser, broker,"
 PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAnotarealkey\n-----END OPENSSH PRIVATE KEY-----\n"
 SECOND_HOST = {"address": "192.0.2.11", "hostKey": KEY}
 # Files in the stack's project directory (see TableStack), where relative names resolve.
@@ -199,6 +199,16 @@ CASES = [
         "edd-infra:broker.managementPort")((("flower", "port"), 15672)),
     row("flower-on-every-address-at-amqp-port", "edd-infra:flower.port: [::]:5672 is also "
         "edd-infra:broker.amqpListeners[0]")((("flower", "address"), "::"), (("flower", "port"), 5672)),
+    row("prometheus-port-is-management-port", "edd-infra:broker.prometheusPort: 127.0.0.1:15672 is also "
+        "edd-infra:broker.managementPort")((("broker", "prometheusPort"), 15672)),
+    row("flower-port-is-prometheus-port", "edd-infra:flower.port: 127.0.0.1:15692 is also "
+        "edd-infra:broker.prometheusPort")((("flower", "port"), 15692)),
+    row("alerts-failure-ratio-0", "edd-infra:alerts.taskFailureRatio: Input should be greater than 0")(
+        (("alerts",), {"taskFailureRatio": 0.0})),
+    row("alerts-forecast-hours-as-string", "edd-infra:alerts.diskForecastHours: Input should be a valid integer")(
+        (("alerts",), {"diskForecastHours": "4"})),
+    row("unknown-alerts-key", "edd-infra:alerts.failureRatio: unknown key; allowed here: diskForecastHours, "
+        "taskFailureRatio")((("alerts",), {"failureRatio": 0.2})),
     row("duplicate-amqp-listener", "edd-infra:broker.amqpListeners[1]: 127.0.0.1:5672 is also "
         "edd-infra:broker.amqpListeners[0]")((("broker", "amqpListeners"), ["127.0.0.1", "127.0.0.1"])),
 
@@ -432,7 +442,7 @@ CASES = [
         secrets={"flowerBrokerPassword": "\u00e9" * 513})(),
     row("ssh-key-not-a-key", "edd-infra:sshPrivateKey: must be an OpenSSH or PEM private key",
         secrets={"sshPrivateKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample (the public half)"})(),
-    row("unknown-secret-key", "edd-infra:appPasword: unknown key; allowed: adminPassword, appPassword,",
+    row("unknown-secret-key", "edd-infra:appPasword: unknown key; allowed: adminPassword, alerts, appPassword,",
         secrets={"appPasword": "typo'd s3cret"})(),
     row("ssh-key-in-plaintext", "edd-infra:sshPrivateKey: stored in plaintext; set it with "
         "`pulumi config set --secret sshPrivateKey`")((("sshPrivateKey",), PEM_KEY)),

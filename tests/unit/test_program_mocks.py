@@ -188,7 +188,27 @@ def test_outputs(prod):
     assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqp://[::1]:5672//edd"]
     assert outputs["flowerUrl"] == "http://127.0.0.1:5555/"
     assert outputs["workerUnits"] == {"celery-edd-worker-1": "edd-queue"}
+    # prod's management API (so its metrics) is on 192.0.2.10 without TLS; no target carries a login.
+    assert [(t["url"], t["basicAuth"]) for t in outputs["scrapeTargets"]] == [
+        ("http://192.0.2.10:15692/metrics", False),
+        ("http://192.0.2.10:15692/metrics/detailed?vhost=%2Fedd&family=queue_coarse_metrics"
+         "&family=queue_consumer_count", False),
+        ("http://127.0.0.1:5555/metrics", False)]
+    assert outputs["alertRules"] == {"host": "edd-queue", "path": "/etc/edd-infra/prometheus/edd-infra.rules.yml"}
     assert not any(v in json.dumps(outputs) for v in SECRETS.values())
+
+
+def test_alert_rules_go_beside_the_broker_config_and_never_restart_it(prod):
+    _, resources, loop = prod
+    (server,) = [p for t, n, p, *_ in resources if n == "broker-server"]
+    create = plain(loop, server["create"])
+    assert "[rabbitmq_management,rabbitmq_prometheus]." in create
+    assert "prometheus.tcp.ip = 192.0.2.10" in create
+    rules_at = create.index("/etc/edd-infra/prometheus/edd-infra.rules.yml")
+    # Written inside write_without_restart (between its "was=$changed" and "changed=$was").
+    assert create.rfind("was=$changed", 0, rules_at) > create.rfind("changed=$was", 0, rules_at)
+    assert "alert: EddQueueWithoutConsumers" in create
+    assert "/etc/edd-infra/prometheus/edd-infra.rules.yml" in plain(loop, server["delete"])
 
 
 def test_dev_stack_uses_local_commands_launchd_and_an_external_broker():
@@ -535,6 +555,12 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
         "/etc/edd-infra/celery/celery-edd-worker-1/edd_infra_celeryconfig.py"][3]
     assert "task_default_queue_type = 'quorum'" in config_module
     assert outputs["brokerEndpoints"][-2:] == ["amqps://10.0.0.3:5671//edd", "amqps://10.0.0.4:5671//edd"]
+    # Every node serves its metrics over TLS where a site's Prometheus reaches it; the rules count 3 nodes.
+    assert "prometheus.ssl.ip = 10.0.0.3" in plain(loop, by_name["broker-node-edd-node2"][0]["create"])
+    assert "edd-infra.rules.yml" not in plain(loop, by_name["broker-node-edd-node2"][0]["create"])
+    assert [t["url"] for t in outputs["scrapeTargets"] if t["url"].endswith("/metrics")][:3] == [
+        "https://10.0.0.2:15691/metrics", "https://10.0.0.3:15691/metrics", "https://10.0.0.4:15691/metrics"]
+    assert "< 3" in plain(loop, by_name["broker-server"][0]["create"])
 
 
 def test_removing_a_cluster_node_removes_only_its_resources(tmp_path):
