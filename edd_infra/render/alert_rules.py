@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 import yaml
 
@@ -143,8 +144,8 @@ def render_alert_rules(settings: StackSettings) -> str:
                                    sort_keys=False, width=1000, allow_unicode=True)
 
 
-def metric_names(rules: list[Rule]) -> set[str]:
-    """The exported metric names the rules read (for checking them against live endpoints)."""
+def metric_names(exprs: Iterable[str]) -> set[str]:
+    """The exported metric names PromQL expressions read (to check rules against live endpoints)."""
     # Label names only follow `by (`: drop those lists first.
-    exprs = [re.sub(r"\b(by|without) \([^)]*\)", "", r.expr) for r in rules]
+    exprs = [re.sub(r"\b(by|without) \([^)]*\)", "", e) for e in exprs]
     return {m for e in exprs for m in re.findall(r"\b((?:rabbitmq|flower)_[a-z_]+)\b", e)}

@@ -206,7 +206,7 @@ def test_rules_file_shape_and_the_metrics_it_reads():
     (group,) = yaml.safe_load(text)["groups"]
     assert group["name"] == "edd-infra" and len(group["rules"]) == 12
     assert RULES_PATH == "/etc/edd-infra/prometheus/edd-infra.rules.yml"
-    assert metric_names(alert_rules(single())) == {
+    assert metric_names(r.expr for r in alert_rules(single())) == {
         "rabbitmq_identity_info", "rabbitmq_alarms_memory_used_watermark", "rabbitmq_alarms_free_disk_space_watermark",
         "rabbitmq_disk_space_available_bytes", "rabbitmq_disk_space_available_limit_bytes",
         "rabbitmq_process_open_fds", "rabbitmq_process_max_fds", "rabbitmq_detailed_queue_consumers",
