@@ -212,3 +212,18 @@ def test_rules_file_shape_and_the_metrics_it_reads():
         "rabbitmq_process_open_fds", "rabbitmq_process_max_fds", "rabbitmq_detailed_queue_consumers",
         "rabbitmq_detailed_queue_messages", "rabbitmq_detailed_queue_messages_ready",
         "rabbitmq_global_messages_redelivered_total", "flower_worker_online", "flower_events_total"}
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
+def test_the_broker_script_that_writes_the_rules_passes_shellcheck(tmp_path):
+    from edd_infra.components.rabbit_broker import broker_files
+    from edd_infra.render import host_scripts
+
+    settings = single()
+    script = host_scripts.broker_install(
+        files=broker_files(settings.broker, ["guest"]), package_version=None, start_timeout=60,
+        site_files=[host_scripts.FileSpec(RULES_PATH, render_alert_rules(settings))], memory_high_watermark=0.4)
+    assert f"put \"$tmp\" 0644 root root {RULES_PATH}" in script
+    (tmp_path / "s.sh").write_text(script)
+    result = subprocess.run(["shellcheck", "-s", "sh", str(tmp_path / "s.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
