@@ -365,6 +365,18 @@ def wait_services_back(d: Deployment, boot_id: str, started: float, label: str) 
     RECOVERY[f"{label}: all services active after"] = time.monotonic() - started
 
 
+def queue_drained(d: Deployment) -> None:
+    """The `edd` queue holds nothing, ready or unacked (after a reboot the management API shows
+    the queue's counters only once it sampled them)."""
+    stats: dict = {}
+
+    def empty():
+        stats.update(queue_stats(d))
+        return stats.get("messages") == 0 and stats.get("messages_unacknowledged") == 0
+
+    wait_for(empty, 60, f"an empty edd queue ({stats})", every=1)
+
+
 def test_a_reboot_waits_for_a_long_task_in_flight_which_completes_once(deployed):
     """The worker's host reboots (`systemctl reboot`) while a 30 s task runs. The worker stops
     as in any restart (SIGTERM to its main process, which waits for the task; RabbitMQ stops only
@@ -399,8 +411,7 @@ def test_a_reboot_waits_for_a_long_task_in_flight_which_completes_once(deployed)
     assert stopping and stopped and stopping[0] < finished <= stopped[0], (stopping, finished, stopped)
     RECOVERY["reboot with a 30 s task: task time left at the stop"] = received + LONG_TASK_SECONDS - stopping[0]
     RECOVERY["reboot with a 30 s task: worker stop took"] = stopped[0] - stopping[0]
-    stats = queue_stats(d)
-    assert (stats["messages"], stats["messages_unacknowledged"]) == (0, 0), stats
+    queue_drained(d)
     assert send_task(d.host, 7, 8) == "15"
 
 
@@ -436,11 +447,10 @@ def test_a_reboot_forced_past_its_job_timeout_cuts_a_long_task_which_runs_again_
         assert journal.count(f"edd.work[{task_id}] received") == 2, journal  # cut, then given out again
         previous = d.sh(f"journalctl -b -1 -u {WORKER_UNIT} -o cat --no-pager --since=@{int(since)}")
         assert f"edd.work[{task_id}] succeeded" not in previous, previous[-2000:]  # the first run was cut
-        print("\nthe forced reboot as the old boot's journal saw it:\n" + d.sh(
-            f"journalctl -b -1 -o cat --no-pager --since=@{int(since)} | grep -Ei 'timed out|forcibl|{WORKER_UNIT}|"
-            f"{task_id}' | tail -15 || true"))
-        stats = queue_stats(d)
-        assert (stats["messages"], stats["messages_unacknowledged"]) == (0, 0), stats
+        # It was the reboot's job timeout that cut it (systemd's words in the old boot's journal).
+        shutdown = d.sh(f"journalctl -b -1 -o cat --no-pager --since=@{int(since)} | grep -Ei 'timed out|forcibl' || true")
+        assert "Forcibly rebooting: job timed out" in shutdown, shutdown
+        queue_drained(d)
     finally:
         if not rebooted:  # the reboot did not happen: take the drop-in away by hand
             with contextlib.suppress(Exception):
@@ -499,7 +509,6 @@ def test_a_disk_alarm_blocks_publishers_and_loses_no_task(deployed):
             assert producer.running(), "the producer finished before the alarm: nothing was blocked"
             time.sleep(2)  # publishes the broker had read before the alarm get their confirms
             before = producer.published()
-            done_before = sum(succeeded_counts(d, producer.prefix).values())
             assert before < total
             states = wait_for(lambda: [s for s in connection_states(d, producer.pid) if s == "blocked"],
                               30, "the producer's connection to be blocked", every=1)
@@ -512,8 +521,6 @@ def test_a_disk_alarm_blocks_publishers_and_loses_no_task(deployed):
             assert set(samples) == {before}, f"tasks were reported accepted during the disk alarm: {samples}"
             assert disk_alarm_raised(d)
             assert d.management_get("nodes")[0]["disk_free_alarm"] is True  # what the management UI shows
-            RECOVERY["disk alarm: tasks done by the worker during it"] = (
-                sum(succeeded_counts(d, producer.prefix).values()) - done_before)
         finally:
             d.sh(f"rabbitmqctl -q set_disk_free_limit {restore}", check=False, timeout=60)
         cleared_at = time.monotonic()
