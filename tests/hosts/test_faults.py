@@ -1,6 +1,7 @@
 """Faults on a real deployment: SSH cut in the middle of `up`, a host reboot, a broker restart
-while tasks flow. Each test asserts what an operator would see, and measures how long the
-deployment took to recover (printed at the end of the module).
+while tasks flow; a 30 s task in flight through a config change that restarts its worker and
+through reboots; a disk alarm while a producer publishes. Each test asserts what an operator
+would see, and measures how long the deployment took to recover (printed at the end of the module).
 
 One deployment on its own sandbox host (`edd-faults`), shared by the tests in file order; each
 test puts back what it broke (sshd, a stopped worker) also when it fails. The host's root is an
