@@ -29,8 +29,8 @@ from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, send_task
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts.deployment import (LONG_TASK_SECONDS, UNITS, WORKER_UNIT, Deployment, Producer, deployment,
-                                    print_figures, queue_stats, secret_forms, start_long_task, task_journal,
-                                    wait_all_completed, wait_long_task)
+                                    host_now, journal_times, print_figures, queue_stats, secret_forms,
+                                    start_long_task, task_journal, wait_all_completed, wait_long_task)
 
 pytestmark = pytest.mark.hosts
 HOST = "edd-faults"
@@ -290,17 +290,6 @@ def test_broker_restart_while_tasks_flow_loses_no_task(deployed):
 
 
 # --- a long task in flight through a fault -------------------------------------------------
-
-def journal_times(d: Deployment, since: float, pattern: str) -> list[float]:
-    """Host clock times of the worker unit's journal lines since `since` that match `pattern`
-    (systemd's lines about the unit included)."""
-    journal = d.sh(f"journalctl -u {WORKER_UNIT} -o short-unix --no-pager --since=@{int(since)}", timeout=120)
-    return [float(line.split()[0]) for line in journal.splitlines() if re.search(pattern, line)]
-
-
-def host_now(d: Deployment) -> float:
-    return float(d.sh("date +%s.%N"))
-
 
 def succeeded_counts(d: Deployment, prefix: str) -> Counter:
     """How many times each task id with `prefix` succeeded, by the worker's journal (all boots)."""
