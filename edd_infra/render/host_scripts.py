@@ -306,7 +306,7 @@ def disk_check(memory_high_watermark: float) -> str:
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
     erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
-    memory_high_watermark: float | None = None,
+    memory_high_watermark: float | None = None, clustered: bool = False,
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -325,7 +325,9 @@ def broker_install(
 
     With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq; with
     `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
-    the user) is made first, as the package would, so the node reads them at its first start."""
+    the user) is made first, as the package would, so the node reads them at its first start.
+
+    `clustered`: a running node about to stop is drained first (`drain_before_stop`)."""
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
     mark_users = (f"mkdir -p {STATE_DIR}/created\n"
@@ -356,6 +358,7 @@ def broker_install(
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
         write_without_restart([BROKER_ORDER]),
         secrets,
+        drain_before_stop(start_timeout) if clustered else "",
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
         f"if [ \"$installed\" != \"$target\" ]; then\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
@@ -381,6 +384,26 @@ def broker_install(
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
         "rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null",
+    )
+
+
+def drain_before_stop(timeout: int) -> str:
+    """A cluster node that is about to restart (a changed file or package) first waits until
+    every quorum queue keeps a majority without it (`await_online_quorum_plus_one`: the node
+    restarted before it is back in every queue), then hands its queue leaders and clients to
+    the other nodes (maintenance mode, `drain`). The restart ends maintenance mode; a failure
+    before it ends it by hand. Nodes restart one at a time because each node's command waits
+    for the one before it (RabbitBroker)."""
+    return (
+        'if { [ "$changed" = 1 ] || [ "$installed" != "$target" ]; } && systemctl is-active -q rabbitmq-server; then\n'
+        f"  if ! rabbitmq-upgrade -q -t {timeout} await_online_quorum_plus_one </dev/null >/dev/null; then\n"
+        f"    echo \"not restarting this node: a quorum queue would lose its majority without it (another node has "
+        f"not been back in every quorum queue for {timeout} s; rabbitmq-upgrade await_online_quorum_plus_one)\" >&2\n"
+        "    exit 1\n  fi\n"
+        '  on_rollback="$on_rollback; rabbitmq-upgrade -q revive </dev/null >/dev/null 2>&1"\n'
+        "  rabbitmq-upgrade -q drain </dev/null >/dev/null\n"
+        "  echo 'drained (maintenance mode) before the restart' >&2\n"
+        "fi"
     )
 
 

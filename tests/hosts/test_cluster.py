@@ -92,6 +92,57 @@ def test_tasks_round_trip_through_the_workers_on_every_host(cluster):
         f"{h.address}:5671" for h in (d.host, *d.nodes)]
 
 
+# countdown, ETA and retry() from the app's own producer (the worker's environment file: the
+# least-privilege app user); prints {kind: [result, seconds from publish to result]}.
+DELAYED = """import datetime, json, time
+from edd import add, retry_once
+started = time.monotonic()
+later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=DELAY)
+sent = {"countdown": add.apply_async((1, 2), countdown=DELAY), "eta": add.apply_async((2, 3), eta=later),
+        "retry": retry_once.apply_async((7, DELAY))}
+print(json.dumps({kind: [r.get(timeout=120), time.monotonic() - started] for kind, r in sent.items()}))
+"""
+DELAY = 5
+
+
+def broker_logs_since(host, sizes: dict[str, int] | None = None) -> dict[str, str]:
+    """Each RabbitMQ log file on the host: its size (sizes None) or what was written after `sizes`."""
+    files = sh(host, "ls /var/log/rabbitmq/*.log").split()
+    if sizes is None:
+        return {f: sh(host, f"stat -c %s {f}").strip() for f in files}
+    return {f: sh(host, f"tail -c +{int(sizes.get(f, 0)) + 1} {f}") for f in files}
+
+
+def test_countdown_eta_and_retry_run_on_time_through_the_quorum_queue_with_least_privilege(cluster):
+    """On a quorum queue Celery delays tasks through native delayed delivery: 28 levels of
+    exchanges and quorum queues the worker declares with the app user's least-privilege account.
+    Each delayed task runs once its delay is over, and no node logs a refusal."""
+    d = cluster
+    nodes = (d.host, *d.nodes)
+    before = {h.name: broker_logs_since(h) for h in nodes}
+    env = "/etc/edd-infra/celery-edd-worker-1.env"
+    code = DELAYED.replace("DELAY", str(DELAY))
+    out = sh(d.host, f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && "
+                     f"/opt/edd-sandbox/venv/bin/python -c {shlex.quote(code)}", timeout=200)
+    results = json.loads(out.splitlines()[-1])
+    assert {kind: value for kind, (value, _) in results.items()} == {"countdown": 3, "eta": 5, "retry": 7}
+    for kind, (_, seconds) in results.items():
+        FIGURES[f"{kind} of {DELAY} s: result after"] = seconds
+        assert DELAY <= seconds < DELAY + 15, (kind, seconds)
+    levels = json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name type --formatter json"))
+    delayed = {q["name"]: q["type"] for q in levels if q["name"].startswith("celery_delayed_")}
+    assert delayed == {f"celery_delayed_{i}": "quorum" for i in range(28)}
+    for host in nodes:
+        refusals = [line for log in broker_logs_since(host, before[host.name]).values()
+                    for line in log.splitlines() if "refused" in line.lower()]
+        assert refusals == [], (host.name, refusals[:5])
+    for worker, index in WORKERS.items():
+        journal = sh((d.host, *d.worker_hosts)[index], f"journalctl -u celery-{worker} -o cat --no-pager")
+        trouble = [line for line in journal.lower().splitlines()
+                   if "delayed delivery" in line and ("fail" in line or "retrying" in line)]
+        assert trouble == [], (worker, trouble[:5])
+
+
 def test_the_erlang_cookie_is_only_in_its_two_root_or_rabbitmq_files(cluster):
     """On every node: the installed cookie (0400 rabbitmq) and its staged copy (0400 root),
     nowhere else on disk; never in the engine's output or the exported state."""
@@ -205,6 +256,65 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
     finally:
         producer.stop()
         sandbox_hosts.run(d.host, "systemctl start rabbitmq-server", timeout=300)
+
+
+def restarts_since(host, since: int) -> list[tuple[float, float]]:
+    """(stopping, started) times of rabbitmq-server on the host since `since` (journal)."""
+    journal = sh(host, f"journalctl -u rabbitmq-server -o short-unix --no-pager --since=@{since}")
+    windows, stopping = [], None
+    for line in journal.splitlines():
+        at = float(line.split()[0])
+        if "Stopping rabbitmq-server" in line:
+            stopping = at
+        elif "Started rabbitmq-server" in line and stopping is not None:
+            windows.append((stopping, at))
+            stopping = None
+    return windows
+
+
+def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_flow(cluster):
+    """A config change every node takes (the memory watermark) while 1,000 tasks flow: the
+    nodes restart one after another, each drained first and only once the one before it is
+    back in every quorum queue, so two of three are always up; every confirmed task runs."""
+    d = cluster
+    nodes = (d.host, *d.nodes)
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    since = int(float(sh(d.host, "date +%s.%N")))
+    logs = {h.name: broker_logs_since(h) for h in nodes}
+    total = 1000
+    producer = Producer(d, total, pace=0.01)
+    try:
+        deadline = time.monotonic() + 300
+        while producer.published() < total // 10:
+            assert time.monotonic() < deadline, producer.output()[-2000:]
+            time.sleep(0.5)
+        d.stack.set_plain({"broker": dict(broker, memoryHighWatermark=round(broker.get("memoryHighWatermark", 0.4)
+                                                                            + 0.01, 2))})
+        started = time.monotonic()
+        result, _ = d.up()
+        FIGURES["rolling restart of 3 nodes: up took"] = time.monotonic() - started
+        assert result.summary.resource_changes.get("update", 0) >= 3, result.summary.resource_changes
+        windows = [restarts_since(h, since) for h in nodes]
+        assert [len(w) for w in windows] == [1, 1, 1], windows
+        order = [w[0] for w in windows]  # seed, then node 2, then node 3: never two down at once
+        assert order[0][1] < order[1][0] and order[1][1] < order[2][0], order
+        for i, (stop, start) in enumerate(order):
+            FIGURES[f"rolling restart: node {i + 1} down for"] = start - stop
+        for host in nodes:
+            written = "".join(broker_logs_since(host, logs[host.name]).values()).lower()
+            assert "maintenance mode" in written, (host.name, written[-1500:])
+        producer.wait(600)
+        ids = producer.ids()
+        assert len(ids) == total
+        deadline = time.monotonic() + 600
+        while not ids <= (done := completed(d, producer.prefix)):
+            assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
+            time.sleep(3)
+        FIGURES["rolling restart: all 1000 tasks done after"] = time.monotonic() - started
+        FIGURES["rolling restart: producer retries"] = producer.retries()
+        assert queue_members(d.host) == ("quorum", node_names(*nodes))
+    finally:
+        producer.stop()
 
 
 def test_up_after_the_node_came_back_changes_nothing(cluster):
