@@ -1,6 +1,8 @@
 """A RabbitMQ cluster: three broker nodes (the broker host's and two more) and two worker
-hosts, deployed by one `up`; a node stopped while tasks flow loses none and rejoins; a node
-removed from and added to the config leaves and joins.
+hosts, deployed by one `up`; countdown, ETA and retry() through the quorum queue with least
+privilege; a node stopped, a change that restarts every node, and a node cut off from the
+others, each while tasks flow, lose none; a node removed from and added to the config
+leaves and joins.
 
 Tests run in file order against one stack; the module's fixture destroys it.
 """
@@ -61,14 +63,20 @@ def node_names(*hosts) -> list[str]:
     return sorted(f"rabbit@{h.address}" for h in hosts)
 
 
-def completed(d, prefix: str) -> set[str]:
-    """Ids with `prefix` that any of the three workers logged as succeeded."""
-    done: set[str] = set()
+def succeeded_counts(d, prefix: str) -> dict[str, int]:
+    """How many times each id with `prefix` succeeded, over the three workers' journals."""
+    counts: dict[str, int] = {}
     for worker, index in WORKERS.items():
         host = (d.host, *d.worker_hosts)[index]
         journal = sh(host, f"journalctl -u celery-{worker} -o cat --no-pager | grep -F '[{prefix}-' || true", 300)
-        done |= set(re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal))
-    return done
+        for task_id in re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal):
+            counts[task_id] = counts.get(task_id, 0) + 1
+    return counts
+
+
+def completed(d, prefix: str) -> set[str]:
+    """Ids with `prefix` that any of the three workers logged as succeeded."""
+    return set(succeeded_counts(d, prefix))
 
 
 def test_three_nodes_form_one_cluster_with_a_quorum_queue(cluster):
@@ -313,6 +321,53 @@ def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_
         FIGURES["rolling restart: all 1000 tasks done after"] = time.monotonic() - started
         FIGURES["rolling restart: producer retries"] = producer.retries()
         assert queue_members(d.host) == ("quorum", node_names(*nodes))
+    finally:
+        producer.stop()
+
+
+def test_a_node_cut_off_from_the_others_pauses_and_rejoins_with_no_task_lost(cluster):
+    """Node 3's link goes down while 1,000 tasks flow: the majority carries on, the cut node
+    pauses itself (pause_minority: it serves nobody while it cannot see a majority), and
+    when the link is back it rejoins on its own. Every task runs, and none twice."""
+    d = cluster
+    cut, everyone = d.nodes[1], node_names(d.host, *d.nodes)
+    total = 1000
+    producer = Producer(d, total, pace=0.1)  # publishes for longer than the partition is detected
+    try:
+        deadline = time.monotonic() + 300
+        while producer.published() < total // 10:
+            assert time.monotonic() < deadline, producer.output()[-2000:]
+            time.sleep(0.5)
+        with sandbox_hosts.cut_off(cut):
+            cut_at = time.monotonic()
+            majority = node_names(d.host, d.nodes[0])
+            while running_nodes(d.host) != majority:
+                assert time.monotonic() - cut_at < 180, "the majority never saw node 3 go"
+                time.sleep(1)
+            FIGURES["partition: the majority saw node 3 go after"] = time.monotonic() - cut_at
+            # Paused: the node's Erlang VM runs, its broker application does not.
+            while sandbox_hosts.inside(cut, "rabbitmq-diagnostics -q check_running").returncode == 0:
+                assert time.monotonic() - cut_at < 180, "node 3 did not pause while cut off"
+                time.sleep(2)
+            FIGURES["partition: node 3 paused after"] = time.monotonic() - cut_at
+            before = len(completed(d, producer.prefix))
+            while len(completed(d, producer.prefix)) <= before + 50:
+                assert time.monotonic() - cut_at < 300, "no worker consumed while node 3 was cut off"
+                time.sleep(1)
+        healed = time.monotonic()
+        while running_nodes(d.host) != everyone:
+            assert time.monotonic() - healed < 300, "node 3 did not rejoin after the link came back"
+            time.sleep(1)
+        FIGURES["partition: node 3 rejoined after the link came back in"] = time.monotonic() - healed
+        producer.wait(600)
+        ids = producer.ids()
+        assert len(ids) == total
+        deadline = time.monotonic() + 600
+        while not ids <= set(counts := succeeded_counts(d, producer.prefix)):
+            assert time.monotonic() < deadline, f"{len(ids - set(counts))} of {total} tasks never completed"
+            time.sleep(3)
+        assert {i: n for i, n in counts.items() if n > 1} == {}
+        assert queue_members(d.host) == ("quorum", everyone)
     finally:
         producer.stop()
 
