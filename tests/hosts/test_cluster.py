@@ -2,7 +2,8 @@
 hosts, deployed by one `up`; countdown, ETA and retry() through the quorum queue with least
 privilege; a node stopped, a change that restarts every node, and a node cut off from the
 others, each while tasks flow, lose none; a node removed from and added to the config
-leaves and joins.
+leaves and joins; a packageVersion change upgrades the nodes one at a time (last: the test
+repository is served only while it runs).
 
 Tests run in file order against one stack; the module's fixture destroys it.
 """
@@ -18,6 +19,8 @@ import pytest
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import send_task
+from sandbox.image import ensure_image
+from tests.hosts import apt_repo
 from tests.hosts.deployment import Producer, deployment, print_figures
 
 pytestmark = pytest.mark.hosts
@@ -280,13 +283,11 @@ def restarts_since(host, since: int) -> list[tuple[float, float]]:
     return windows
 
 
-def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_flow(cluster):
-    """A config change every node takes (the memory watermark) while 1,000 tasks flow: the
-    nodes restart one after another, each drained first and only once the one before it is
-    back in every quorum queue, so two of three are always up; every confirmed task runs."""
-    d = cluster
+def roll_while_tasks_flow(d, broker: dict, what: str) -> None:
+    """Set `broker` (a change every node takes) and `up` while 1,000 tasks flow: the nodes
+    restart one after another, each drained first and only once the one before it is back in
+    every quorum queue, so two of three are always up; every confirmed task runs."""
     nodes = (d.host, *d.nodes)
-    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
     since = int(float(sh(d.host, "date +%s.%N")))
     logs = {h.name: broker_logs_since(h) for h in nodes}
     total = 1000
@@ -296,18 +297,21 @@ def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_
         while producer.published() < total // 10:
             assert time.monotonic() < deadline, producer.output()[-2000:]
             time.sleep(0.5)
-        d.stack.set_plain({"broker": dict(broker, memoryHighWatermark=round(broker.get("memoryHighWatermark", 0.4)
-                                                                            + 0.01, 2))})
+        d.stack.set_plain({"broker": broker})
+        # The reviewer's preview lists the nodes in the order they will restart.
+        diff = d.stack.stack.preview(diff=True, color="never").stdout
+        servers = [f"broker-{suffix}" for suffix in ("server", *(f"node-{h.name}" for h in d.nodes))]
+        listed = [diff.find(f"::{name}]") for name in servers]
+        assert -1 not in listed and listed == sorted(listed), (listed, diff[-3000:])
         started = time.monotonic()
         result, _ = d.up()
-        FIGURES["rolling restart of 3 nodes: up took"] = time.monotonic() - started
+        FIGURES[f"{what}: up took"] = time.monotonic() - started
         assert result.summary.resource_changes.get("update", 0) >= 3, result.summary.resource_changes
         windows = [restarts_since(h, since) for h in nodes]
         assert [len(w) for w in windows] == [1, 1, 1], windows
         order = [w[0] for w in windows]  # seed, then node 2, then node 3: never two down at once
         assert order[0][1] < order[1][0] and order[1][1] < order[2][0], order
-        for i, (stop, start) in enumerate(order):
-            FIGURES[f"rolling restart: node {i + 1} down for"] = start - stop
+        FIGURES[f"{what}: longest node down-time"] = max(start - stop for stop, start in order)
         for host in nodes:
             written = "".join(broker_logs_since(host, logs[host.name]).values()).lower()
             assert "maintenance mode" in written, (host.name, written[-1500:])
@@ -318,11 +322,18 @@ def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_
         while not ids <= (done := completed(d, producer.prefix)):
             assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
             time.sleep(3)
-        FIGURES["rolling restart: all 1000 tasks done after"] = time.monotonic() - started
-        FIGURES["rolling restart: producer retries"] = producer.retries()
+        FIGURES[f"{what}: all 1000 tasks done after"] = time.monotonic() - started
+        FIGURES[f"{what}: producer retries"] = producer.retries()
         assert queue_members(d.host) == ("quorum", node_names(*nodes))
     finally:
         producer.stop()
+
+
+def test_a_change_to_every_node_restarts_them_one_at_a_time_drained_while_tasks_flow(cluster):
+    d = cluster
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    watermark = round(broker.get("memoryHighWatermark", 0.4) + 0.01, 2)
+    roll_while_tasks_flow(d, dict(broker, memoryHighWatermark=watermark), "rolling restart (config)")
 
 
 def test_a_node_cut_off_from_the_others_pauses_and_rejoins_with_no_task_lost(cluster):
@@ -396,3 +407,24 @@ def test_removing_and_adding_a_node_is_a_config_change(cluster):
     assert running_nodes(d.host) == everyone
     assert queue_members(d.host) == ("quorum", everyone)
     assert send_task(d.host, 6, 6) == "12"
+
+
+def test_an_upgrade_of_every_node_goes_one_node_at_a_time_while_tasks_flow(cluster, tmp_path):
+    """RabbitMQ's "own repository" (tests/hosts/apt_repo.py: Debian's build repackaged as a
+    newer one, signed, served on this machine's end of the seed's link) and a pinned
+    `packageVersion` change: the nodes upgrade one after another, drained, no task lost."""
+    missing = apt_repo.missing_tools()
+    if missing:
+        pytest.skip(f"hosts tier skipped: building a test apt repository needs {', '.join(missing)}")
+    d = cluster
+    base = apt_repo.debian_deb(ensure_image())
+    newer = f"{apt_repo.deb_version(base)}+edd1"
+    repo, key = apt_repo.build_repo(base, {newer: False}, tmp_path)
+    (tmp_path / "repo.asc").write_text(key)
+    gateway = d.host.address.rsplit(".", 1)[0] + ".1"  # this machine's end of the seed's link
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    with apt_repo.serve(repo, gateway) as url:
+        source = {"url": url, "suite": apt_repo.SUITE, "keyFile": str(tmp_path / "repo.asc")}
+        roll_while_tasks_flow(d, dict(broker, aptSource=source, packageVersion=newer), "rolling upgrade")
+        for host in (d.host, *d.nodes):
+            assert sh(host, "dpkg-query -W -f='${Version}' rabbitmq-server").strip() == newer
