@@ -39,12 +39,17 @@ q = shlex.quote
 # temporary files are 0600 from mktemp and each file gets its own mode from `install`.
 # One script at a time per host (flock, where there is one): a script whose SSH session was
 # cut goes on running, and a rerun must not interleave with it, or the cut script could roll
-# files back or restart a service after the rerun succeeded.
+# files back or restart a service after the rerun succeeded. How long to wait for it: 15 min,
+# or the longest any worker on the host wrote to LOCK_WAIT/<unit> (its restart waits for
+# running tasks, up to the hard time limit).
+LOCK_WAIT = f"{STATE_DIR}/lock-wait"
 PRELUDE = r"""set -eu
 umask 022
 if command -v flock >/dev/null 2>&1 && [ -w /var/run ]; then
   exec 9>>/var/run/edd-infra.lock
-  flock -w 900 9 || { echo "another edd-infra script has been running on $(hostname) for 15 min" >&2; exit 1; }
+  lock_wait=$(cat LOCK_WAIT/* 2>/dev/null | grep -x '[0-9]\{1,9\}' | sort -n | tail -n 1 || true)
+  [ "${lock_wait:-0}" -gt 900 ] || lock_wait=900
+  flock -w "$lock_wait" 9 || { echo "another edd-infra script has been running on $(hostname) for $lock_wait s" >&2; exit 1; }
 fi
 changed=0
 journal=$(mktemp)
@@ -80,7 +85,7 @@ finish() {
   rm -f "$journal" "$managed"
   exit "$rc"
 }
-trap finish EXIT"""
+trap finish EXIT""".replace("LOCK_WAIT", LOCK_WAIT)
 
 READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path on_failure data; do
   [ -n "$data" ] || continue  # a repair token line, not a file
@@ -607,13 +612,16 @@ def account_remove(*, user: str, group: str) -> str:
 # ---- Celery worker and Flower ---------------------------------------------------------
 
 def service_install(
-    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = ()
+    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = (),
+    lock_wait: int | None = None,
 ) -> str:
     """Secret files from stdin, the unit or plist from a heredoc, the `absent` files removed,
-    then (re)start and check."""
+    then (re)start and check. `lock_wait`: how long this service's script may hold the host
+    lock (see PRELUDE)."""
     unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
-    return script(READ_SECRET_FILES, *(remove_file(p) for p in absent), write_file(unit), activate(manager, name),
-                  health)
+    hold = f"mkdir -p {LOCK_WAIT}; echo {int(lock_wait)} > {LOCK_WAIT}/{q(name)}" if lock_wait else ""
+    return script(READ_SECRET_FILES, hold, *(remove_file(p) for p in absent), write_file(unit),
+                  activate(manager, name), health)
 
 
 def secret_files_install(restart_units: Sequence[str] = ()) -> str:
@@ -625,7 +633,8 @@ def secret_files_install(restart_units: Sequence[str] = ()) -> str:
 
 
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:
-    return script(deactivate(manager, name, files, caches))
+    return script(deactivate(manager, name, files, caches),
+                  f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true")
 
 
 # Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.

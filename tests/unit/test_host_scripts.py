@@ -381,3 +381,27 @@ def test_a_rolled_back_unit_that_crash_looped_is_started_again(tmp_path):
     assert result.returncode != 0
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[-2:] == ["reset-failed w", "restart w"], calls
+
+
+@pytest.mark.parametrize("written, waits", [({}, "900"), ({"celery-a": "4530", "celery-b": "700"}, "4530"),
+                                            ({"celery-a": "junk"}, "900")])
+def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path, written, waits):
+    """A worker's restart waits for its running tasks (up to the hard time limit), holding the
+    host lock: every other script on the host waits that long for it, not 15 min."""
+    waits_dir = tmp_path / "lock-wait"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "flock").write_text(f"#!/bin/sh\necho \"$2\" > {tmp_path}/waited\n")
+    (bin_dir / "flock").chmod(0o755)
+    text = host_scripts.service_install(manager="systemd", name="celery-a", definition="", lock_wait=4530)
+    assert f"echo 4530 > {host_scripts.LOCK_WAIT}/celery-a" in text
+    if written:
+        waits_dir.mkdir()
+        for name, value in written.items():
+            (waits_dir / name).write_text(value + "\n")
+    prelude = host_scripts.script("true").replace(host_scripts.LOCK_WAIT, str(waits_dir)).replace(
+        "/var/run/edd-infra.lock", str(tmp_path / "lock"))
+    result = subprocess.run(["sh", "-c", prelude], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "waited").read_text().strip() == waits
