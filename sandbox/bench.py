@@ -477,7 +477,8 @@ def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
 
 
 def cluster(work: Path, single_fresh: float) -> list[Row]:
-    """A fresh `up` of a three-node cluster (TLS, signing, quorum queue), then a no-op `up`."""
+    """A fresh `up` of a three-node cluster (TLS, signing, quorum queue), a no-op `up`, then a
+    config change every node takes (they restart in turn, each drained first)."""
     phase(f"fresh `up` of a three-node RabbitMQ cluster on {', '.join(CLUSTER_HOSTS)}")
     seed, *nodes = sandbox_hosts.boot(CLUSTER_HOSTS)
     try:
@@ -486,11 +487,16 @@ def cluster(work: Path, single_fresh: float) -> list[Row]:
         configure(stack, seed, hardened=True, broker_nodes=tuple(nodes))
         seconds, ran, changes = up(stack)
         noop, noop_ran, _ = up(stack)
+        broker = json.loads(stack.stack.get_config("edd-infra:broker").value)
+        stack.set_plain({"broker": dict(broker, memoryHighWatermark=0.41)})
+        rolling, rolled, _ = up(stack)
         return [
             Row("cluster fresh up, 3 nodes", f"{seconds:.1f}", "s",
-                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in parallel"),
+                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in turn"),
             Row("cluster fresh up / single-host fresh up", f"{seconds / single_fresh:.2f}", "x", "same image, TLS and signing"),
             Row("cluster no-op up", f"{noop:.1f}", "s", f"{noop_ran} remote commands"),
+            Row("cluster rolling restart", f"{rolling:.1f}", "s",
+                f"{rolled} remote commands; memory watermark changed: 3 nodes restarted in turn, each drained first"),
         ]
     finally:
         sandbox_hosts.shutdown(CLUSTER_HOSTS)
