@@ -15,9 +15,12 @@ A report, not a test: nothing here passes or fails on a number. What it measures
    concurrency on a stock local broker (guest on localhost), both timed from the producer's
    first publish to the worker's last "succeeded" journal line.
 5. Worker-fleet scaling: `up` that adds 1, 2, 4, 8 worker-only hosts (each one worker over
-   TLS) to the deployed stack, from none each time, and the ratio 8:1.
+   TLS) to the deployed stack, from none each time, and the ratio 8:1; with 4, an appPassword
+   rotation that rolls through the 5 workers, and the longest time the `edd` queue had no
+   consumer (sampled every 100 ms), beside the lone worker's gap of item 3.
 6. A RabbitMQ cluster: a fresh `up` of three broker nodes (a stack of its own on hosts
-   `edd-bc1..3`) against the single-host fresh `up`, and its no-op `up`.
+   `edd-bc1..3`) against the single-host fresh `up`, its no-op `up`, and a rolling restart
+   (a config change every node takes).
 
 Hosts of its own (`edd-bench` for the stack, `edd-benchraw` for the raw steps and the
 baseline), booted fresh from the sandbox image and shut down at the end, failed or not. The
@@ -53,7 +56,8 @@ from edd_infra.render.celery_config import CONFIG_MODULE, celery_settings, rende
 from edd_infra.settings import Tasks
 from edd_infra.workspace import ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
-from sandbox.deploy import PASSPHRASE, configure, phase, random_secrets, tls_dir
+from sandbox.deploy import PASSPHRASE, WORKER, configure, phase, random_secrets, tls_dir
+from sandbox.probes import ConsumerSampler
 from sandbox.image import APP_TARGET, VENV, cache_dir, release
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "bench.txt"
@@ -460,24 +464,44 @@ def measure(rows: list[Row]) -> None:
 
 
 def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
-    """`up` adding N worker hosts (from none), N = 1, 2, 4, 8; hosts shut down afterwards."""
+    """`up` adding N worker hosts (from none), N = 1, 2, 4, 8, and with 4 a rotation that rolls
+    through the 5 workers while the `edd` queue's consumers are sampled; hosts shut down
+    afterwards."""
     workers = sandbox_hosts.boot(FLEET_HOSTS)
     try:
-        seconds = {}
+        seconds, rolled = {}, []
         for n in (1, 2, 4, 8):
             configure(stack, host, hardened=True, worker_hosts=tuple(workers[:n]))
             seconds[n], _, _ = up(stack)
+            if n == 4:
+                rolled = fleet_rotation(stack, host, n + 1)
             configure(stack, host, hardened=True)
             up(stack)  # back to none
         rows = [Row(f"up adding {n} worker host{'s' * (n > 1)}", f"{t:.1f}", "s", "account, unit, repair command each")
                 for n, t in seconds.items()]
-        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x", "hosts deployed in parallel")]
+        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x", "hosts deployed in parallel")] + rolled
     finally:
         sandbox_hosts.shutdown(FLEET_HOSTS)
 
 
+def fleet_rotation(stack: ProjectStack, host: sandbox_hosts.SandboxHost, count: int) -> list[Row]:
+    """appPassword rotated with `count` workers: they restart one at a time; the `edd` queue's
+    consumers sampled every 100 ms from the broker (not the management API's 5 s stats)."""
+    phase(f"fleet rotation: appPassword rotated with {count} workers, consumers on `edd` sampled")
+    sampler = ConsumerSampler(host, f"/etc/edd-infra/celery-{WORKER}.env")
+    stack.set_secret("appPassword", random_secrets()["appPassword"])
+    seconds, ran, _ = up(stack)
+    lowest, longest = sampler.stop()
+    return [
+        Row(f"fleet rotation up, {count} workers", f"{seconds:.1f}", "s", f"{ran} remote commands; workers in turn"),
+        Row("fleet rotation: longest time with no consumer", f"{longest:.1f}", "s",
+            f"`edd` sampled every 100 ms; fewest consumers seen {lowest} (a lone worker's gap is the row above)"),
+    ]
+
+
 def cluster(work: Path, single_fresh: float) -> list[Row]:
-    """A fresh `up` of a three-node cluster (TLS, signing, quorum queue), then a no-op `up`."""
+    """A fresh `up` of a three-node cluster (TLS, signing, quorum queue), a no-op `up`, then a
+    config change every node takes (they restart in turn, each drained first)."""
     phase(f"fresh `up` of a three-node RabbitMQ cluster on {', '.join(CLUSTER_HOSTS)}")
     seed, *nodes = sandbox_hosts.boot(CLUSTER_HOSTS)
     try:
@@ -486,11 +510,16 @@ def cluster(work: Path, single_fresh: float) -> list[Row]:
         configure(stack, seed, hardened=True, broker_nodes=tuple(nodes))
         seconds, ran, changes = up(stack)
         noop, noop_ran, _ = up(stack)
+        broker = json.loads(stack.stack.get_config("edd-infra:broker").value)
+        stack.set_plain({"broker": dict(broker, memoryHighWatermark=0.41)})
+        rolling, rolled, _ = up(stack)
         return [
             Row("cluster fresh up, 3 nodes", f"{seconds:.1f}", "s",
-                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in parallel"),
+                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in turn"),
             Row("cluster fresh up / single-host fresh up", f"{seconds / single_fresh:.2f}", "x", "same image, TLS and signing"),
             Row("cluster no-op up", f"{noop:.1f}", "s", f"{noop_ran} remote commands"),
+            Row("cluster rolling restart", f"{rolling:.1f}", "s",
+                f"{rolled} remote commands; memory watermark changed: 3 nodes restarted in turn, each drained first"),
         ]
     finally:
         sandbox_hosts.shutdown(CLUSTER_HOSTS)

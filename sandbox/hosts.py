@@ -97,6 +97,24 @@ def run(host: SandboxHost, command: str | list[str], input: str | None = None,
                           stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def inside(host: SandboxHost, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``command`` in the host's namespaces (nsenter on its PID 1), not over SSH: works
+    while its sshd or its link is down."""
+    return subprocess.run(["nsenter", "-t", str(host.leader_pid), "-a", "/bin/sh", "-c", command],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def cut_off(host: SandboxHost):
+    """Take the host's link down for the block (a network partition: it reaches nothing and
+    nothing reaches it, its processes keep running), then up again."""
+    _ip("link", "set", f"ve-{host.name}", "down")
+    try:
+        yield
+    finally:
+        _ip("link", "set", f"ve-{host.name}", "up")
+
+
 def boot(names: list[str], timeout: float = BOOT_TIMEOUT, debian: int | None = None) -> list[SandboxHost]:
     """Boot hosts ``names`` of Debian release ``debian`` in parallel (reusing any already running
     and healthy on the same image); return them.

@@ -109,6 +109,8 @@ class CeleryWorkerService(pulumi.ComponentResource):
                 manager=manager, name=self.service_name,
                 definition=worker_definition(worker, manager, env_path, stop_timeout), health=health,
                 absent=untrusted_paths(self.service_name, previous_cert) if signing else (),
+                # Its restart waits for running tasks: other scripts on the host wait that long for the lock.
+                lock_wait=stop_timeout + 900 if manager == "systemd" else None,
             ),
             delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths],
                                                caches=[celery_config_cache(self.service_name)]),

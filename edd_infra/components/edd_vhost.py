@@ -54,7 +54,7 @@ def app_permissions(app_user: AppUser, queue: AppQueue, rpc_results: bool = True
 def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
     return CeleryNames(queues=[queue.name], exchanges=[queue.exchange], control_exchange=queue.control_exchange,
                        event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
-                       rpc_results=rpc_results)
+                       rpc_results=rpc_results, delayed_delivery=queue.queue_type == "quorum")
 
 
 APP_QUEUE_POLICY = "edd-infra-app-queue"

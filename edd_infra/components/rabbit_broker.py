@@ -158,6 +158,8 @@ class RabbitBroker(pulumi.ComponentResource):
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
             if broker.install == "managed" else None
         ready = [admin] if admin else []
+        # Nodes restart one at a time: each node's command waits for the one before it.
+        previous = self._seed_server if admin else None
         if migration is not None:
             # The broker objects the Provider manages come over with the definitions.
             ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
@@ -166,7 +168,8 @@ class RabbitBroker(pulumi.ComponentResource):
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
-            server = self._server(f"{name}-node-{member.host}", member, member_host, is_member=True)
+            server = self._server(f"{name}-node-{member.host}", member, member_host, after=previous, is_member=True)
+            previous = server
             ready.append(member_host.run(
                 f"{name}-node-{member.host}-join",
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
@@ -207,9 +210,11 @@ class RabbitBroker(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
-    def _server(self, name: str, broker: Broker, host: HostTarget, is_member: bool = False) -> pulumi.Resource:
+    def _server(self, name: str, broker: Broker, host: HostTarget,
+                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> pulumi.Resource:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie;
-        on the seed, the alert rules for the site's Prometheus too."""
+        on the seed, the alert rules for the site's Prometheus too. `after`: the node that
+        restarts before this one."""
         files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered,
                              member=is_member)
         site_files = [] if is_member else self._site_files
@@ -230,19 +235,19 @@ class RabbitBroker(pulumi.ComponentResource):
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
                 rabbitmq4_conf=rabbitmq4, apt_files=sources, memory_high_watermark=broker.memory_high_watermark,
-                site_files=site_files,
+                clustered=self._clustered, site_files=site_files,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,
             repairable=True,
             # Its delete undoes its create: a replacement (`up --replace`) must delete first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=[after] if after else []),
         )
 
     def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password, moved: bool) -> pulumi.Resource:
         """The seed node and the admin account; returns the command the Provider waits for.
         `moved`: the broker moves to this host (a migration), so the admin is made here too."""
-        server = self._server(f"{name}-server", broker, host)
+        server = self._seed_server = self._server(f"{name}-server", broker, host)
         return host.run(
             f"{name}-admin",
             create=host_scripts.broker_admin(user=broker.admin_user, start_timeout=broker.start_timeout),

@@ -39,12 +39,17 @@ q = shlex.quote
 # temporary files are 0600 from mktemp and each file gets its own mode from `install`.
 # One script at a time per host (flock, where there is one): a script whose SSH session was
 # cut goes on running, and a rerun must not interleave with it, or the cut script could roll
-# files back or restart a service after the rerun succeeded.
+# files back or restart a service after the rerun succeeded. How long to wait for it: 15 min,
+# or the longest any worker on the host wrote to LOCK_WAIT/<unit> (its restart waits for
+# running tasks, up to the hard time limit).
+LOCK_WAIT = f"{STATE_DIR}/lock-wait"
 PRELUDE = r"""set -eu
 umask 022
 if command -v flock >/dev/null 2>&1 && [ -w /var/run ]; then
   exec 9>>/var/run/edd-infra.lock
-  flock -w 900 9 || { echo "another edd-infra script has been running on $(hostname) for 15 min" >&2; exit 1; }
+  lock_wait=$(cat LOCK_WAIT/* 2>/dev/null | grep -x '[0-9]\{1,9\}' | sort -n | tail -n 1 || true)
+  [ "${lock_wait:-0}" -gt 900 ] || lock_wait=900
+  flock -w "$lock_wait" 9 || { echo "another edd-infra script has been running on $(hostname) for $lock_wait s" >&2; exit 1; }
 fi
 changed=0
 journal=$(mktemp)
@@ -80,7 +85,7 @@ finish() {
   rm -f "$journal" "$managed"
   exit "$rc"
 }
-trap finish EXIT"""
+trap finish EXIT""".replace("LOCK_WAIT", LOCK_WAIT)
 
 READ_SECRET_FILES = r"""while IFS=' ' read -r mode owner group path on_failure data; do
   [ -n "$data" ] || continue  # a repair token line, not a file
@@ -306,7 +311,7 @@ def disk_check(memory_high_watermark: float) -> str:
 def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
     erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
-    memory_high_watermark: float | None = None, site_files: Sequence[FileSpec] = (),
+    memory_high_watermark: float | None = None, clustered: bool = False, site_files: Sequence[FileSpec] = (),
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -328,7 +333,9 @@ def broker_install(
 
     With `secret_files`, stdin carries a `secret_bundle` (the TLS key, group rabbitmq; with
     `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
-    the user) is made first, as the package would, so the node reads them at its first start."""
+    the user) is made first, as the package would, so the node reads them at its first start.
+
+    `clustered`: a running node about to stop is drained first (`drain_before_stop`)."""
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
     mark_users = (f"mkdir -p {STATE_DIR}/created\n"
@@ -359,6 +366,7 @@ def broker_install(
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
         write_without_restart([BROKER_ORDER, *site_files]),
         secrets,
+        drain_before_stop(start_timeout) if clustered else "",
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
         f"if [ \"$installed\" != \"$target\" ]; then\n"
         f"  export DEBIAN_FRONTEND=noninteractive\n"
@@ -384,6 +392,26 @@ def broker_install(
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
         "rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null",
+    )
+
+
+def drain_before_stop(timeout: int) -> str:
+    """A cluster node that is about to restart (a changed file or package) first waits until
+    every quorum queue keeps a majority without it (`await_online_quorum_plus_one`: the node
+    restarted before it is back in every queue), then hands its queue leaders and clients to
+    the other nodes (maintenance mode, `drain`). The restart ends maintenance mode; a failure
+    before it ends it by hand. Nodes restart one at a time because each node's command waits
+    for the one before it (RabbitBroker)."""
+    return (
+        'if { [ "$changed" = 1 ] || [ "$installed" != "$target" ]; } && systemctl is-active -q rabbitmq-server; then\n'
+        f"  if ! rabbitmq-upgrade -q -t {timeout} await_online_quorum_plus_one </dev/null >/dev/null; then\n"
+        f"    echo \"not restarting this node: a quorum queue would lose its majority without it (another node has "
+        f"not been back in every quorum queue for {timeout} s; rabbitmq-upgrade await_online_quorum_plus_one)\" >&2\n"
+        "    exit 1\n  fi\n"
+        '  on_rollback="$on_rollback; rabbitmq-upgrade -q revive </dev/null >/dev/null 2>&1"\n'
+        "  rabbitmq-upgrade -q drain </dev/null >/dev/null\n"
+        "  echo 'drained (maintenance mode) before the restart' >&2\n"
+        "fi"
     )
 
 
@@ -587,13 +615,16 @@ def account_remove(*, user: str, group: str) -> str:
 # ---- Celery worker and Flower ---------------------------------------------------------
 
 def service_install(
-    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = ()
+    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = (),
+    lock_wait: int | None = None,
 ) -> str:
     """Secret files from stdin, the unit or plist from a heredoc, the `absent` files removed,
-    then (re)start and check."""
+    then (re)start and check. `lock_wait`: how long this service's script may hold the host
+    lock (see PRELUDE)."""
     unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
-    return script(READ_SECRET_FILES, *(remove_file(p) for p in absent), write_file(unit), activate(manager, name),
-                  health)
+    hold = f"mkdir -p {LOCK_WAIT}; echo {int(lock_wait)} > {LOCK_WAIT}/{q(name)}" if lock_wait else ""
+    return script(READ_SECRET_FILES, hold, *(remove_file(p) for p in absent), write_file(unit),
+                  activate(manager, name), health)
 
 
 def secret_files_install(restart_units: Sequence[str] = ()) -> str:
@@ -605,7 +636,8 @@ def secret_files_install(restart_units: Sequence[str] = ()) -> str:
 
 
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:
-    return script(deactivate(manager, name, files, caches))
+    return script(deactivate(manager, name, files, caches),
+                  f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true")
 
 
 # Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.

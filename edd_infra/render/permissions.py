@@ -7,7 +7,11 @@ Celery 5.7 / kombu 5.7 name every object they touch after a few settings:
   reads `<node>.celery.pidbox` (node `name@host`), replies go through `reply.celery.pidbox`
   to one `<uuid>.reply.celery.pidbox` queue per caller;
 - the rpc result backend reads one queue per app thread named by a bare UUID;
-- tasks go through the default exchange (checked by RabbitMQ as `amq.default`) to the queue.
+- tasks go through the default exchange (checked by RabbitMQ as `amq.default`) to the queue;
+- on quorum queues, countdown/ETA/retry use native delayed delivery (kombu's
+  `native_delayed_delivery`): 28 levels, `celery_delayed_0`..`celery_delayed_27`, each a
+  topic exchange with a queue of the same name chained to the level below, ending in the
+  `celery_delayed_delivery` exchange, which the worker binds to the app's exchange.
 
 RabbitMQ checks a resource name with `re:run(Name, Regex, [{capture, none}])`: a search, not
 a full match, and an empty regex means `^$`. `rabbitmq_allows` mirrors that. Everything
@@ -20,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+# kombu.transport.native_delayed_delivery: MAX_LEVEL 27, names without a prefix.
+DELAYED_LEVEL = "(?:[0-9]|1[0-9]|2[0-7])"
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Concrete names the warnings test custom regexes against (Celery's UUIDs are lowercase).
 SAMPLE_UUID = "3b5c8f0e-6a1d-4c2b-9e7f-0d4a2b6c8e1f"
@@ -56,6 +62,8 @@ class CeleryNames:
     event_exchange: str = "celeryev"
     event_queue_prefix: str = "celeryev"
     rpc_results: bool = True
+    # Quorum queues: Celery (worker_detect_quorum_queues) uses native delayed delivery.
+    delayed_delivery: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "queues", tuple(self.queues))
@@ -121,6 +129,16 @@ def celery_needs(names: CeleryNames) -> tuple[Need, ...]:
         needs.append(Need(UUID, SAMPLE_UUID, "<uuid>", "the rpc result backend declares and reads one reply queue "
                           "per app thread, named by a bare UUID; without it result.get() fails",
                           required=("configure", "read")))
+    if names.delayed_delivery:
+        needs += [
+            Need(f"celery_delayed_{DELAYED_LEVEL}", "celery_delayed_27", "celery_delayed_<0-27>",
+                 "countdown, ETA and retry() on a quorum queue go through these 28 delay levels (exchange and "
+                 "queue each), which the worker declares and chains at start; without them such a task is refused "
+                 "at publish or waits in the worker's memory"),
+            Need("celery_delayed_delivery", "celery_delayed_delivery", "celery_delayed_delivery",
+                 "the last delay level hands a task back through this exchange, which the worker binds to the "
+                 "app's exchange; without it a delayed task never comes back"),
+        ]
     # Write only: RabbitMQ refuses to declare `amq.*` and nothing binds to the default exchange.
     needs.append(Need("amq\\.default", "amq.default", "amq.default", "Celery publishes tasks through the default "
                       "exchange; without it apply_async silently drops tasks", required=("write",), granted=("write",)))

@@ -65,3 +65,12 @@ def work(seconds):
 
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="edd.retry_once", bind=True)
+def retry_once(self, x, countdown):
+    """Ask to be retried once after `countdown` seconds, then return x: the path a task takes
+    when it meets a transient error (on a quorum queue, through native delayed delivery)."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown)
+    return x

@@ -27,8 +27,8 @@ from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (LONG_TASK_SECONDS, amqp_login, secret_forms, start_long_task, task_journal,
-                                   wait_long_task)
+from tests.hosts.deployment import (LONG_TASK_SECONDS, amqp_login, host_now, journal_times, secret_forms,
+                                    start_long_task, task_journal, wait_long_task)
 
 pytestmark = pytest.mark.hosts
 
@@ -588,10 +588,11 @@ def test_a_long_task_in_flight_through_a_rotation_finishes_exactly_once(deployed
     Its result is not sent: the task's process would open a new broker connection for an rpc://
     result with the password it started with, which the broker no longer takes (README:
     Rotate a secret). EDD keeps results in its database."""
+    since = host_now(deployed)
     task_id = start_long_task(deployed, ignore_result=True)
-    started = time.monotonic()
     new = deployed.new_app_password("long-task-appPassword")
     result, seconds = deployed.up()
+    up_done = host_now(deployed)
     deployed.rotated(new)
     assert result.summary.result == "succeeded"
     deployed.timings["rotation up with a 30 s task running"] = seconds
@@ -600,8 +601,11 @@ def test_a_long_task_in_flight_through_a_rotation_finishes_exactly_once(deployed
     assert runs == 1, deployed.sh(f"journalctl -u celery-{WORKER} -o cat --no-pager | tail -60")
     assert journal.count(f"edd.work[{task_id}] received") == 1, journal  # not redelivered: it ran once
     assert "WorkerLostError" not in journal and "SIGTERM" not in journal, journal
-    # The old worker finished the task before it exited: the restart waited for it.
-    assert time.monotonic() - started >= seconds
+    # The stop began while the task ran and the old worker exited only after it finished: the
+    # restart waited for the task, and `up` returned after that (worker journal, host clock).
+    finished = journal_times(deployed, since, rf"edd\.work\[{task_id}\] succeeded")
+    stopping, stopped = (journal_times(deployed, since, rf"{word} celery-") for word in ("Stopping", "Stopped"))
+    assert stopping[0] < finished[0] <= stopped[0] <= up_done, (stopping, finished, stopped, up_done)
     assert send_task(deployed.host, 3, 4) == "7"
 
 

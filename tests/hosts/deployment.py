@@ -280,3 +280,14 @@ def wait_long_task(d, task_id: str, timeout: float) -> int:
         if runs or time.monotonic() > deadline:
             return runs
         time.sleep(2)
+
+
+def journal_times(d: Deployment, since: float, pattern: str) -> list[float]:
+    """Host clock times of the worker unit's journal lines since `since` that match `pattern`
+    (systemd's lines about the unit included)."""
+    journal = d.sh(f"journalctl -u {WORKER_UNIT} -o short-unix --no-pager --since=@{int(since)}", timeout=120)
+    return [float(line.split()[0]) for line in journal.splitlines() if re.search(pattern, line)]
+
+
+def host_now(d: Deployment) -> float:
+    return float(d.sh("date +%s.%N"))

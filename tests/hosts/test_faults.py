@@ -1,6 +1,7 @@
 """Faults on a real deployment: SSH cut in the middle of `up`, a host reboot, a broker restart
-while tasks flow. Each test asserts what an operator would see, and measures how long the
-deployment took to recover (printed at the end of the module).
+while tasks flow; a 30 s task in flight through a config change that restarts its worker and
+through reboots; a disk alarm while a producer publishes. Each test asserts what an operator
+would see, and measures how long the deployment took to recover (printed at the end of the module).
 
 One deployment on its own sandbox host (`edd-faults`), shared by the tests in file order; each
 test puts back what it broke (sshd, a stopped worker) also when it fails. The host's root is an
@@ -10,6 +11,7 @@ overlay of the image on disk, so a reboot keeps what was deployed, as a real hos
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,8 +28,9 @@ from edd_infra.workspace import ROOT
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, send_task
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (UNITS, WORKER_UNIT, Deployment, Producer, deployment, print_figures, queue_stats,
-                                    secret_forms, wait_all_completed)
+from tests.hosts.deployment import (LONG_TASK_SECONDS, UNITS, WORKER_UNIT, Deployment, Producer, deployment,
+                                    host_now, journal_times, print_figures, queue_stats, secret_forms,
+                                    start_long_task, task_journal, wait_all_completed, wait_long_task)
 
 pytestmark = pytest.mark.hosts
 HOST = "edd-faults"
@@ -283,3 +287,249 @@ def test_broker_restart_while_tasks_flow_loses_no_task(deployed):
         assert send_task(d.host, 2, 2) == "4"
     finally:
         producer.stop()
+
+
+# --- a long task in flight through a fault -------------------------------------------------
+
+def succeeded_counts(d: Deployment, prefix: str) -> Counter:
+    """How many times each task id with `prefix` succeeded, by the worker's journal (all boots)."""
+    journal = d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | grep -F '[{prefix}-' || true", timeout=300)
+    return Counter(re.findall(rf"edd\.add\[({re.escape(prefix)}-\d+)\] succeeded", journal))
+
+
+def test_a_tasks_change_that_restarts_the_worker_lets_a_long_task_in_flight_finish_once(deployed):
+    """A 30 s task is running when `up` applies a `tasks` change (softTimeLimit), which rewrites
+    the worker's Celery config and restarts it. The restart waits for the task (SIGTERM to the
+    main process only: warm shutdown): the task succeeds once, no process is lost, and `up`
+    returns only after the task ended. The config is put back afterwards (also on failure)."""
+    d = deployed
+    pid = d.main_pid(WORKER_UNIT)
+    since = host_now(d)
+    task_id = start_long_task(d, ignore_result=True)
+    d.stack.set_plain({"tasks": {"softTimeLimit": 3000}})  # default 3300: a change the worker runs with
+    try:
+        result, seconds = d.up()
+        up_done = host_now(d)
+        assert result.summary.result == "succeeded"
+        RECOVERY["tasks change: up with a 30 s task running"] = seconds
+        assert d.main_pid(WORKER_UNIT) != pid, "the change did not restart the worker: nothing was tested"
+        assert "task_soft_time_limit = 3000" in d.sh(f"cat /etc/edd-infra/celery/{WORKER_UNIT}/edd_infra_celeryconfig.py")
+
+        assert wait_long_task(d, task_id, LONG_TASK_SECONDS * 4) == 1
+        journal = task_journal(d, task_id)
+        assert journal.count(f"edd.work[{task_id}] received") == 1, journal  # not redelivered: it ran once
+        lost = journal_times(d, since, "WorkerLostError|exited with 'signal")
+        assert not lost, d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager --since=@{int(since)} | tail -60")
+
+        received = journal_times(d, since, rf"edd\.work\[{task_id}\] received")[0]
+        finished = journal_times(d, since, rf"edd\.work\[{task_id}\] succeeded")[0]
+        stopping = journal_times(d, since, r"Stopping celery-")
+        stopped = journal_times(d, since, r"Stopped celery-")
+        assert len(stopping) == 1 and len(stopped) == 1, (stopping, stopped)  # one restart, by the up
+        # The stop began while the task ran, and the old worker exited only after it finished:
+        # the restart took at least the task's remaining time, and `up` returned after it.
+        assert received < stopping[0] < finished <= stopped[0] <= up_done, (received, stopping, finished, stopped)
+        RECOVERY["tasks change: task time left when the stop began"] = received + LONG_TASK_SECONDS - stopping[0]
+        RECOVERY["tasks change: worker stop took"] = stopped[0] - stopping[0]
+        assert send_task(d.host, 5, 6) == "11"
+    finally:
+        d.stack.stack.remove_config("edd-infra:tasks")
+        back, _ = d.up()
+        assert back.summary.result == "succeeded"
+    assert "task_soft_time_limit = 3300" in d.sh(f"cat /etc/edd-infra/celery/{WORKER_UNIT}/edd_infra_celeryconfig.py")
+    again, _ = d.up()
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+
+
+def wait_services_back(d: Deployment, boot_id: str, started: float, label: str) -> None:
+    """After a reboot: a new boot, every unit active (RECOVERY figure `<label>: all services active after`)."""
+    assert d.sh("cat /proc/sys/kernel/random/boot_id").strip() != boot_id
+    states: dict[str, str] = {}
+
+    def all_active():
+        out = sandbox_hosts.run(d.host, f"systemctl is-active {' '.join(UNITS)}", timeout=30).stdout.split()
+        states.update(zip(UNITS, out))
+        return out == ["active"] * len(UNITS)
+
+    wait_for(all_active, 300, f"{', '.join(UNITS)} active after the reboot ({states})", every=0.5)
+    RECOVERY[f"{label}: all services active after"] = time.monotonic() - started
+
+
+def queue_drained(d: Deployment) -> None:
+    """The `edd` queue holds nothing, ready or unacked (after a reboot the management API shows
+    the queue's counters only once it sampled them)."""
+    stats: dict = {}
+
+    def empty():
+        stats.update(queue_stats(d))
+        return stats.get("messages") == 0 and stats.get("messages_unacknowledged") == 0
+
+    wait_for(empty, 60, f"an empty edd queue ({stats})", every=1)
+
+
+def test_a_reboot_waits_for_a_long_task_in_flight_which_completes_once(deployed):
+    """The worker's host reboots (`systemctl reboot`) while a 30 s task runs. The worker stops
+    as in any restart (SIGTERM to its main process, which waits for the task; RabbitMQ stops only
+    after it): the task finishes and is acked before the host goes down, so it completes exactly
+    once and is not given out again after the boot, and the reboot takes the task's remaining time.
+
+    Within systemd's limit for a reboot: reboot.target has JobTimeoutSec=30min with
+    JobTimeoutAction=reboot-force on Debian 12 and 13, shorter than TimeoutStopSec (timeLimit +
+    30 s, 3630 s by default); the next test shows a task cut by that limit."""
+    d = deployed
+    since = host_now(d)
+    boot_id = d.sh("cat /proc/sys/kernel/random/boot_id").strip()
+    task_id = start_long_task(d, ignore_result=True)
+    received = journal_times(d, since, rf"edd\.work\[{task_id}\] received")[0]
+    started = time.monotonic()
+    d.host = sandbox_hosts.reboot(d.host)
+    RECOVERY["reboot with a 30 s task: ssh back after"] = time.monotonic() - started
+    wait_services_back(d, boot_id, started, "reboot with a 30 s task")
+
+    assert wait_long_task(d, task_id, LONG_TASK_SECONDS * 4) == 1
+    journal = task_journal(d, task_id)
+    assert journal.count(f"edd.work[{task_id}] received") == 1, journal  # not given out again after the boot
+    lost = journal_times(d, since, "WorkerLostError|exited with 'signal")
+    assert not lost, d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager --since=@{int(since)} | tail -60")
+    # It finished in the boot that was going down, before its worker stopped and before the host
+    # rebooted: the reboot waited for it.
+    previous = d.sh(f"journalctl -b -1 -u {WORKER_UNIT} -o short-unix --no-pager --since=@{int(since)}")
+    assert f"edd.work[{task_id}] succeeded" in previous, previous[-2000:]
+    finished = journal_times(d, since, rf"edd\.work\[{task_id}\] succeeded")[0]
+    stopping = journal_times(d, since, r"Stopping celery-")
+    stopped = journal_times(d, since, r"Stopped celery-")
+    assert stopping and stopped and stopping[0] < finished <= stopped[0], (stopping, finished, stopped)
+    RECOVERY["reboot with a 30 s task: task time left at the stop"] = received + LONG_TASK_SECONDS - stopping[0]
+    RECOVERY["reboot with a 30 s task: worker stop took"] = stopped[0] - stopping[0]
+    queue_drained(d)
+    assert send_task(d.host, 7, 8) == "15"
+
+
+def test_a_reboot_forced_past_its_job_timeout_cuts_a_long_task_which_runs_again_once(deployed):
+    """What happens past systemd's reboot limit (reboot.target JobTimeoutSec, 30 min on Debian:
+    a task with more time left than that, under the default timeLimit of 3600 s). The limit is
+    shortened to 10 s for this boot only (a runtime drop-in in /run, which the reboot itself
+    removes): the forced reboot kills the worker with its 30 s task, the task was not acked, and
+    after the boot the broker gives it out again: it starts twice and completes exactly once."""
+    d = deployed
+    dropin = "/run/systemd/system/reboot.target.d/50-edd-infra-test.conf"
+    assert d.sh("systemctl show -p JobTimeoutUSec -p JobTimeoutAction --value reboot.target").split() == [
+        "30min", "reboot-force"]
+    since = host_now(d)
+    boot_id = d.sh("cat /proc/sys/kernel/random/boot_id").strip()
+    rebooted = False
+    try:
+        d.sh(f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Unit]\\nJobTimeoutSec=10s\\n' > {dropin} "
+             "&& systemctl daemon-reload")
+        assert d.sh("systemctl show -p JobTimeoutUSec --value reboot.target").strip() == "10s"
+        task_id = start_long_task(d, ignore_result=True)
+        started = time.monotonic()
+        d.host = sandbox_hosts.reboot(d.host)
+        rebooted = True
+        RECOVERY["forced reboot: ssh back after"] = time.monotonic() - started
+        wait_services_back(d, boot_id, started, "forced reboot")
+        # /run went with the boot: the host's own limit is back.
+        assert d.sh("systemctl show -p JobTimeoutUSec --value reboot.target").strip() == "30min"
+
+        assert wait_long_task(d, task_id, LONG_TASK_SECONDS * 4) == 1
+        RECOVERY["forced reboot: task done after"] = time.monotonic() - started
+        journal = task_journal(d, task_id)
+        assert journal.count(f"edd.work[{task_id}] received") == 2, journal  # cut, then given out again
+        previous = d.sh(f"journalctl -b -1 -u {WORKER_UNIT} -o cat --no-pager --since=@{int(since)}")
+        assert f"edd.work[{task_id}] succeeded" not in previous, previous[-2000:]  # the first run was cut
+        # It was the reboot's job timeout that cut it (systemd's words in the old boot's journal).
+        shutdown = d.sh(f"journalctl -b -1 -o cat --no-pager --since=@{int(since)} | grep -Ei 'timed out|forcibl' || true")
+        assert "Forcibly rebooting: job timed out" in shutdown, shutdown
+        queue_drained(d)
+    finally:
+        if not rebooted:  # the reboot did not happen: take the drop-in away by hand
+            with contextlib.suppress(Exception):
+                d.sh(f"rm -f {dropin} && systemctl daemon-reload", check=False)
+
+
+# --- a disk alarm while producers publish --------------------------------------------------
+
+def disk_alarm_raised(d: Deployment) -> bool:
+    """The broker's own word: a resource alarm for free disk on this node."""
+    alarms = d.sh("rabbitmq-diagnostics -q alarms", timeout=60)
+    return "disk" in alarms.lower()
+
+
+def configured_disk_free_limit(d: Deployment) -> str:
+    """The free-disk limit the node runs with, as `rabbitmqctl set_disk_free_limit` takes it:
+    `mem_relative <r>` (what the program configures) or a number of bytes."""
+    env = d.sh("rabbitmqctl -q environment", timeout=60)
+    relative = re.search(r"\{disk_free_limit,\s*\{mem_relative,\s*([0-9.]+)\}\}", env)
+    if relative:
+        return f"mem_relative {relative.group(1)}"
+    absolute = re.search(r"\{disk_free_limit,\s*(\d+)\}", env)
+    assert absolute, f"no disk_free_limit in the node's environment:\n{env[-2000:]}"
+    return absolute.group(1)
+
+
+def connection_states(d: Deployment, pid: str) -> list[str]:
+    """The broker's state (running, blocking, blocked...) of each AMQP connection process `pid`
+    on the host holds, matched by its local port."""
+    sockets = d.sh(f"ss -Htnp state established '( dport = :5672 )' | grep 'pid={pid},' || true")
+    ports = {line.split()[2].rsplit(":", 1)[1] for line in sockets.splitlines()}
+    rows = json.loads(d.sh("rabbitmqctl -q list_connections peer_port state --formatter json", timeout=60))
+    return [row["state"] for row in rows if str(row["peer_port"]) in ports]
+
+
+def test_a_disk_alarm_blocks_publishers_and_loses_no_task(deployed):
+    """Producers publish (persistent, publisher confirms) while the broker's free-disk limit is
+    raised above the disk's free space at runtime (`rabbitmqctl set_disk_free_limit`, no config
+    change): RabbitMQ raises its disk alarm and blocks publishing connections. A publish then
+    waits for its confirm: the producer reports no task as accepted while the alarm lasts, and
+    none fails. When the limit is put back the producer goes on, and every task it was told the
+    broker accepted runs exactly once. The worker keeps running throughout."""
+    d = deployed
+    total, hold = 600, 15.0
+    status = json.loads(d.sh("rabbitmq-diagnostics -q status --formatter json", timeout=60))
+    assert not status.get("alarms"), status.get("alarms")
+    limit_bytes, free = status["disk_free_limit"], status["disk_free"]
+    restore = configured_disk_free_limit(d)
+    producer = Producer(d, total, pace=0.02)
+    try:
+        wait_for(lambda: producer.published() >= 100, 300, "the first tasks to be published", every=0.5)
+        try:
+            d.sh(f"rabbitmqctl -q set_disk_free_limit {free + 100 * 2**30}", timeout=60)  # 100 GiB above what is free
+            wait_for(lambda: disk_alarm_raised(d), 60, "the broker's disk alarm", every=0.5)
+            alarm_at = time.monotonic()
+            assert producer.running(), "the producer finished before the alarm: nothing was blocked"
+            time.sleep(2)  # publishes the broker had read before the alarm get their confirms
+            before = producer.published()
+            assert before < total
+            states = wait_for(lambda: [s for s in connection_states(d, producer.pid) if s == "blocked"],
+                              30, "the producer's connection to be blocked", every=1)
+            print(f"\nthe producer's connections during the alarm: {states}")
+            samples = []
+            while time.monotonic() - alarm_at < hold:
+                samples.append(producer.published())
+                assert producer.running(), f"the producer gave up during the alarm:\n{producer.output()[-2000:]}"
+                time.sleep(1)
+            assert set(samples) == {before}, f"tasks were reported accepted during the disk alarm: {samples}"
+            assert disk_alarm_raised(d)
+            assert d.management_get("nodes")[0]["disk_free_alarm"] is True  # what the management UI shows
+        finally:
+            d.sh(f"rabbitmqctl -q set_disk_free_limit {restore}", check=False, timeout=60)
+        cleared_at = time.monotonic()
+        wait_for(lambda: not disk_alarm_raised(d), 60, "the disk alarm to clear", every=0.5)
+        wait_for(lambda: producer.published() > before, 60, "publishes to go on after the alarm", every=0.2)
+        RECOVERY["disk alarm: publishes blocked for"] = time.monotonic() - alarm_at
+        RECOVERY["disk alarm: publishes on again after the clear"] = time.monotonic() - cleared_at
+        producer.wait(600)
+        ids = producer.ids()
+        assert len(ids) == total
+        wait_all_completed(d, ids, producer.prefix, timeout=600)
+        RECOVERY["disk alarm: all tasks done after the clear"] = time.monotonic() - cleared_at
+        RECOVERY["disk alarm: producer retries"] = producer.retries()
+        counts = succeeded_counts(d, producer.prefix)
+        assert set(counts) == ids and set(counts.values()) == {1}, {i: n for i, n in counts.items() if n != 1}
+        queue_drained(d)
+    finally:
+        producer.stop()
+    after = json.loads(d.sh("rabbitmq-diagnostics -q status --formatter json", timeout=60))
+    assert after["disk_free_limit"] == limit_bytes and not after.get("alarms"), (after["disk_free_limit"], limit_bytes)
+    again, _ = d.up()  # the node runs with what the stack describes
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes

@@ -6,10 +6,8 @@ Tests run in file order against one stack; the last one destroys it.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import subprocess
 import time
 import uuid
 
@@ -17,7 +15,7 @@ import pytest
 
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, random_secrets, send_task
-from sandbox.image import VENV
+from sandbox.probes import ConsumerSampler
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts.deployment import WORKER_ENV, Deployment, Producer, print_figures
@@ -103,23 +101,6 @@ def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
 # Samples the app queue's consumer count every 100 ms until /tmp/sampler.stop exists, as the broker has it
 # at that moment (a passive declare answers from the queue itself; the management API's
 # figures are 5 s samples), and prints the lowest count seen and for how long it was 0.
-CONSUMER_SAMPLER = """
-import os, sys, time
-from kombu import Connection
-lowest, gap, longest, last = None, 0.0, 0.0, time.monotonic()
-with Connection(os.environ["CELERY_BROKER_URL"]) as conn:
-    channel = conn.default_channel
-    while not os.path.exists("/tmp/sampler.stop"):
-        consumers = channel.queue_declare("edd", passive=True).consumer_count
-        now = time.monotonic()
-        gap = gap + (now - last) if consumers == 0 else 0.0
-        longest, last = max(longest, gap), now
-        lowest = consumers if lowest is None else min(lowest, consumers)
-        time.sleep(0.1)
-print(lowest, round(longest, 2))
-"""
-
-
 def completed(hosts_and_units, prefix: str) -> list[str]:
     """Every `succeeded` line for tasks of `prefix` in the journals of the given worker units."""
     runs = []
@@ -146,23 +127,16 @@ def test_a_rotation_restarts_the_fleet_one_worker_at_a_time_and_the_queue_keeps_
     d = Deployment(broker, stack, secrets)
     producer = Producer(d, 240, pace=0.1, work_seconds=1)
     try:
-        code = base64.b64encode(CONSUMER_SAMPLER.encode()).decode()
-        sh(broker, f"rm -f /tmp/sampler.stop; echo {code} | base64 -d > /tmp/sampler.py")
-        sampler = subprocess.Popen(
-            [*broker.ssh_command(), f"set -a; . {WORKER_ENV}; set +a; {VENV}/bin/python /tmp/sampler.py"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = ConsumerSampler(broker, WORKER_ENV)
         time.sleep(3)  # tasks are running on every worker
         stack.set_secret("appPassword", random_secrets()["appPassword"])
         started = time.monotonic()
         result = stack.stack.up(color="never")
         FIGURES["rotation up, 4 workers in turn"] = time.monotonic() - started
         assert result.summary.result == "succeeded"
-        sh(broker, "touch /tmp/sampler.stop")
-        out, err = sampler.communicate(timeout=60)
-        assert sampler.returncode == 0, err[-2000:]
-        lowest, longest_gap = out.split()
-        FIGURES["fewest consumers on edd"], FIGURES["longest time with none"] = int(lowest), float(longest_gap)
-        assert int(lowest) >= 1 and float(longest_gap) == 0.0, out
+        lowest, longest_gap = sampler.stop()
+        FIGURES["fewest consumers on edd"], FIGURES["longest time with none"] = lowest, longest_gap
+        assert lowest >= 1 and longest_gap == 0.0, (lowest, longest_gap)
         producer.wait(300)
     finally:
         producer.stop()

@@ -282,6 +282,45 @@ def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, 
         assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("changed, quorum_ok, expected", [
+    (True, True, ["await_online_quorum_plus_one", "drain", "restart rabbitmq-server"]),
+    (False, True, []),  # nothing to restart: no drain
+    (True, False, ["await_online_quorum_plus_one"]),  # a peer is not back: refused, no stop
+])
+def test_a_cluster_node_restarts_only_drained_and_only_while_its_peers_hold_quorum(tmp_path, changed, quorum_ok,
+                                                                                   expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    tools = {
+        "rabbitmq-upgrade": f"echo \"$*\" | awk '{{print $NF}}' >> {log}; "
+                            f"case \"$*\" in *await*) exit {0 if quorum_ok else 1} ;; esac",
+        "systemctl": f"case \"$*\" in restart*|stop*) echo \"$*\" >> {log} ;; esac",
+    }
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    step = host_scripts.drain_before_stop(30) + "\nif [ \"$changed\" = 1 ]; then systemctl restart rabbitmq-server; fi"
+    text = host_scripts.script(f"changed={int(changed)}; installed=3.10.8; target=3.10.8", step)
+    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert (result.returncode == 0) is quorum_ok, result.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert calls == expected
+    if not quorum_ok:
+        assert "a quorum queue would lose its majority without it" in result.stderr
+
+
+def test_only_a_clustered_node_is_drained():
+    def install(clustered):
+        return host_scripts.broker_install(files=[], package_version=None, start_timeout=10, clustered=clustered)
+
+    assert "rabbitmq-upgrade" not in install(False)
+    text = install(True)
+    assert text.index("rabbitmq-upgrade -q drain") < text.index('install_version "$target"') < text.index(
+        "then systemctl restart rabbitmq-server; fi")
+
+
 @pytest.mark.parametrize("content, restarts", [("new password\n", True), ("same\n", False)])
 def test_edds_units_restart_only_when_its_settings_file_changed(tmp_path, content, restarts):
     path = tmp_path / "edd-rabbitmq.json"
@@ -342,3 +381,27 @@ def test_a_rolled_back_unit_that_crash_looped_is_started_again(tmp_path):
     assert result.returncode != 0
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[-2:] == ["reset-failed w", "restart w"], calls
+
+
+@pytest.mark.parametrize("written, waits", [({}, "900"), ({"celery-a": "4530", "celery-b": "700"}, "4530"),
+                                            ({"celery-a": "junk"}, "900")])
+def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path, written, waits):
+    """A worker's restart waits for its running tasks (up to the hard time limit), holding the
+    host lock: every other script on the host waits that long for it, not 15 min."""
+    waits_dir = tmp_path / "lock-wait"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "flock").write_text(f"#!/bin/sh\necho \"$2\" > {tmp_path}/waited\n")
+    (bin_dir / "flock").chmod(0o755)
+    text = host_scripts.service_install(manager="systemd", name="celery-a", definition="", lock_wait=4530)
+    assert f"echo 4530 > {host_scripts.LOCK_WAIT}/celery-a" in text
+    if written:
+        waits_dir.mkdir()
+        for name, value in written.items():
+            (waits_dir / name).write_text(value + "\n")
+    prelude = host_scripts.script("true").replace(host_scripts.LOCK_WAIT, str(waits_dir)).replace(
+        "/var/run/edd-infra.lock", str(tmp_path / "lock"))
+    result = subprocess.run(["sh", "-c", prelude], capture_output=True, text=True,
+                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "waited").read_text().strip() == waits

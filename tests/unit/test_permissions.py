@@ -13,6 +13,9 @@ import re
 import pytest
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport.native_delayed_delivery import (bind_queue_to_native_delayed_delivery_exchange,
+                                                     calculate_routing_key,
+                                                     declare_native_delayed_delivery_exchanges_and_queues)
 
 from edd_infra.render.permissions import (
     SAMPLE_NODE,
@@ -53,6 +56,12 @@ class Traffic:
     def queue_bind(self, queue, exchange, **_):
         self.checks += [("write", "queue", queue), ("read", "exchange", exchange)]
 
+    def exchange_bind(self, destination, source, **_):
+        self.checks += [("write", "exchange", destination), ("read", "exchange", source)]
+
+    def channel(self):  # kombu's delayed-delivery setup asks its connection for a channel
+        return self
+
     def prepare_queue_arguments(self, arguments, **_):
         return arguments
 
@@ -77,6 +86,10 @@ SCENARIOS = {
                             event_exchange="edd.events", event_queue_prefix="edd.ev", rpc_results=False),
                 [Queue("edd", Exchange("edd"), routing_key="edd"),
                  Queue("edd-bulk", Exchange("edd-broadcast", type="fanout"), routing_key="edd-bulk")]),
+    # The cluster topology: EDD's fanout, a quorum queue, countdown/ETA/retry by native delayed delivery.
+    "quorum-delayed": (CeleryNames(queues=["edd"], exchanges=["edd"], delayed_delivery=True),
+                       [Queue("edd", Exchange("edd", type="fanout"), routing_key="edd",
+                              queue_arguments={"x-queue-type": "quorum"})]),
 }
 
 
@@ -101,6 +114,14 @@ def celery_traffic(names, task_queues):
     t.consume(mailbox.reply_queue)  # `celery inspect ping`
     t.publish(exchange=mailbox.exchange.name, declare=[mailbox.exchange])
     t.publish(exchange=mailbox.reply_exchange.name, declare=[mailbox.reply_exchange])
+    if names.delayed_delivery:  # the worker's DelayedDelivery bootstep, then apply_async(countdown=...)
+        declare_native_delayed_delivery_exchanges_and_queues(t, "quorum")
+        for queue in names.queues:
+            bind_queue_to_native_delayed_delivery_exchange(t, app.amqp.queues[queue])
+        # Celery.send_task with a countdown on a quorum queue drops the queue (nothing declared)
+        # and publishes to the top level with kombu's routing key.
+        t.publish(exchange=Exchange("celery_delayed_27", type="topic"),
+                  routing_key=calculate_routing_key(30, "edd"))
     if names.rpc_results:
         t.consume(app.backend.binding)  # result.get()
         t.publish(exchange=app.backend.exchange.name)  # the worker stores a result

@@ -538,6 +538,11 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
     assert "cluster_partition_handling = pause_minority" in plain(loop, by_name["broker-server"][0]["create"])
     # The seed gets the same cookie; the provider (so the quorum queue) waits for every join.
     assert "/var/lib/edd-infra/erlang.cookie" in bundle_files(plain(loop, by_name["broker-server"][0]["stdin"]))
+    # Nodes restart one at a time, drained first: each node's command waits for the one before.
+    chain = [{d._name for d in by_name[n][1].depends_on} for n in ("broker-node-edd-node2", "broker-node-edd-node3")]
+    assert chain == [{"broker-server"}, {"broker-node-edd-node2"}]
+    for name in ("broker-server", "broker-node-edd-node2"):
+        assert "await_online_quorum_plus_one" in plain(loop, by_name[name][0]["create"])
     provider_deps = {d._name for d in by_name["broker-provider"][1].depends_on}
     assert {"broker-admin", "broker-node-edd-node2-join", "broker-node-edd-node3-join"} <= provider_deps
     queue = by_name["edd-queue"][0]["settings"]
