@@ -14,12 +14,14 @@ from typing import Any, Mapping, Optional
 import pulumi
 
 from . import broker_drift, host_drift
-from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .components import (BrokerBackups, CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker,
+                         ServiceAccount)
 from .components.broker_migration import MigrationSource
 from .components.celery_worker_service import worker_service_name
 from .components.flower_service import flower_service_name
 from .components.rabbit_broker import api_endpoint, local_management_address
 from .hosts import HostTarget
+from .render.broker_backups import BACKUP_DIR, RESTORE_SCRIPT
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
@@ -31,7 +33,7 @@ from .upgrade_path import upgrade_problem
 
 # Output names are shared with the tests and README.
 OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
-                "celerySettings", "brokerPackageVersion")
+                "celerySettings", "brokerPackageVersion", "backups")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -77,6 +79,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
     broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
                             after=vhost.flower_user)
+    backups = broker_backups(settings, broker_host, after=vhost)
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
     amqp_host = broker_cfg.plain_amqp_addresses[0]
 
@@ -154,7 +157,21 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "celerySettings": celery,
         # What the next preview compares a new packageVersion with (upgrade_path).
         "brokerPackageVersion": broker_cfg.package_version,
+        "backups": backups,
     }
+
+
+def broker_backups(settings: StackSettings, host: HostTarget, after: pulumi.Resource) -> Optional[dict[str, Any]]:
+    """The definitions backup timer on a managed broker's host (the seed node in a cluster:
+    definitions are cluster-wide); its output says where the backups go and how to restore."""
+    backups, broker = settings.backups, settings.broker
+    if not backups.enabled or broker.install != "managed":
+        return None
+    BrokerBackups("broker-backups", backups=backups, host=host, digest=settings.config_digest or "unknown",
+                  vhost=settings.vhost, queue=settings.app_queue.name, start_timeout=broker.start_timeout,
+                  depends_on=[after])
+    return {"host": broker.host, "directory": BACKUP_DIR, "schedule": backups.schedule, "keep": backups.keep,
+            "configDigest": settings.config_digest, "restore": f"{RESTORE_SCRIPT} [FILE]"}
 
 
 def signing_material(settings: StackSettings, secrets: StackSecrets,
