@@ -20,8 +20,31 @@ RESTORE_SCRIPT = "/usr/local/sbin/edd-infra-restore"
 SYSTEMD_DIR = "/etc/systemd/system"
 
 
+# Inside the node (`rabbitmqctl eval`): drop the bindings whose queue or exchange is not in the
+# export. Celery's pidbox and event queues (and pidbox exchanges) are transient, so the export
+# leaves them out but keeps their bindings, and an import of such a file fails
+# (`resources_missing`). Prints how many went. Reads and writes NODE_COPY (rabbitmq's).
+NODE_COPY = "/var/lib/rabbitmq/edd-infra-backup.json"
+KEEP_RESOLVABLE_BINDINGS = """F = "NODE_COPY",
+{ok, B} = file:read_file(F),
+D = rabbit_json:decode(B),
+Key = fun(O, K) -> {maps:get(<<"vhost">>, O), maps:get(K, O)} end,
+Qs = [Key(Q, <<"name">>) || Q <- maps:get(<<"queues">>, D, [])],
+Xs = [Key(X, <<"name">>) || X <- maps:get(<<"exchanges">>, D, [])],
+Builtin = fun({_, <<>>}) -> true; ({_, <<"amq.", _/binary>>}) -> true; (_) -> false end,
+Exchange = fun(E) -> Builtin(E) orelse lists:member(E, Xs) end,
+To = fun(Bd) -> case maps:get(<<"destination_type">>, Bd) of
+                    <<"queue">> -> lists:member(Key(Bd, <<"destination">>), Qs);
+                    _ -> Exchange(Key(Bd, <<"destination">>)) end end,
+All = maps:get(<<"bindings">>, D, []),
+Kept = [Bd || Bd <- All, Exchange(Key(Bd, <<"source">>)), To(Bd)],
+ok = file:write_file(F, rabbit_json:encode(D#{<<"bindings">> => Kept})),
+length(All) - length(Kept).""".replace("NODE_COPY", NODE_COPY)
+
+
 def backup_script(*, keep: int, digest: str) -> str:
-    """Export the definitions to BACKUP_DIR, then delete all but the newest `keep`."""
+    """Export the definitions to BACKUP_DIR (bindings of transient queues left out, so the
+    file imports as it is), then delete all but the newest `keep`."""
     return f"""#!/bin/sh
 # Written by edd-infra: the broker's definitions (users with password hashes, vhosts,
 # permissions, policies, queues, exchanges, bindings) to {BACKUP_DIR}, newest {keep} kept.
@@ -32,12 +55,19 @@ dir={BACKUP_DIR}
 mkdir -p "$dir"
 chmod 0700 "$dir"
 tmp=$(mktemp "$dir/.export.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
+trap 'rm -f "$tmp" {NODE_COPY}' EXIT
 rabbitmqctl -q export_definitions - </dev/null > "$tmp"
 grep -q '"users"' "$tmp" || {{ echo "the export has no users: not kept" >&2; exit 1; }}
+install -m 0600 -o rabbitmq -g rabbitmq "$tmp" {NODE_COPY}
+keep_resolvable_bindings=$(cat <<'EDD_INFRA_ERL'
+{KEEP_RESOLVABLE_BINDINGS}
+EDD_INFRA_ERL
+)
+dropped=$(rabbitmqctl -q eval "$keep_resolvable_bindings" </dev/null)
+cat {NODE_COPY} > "$tmp"
 name="definitions-$(date -u +%Y%m%dT%H%M%SZ)-{digest}.json"
 mv "$tmp" "$dir/$name"
-echo "exported $(wc -c < "$dir/$name") bytes to $dir/$name"
+echo "exported $(wc -c < "$dir/$name") bytes to $dir/$name ($dropped bindings of transient queues left out)"
 find "$dir" -maxdepth 1 -name 'definitions-*.json' | sort -r | tail -n +{keep + 1} | xargs -r rm -f
 """
 

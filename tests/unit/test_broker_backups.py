@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from edd_infra.render import broker_backups
-from edd_infra.render.broker_backups import BACKUP_DIR, backup_script, backup_timer, restore_script
+from edd_infra.render.broker_backups import BACKUP_DIR, NODE_COPY, backup_script, backup_timer, restore_script
 
 EXPORT = '{"users": [{"name": "edd-infra-admin", "password_hash": "abc"}], "vhosts": [{"name": "/edd"}]}'
 
@@ -29,7 +29,9 @@ case "$*" in
   *list_users*) printf '%s\\n' '{users}' ;;
   *list_queues*) echo edd ;;
   *import_definitions*) cp "${{3}}" {tmp_path}/imported ;;
+  *eval*) echo 2 ;;
 esac""",
+        "install": 'eval "dst=\\${$#}"; cp "$7" "$dst"',
         "systemctl": "exit 0",
         "chown": "exit 0",
         "date": f"n=$(cat {tmp_path}/clock 2>/dev/null || echo 0); echo $((n + 1)) > {tmp_path}/clock; "
@@ -42,7 +44,7 @@ esac""",
 
 
 def run(text: str, tmp_path, env, *args: str) -> subprocess.CompletedProcess:
-    text = text.replace(BACKUP_DIR, str(tmp_path / "backups"))
+    text = text.replace(BACKUP_DIR, str(tmp_path / "backups")).replace(NODE_COPY, str(tmp_path / "node-copy"))
     return subprocess.run(["sh", "-c", text, "sh", *args], capture_output=True, text=True, env=env)
 
 
@@ -56,13 +58,15 @@ def test_a_backup_is_root_only_named_by_time_and_config_and_only_the_newest_are_
     for _ in range(3):
         result = run(script, tmp_path, env)
         assert result.returncode == 0, result.stderr
+        assert "(2 bindings of transient queues left out)" in result.stdout
     assert backups(tmp_path) == ["definitions-20261206T000001Z-0123456789ab.json",
                                  "definitions-20261206T000002Z-0123456789ab.json"]
     newest = tmp_path / "backups" / backups(tmp_path)[-1]
     assert newest.read_text().strip() == EXPORT
     assert stat.S_IMODE(newest.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
-    assert not list((tmp_path / "backups").glob(".export.*"))
+    assert not list((tmp_path / "backups").glob(".export.*")) and not (tmp_path / "node-copy").exists()
+    assert "rabbit_json:encode" in (tmp_path / "calls").read_text()  # the bindings filter ran in the node
 
 
 def test_an_export_without_users_is_not_kept(tmp_path):
