@@ -1,8 +1,9 @@
 """Definitions backups on a real broker host: the timer, what a backup holds, and a restore
 after the broker's data is destroyed (issue 19).
 
-One deployment on its own sandbox host (`edd-bk13`, Debian 13), tests in file order: the
-backup test leaves backups that the restore test restores from.
+One deployment per Debian release on its own sandbox host (`edd-bk12`: RabbitMQ 3.10,
+`edd-bk13`: 4.0), tests in file order: the backup test leaves backups that the restore test
+restores from.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from sandbox.deploy import send_task
 from tests.hosts.deployment import amqp_login, deployment, print_figures
 
 pytestmark = pytest.mark.hosts
-HOST = "edd-bk13"
 KEEP = 3
 BACKUP_DIR = "/var/backups/edd-infra"
 FIGURES: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[12, 13], ids=["debian12", "debian13"])
 def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
-    (host,) = sandbox_hosts(HOST, debian=13)
+    (host,) = sandbox_hosts(f"edd-bk{request.param}", debian=request.param)
     try:
         with deployment(host, tmp_path_factory.mktemp("backups"), prefix="bk") as d:
             d.stack.set_plain({"backups": {"keep": KEEP, "schedule": "*-*-* 03:00"}})
@@ -32,7 +32,7 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
             assert result.summary.result == "succeeded"
             yield d
     finally:
-        print_figures(request, "backups", FIGURES)
+        print_figures(request, f"backups, Debian {request.param}", FIGURES)
 
 
 def backups(d) -> list[str]:
