@@ -14,18 +14,20 @@ from typing import Any, Mapping, Optional
 import pulumi
 
 from . import broker_drift, host_drift
-from .components import CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker, ServiceAccount
+from .components import (BrokerBackups, CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker,
+                         ServiceAccount)
 from .components.broker_migration import MigrationSource
 from .components.celery_worker_service import worker_service_name
 from .components.flower_service import flower_service_name
 from .components.rabbit_broker import api_endpoint, local_management_address, metrics_address
 from .hosts import HostTarget
 from .render.alert_rules import RULES_PATH, render_alert_rules
-from .render.host_scripts import FileSpec
-from .render.scrape_targets import scrape_targets
+from .render.broker_backups import BACKUP_DIR, RESTORE_SCRIPT
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
 from .render.celery_config import celery_settings
 from .render.edd_settings import edd_rabbitmq_settings
+from .render.host_scripts import FileSpec
+from .render.scrape_targets import scrape_targets
 from .render.signing_files import previous_certificate_warning
 from .config_errors import ConfigError
 from .settings import PROJECT, Broker, StackSettings
@@ -34,7 +36,7 @@ from .upgrade_path import upgrade_problem
 
 # Output names are shared with the tests and README.
 OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
-                "celerySettings", "brokerPackageVersion", "scrapeTargets", "alertRules")
+                "celerySettings", "brokerPackageVersion", "scrapeTargets", "alertRules", "backups")
 
 
 def build(settings: StackSettings, secrets: StackSecrets,
@@ -81,6 +83,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
     broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
                             after=vhost.flower_user)
+    backups = broker_backups(settings, broker_host, after=vhost)
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
     amqp_host = broker_cfg.plain_amqp_addresses[0]
 
@@ -160,6 +163,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         "brokerPackageVersion": broker_cfg.package_version,
         "scrapeTargets": scrape_targets(settings, metrics_nodes(broker_cfg)),
         "alertRules": {"host": broker_cfg.host, "path": RULES_PATH} if broker_cfg.install == "managed" else None,
+        "backups": backups,
     }
 
 
@@ -170,6 +174,19 @@ def metrics_nodes(broker: Broker) -> list[tuple[str, str]]:
     members = [broker.member(n) for n in broker.cluster_nodes]
     return [(broker.node_name, metrics_address(broker))] + [(m.node_name, metrics_address(m, member=True))
                                                              for m in members]
+
+
+def broker_backups(settings: StackSettings, host: HostTarget, after: pulumi.Resource) -> Optional[dict[str, Any]]:
+    """The definitions backup timer on a managed broker's host (the seed node in a cluster:
+    definitions are cluster-wide); its output says where the backups go and how to restore."""
+    backups, broker = settings.backups, settings.broker
+    if not backups.enabled or broker.install != "managed":
+        return None
+    BrokerBackups("broker-backups", backups=backups, host=host, digest=settings.config_digest or "unknown",
+                  vhost=settings.vhost, queue=settings.app_queue.name, start_timeout=broker.start_timeout,
+                  depends_on=[after])
+    return {"host": broker.host, "directory": BACKUP_DIR, "schedule": backups.schedule, "keep": backups.keep,
+            "configDigest": settings.config_digest, "restore": f"{RESTORE_SCRIPT} [FILE]"}
 
 
 def signing_material(settings: StackSettings, secrets: StackSecrets,

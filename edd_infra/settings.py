@@ -429,6 +429,20 @@ class Rollout(Model):
     max_unavailable: Annotated[int, Field(ge=1, le=256)] = 1
 
 
+OnCalendar = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*:,./~ -]{1,64}$")]
+
+
+class Backups(Model):
+    """Backups of the broker's definitions on a managed broker's host: a systemd timer
+    exports them (users with password hashes, vhost, permissions, policies, queues,
+    exchanges, bindings) to /var/backups/edd-infra (root only), keeping the newest `keep`."""
+
+    enabled: bool = True
+    # A systemd OnCalendar expression (`systemd-analyze calendar` checks one): daily, hourly, *-*-* 03:00.
+    schedule: OnCalendar = "daily"
+    keep: Annotated[int, Field(ge=1, le=1000)] = 14
+
+
 # Seconds past the hard time limit for a worker to ack, report and exit.
 STOP_GRACE = 30
 
@@ -496,6 +510,7 @@ class StackSettings(Model):
     tasks: Tasks = Tasks()
     rollout: Rollout = Rollout()
     alerts: Alerts = Alerts()
+    backups: Backups = Backups()
     flower_broker_user: FlowerBrokerUser = FlowerBrokerUser()
     workers: list[Worker] = Field(min_length=1)
     flower: Flower
@@ -503,6 +518,9 @@ class StackSettings(Model):
     require_host_keys: bool = True
     celery_signing: Optional[CelerySigning] = None
     edd_settings: Optional[EddSettingsFile] = None
+    # Not a config key: what load_settings read, as written (before file names were resolved),
+    # hashed; backups carry it so a restore can be matched to the config that took it.
+    config_digest: str = Field(default="", exclude=True)
 
     @field_validator("celery_signing", "edd_settings", mode="before")
     @classmethod

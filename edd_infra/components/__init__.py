@@ -1,5 +1,6 @@
 """ComponentResources: each wires commands and broker objects for one part of the queue."""
 
+from .broker_backups import BrokerBackups
 from .broker_migration import BrokerMigration
 from .celery_worker_service import CeleryWorkerService
 from .edd_settings_file import EddSettingsFile
@@ -17,7 +18,8 @@ TYPE_TOKENS = {
     "FlowerService": "edd:infra:FlowerService",
     "EddSettingsFile": "edd:infra:EddSettingsFile",
     "BrokerMigration": "edd:infra:BrokerMigration",
+    "BrokerBackups": "edd:infra:BrokerBackups",
 }
 
 __all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "EddSettingsFile",
-           "BrokerMigration", "TYPE_TOKENS"]
+           "BrokerMigration", "BrokerBackups", "TYPE_TOKENS"]

@@ -253,6 +253,10 @@ CASES = [
         "different users")((("broker", "adminUser"), "edd_user")),
 
     # The vhost and the broker users.
+    row("backups-keep-0", "edd-infra:backups.keep: Input should be greater than or equal to 1")(
+        (("backups",), {"keep": 0})),
+    row("backups-schedule-shell", "edd-infra:backups.schedule: must match ^[A-Za-z0-9*:,./~ -]{1,64}$")(
+        (("backups",), {"schedule": "daily; rm -rf /"})),
     row("vhost-without-slash", "edd-infra:vhost: must match ^/[A-Za-z0-9_.-]*$")((("vhost",), "edd")),
     row("vhost-with-space", "edd-infra:vhost: must match ^/[A-Za-z0-9_.-]*$")((("vhost",), "/edd prod")),
     row("app-user-guest", "edd-infra:appUser.name: 'guest' is removed from the broker; choose another name")(

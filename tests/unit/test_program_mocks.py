@@ -127,6 +127,9 @@ def test_prod_graph_and_type_tokens(prod):
         ("edd:infra:FlowerService", "flower"),
         ("command:remote:Command", "flower-service"),
         ("command:remote:Command", "flower-service-repair"),
+        ("edd:infra:BrokerBackups", "broker-backups"),
+        ("command:remote:Command", "broker-backups"),
+        ("command:remote:Command", "broker-backups-repair"),
     ])
     assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile",
                                                                                               "edd:infra:BrokerMigration"}
@@ -142,6 +145,7 @@ def test_type_tokens_are_pinned():
         "FlowerService": "edd:infra:FlowerService",
         "EddSettingsFile": "edd:infra:EddSettingsFile",
         "BrokerMigration": "edd:infra:BrokerMigration",
+        "BrokerBackups": "edd:infra:BrokerBackups",
     }
 
 
