@@ -72,7 +72,7 @@ def row(id: str, *expected: str, secrets: dict | None = None):
 
 # Unknown-key messages list every key allowed at that level (sorted); rows check the first
 # few, which include the key meant, so a key added later does not break them.
-ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, alerts, appPassword, appQueue, appUser, broker,"
+ALLOWED_TOP = "edd-infra:brokr: unknown key; allowed: adminPassword, alerts, appPassword, appQueue, appUser, backups, broker,"
 PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAnotarealkey\n-----END OPENSSH PRIVATE KEY-----\n"
 SECOND_HOST = {"address": "192.0.2.11", "hostKey": KEY}
 # Files in the stack's project directory (see TableStack), where relative names resolve.
