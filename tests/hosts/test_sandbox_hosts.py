@@ -105,7 +105,7 @@ def test_edd_app_is_baked_with_pinned_celery_and_flower(sandbox_hosts):
              "print(celery.__version__, flower.__version__, c.task_default_queue, "
              "c.broker_transport_options, sorted(t for t in edd.app.tasks if t.startswith('edd.')))")
     out = sh(host, f"cd {APP} && {VENV}/bin/python -c \"{probe}\"")
-    assert out == "5.7.0 2.2.0 celery {} ['edd.add', 'edd.work']"
+    assert out == "5.7.0 2.2.0 celery {} ['edd.add', 'edd.retry_once', 'edd.work']"
     report = sh(host, f"cd {APP} && {VENV}/bin/celery -A edd report")  # the CLI finds the app by -A edd
     # The app sets no reliability setting of its own: late acks come from the program's module.
     assert "celery:5.7.0" in report and "task_acks_late" not in report
