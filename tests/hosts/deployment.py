@@ -215,6 +215,20 @@ class Producer:
         assert out.startswith(f"published {self.total} "), f"producer failed:\n{self.output()[-2000:]}"
         return out
 
+    def wait_published(self, count: int, timeout: float = 300) -> None:
+        """Block until `count` tasks are published: the flow is under way."""
+        deadline = time.monotonic() + timeout
+        while self.published() < count:
+            assert time.monotonic() < deadline, f"{count} tasks not published in {timeout:.0f} s:\n{self.output()[-2000:]}"
+            time.sleep(0.5)
+
+    def all_ids(self, timeout: float = 600) -> set[str]:
+        """Wait until the producer is done; the id of every task (each one the broker confirmed)."""
+        self.wait(timeout)
+        ids = self.ids()
+        assert len(ids) == self.total, f"{len(ids)} ids for {self.total} tasks published"
+        return ids
+
     def retries(self) -> int:
         return int(self.d.sh(f"cat {self.dir}/out").split()[-1])
 

@@ -77,6 +77,15 @@ def succeeded_counts(d, prefix: str) -> dict[str, int]:
     return counts
 
 
+def wait_succeeded(d, ids: set[str], prefix: str, timeout: float = 600) -> dict[str, int]:
+    """Wait until every id succeeded on some worker; how many times each succeeded."""
+    deadline = time.monotonic() + timeout
+    while not ids <= set(counts := succeeded_counts(d, prefix)):
+        assert time.monotonic() < deadline, f"{len(ids - set(counts))} of {len(ids)} tasks never completed"
+        time.sleep(3)
+    return counts
+
+
 def completed(d, prefix: str) -> set[str]:
     """Ids with `prefix` that any of the three workers logged as succeeded."""
     return set(succeeded_counts(d, prefix))
@@ -229,10 +238,7 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
     total = 1000
     producer = Producer(d, total, pace=0.01)
     try:
-        deadline = time.monotonic() + 300
-        while producer.published() < total // 5:
-            assert time.monotonic() < deadline, producer.output()[-2000:]
-            time.sleep(0.5)
+        producer.wait_published(total // 5)
         sh(d.host, "systemctl stop rabbitmq-server", timeout=300)
         stopped = time.monotonic()
         survivors = node_names(*d.nodes)
@@ -253,13 +259,8 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
             assert time.monotonic() < deadline, "the node did not rejoin"
             time.sleep(1)
         FIGURES["node started: rejoined after"] = time.monotonic() - started
-        producer.wait(600)
-        ids = producer.ids()
-        assert len(ids) == total
-        deadline = time.monotonic() + 600
-        while not ids <= (done := completed(d, producer.prefix)):
-            assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
-            time.sleep(3)
+        ids = producer.all_ids()
+        wait_succeeded(d, ids, producer.prefix)
         FIGURES["node stop: all 1000 tasks done after"] = time.monotonic() - stopped
         FIGURES["node stop: producer retries"] = producer.retries()
         assert sh(d.nodes[0], "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers"
@@ -293,10 +294,7 @@ def roll_while_tasks_flow(d, broker: dict, what: str) -> None:
     total = 1000
     producer = Producer(d, total, pace=0.01)
     try:
-        deadline = time.monotonic() + 300
-        while producer.published() < total // 10:
-            assert time.monotonic() < deadline, producer.output()[-2000:]
-            time.sleep(0.5)
+        producer.wait_published(total // 10)
         d.stack.set_plain({"broker": broker})
         # The reviewer's preview lists the nodes in the order they will restart.
         diff = d.stack.stack.preview(diff=True, color="never").stdout
@@ -319,13 +317,8 @@ def roll_while_tasks_flow(d, broker: dict, what: str) -> None:
         for host in nodes:
             written = "".join(broker_logs_since(host, logs[host.name]).values()).lower()
             assert "maintenance mode" in written, (host.name, written[-1500:])
-        producer.wait(600)
-        ids = producer.ids()
-        assert len(ids) == total
-        deadline = time.monotonic() + 600
-        while not ids <= (done := completed(d, producer.prefix)):
-            assert time.monotonic() < deadline, f"{len(ids - done)} of {total} tasks never completed"
-            time.sleep(3)
+        ids = producer.all_ids()
+        wait_succeeded(d, ids, producer.prefix)
         FIGURES[f"{what}: all 1000 tasks done after"] = time.monotonic() - started
         FIGURES[f"{what}: producer retries"] = producer.retries()
         assert queue_members(d.host) == ("quorum", node_names(*nodes))
@@ -349,10 +342,7 @@ def test_a_node_cut_off_from_the_others_pauses_and_rejoins_with_no_task_lost(clu
     total = 1000
     producer = Producer(d, total, pace=0.1)  # publishes for longer than the partition is detected
     try:
-        deadline = time.monotonic() + 300
-        while producer.published() < total // 10:
-            assert time.monotonic() < deadline, producer.output()[-2000:]
-            time.sleep(0.5)
+        producer.wait_published(total // 10)
         with sandbox_hosts.cut_off(cut):
             cut_at = time.monotonic()
             majority = node_names(d.host, d.nodes[0])
@@ -374,13 +364,8 @@ def test_a_node_cut_off_from_the_others_pauses_and_rejoins_with_no_task_lost(clu
             assert time.monotonic() - healed < 300, "node 3 did not rejoin after the link came back"
             time.sleep(1)
         FIGURES["partition: node 3 rejoined after the link came back in"] = time.monotonic() - healed
-        producer.wait(600)
-        ids = producer.ids()
-        assert len(ids) == total
-        deadline = time.monotonic() + 600
-        while not ids <= set(counts := succeeded_counts(d, producer.prefix)):
-            assert time.monotonic() < deadline, f"{len(ids - set(counts))} of {total} tasks never completed"
-            time.sleep(3)
+        ids = producer.all_ids()
+        counts = wait_succeeded(d, ids, producer.prefix)
         assert {i: n for i, n in counts.items() if n > 1} == {}
         assert queue_members(d.host) == ("quorum", everyone)
     finally:
