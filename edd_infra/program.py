@@ -182,11 +182,10 @@ def broker_backups(settings: StackSettings, host: HostTarget, after: pulumi.Reso
     backups, broker = settings.backups, settings.broker
     if not backups.enabled or broker.install != "managed":
         return None
-    BrokerBackups("broker-backups", backups=backups, host=host, digest=settings.config_digest or "unknown",
-                  vhost=settings.vhost, queue=settings.app_queue.name, start_timeout=broker.start_timeout,
+    BrokerBackups("broker-backups", backups=backups, host=host, vhost=settings.vhost, queue=settings.app_queue.name, start_timeout=broker.start_timeout,
                   depends_on=[after])
     return {"host": broker.host, "directory": BACKUP_DIR, "schedule": backups.schedule, "keep": backups.keep,
-            "configDigest": settings.config_digest, "restore": f"{RESTORE_SCRIPT} [FILE]"}
+            "restore": f"{RESTORE_SCRIPT} [FILE]"}
 
 
 def signing_material(settings: StackSettings, secrets: StackSecrets,

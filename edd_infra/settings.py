@@ -518,9 +518,6 @@ class StackSettings(Model):
     require_host_keys: bool = True
     celery_signing: Optional[CelerySigning] = None
     edd_settings: Optional[EddSettingsFile] = None
-    # Not a config key: what load_settings read, as written (before file names were resolved),
-    # hashed; backups carry it so a restore can be matched to the config that took it.
-    config_digest: str = Field(default="", exclude=True)
 
     @field_validator("celery_signing", "edd_settings", mode="before")
     @classmethod

@@ -7,8 +7,6 @@ resource exists, and stay secret Outputs everywhere else.
 
 from __future__ import annotations
 
-import hashlib
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -37,8 +35,7 @@ class StackSecrets:
     erlang_cookie: Optional[pulumi.Output[str]] = None
 
 
-# Every field is a config key but the derived ones (excluded from dumps: config_digest).
-PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items() if not f.exclude)
+PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
 STRING_KEYS = {f.alias or n for n, f in StackSettings.model_fields.items() if f.annotation is str
                or getattr(f.annotation, "__origin__", None) is str or str(f.annotation).startswith("typing.Annotated[str")}
 
@@ -76,11 +73,6 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
     return settings
 
 
-def config_digest(settings: StackSettings) -> str:
-    """12 hex digits of SHA-256 over the validated config as written (no secrets in it)."""
-    return hashlib.sha256(settings.model_dump_json(by_alias=True).encode()).hexdigest()[:12]
-
-
 async def load_settings(config: Optional[pulumi.Config] = None,
                         project_dir: Optional[Path] = None) -> tuple[StackSettings, StackSecrets]:
     """Validate the whole stack config; raise ConfigError listing every problem.
@@ -108,7 +100,7 @@ async def load_settings(config: Optional[pulumi.Config] = None,
     if settings is not None:
         project_dir = project_dir or Path(pulumi.get_root_directory() or ".")
         problems += file_problems(settings, values, project_dir)
-        settings = _absolute_paths(settings, project_dir).model_copy(update={"config_digest": config_digest(settings)})
+        settings = _absolute_paths(settings, project_dir)
     for key in OPTIONAL_SECRETS:
         if not values[key]:
             secrets[key] = None

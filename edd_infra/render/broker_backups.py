@@ -4,20 +4,25 @@ RabbitMQ's definitions are everything but messages: users with their password ha
 vhosts, permissions, policies, queues, exchanges and bindings. The timer's service exports
 them (`rabbitmqctl export_definitions -`, read by root from the CLI's stdout: the node never
 writes into the backup directory) to a root-only directory and keeps the newest `keep`.
-Each file's name carries the UTC time and the stack config's digest, so a restore can be
-matched to the stack that took it. `edd-infra-restore` imports one (the newest by default)
+Each file's name carries the UTC time and a digest of what edd-infra deployed on the host
+(its manifests: the digest of every file it wrote, config and secrets alike, as a digest of
+digests), so a restore can be matched to the deployment that took it. It is computed on the
+host when the backup runs, so no config change has to rewrite the backup's own files. `edd-infra-restore` imports one (the newest by default)
 into a running node and deletes `guest`, which a node with fresh data has again.
 """
 
 from __future__ import annotations
 
-from .host_scripts import BROKER_LOCALE, IMPORT_DEFINITIONS, FileSpec, activate, q, retry, script, write_file
+from .host_scripts import (BROKER_LOCALE, IMPORT_DEFINITIONS, MANIFEST_DIR, FileSpec, activate, q, retry, script,
+                           write_file)
 
 BACKUP_DIR = "/var/backups/edd-infra"
 UNIT = "edd-infra-backup"
 BACKUP_SCRIPT = "/usr/local/sbin/edd-infra-backup"
 RESTORE_SCRIPT = "/usr/local/sbin/edd-infra-restore"
 SYSTEMD_DIR = "/etc/systemd/system"
+# 12 hex digits over every manifest edd-infra keeps on the host (see host_scripts.with_manifest).
+DEPLOYMENT_DIGEST = f"cat {MANIFEST_DIR}/*.sha256 2>/dev/null | sha256sum | cut -c1-12"
 
 
 # Inside the node (`rabbitmqctl eval`): drop the bindings whose queue or exchange is not in the
@@ -42,7 +47,7 @@ ok = file:write_file(F, rabbit_json:encode(D#{<<"bindings">> => Kept})),
 length(All) - length(Kept).""".replace("NODE_COPY", NODE_COPY)
 
 
-def backup_script(*, keep: int, digest: str) -> str:
+def backup_script(*, keep: int) -> str:
     """Export the definitions to BACKUP_DIR (bindings of transient queues left out, so the
     file imports as it is), then delete all but the newest `keep`."""
     return f"""#!/bin/sh
@@ -65,14 +70,14 @@ EDD_INFRA_ERL
 )
 dropped=$(rabbitmqctl -q eval "$keep_resolvable_bindings" </dev/null)
 cat {NODE_COPY} > "$tmp"
-name="definitions-$(date -u +%Y%m%dT%H%M%SZ)-{digest}.json"
+name="definitions-$(date -u +%Y%m%dT%H%M%SZ)-$({DEPLOYMENT_DIGEST}).json"
 mv "$tmp" "$dir/$name"
 echo "exported $(wc -c < "$dir/$name") bytes to $dir/$name ($dropped bindings of transient queues left out)"
 find "$dir" -maxdepth 1 -name 'definitions-*.json' | sort -r | tail -n +{keep + 1} | xargs -r rm -f
 """
 
 
-def restore_script(*, digest: str, vhost: str, queue: str, start_timeout: int) -> str:
+def restore_script(*, vhost: str, queue: str, start_timeout: int) -> str:
     """Import a backup (argument, or the newest in BACKUP_DIR) into the running node, and
     wait until the (asynchronous) import made the app's `queue`."""
     has_queue = f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
@@ -87,9 +92,10 @@ if [ -z "$file" ] || [ ! -f "$file" ]; then
   echo "no backup to restore (none in {BACKUP_DIR}, or no such file)" >&2
   exit 1
 fi
+digest=$({DEPLOYMENT_DIGEST})
 case $file in
-  *-{digest}.json) ;;
-  *) echo "note: $file was taken under another stack config (now {digest}); the next up puts the config's state back" >&2 ;;
+  *-"$digest".json) ;;
+  *) echo "note: $file was taken when edd-infra's files on this host differed (now $digest): the next up puts the config's state back" >&2 ;;
 esac
 systemctl is-active -q rabbitmq-server || systemctl start rabbitmq-server
 rabbitmqctl -q await_startup --timeout {start_timeout} </dev/null >/dev/null
@@ -132,13 +138,11 @@ WantedBy=timers.target
 """
 
 
-def backup_files(*, schedule: str, keep: int, digest: str, vhost: str, queue: str,
-                 start_timeout: int) -> list[FileSpec]:
+def backup_files(*, schedule: str, keep: int, vhost: str, queue: str, start_timeout: int) -> list[FileSpec]:
     """The scripts (root only: they run as root) and the service and timer units."""
     return [
-        FileSpec(BACKUP_SCRIPT, backup_script(keep=keep, digest=digest), "0700"),
-        FileSpec(RESTORE_SCRIPT, restore_script(digest=digest, vhost=vhost, queue=queue,
-                                                start_timeout=start_timeout), "0700"),
+        FileSpec(BACKUP_SCRIPT, backup_script(keep=keep), "0700"),
+        FileSpec(RESTORE_SCRIPT, restore_script(vhost=vhost, queue=queue, start_timeout=start_timeout), "0700"),
         FileSpec(f"{SYSTEMD_DIR}/{UNIT}.service", backup_service(), "0644"),
         FileSpec(f"{SYSTEMD_DIR}/{UNIT}.timer", backup_timer(schedule), "0644"),
     ]
