@@ -10,9 +10,11 @@ Mark a module ``pytestmark = pytest.mark.hosts`` and ask for hosts by name:
 Hosts are of the default release (``$SANDBOX_DEBIAN``, else ``sandbox.image.DEFAULT_DEBIAN``)
 unless ``debian=`` names one; a name is one host, so give hosts of each release their own.
 
-``sandbox_hosts`` boots each name once per session (in parallel within one call)
-and shuts them all down when the session ends, failed or not; ``throwaway_hosts``
-does the same per test, for tests that change a host. Use ``host.name`` for the
+``sandbox_hosts`` boots each name once per test module (in parallel within one call)
+and shuts them all down when the module ends, failed or not, so a session never holds
+more hosts than its running modules need (each host's systemd takes inotify instances,
+128 per user by default: a whole session's hosts at once ran out of them);
+``throwaway_hosts`` does the same per test, for tests that change a host. Use ``host.name`` for the
 real hostname: under pytest-xdist it carries the worker number ("broker-0").
 
 When this machine cannot run hosts, every test using them is skipped with one
@@ -96,9 +98,9 @@ def _skip_unless_ready(debian: int | None = None) -> None:
         pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sandbox_hosts(hosts_tier):
-    """Factory ``sandbox_hosts(*names) -> list[SandboxHost]``: booted once per session, reused."""
+    """Factory ``sandbox_hosts(*names) -> list[SandboxHost]``: booted once per module, reused in it."""
     booted: dict = {}
     try:
         yield _factory(booted)

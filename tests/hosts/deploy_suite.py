@@ -800,6 +800,7 @@ def test_destroy_leaves_the_host_as_before(deployed):
     deployed.stack.stack.destroy(color="never", on_output=destroyed.append)
     leaked = [f for f in secret_forms(deployed.every_secret) if f in "".join(destroyed)]
     assert not leaked, f"{len(leaked)} secret form(s) in destroy output"
-    assert deployed.sh("find /etc/edd-infra /etc/rabbitmq 2>/dev/null; true").strip() == ""
+    left = deployed.sh("find /etc/edd-infra /etc/rabbitmq 2>/dev/null; true").strip()
+    assert left == "", left
     assert snapshot(deployed) == deployed.before
     print(f"\nsandbox timings, Debian {deployed.debian} (s): " + ", ".join(f"{k} {v:.1f}" for k, v in deployed.timings.items()))
