@@ -1,9 +1,9 @@
 """Probes that run on a sandbox host while something changes, and report what a user would see.
 
 `ConsumerSampler` asks the broker every 100 ms how many consumers the `edd` queue has (a
-passive queue.declare through the app's own account, from a worker's environment file), so
-a restart that leaves the queue without a consumer shows even when it lasts less than the
-management API's 5 s statistics interval.
+passive queue.declare, answered by the queue itself, through the app's own account from a
+worker's environment file), so a restart that leaves the queue without a consumer shows
+even when it lasts less than the management API's 5 s statistics interval.
 """
 
 from __future__ import annotations

@@ -98,9 +98,6 @@ def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
     assert send_task(broker, 2, 2) == "4"
 
 
-# Samples the app queue's consumer count every 100 ms until /tmp/sampler.stop exists, as the broker has it
-# at that moment (a passive declare answers from the queue itself; the management API's
-# figures are 5 s samples), and prints the lowest count seen and for how long it was 0.
 def completed(hosts_and_units, prefix: str) -> list[str]:
     """Every `succeeded` line for tasks of `prefix` in the journals of the given worker units."""
     runs = []
