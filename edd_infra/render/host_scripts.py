@@ -197,12 +197,13 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
 
 def remove_files(paths: Sequence[str]) -> str:
     """rm the files, then their directories where that left them empty (what `put` made):
-    each file's own directory and its ancestors below the top two levels (never /etc or /var/lib)."""
+    each file's own directory and its ancestors below the top two levels (never /etc or /var/lib),
+    and an `edd-infra` directory above it (/etc/edd-infra, when its last file was in a subdirectory)."""
     dirs = set()
     for path in paths:
         parent = posixpath.dirname(path)
         dirs.add(parent)
-        while posixpath.dirname(parent).count("/") >= 3:
+        while (above := posixpath.dirname(parent)).count("/") >= 3 or posixpath.basename(above) == "edd-infra":
             parent = posixpath.dirname(parent)
             dirs.add(parent)
     dirs = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)

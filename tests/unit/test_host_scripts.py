@@ -405,3 +405,16 @@ def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path
                             env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "waited").read_text().strip() == waits
+
+
+def test_removing_the_last_file_in_a_subdirectory_removes_the_edd_infra_directory_too(tmp_path):
+    """The alert rules live in /etc/edd-infra/prometheus/; when the broker goes last, its
+    delete must leave no empty /etc/edd-infra behind (and never touch /etc itself)."""
+    root = tmp_path / "etc"
+    rules = root / "edd-infra" / "prometheus" / "edd-infra.rules.yml"
+    rules.parent.mkdir(parents=True)
+    rules.write_text("groups: []\n")
+    (root / "hostname").write_text("h\n")
+    text = host_scripts.remove_files(["/etc/edd-infra/prometheus/edd-infra.rules.yml"]).replace("/etc", str(root))
+    subprocess.run(["sh", "-c", text], check=True)
+    assert sorted(p.name for p in root.iterdir()) == ["hostname"]
