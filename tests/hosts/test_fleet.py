@@ -78,20 +78,26 @@ def changes(stack, config) -> dict:
 
 def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
     """From one worker host to three and back: each added host gets its service account,
-    worker unit and repair twin (5 resources), each removed one loses them; nothing else moves."""
+    worker unit and repair twin (5 resources), each removed one loses them; the broker's
+    command rewrites the alert rules (they expect that many workers) without restarting
+    RabbitMQ; nothing else moves."""
     stack, broker, (w1, *more) = fleet
+    rabbit = sh(broker, "systemctl show -p MainPID --value rabbitmq-server").strip()
     base = json.loads(stack.stack.get_config("edd-infra:workers").value)
     hosts = json.loads(stack.stack.get_config("edd-infra:hosts").value)
     grown_hosts = dict(hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key}
                                  for w in more})
     grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(more, 3)]
     added = changes(stack, {"hosts": grown_hosts, "workers": grown})
-    assert added == {"same": added.get("same"), "create": 5 * len(more)}, added
+    assert added == {"same": added.get("same"), "create": 5 * len(more), "update": 1}, added
+    rules = sh(broker, "cat /etc/edd-infra/prometheus/edd-infra.rules.yml")
+    assert f"flower_worker_online == 1) or vector(0)) < {len(grown)}" in rules
     for i, w in enumerate(more, 3):
         assert sh(w, f"systemctl is-active celery-edd-worker-{i}").strip() == "active"
     assert [send_task(broker, i, 1) for i in range(12)] == [str(i + 1) for i in range(12)]
     removed = changes(stack, {"hosts": hosts, "workers": base})
-    assert removed == {"same": removed.get("same"), "delete": 5 * len(more)}, removed
+    assert removed == {"same": removed.get("same"), "delete": 5 * len(more), "update": 1}, removed
+    assert sh(broker, "systemctl show -p MainPID --value rabbitmq-server").strip() == rabbit
     for i, w in enumerate(more, 3):
         assert sandbox_hosts.run(w, f"systemctl cat celery-edd-worker-{i}", timeout=60).returncode != 0
         assert sh(w, "getent passwd celery || true").strip() == ""
