@@ -146,7 +146,7 @@ def raw_accounts() -> str:
 
 
 # The stock worker runs with the program's default task settings, so throughput compares like with like.
-TASKS = Tasks()
+TASK_LIMITS = Tasks()
 
 
 def raw_config_module() -> str:
@@ -154,7 +154,8 @@ def raw_config_module() -> str:
     text = render_celery_config_module(celery_settings(
         queue="edd", exchange="edd", exchange_type="fanout", queue_type="classic",
         control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev",
-        soft_time_limit=TASKS.soft_time_limit, time_limit=TASKS.time_limit, prefetch_multiplier=TASKS.prefetch_multiplier))
+        soft_time_limit=TASK_LIMITS.soft_time_limit, time_limit=TASK_LIMITS.time_limit,
+        prefetch_multiplier=TASK_LIMITS.prefetch_multiplier))
     return f"mkdir -p {RAW_CONFIG_DIR}\ncat > {RAW_CONFIG_DIR}/{CONFIG_MODULE}.py <<'EOF'\n{text}EOF"
 
 
