@@ -480,7 +480,8 @@ def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
             up(stack)  # back to none
         rows = [Row(f"up adding {n} worker host{'s' * (n > 1)}", f"{t:.1f}", "s", "account, unit, repair command each")
                 for n, t in seconds.items()]
-        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x", "hosts deployed in parallel")] + rolled
+        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x",
+                           "accounts in parallel, worker units in turn (rollout.maxUnavailable 1)")] + rolled
     finally:
         sandbox_hosts.shutdown(FLEET_HOSTS)
 
