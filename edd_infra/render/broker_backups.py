@@ -13,8 +13,8 @@ into a running node and deletes `guest`, which a node with fresh data has again.
 
 from __future__ import annotations
 
-from .host_scripts import (BROKER_LOCALE, IMPORT_DEFINITIONS, MANIFEST_DIR, FileSpec, activate, q, retry, script,
-                           write_file)
+from .host_scripts import (BROKER_LOCALE, IMPORT_DEFINITIONS, MANIFEST_DIR, FileSpec, activate, q, queue_exists,
+                           retry, script, write_file)
 
 BACKUP_DIR = "/var/backups/edd-infra"
 UNIT = "edd-infra-backup"
@@ -80,7 +80,7 @@ find "$dir" -maxdepth 1 -name 'definitions-*.json' | sort -r | tail -n +{keep + 
 def restore_script(*, vhost: str, queue: str, start_timeout: int) -> str:
     """Import a backup (argument, or the newest in BACKUP_DIR) into the running node, and
     wait until the (asynchronous) import made the app's `queue`."""
-    has_queue = f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
+    has_queue = queue_exists(vhost, queue)
     return f"""#!/bin/sh
 # Written by edd-infra: import a definitions backup into this node (default: the newest in
 # {BACKUP_DIR}), then delete guest, which a node with fresh data has again.

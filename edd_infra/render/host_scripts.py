@@ -505,6 +505,11 @@ if ! rabbitmqctl -q import_definitions "$defs/definitions.json" </dev/null >/dev
 rm -rf "$defs\""""
 
 
+def queue_exists(vhost: str, queue: str) -> str:
+    """A shell test: `queue` exists in `vhost` (after an asynchronous definitions import)."""
+    return f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
+
+
 def queue_messages(vhost: str, queue: str) -> str:
     """Shell function `left`: messages (ready and unacked) in `queue`, empty if there is no
     such queue, `unknown` if the broker does not answer."""
@@ -522,7 +527,7 @@ def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, star
     import (asynchronous) made `queue`, then give the shovel its account: `user` with the
     password on stdin's first line, allowed to publish to `exchange` only."""
     exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
-    has_queue = f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
+    has_queue = queue_exists(vhost, queue)
     password = f"printf '%s\\n' \"$password\" | rabbitmqctl"
     return broker_script(
         wait_for_broker(start_timeout),

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
+from edd_infra.render.broker_backups import BACKUP_DIR
 from sandbox.deploy import send_task
 from tests.hosts.deployment import amqp_login, deployment, print_figures
 
 pytestmark = pytest.mark.hosts
 KEEP = 3
-BACKUP_DIR = "/var/backups/edd-infra"
 FIGURES: dict[str, float] = {}
 
 

@@ -51,12 +51,6 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
 
 # --- the host seen from this machine, without SSH -----------------------------------------
 
-def inside(host: sandbox_hosts.SandboxHost, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `command` in the host's namespaces (nsenter on its PID 1): works while sshd is down."""
-    return subprocess.run(["nsenter", "-t", str(host.leader_pid), "-a", "/bin/sh", "-c", command],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 def host_processes(host: sandbox_hosts.SandboxHost) -> list[tuple[int, str, str]]:
     """(PID as this machine sees it, comm, argv joined by spaces) of every process on the host."""
     ns = os.readlink(f"/proc/{host.leader_pid}/ns/pid")
@@ -76,7 +70,7 @@ def host_processes(host: sandbox_hosts.SandboxHost) -> list[tuple[int, str, str]
 def cut_ssh(host: sandbox_hosts.SandboxHost) -> list[int]:
     """Stop sshd on the host and kill every SSH session it serves (by PID): open connections
     drop, new ones are refused. Returns the PIDs killed."""
-    stopped = inside(host, "systemctl stop ssh.service")
+    stopped = sandbox_hosts.inside(host, "systemctl stop ssh.service")
     assert stopped.returncode == 0, stopped.stderr
     # OpenSSH 9.8+ (Debian 13) serves each session from an `sshd-session` process.
     sessions = [pid for pid, comm, _ in host_processes(host) if comm in ("sshd", "sshd-session", "sshd-auth")]
@@ -89,7 +83,7 @@ def cut_ssh(host: sandbox_hosts.SandboxHost) -> list[int]:
 def restore_ssh(host: sandbox_hosts.SandboxHost, timeout: float = 120) -> float:
     """Start sshd again; return the seconds until an SSH command answers."""
     started = time.monotonic()
-    inside(host, "systemctl start ssh.service")
+    sandbox_hosts.inside(host, "systemctl start ssh.service")
     while sandbox_hosts.run(host, "true", timeout=30).returncode != 0:
         assert time.monotonic() - started < timeout, "sshd did not answer again"
         time.sleep(0.5)
