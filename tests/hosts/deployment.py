@@ -107,7 +107,11 @@ def print_figures(request, title: str, figures: dict[str, float]) -> None:
     not an assertion: speed goals are checked by `make bench`)."""
     if not figures:
         return
-    line = f"{title} (s): " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+    print_line(request, f"{title} (s): " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+
+
+def print_line(request, line: str) -> None:
+    """One line on the terminal, past pytest's output capture (figures that are not seconds)."""
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print("\n" + line, flush=True)
