@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from edd_infra.settings import Flower
 from edd_infra.workspace import ROOT, ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox.image import APP_TARGET, VENV, client_key
@@ -22,7 +23,8 @@ from sandbox.tls import make_broker_certificates, make_signing_certificate
 
 STACK = "sandbox"
 HOST = "edd-sandbox"
-PASSPHRASE = os.environ.get("PULUMI_CONFIG_PASSPHRASE", "edd-infra-example")
+DEFAULT_PASSPHRASE = "edd-infra-example"  # the Makefile's too
+PASSPHRASE = os.environ.get("PULUMI_CONFIG_PASSPHRASE", DEFAULT_PASSPHRASE)
 WORKER = "edd-worker-1"
 # SANDBOX_WORKER_HOSTS=N adds N worker-only hosts, each running one more worker over TLS.
 WORKER_HOSTS = int(os.environ.get("SANDBOX_WORKER_HOSTS", "0"))
@@ -164,12 +166,20 @@ def up() -> None:
     flower = outputs["flowerUrl"].value
     print(f"""
 Sandbox deployed in {time.monotonic() - started:.0f} s.
-  Flower:      {flower}  (user admin; password: scripts/pulumi config get flowerUiPassword -s {STACK})
+  Flower:      {flower}  (from this machine: the host's private link){flower_login()}
   Management:  {outputs['managementEndpoint'].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
   EDD settings: /etc/edd-infra/edd-rabbitmq.json on the host; stack output eddSettings (secret)
   Host shell:  {shlex.join(host.ssh_command())}
   Worker unit: systemctl status celery-{WORKER}   (on the host){cluster_line(host, node_hosts)}
   Tear down:   make sandbox-down""")
+
+
+def flower_login() -> str:
+    """How to log in to Flower's dashboard: its basic auth user and where the password is (the
+    command prints the secret, so it is not printed here; it needs the stack's passphrase)."""
+    passphrase = f"PULUMI_CONFIG_PASSPHRASE={shlex.quote(PASSPHRASE)} " if PASSPHRASE == DEFAULT_PASSPHRASE else ""
+    return (f"\n               log in as {Flower.model_fields['ui_user'].default}, password from: "
+            f"{passphrase}scripts/pulumi config get flowerUiPassword -s {STACK}")
 
 
 def cluster_line(host: sandbox_hosts.SandboxHost, nodes: list) -> str:
