@@ -137,6 +137,8 @@ def deployed(request, plugins_ready, sandbox_hosts, browser, tmp_path_factory):
     print_figures(request, "flower browser", FIGURES)
     for line in SHOTS:
         print_line(request, line)
+    FIGURES.clear()  # each release's figures once
+    SHOTS.clear()
 
 
 def plain(value):
