@@ -26,6 +26,13 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 PROJECT = "edd-infra"
+# Prod stacks: `prod` and `prod-<anything>` (the policy pack's PROD_STACKS says the same).
+PROD_STACKS = ("prod",)
+
+
+def is_prod_stack(name: str) -> bool:
+    return any(name == s or name.startswith(s + "-") for s in PROD_STACKS)
+
 
 # Names that end up in unit names, file names and shell words: keep them boring.
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
