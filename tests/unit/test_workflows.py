@@ -90,7 +90,7 @@ PRIVILEGED_TRIGGERS = {"pull_request_target", "workflow_run", "issue_comment"}
 
 
 def _secrets(value) -> set[str]:
-    return set(re.findall(r"\bsecrets\.([A-Za-z_]\w*)", str(value))) - {"GITHUB_TOKEN"}
+    return set(re.findall(r"(?<![\w.])secrets\.([A-Za-z_]\w*)", str(value))) - {"GITHUB_TOKEN"}
 
 
 def _environment(job: dict) -> str | None:
