@@ -3,7 +3,12 @@ SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/edd-infra
 PY := $(CACHE)/venv/bin/python
 PULUMI := scripts/pulumi
+# The published example passphrase, so `make preview` runs on the committed example stacks. The
+# program itself refuses any other stack keyed with it (edd_infra/example_passphrase.py): set your
+# own PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE (README: re-keying).
+ifndef PULUMI_CONFIG_PASSPHRASE_FILE
 export PULUMI_CONFIG_PASSPHRASE ?= edd-infra-example
+endif
 
 .PHONY: toolchain unit test preview preview-pr sandbox sandbox-down bench
 

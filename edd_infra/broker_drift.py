@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import secrets
 import ssl
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+from urllib.parse import urlsplit
 
 from .render.password_hash import password_matches
 
@@ -63,6 +65,28 @@ class BrokerDrift:
 NOT_CHECKED = BrokerDrift()
 
 
+class PlainHttpRefused(ValueError):
+    """The probe would send the admin password in cleartext off the machine: it does not dial."""
+
+
+def plain_http_problem(endpoint: str) -> Optional[str]:
+    """Why the probe refuses `endpoint` (plain http:// to an address that is not loopback), or None."""
+    split = urlsplit(endpoint)
+    if split.scheme.lower() != "http":
+        return None
+    host = split.hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"the management API at {endpoint} is plain HTTP on {host or 'no host'}, not loopback: the drift probe "
+            "(and the rabbitmq provider) would send the admin password in cleartext across the network. Turn on "
+            "broker.tls (the API is then HTTPS on broker.managementAddress, checked against the stack's CA), or use "
+            "a loopback broker.managementAddress")
+
+
 def _get(url: str, user: str, password: str, timeout: float, context: Optional[ssl.SSLContext]):
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
@@ -79,7 +103,11 @@ def observe(
     timeout: float = 3.0,
     ca_file: Optional[str] = None,
 ) -> BrokerDrift:
-    """Read the broker's users once and compare them with the configured passwords."""
+    """Read the broker's users once and compare them with the configured passwords. Raises
+    PlainHttpRefused, before dialling, for plain HTTP off loopback."""
+    problem = plain_http_problem(endpoint)
+    if problem:
+        raise PlainHttpRefused(problem)
     context = ssl.create_default_context(cafile=ca_file) if endpoint.startswith("https:") else None
     try:
         users = _get(f"{endpoint}/api/users", admin_user, admin_password, timeout, context)

@@ -381,7 +381,8 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
                             "(services on the broker host connect there without TLS)")
     if settings.broker.cluster_nodes and not secrets.get("erlangCookie"):
         problems.append(f"{PROJECT}:erlangCookie: required when broker.clusterNodes is set "
-                        "(pulumi config set --secret erlangCookie \"$(openssl rand -hex 32)\")")
+                        "(the value on stdin, never on a command line: "
+                        "openssl rand -hex 32 | pulumi config set --secret erlangCookie)")
     if settings.celery_signing is not None:
         if not secrets.get("celerySigningKey"):
             problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "

@@ -26,11 +26,34 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 PROJECT = "edd-infra"
+# Prod stacks: `prod` and `prod-<anything>` (the policy pack's PROD_STACKS says the same).
+PROD_STACKS = ("prod",)
+
+
+def is_prod_stack(name: str) -> bool:
+    return any(name == s or name.startswith(s + "-") for s in PROD_STACKS)
+
 
 # Names that end up in unit names, file names and shell words: keep them boring.
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 # RabbitMQ and POSIX user names the program creates.
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")]
+# A word of rabbitmq.conf's key syntax (cuttlefish: `word <- ("\\." / [A-Za-z0-9_-])+`, words joined
+# by "."): a name written into a key (`loopback_users.<name>`) must be one plain word, so no "."
+# (nor space, "@", non-ASCII...). The "\\." escape is not used: one rule, the same on every release.
+CONF_KEY_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
+
+
+def _conf_key_user_name(value: str) -> str:
+    if not CONF_KEY_USER_NAME.fullmatch(value):
+        raise ValueError("must be 1 to 32 letters, digits, '_' or '-', starting with a letter or '_': it is written "
+                         "into rabbitmq.conf as the key loopback_users.<name>, whose syntax cannot hold '.' or any "
+                         "other character")
+    return value
+
+
+# A user name the program writes into a rabbitmq.conf key.
+ConfKeyUserName = Annotated[str, AfterValidator(_conf_key_user_name)]
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./@+-]*$")]
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -317,7 +340,8 @@ class AppUser(Model):
     (checked against what Celery needs, with a warning per gap).
     """
 
-    name: UserName = "edd_user"
+    # Written into rabbitmq.conf (`loopback_users.<name>`) while the app logs in from loopback only.
+    name: ConfKeyUserName = "edd_user"
     tags: list[Literal["management", "monitoring", "policymaker"]] = Field(default_factory=list)
     permission_profile: Literal["least", "full", "custom"] = "least"
     permissions: Optional[Permissions] = None

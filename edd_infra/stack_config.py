@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
+import yaml
 from pulumi.runtime.config import CONFIG, is_config_secret
 
 from .config_errors import ConfigError, file_problems, secret_problems, validate
+from .example_passphrase import example_passphrase_problem
 from .settings import OPTIONAL_SECRETS, PROJECT, REQUIRED_SECRETS, StackSettings
 
 
@@ -51,6 +53,16 @@ def _unknown_keys() -> list[str]:
         for name in names
         if name not in known
     )
+
+
+def encryption_salt(project_dir: Path, stack: str) -> Optional[str]:
+    """The passphrase provider's state in the stack's settings file, if any."""
+    try:
+        document = yaml.safe_load((project_dir / f"Pulumi.{stack}.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    salt = document.get("encryptionsalt") if isinstance(document, dict) else None
+    return salt if isinstance(salt, str) else None
 
 
 def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
@@ -99,6 +111,10 @@ async def load_settings(config: Optional[pulumi.Config] = None,
     problems += secret_problems(values, flags) + _unknown_keys()
     if settings is not None:
         project_dir = project_dir or Path(pulumi.get_root_directory() or ".")
+        stack = pulumi.get_stack()
+        # First: a stack keyed with the published passphrase stops here, before any resource.
+        passphrase = example_passphrase_problem(stack, encryption_salt(project_dir, stack), values, settings.hosts)
+        problems = ([passphrase] if passphrase else []) + problems
         problems += file_problems(settings, values, project_dir)
         settings = _absolute_paths(settings, project_dir)
     for key in OPTIONAL_SECRETS:

@@ -23,9 +23,11 @@ from pulumi_policy import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rules  # noqa: E402
-from rules import COMMAND_TYPES, EXCHANGE_TYPE, QUEUE_TYPE, REMOTE_COMMAND, USER_TYPE, get  # noqa: E402
+from rules import (COMMAND_TYPES, EXCHANGE_TYPE, QUEUE_TYPE, RABBITMQ_PROVIDER, REMOTE_COMMAND, USER_TYPE,  # noqa: E402
+                   get)
 
-# Stacks where SSH host keys must be pinned: prod, and prod-<anything>.
+# Prod stacks (SSH host keys pinned, the management API only over TLS off loopback): prod, and
+# prod-<anything>. edd_infra.settings.is_prod_stack says the same for the program.
 PROD_STACKS = ("prod",)
 
 
@@ -92,15 +94,44 @@ def broker_listeners_loopback_or_tls(args: ResourceValidationArgs, report: Repor
                    "(broker.managementAddress), or serve it over TLS (management.ssl).")
 
 
-def management_listener_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+def _plain_management_off_loopback(args: ResourceValidationArgs) -> list[str]:
+    """Where the management API (Pulumi's admin password on every call) is plain HTTP off
+    loopback: a private address in rabbitmq.conf's management.tcp.ip (public ones and every
+    interface are broker-listeners-loopback-or-tls's), or an http:// endpoint of the rabbitmq
+    provider (what Pulumi dials, an external broker's too) that is not loopback."""
+    if args.resource_type == RABBITMQ_PROVIDER:
+        endpoint = get(args.props, "endpoint")
+        host = rules.plain_http_host(endpoint) if isinstance(endpoint, str) else None
+        if host is not None and rules.address_kind(host) != "loopback":
+            return [f"the rabbitmq provider dials {endpoint} (plain HTTP to {host or 'no host'}), so every call "
+                    "sends Pulumi's admin password in cleartext across the network"]
+        return []
     listeners = _listeners(args)
     if listeners is None:
+        return []
+    return [f"rabbitmq.conf serves the management API (Pulumi's admin password on every call) as plain HTTP on "
+            f"{address}, a private network address, not loopback and not TLS"
+            for address in listeners["management"] if rules.address_kind(address) == "private"]
+
+
+TLS_FIX = ("Turn on broker.tls: the API is then HTTPS on broker.managementAddress (checked against the stack's "
+           "CA) and plain HTTP only on loopback.")
+
+
+def management_listener_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not _is_prod(args.urn):
         return
-    for address in listeners["management"]:
-        if rules.address_kind(address) == "private":
-            report(f"{args.name}: the management API (with Pulumi's admin password on every call) is plain HTTP on "
-                   f"{address}, a private network, not loopback and not TLS. Keep that network reachable only "
-                   "from Pulumi's machine, or serve the listener over TLS.")
+    for problem in _plain_management_off_loopback(args):
+        report(f"{args.name}: {problem}. Stack {rules.stack_of(args.urn)!r} is a prod stack, where the management "
+               f"API leaves loopback only over TLS. {TLS_FIX}")
+
+
+def management_listener_tls_outside_prod(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if _is_prod(args.urn):
+        return
+    for problem in _plain_management_off_loopback(args):
+        report(f"{args.name}: {problem}. Keep that network reachable only from Pulumi's machine, or serve the "
+               f"API over TLS (mandatory in prod stacks). {TLS_FIX}")
 
 
 def flower_not_public_without_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -226,8 +257,10 @@ POLICIES = [
      administrator_only_broker_admin, MANDATORY),
     ("broker-listeners-loopback-or-tls", "Plain AMQP only on loopback; the plain management API never on a public "
      "address or every interface.", broker_listeners_loopback_or_tls, MANDATORY),
-    ("management-listener-tls", "A plain-HTTP management API off loopback (a private admin network) is flagged "
-     "until it is served over TLS.", management_listener_tls, ADVISORY),
+    ("management-listener-tls", "In prod stacks the management API is never plain HTTP off loopback (rabbitmq.conf "
+     "or the provider's endpoint): TLS.", management_listener_tls, MANDATORY),
+    ("management-listener-tls-outside-prod", "Outside prod, a plain-HTTP management API off loopback (a private "
+     "admin network) is flagged until it is served over TLS.", management_listener_tls_outside_prod, ADVISORY),
     ("flower-not-public-without-auth", "Flower is never reachable off loopback without basic_auth or auth.",
      flower_not_public_without_auth, MANDATORY),
     ("stdin-commands-log-nothing", "A command that receives stdin logs nothing and marks stdout/stderr secret.",

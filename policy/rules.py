@@ -15,6 +15,7 @@ import ipaddress
 import re
 import shlex
 from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
 
 from pulumi_policy.proxy import UnknownValueError
 
@@ -23,6 +24,7 @@ REMOTE_COMMAND = "command:remote:Command"
 USER_TYPE = "rabbitmq:index/user:User"
 QUEUE_TYPE = "rabbitmq:index/queue:Queue"
 EXCHANGE_TYPE = "rabbitmq:index/exchange:Exchange"
+RABBITMQ_PROVIDER = "pulumi:providers:rabbitmq"
 SCRIPTS = ("create", "update", "delete")
 UNKNOWN = object()
 
@@ -72,6 +74,14 @@ def address_kind(address: str) -> str:
     if ip.is_loopback:
         return "loopback"
     return "public" if ip.is_global else "private"
+
+
+def plain_http_host(url: str) -> Optional[str]:
+    """The host of an http:// (not https://) URL, or None for any other URL."""
+    split = urlsplit(url.strip())
+    if split.scheme.lower() != "http":
+        return None
+    return split.hostname or ""
 
 
 def split_listener(value: str) -> tuple[str, str]:

@@ -8,11 +8,15 @@ so guest is named again even though the program deletes it.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 TLS_DIR = "/etc/rabbitmq/tls"
 LOOPBACK = "127.0.0.1"
+# One word of a rabbitmq.conf key (cuttlefish's grammar, "\\." escapes aside): what a name
+# placed in a key may hold. settings.ConfKeyUserName refuses others before anything renders.
+KEY_WORD = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,11 @@ def render_rabbitmq_conf(
     if prometheus_port is not None:
         lines += [f"prometheus.tcp.ip = {LOOPBACK if tls else prometheus_address}",
                   f"prometheus.tcp.port = {prometheus_port}"]
-    lines += [f"loopback_users.{user} = true" for user in loopback_users]
+    for user in loopback_users:
+        if not KEY_WORD.fullmatch(user):
+            raise ValueError(f"loopback_users.{user}: a user name in a rabbitmq.conf key may hold only letters, "
+                             "digits, '_' and '-'")
+        lines.append(f"loopback_users.{user} = true")
     # Password mechanisms only (RabbitMQ 4 also offers ANONYMOUS, a login without one).
     lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = AMQPLAIN"]
     if consumer_timeout_ms is not None:

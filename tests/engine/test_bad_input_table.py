@@ -107,6 +107,9 @@ CLUSTER = (
     (("appQueue",), {"queueType": "quorum"}),
 )
 URL_PREFIX = "^([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$"
+APP_USER_KEY_WORD = ("edd-infra:appUser.name: must be 1 to 32 letters, digits, '_' or '-', starting with a letter or "
+                     "'_': it is written into rabbitmq.conf as the key loopback_users.<name>, whose syntax cannot hold "
+                     "'.' or any other character")
 
 CASES = [
     # Unknown keys, at every object level.
@@ -261,8 +264,18 @@ CASES = [
     row("vhost-with-space", "edd-infra:vhost: must match ^/[A-Za-z0-9_.-]*$")((("vhost",), "/edd prod")),
     row("app-user-guest", "edd-infra:appUser.name: 'guest' is removed from the broker; choose another name")(
         (("appUser",), {"name": "guest"})),
-    row("app-user-with-space", "edd-infra:appUser.name: must match ^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")(
-        (("appUser",), {"name": "edd user"})),
+    row("app-user-with-space", APP_USER_KEY_WORD)((("appUser",), {"name": "edd user"})),
+    # appUser.name is written into rabbitmq.conf as `loopback_users.<name> = true`: cuttlefish's key
+    # syntax splits it at a "." (RabbitMQ then refuses to boot on an unknown key) and holds no other sign.
+    row("app-user-with-dot", APP_USER_KEY_WORD)((("appUser",), {"name": "edd.user"})),
+    row("app-user-with-at", APP_USER_KEY_WORD)((("appUser",), {"name": "edd@edd"})),
+    row("app-user-non-ascii", APP_USER_KEY_WORD)((("appUser",), {"name": "edd_\u00fcser"})),
+    row("app-user-with-equals", APP_USER_KEY_WORD)((("appUser",), {"name": "edd=true"})),
+    # A dotted name is refused even while no loopback_users line is written (a worker on another host):
+    # moving the workers back would write it.
+    row("app-user-with-dot-and-remote-worker", APP_USER_KEY_WORD)(
+        *CLUSTER[:1], (("broker", "amqpListeners"), ["127.0.0.1", "192.0.2.10"]),
+        (("hosts", "w2"), SECOND_HOST), (("workers", 1, "host"), "w2"), (("appUser",), {"name": "edd.user"})),
     row("app-user-administrator-tag", "edd-infra:appUser.tags[0]: Input should be 'management', 'monitoring' or "
         "'policymaker'")((("appUser",), {"tags": ["administrator"]})),
     row("configure-regex-unclosed", "edd-infra:appUser.permissions.configure: must be a regular expression that "

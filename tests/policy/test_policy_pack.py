@@ -129,6 +129,7 @@ def bad_program() -> None:
     local.Command("conf-defaults", create=conf_script(["loopback_users.guest = true"]))
     local.Command("conf-private-management", create=conf_script([
         "listeners.tcp.1 = 127.0.0.1:5672", "management.tcp.ip = 10.20.30.40", "management.tcp.port = 15672"]))
+    rabbitmq.Provider("plain-remote-api", endpoint="http://10.20.30.40:15672", username=ADMIN, password=password)
     local.Command("flower-public-no-auth", create=flower_unit(f"--conf={FLOWER_CONF}"),
                   stdin=flower_bundle("0.0.0.0", None), **QUIET, opts=quiet)
     local.Command("flower-no-address", create=flower_unit())
@@ -151,7 +152,11 @@ VIOLATIONS = {
     "no-guest-user": ({"guest-user", "guest-by-command"}, ["guest"]),
     "administrator-only-broker-admin": ({"flower-admin"}, ["'bunny'", f"'{ADMIN}'", "administrator"]),
     "broker-listeners-loopback-or-tls": ({"conf-public", "conf-defaults"}, ["0.0.0.0", "every interface"]),
-    "management-listener-tls": ({"conf-private-management"}, ["10.20.30.40", "TLS"]),
+    "management-listener-tls": ({"conf-private-management", "plain-remote-api"},
+                                ["10.20.30.40", "http://10.20.30.40:15672", "'prod'", "broker.tls"]),
+    # Checked in the staging preview (below): the same resources, advisory outside prod.
+    "management-listener-tls-outside-prod": ({"conf-private-management", "plain-remote-api"},
+                                             ["10.20.30.40", "mandatory in prod stacks", "broker.tls"]),
     "flower-not-public-without-auth": ({"flower-public-no-auth", "flower-no-address"},
                                        [f"address in {FLOWER_CONF}", "every interface", "basic_auth"]),
     "stdin-commands-log-nothing": ({"loud-stdin"}, ['not "none"', "lacks stdout and stderr"]),
@@ -185,10 +190,16 @@ def test_passing_cases_preview_cleanly(previews):
     assert good.violations == []
 
 
+# Policies that apply outside prod only: BAD shows their violations in the staging preview.
+OUTSIDE_PROD = {"management-listener-tls-outside-prod"}
+# Policies that apply in prod stacks only.
+PROD_ONLY = {"prod-host-key-checking", "management-listener-tls"}
+
+
 @pytest.mark.parametrize("policy", sorted(VIOLATIONS))
 def test_policy_flags_exactly_its_violating_cases(previews, policy):
     expected, words = VIOLATIONS[policy]
-    bad = previews["bad"]
+    bad = previews["staging" if policy in OUTSIDE_PROD else "bad"]
     assert bad.flagged(policy) == expected
     level = pack_policies()[policy]
     assert bad.levels(policy) == {level}
@@ -205,12 +216,21 @@ def test_mandatory_violations_fail_the_preview(previews):
 
 
 def test_advisory_violations_alone_do_not_fail_a_preview(previews):
-    # staging: the prod-only policy is silent, everything else is as in prod.
+    # staging: the prod-only policies are silent, the outside-prod ones speak, everything else is as in prod.
     staging, bad = previews["staging"], previews["bad"]
-    assert staging.flagged("prod-host-key-checking") == set()
-    for policy in VIOLATIONS:
-        if policy != "prod-host-key-checking":
-            assert staging.flagged(policy) == bad.flagged(policy)
+    for policy in PROD_ONLY:
+        assert staging.flagged(policy) == set() and bad.flagged(policy)
+    for policy in OUTSIDE_PROD:
+        assert bad.flagged(policy) == set() and staging.flagged(policy)
+    for policy in set(VIOLATIONS) - PROD_ONLY - OUTSIDE_PROD:
+        assert staging.flagged(policy) == bad.flagged(policy)
+
+
+def test_plain_http_management_off_loopback_is_mandatory_in_prod_only(previews):
+    """The door of issue 20: in prod the management API leaves loopback only over TLS."""
+    assert pack_policies()["management-listener-tls"] == "mandatory"
+    assert previews["bad"].levels("management-listener-tls") == {"mandatory"}
+    assert previews["staging"].levels("management-listener-tls-outside-prod") == {"advisory"}
 
 
 def test_no_secret_reaches_any_preview_text(previews):

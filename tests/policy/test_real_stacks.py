@@ -123,8 +123,13 @@ REFUSED = {
     # Plain AMQP on the host's own (private) address, besides loopback.
     "plain-amqp-off-loopback": ("sandbox", lambda: sandbox_like(broker={"amqpListeners": ["127.0.0.1", "10.57.250.2"]}),
                                 "broker-listeners-loopback-or-tls", {"broker-server"}),
-    "prod-without-host-keys": ("prod", lambda: without_host_key(sandbox_like(requireHostKeys=False)),
-                               "prod-host-key-checking", "every remote command"),
+    # The management API on loopback, so only the host-key policy speaks.
+    "prod-without-host-keys": ("prod", lambda: without_host_key(sandbox_like(
+        requireHostKeys=False, broker={"managementAddress": "127.0.0.1"})), "prod-host-key-checking",
+        "every remote command"),
+    # The sandbox's plain config (no broker.tls) as a prod stack: the management API is plain HTTP on
+    # the host's private address, in rabbitmq.conf and in the provider's endpoint.
+    "prod-plain-management-api": ("prod", sandbox_like, "management-listener-tls", {"broker-server", "broker-provider"}),
 }
 
 

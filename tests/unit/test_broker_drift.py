@@ -104,3 +104,69 @@ def test_admin_refused(api):
 def test_unreachable_broker_is_unknown():
     drift = broker_drift.observe("http://127.0.0.1:9", "a", "b", {}, timeout=1)
     assert drift == broker_drift.NOT_CHECKED and drift.admin_token() is None
+
+
+@pytest.mark.parametrize("endpoint", ["http://192.0.2.10:15672", "http://10.0.0.5:15672", "HTTP://edd-queue:15672",
+                                      "http://[2001:db8::1]:15672", "http://0.0.0.0:15672"])
+def test_the_probe_refuses_plain_http_off_loopback_before_dialling(monkeypatch, endpoint):
+    def dial(*args, **kwargs):
+        raise AssertionError("the probe dialled a plain-HTTP management API off loopback")
+
+    monkeypatch.setattr(broker_drift.urllib.request, "urlopen", dial)
+    with pytest.raises(broker_drift.PlainHttpRefused) as refused:
+        broker_drift.observe(endpoint, "edd-infra-admin", "adm pw", {"edd_user": "x"})
+    message = str(refused.value)
+    assert "plain HTTP" in message and "cleartext" in message and "broker.tls" in message
+    assert "adm pw" not in message
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:15672", "http://[::1]:15672", "http://localhost:15672",
+                                      "https://192.0.2.10:15671", "https://edd-queue:15671"])
+def test_the_probe_dials_loopback_and_https(endpoint):
+    assert broker_drift.plain_http_problem(endpoint) is None
+
+
+def drift_settings(**broker):
+    from edd_infra.settings import StackSettings
+    from tests.unit.samples import sample_raw
+
+    return StackSettings.model_validate(sample_raw(broker={"host": "queue", **broker}))
+
+
+@pytest.mark.parametrize("stack, refused", [("prod", True), ("prod-eu", True), ("staging", False), ("dev", False)])
+def test_up_stops_before_any_change_in_prod_and_skips_the_probe_elsewhere(monkeypatch, stack, refused):
+    """observe_drift runs before any resource is registered: in a prod stack plain HTTP off loopback
+    stops `up` there; elsewhere `up` goes on with a warning and no probe (as the policy's levels)."""
+    import asyncio
+
+    import pulumi
+
+    from edd_infra import program
+    from edd_infra.config_errors import ConfigError
+
+    warnings = []
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: False)
+    monkeypatch.setattr(pulumi, "get_stack", lambda: stack)
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    monkeypatch.setattr(broker_drift, "observe", lambda *a, **k: pytest.fail("the probe ran"))
+    settings = drift_settings(managementAddress="192.0.2.10")
+    # No secret is awaited before the refusal.
+    if refused:
+        with pytest.raises(ConfigError, match=r"edd-infra:broker\.managementAddress: .*plain HTTP on 192\.0\.2\.10"):
+            asyncio.run(program.observe_drift(settings, None))
+    else:
+        assert asyncio.run(program.observe_drift(settings, None)) == broker_drift.NOT_CHECKED
+        assert len(warnings) == 1 and "drift on the broker not checked" in warnings[0]
+
+
+def test_the_program_and_the_policy_pack_agree_on_prod_stacks():
+    import ast
+    from pathlib import Path
+
+    from edd_infra.settings import PROD_STACKS, is_prod_stack
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "policy" / "__main__.py").read_text())
+    pack = next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PROD_STACKS")
+    assert pack == PROD_STACKS
+    assert [is_prod_stack(s) for s in ("prod", "prod-eu", "production", "dev", "staging")] == [True, True, False, False, False]

@@ -25,6 +25,8 @@ SECRETS = {
     "appPassword": "app p@ss:/;#%,'\"\\ x",
     "flowerBrokerPassword": "flw p@ss:/;#%,'\"\\ y",
     "flowerUiPassword": "ui p@ss:/;#%,'\"\\ z",
+    # The committed prod stack serves the management API over TLS (its example CA and certificate).
+    "brokerTlsKey": "-----BEGIN PRIVATE KEY-----\ntest key\n-----END PRIVATE KEY-----\n",
 }
 
 
@@ -63,7 +65,7 @@ def run(config, secret_keys=None, drift=None, edited=None):
     recorded = []
     pulumi.runtime.register_stack_transformation(lambda args: recorded.append(args) or None)
     if drift is None:
-        outputs = loop.run_until_complete(deploy(check_drift=False))
+        outputs = loop.run_until_complete(deploy(check_drift=False, project_dir=str(ROOT)))
     else:
         async def observed(*_):
             return drift
@@ -73,7 +75,7 @@ def run(config, secret_keys=None, drift=None, edited=None):
         real = program.observe_drift, program.observe_edits
         program.observe_drift, program.observe_edits = observed, edits
         try:
-            outputs = loop.run_until_complete(deploy())
+            outputs = loop.run_until_complete(deploy(project_dir=str(ROOT)))
         finally:
             program.observe_drift, program.observe_edits = real
     resolved = {key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()}
@@ -189,13 +191,16 @@ def test_nothing_touches_the_broker_before_it_answers(prod):
 def test_outputs(prod):
     outputs, _, _ = prod
     assert set(outputs) == set(OUTPUT_NAMES)
-    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqp://[::1]:5672//edd"]
+    # prod turns on broker.tls for its management API; AMQP stays on loopback (plain and TLS).
+    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqp://[::1]:5672//edd",
+                                          "amqps://127.0.0.1:5671//edd", "amqps://[::1]:5671//edd"]
+    assert outputs["managementEndpoint"] == "https://192.0.2.10:15671"
     assert outputs["flowerUrl"] == "http://127.0.0.1:5555/"
     assert outputs["workerUnits"] == {"celery-edd-worker-1": "edd-queue"}
-    # prod's management API (so its metrics) is on 192.0.2.10 without TLS; no target carries a login.
+    # prod's management API (so its metrics) is on 192.0.2.10 over TLS; no target carries a login.
     assert [(t["url"], t["basicAuth"]) for t in outputs["scrapeTargets"]] == [
-        ("http://192.0.2.10:15692/metrics", False),
-        ("http://192.0.2.10:15692/metrics/detailed?vhost=%2Fedd&family=queue_coarse_metrics"
+        ("https://192.0.2.10:15691/metrics", False),
+        ("https://192.0.2.10:15691/metrics/detailed?vhost=%2Fedd&family=queue_coarse_metrics"
          "&family=queue_consumer_count", False),
         ("http://127.0.0.1:5555/metrics", False)]
     assert outputs["alertRules"] == {"host": "edd-queue", "path": "/etc/edd-infra/prometheus/edd-infra.rules.yml"}
@@ -207,7 +212,9 @@ def test_alert_rules_go_beside_the_broker_config_and_never_restart_it(prod):
     (server,) = [p for t, n, p, *_ in resources if n == "broker-server"]
     create = plain(loop, server["create"])
     assert "[rabbitmq_management,rabbitmq_prometheus]." in create
-    assert "prometheus.tcp.ip = 192.0.2.10" in create
+    # prod serves the management API and the metrics over TLS on 192.0.2.10, plain only on loopback.
+    assert "prometheus.ssl.ip = 192.0.2.10" in create and "prometheus.tcp.ip = 127.0.0.1" in create
+    assert "management.ssl.ip = 192.0.2.10" in create and "management.tcp.ip = 127.0.0.1" in create
     rules_at = create.index("/etc/edd-infra/prometheus/edd-infra.rules.yml")
     # Written inside write_without_restart (between its "was=$changed" and "changed=$was").
     assert create.rfind("was=$changed", 0, rules_at) > create.rfind("changed=$was", 0, rules_at)
@@ -298,7 +305,8 @@ def tls_config(tmp_path, with_key=True):
     broker.update(tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
                   managementAddress="10.0.0.2", amqpListeners=["127.0.0.1", "10.0.0.2"])
     config["edd-infra:broker"] = json.dumps(broker)
-    keys = [f"edd-infra:{k}" for k in SECRETS]
+    keys = [f"edd-infra:{k}" for k in SECRETS if k != "brokerTlsKey"]
+    config.pop("edd-infra:brokerTlsKey")
     if with_key:
         config["edd-infra:brokerTlsKey"] = "-----BEGIN PRIVATE KEY-----\nk3y-s3cr3t\n-----END PRIVATE KEY-----\n"
         keys.append("edd-infra:brokerTlsKey")

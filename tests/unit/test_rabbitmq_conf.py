@@ -112,3 +112,43 @@ def test_tls_with_only_public_listeners_turns_plain_amqp_off():
         amqp_listeners=["10.0.0.2"], amqp_port=5672, management_address="10.0.0.2", management_port=15672,
         node_address="127.0.0.1", loopback_users=[], tls=TlsListeners(5671, 15671))
     assert "listeners.tcp = none" in conf.splitlines()
+
+
+# cuttlefish's key grammar (conf_parse.peg): `key <- word ("." word)*`, `word <- ("\\." / [A-Za-z0-9_-])+`.
+CUTTLEFISH_KEY = __import__("re").compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def broker_confs():
+    """rabbitmq.conf for the unit tests' sample stack in its shapes: seed, TLS, cluster member."""
+    from edd_infra.components.rabbit_broker import broker_files
+    from edd_infra.settings import BrokerTls, StackSettings
+    from tests.unit.samples import sample_raw
+
+    settings = StackSettings.model_validate(sample_raw(appUser={"name": "Edd_app-user-2"}))
+    tls = settings.broker.model_copy(update={"tls": BrokerTls(ca_file="ca.pem", cert_file="server.pem")})
+    for broker in (settings.broker, tls):
+        files = broker_files(broker, ["guest", settings.app_user.name], ("CA", "CERT"), 1000, clustered=True)
+        yield next(f.text for f in files if f.path == "/etc/rabbitmq/rabbitmq.conf")
+
+
+def test_every_rendered_key_fits_cuttlefish_key_syntax():
+    """A name written into a key (loopback_users.<name>) is one key word: RabbitMQ reads the file with
+    cuttlefish, which splits keys at "." and knows no other sign."""
+    for text in broker_confs():
+        for key in parse_conf(text):
+            assert CUTTLEFISH_KEY.fullmatch(key), key
+        assert "loopback_users.Edd_app-user-2" in parse_conf(text)
+
+
+def test_a_name_that_is_no_key_word_is_refused_before_rendering():
+    import pytest
+    from pydantic import ValidationError
+
+    from edd_infra.settings import AppUser
+
+    for name in ("edd.user", "edd user", "edd@x", "ed\u00fc", "a=b", ""):
+        with pytest.raises(ValidationError, match="loopback_users.<name>"):
+            AppUser(name=name)
+        with pytest.raises(ValueError, match="may hold only letters"):
+            render_rabbitmq_conf(amqp_listeners=["127.0.0.1"], amqp_port=5672, management_address="127.0.0.1",
+                                 management_port=15672, node_address="127.0.0.1", loopback_users=["guest", name])

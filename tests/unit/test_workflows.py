@@ -70,6 +70,7 @@ def test_workflow_runs_only_make_targets_and_existing_files(name):
 def test_preview_workflow_previews_every_committed_stack_with_the_policy_pack():
     document = load("preview.yml")
     assert list(document["on"]) == ["pull_request"]  # never pull_request_target: fork code gets no secrets
+    assert document["jobs"]["comment"]["strategy"]["matrix"] == document["jobs"]["preview"]["strategy"]["matrix"]
     job = document["jobs"]["preview"]
     assert set(job["strategy"]["matrix"]["stack"]) == committed_stacks() == {"prod", "dev"}
     preview = [s for s in job["steps"] if re.search(r"^make preview-pr\b", s.get("run", ""), re.M)]
@@ -81,20 +82,103 @@ def test_preview_workflow_previews_every_committed_stack_with_the_policy_pack():
     assert "toolchain" in (ROOT / "Makefile").read_text().split("preview-pr:", 1)[1].splitlines()[0]
 
 
-def test_preview_workflow_skips_without_secrets_and_comments_otherwise():
-    job = load("preview.yml")["jobs"]["preview"]
-    secrets = set(re.findall(r"\bsecrets\.([A-Z]\w+)", str(job)))
-    assert secrets == {"PULUMI_CONFIG_PASSPHRASE", "PULUMI_BACKEND_URL", "PULUMI_ACCESS_TOKEN"}
-    check = job["steps"][1]
-    assert check["id"] == "secrets" and "PULUMI_CONFIG_PASSPHRASE" in check["run"] and "skipped" in check["run"]
-    gated = [s for s in job["steps"][2:] if s.get("if") != "steps.preview.outcome == 'failure'"]
-    assert gated and all(s.get("if") == "steps.secrets.outputs.available == 'true'" for s in gated)
-    comment = [s for s in job["steps"] if s.get("uses", "").startswith("actions/github-script")]
-    assert len(comment) == 1 and "createComment" in comment[0]["with"]["script"]
-    # The preview's own failure is reported after the comment is posted.
-    preview = next(s for s in job["steps"] if s.get("id") == "preview")
-    assert preview["continue-on-error"] is True and preview["shell"] == "bash"  # bash: pipefail through tee
-    assert job["steps"][-1]["if"] == "steps.preview.outcome == 'failure'"
+PROTECTED_ENVIRONMENT = "preview"
+SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
+# Triggers whose run has the base repository's secrets and token while it can check out a pull
+# request's (or a fork's) code.
+PRIVILEGED_TRIGGERS = {"pull_request_target", "workflow_run", "issue_comment"}
+
+
+def _secrets(value) -> set[str]:
+    return set(re.findall(r"(?<![\w.])secrets\.([A-Za-z_]\w*)", str(value))) - {"GITHUB_TOKEN"}
+
+
+def _environment(job: dict) -> str | None:
+    environment = job.get("environment")
+    return environment.get("name") if isinstance(environment, dict) else environment
+
+
+def door_problems(document: dict) -> list[str]:
+    """Ways a pull request's code could run with the stacks' secrets without a reviewer (issue 20).
+    Empty for a workflow that keeps the door shut."""
+    problems = []
+    triggers = document["on"] if isinstance(document["on"], (list, dict)) else [document["on"]]
+    for trigger in PRIVILEGED_TRIGGERS & set(triggers):
+        problems.append(f"triggered by {trigger}: runs with the base repository's secrets and token")
+    if _secrets(document.get("env")):
+        problems.append(f"workflow-level env holds secrets {sorted(_secrets(document.get('env')))}: every job gets them")
+    if document.get("permissions") != {}:
+        problems.append("workflow-level permissions are not {}: every job inherits them")
+    for name, job in document["jobs"].items():
+        used = _secrets({k: v for k, v in job.items() if k != "if"})
+        runs_code = any("run" in step or step.get("uses", "").startswith("actions/checkout")
+                        for step in job.get("steps", []))
+        for step in job.get("steps", []):
+            ref = str((step.get("with") or {}).get("ref", ""))
+            if step.get("uses", "").startswith("actions/checkout") and "head" in ref:
+                problems.append(f"{name}: checks out the pull request's head ({ref})")
+            if step.get("uses", "").startswith("actions/checkout") and used and \
+                    (step.get("with") or {}).get("persist-credentials") is not False:
+                problems.append(f"{name}: checkout leaves the token in .git/config for the code it runs")
+        if not used:
+            continue
+        if _environment(job) != PROTECTED_ENVIRONMENT:
+            problems.append(f"{name}: uses secrets {sorted(used)} outside the protected environment "
+                            f"{PROTECTED_ENVIRONMENT!r} (environment: {_environment(job)!r})")
+        if SAME_REPOSITORY not in str(job.get("if", "")):
+            problems.append(f"{name}: uses secrets and runs for forks too (no `if: {SAME_REPOSITORY}`)")
+        writes = {k: v for k, v in (job.get("permissions") or {"*": "inherited"}).items() if v != "read"}
+        if writes:
+            problems.append(f"{name}: uses secrets with write permissions {writes}")
+        if runs_code and job.get("permissions") is None:
+            problems.append(f"{name}: runs code with secrets and the default token permissions")
+    return problems
+
+
+def test_preview_workflow_keeps_pull_request_code_away_from_unreviewed_secrets():
+    document = load("preview.yml")
+    assert door_problems(document) == []
+    jobs = document["jobs"]
+    preview = jobs["preview"]
+    assert _secrets(preview) == {"PULUMI_CONFIG_PASSPHRASE", "PULUMI_BACKEND_URL", "PULUMI_ACCESS_TOKEN"}
+    assert _environment(preview) == PROTECTED_ENVIRONMENT and preview["if"] == SAME_REPOSITORY
+    assert preview["permissions"] == {"contents": "read"}
+    # The job that may write to the pull request runs none of its code and holds no secret.
+    comment = jobs["comment"]
+    assert _secrets(comment) == set() and comment["permissions"] == {"pull-requests": "write"}
+    assert not any("run" in s or s.get("uses", "").startswith("actions/checkout") for s in comment["steps"])
+    assert [s for s in comment["steps"] if "createComment" in str(s)] and comment["needs"] == "preview"
+    # Forks: a notice, no secrets, no checkout, no permissions.
+    fork = jobs["fork"]
+    assert fork["if"] == SAME_REPOSITORY.replace("==", "!=") and _secrets(fork) == set()
+    assert fork["permissions"] == {} and "skipped" in fork["steps"][0]["run"]
+    assert not any(s.get("uses", "").startswith("actions/checkout") for s in fork["steps"])
+
+
+REOPENED = {
+    "pull_request_target with the head checked out": lambda d: (
+        d.__setitem__("on", {"pull_request_target": None}),
+        d["jobs"]["preview"]["steps"][0].setdefault("with", {}).__setitem__(
+            "ref", "${{ github.event.pull_request.head.sha }}")),
+    "secrets in a job without the environment": lambda d: d["jobs"]["preview"].pop("environment"),
+    "another environment": lambda d: d["jobs"]["preview"].__setitem__("environment", "ci"),
+    "forks allowed": lambda d: d["jobs"]["preview"].pop("if"),
+    "secrets in the comment job": lambda d: d["jobs"]["comment"].__setitem__(
+        "env", {"PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"}),
+    "secrets at workflow level": lambda d: d.__setitem__(
+        "env", {"PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}"}),
+    "write token beside the secrets": lambda d: d["jobs"]["preview"]["permissions"].__setitem__(
+        "pull-requests", "write"),
+    "token left in .git/config": lambda d: d["jobs"]["preview"]["steps"][0].pop("with"),
+    "default permissions": lambda d: d.pop("permissions"),
+}
+
+
+@pytest.mark.parametrize("door", sorted(REOPENED))
+def test_reopening_a_door_is_caught(door):
+    document = load("preview.yml")
+    REOPENED[door](document)
+    assert door_problems(document) != []
 
 
 def test_test_workflow_runs_the_ci_script_on_push():
