@@ -15,7 +15,7 @@ import pulumi
 
 from . import broker_drift, host_drift
 from .components import (BrokerBackups, CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker,
-                         ServiceAccount)
+                         ServiceAccount, StackHealth)
 from .components.broker_migration import MigrationSource
 from .components.celery_worker_service import worker_service_name
 from .components.flower_service import flower_service_name
@@ -125,7 +125,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
             celery_config=celery, broker_ca=tls_pems[0] if remote else None,
             signing=signing, result_backend=secrets.result_backend, stop_timeout=settings.tasks.stop_timeout,
             depends_on=deps))
-    flower_url = None
+    flower_url = flower = None
     if settings.flower.enabled:
         flower_cfg = settings.flower
         deps = ready + account(flower_cfg.host, flower_cfg.user, flower_cfg.group, [])
@@ -148,15 +148,16 @@ def build(settings: StackSettings, secrets: StackSecrets,
         EddSettingsFile("edd-settings", config=settings.edd_settings, host=hosts[settings.edd_settings.host],
                         values=edd_settings, celery=celery, depends_on=[vhost])
 
-    health = pulumi.Output.all(*[w.service.id for w in workers]).apply(
-        lambda _: {"broker": "answering", "workers": "answering ping", "flower": "answering" if flower_url else "off"}
-    )
+    health = StackHealth(
+        "health", broker_host=broker_host if broker_cfg.install == "managed" else None, vhost=settings.vhost,
+        queue=settings.app_queue.name, nodes=1 + len(broker_cfg.cluster_nodes), broker_commands=broker.servers,
+        workers={w.service_name: w.service for w in workers}, flower=flower.service if flower else None)
     return {
         "brokerEndpoints": broker_endpoints(broker_cfg, settings.vhost),
         "managementEndpoint": broker.endpoint,
         "flowerUrl": flower_url,
         "workerUnits": {w.service_name: hosts[s.host].name for w, s in zip(workers, settings.workers)},
-        "health": health,
+        "health": health.report,
         "eddSettings": edd_settings,
         "celerySettings": celery,
         # What the next preview compares a new packageVersion with (upgrade_path).

@@ -41,9 +41,13 @@ def tier_of(item) -> str:
     return "unit"
 
 
+# First among the collection hooks: `-m <tier>` deselects in the same hook and must see the
+# marker. Markers, not keywords: a test under tests/unit/ has the keyword `unit` (its directory)
+# without the marker `-m unit` selects by.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     for item in items:
-        if tier_of(item) == "unit" and "unit" not in item.keywords:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
 
 

@@ -8,6 +8,7 @@ from .edd_vhost import EddVhost
 from .flower_service import FlowerService
 from .rabbit_broker import RabbitBroker
 from .service_account import ServiceAccount
+from .stack_health import StackHealth
 
 # Type tokens are part of every resource's URN: renaming one orphans existing stacks.
 TYPE_TOKENS = {
@@ -19,7 +20,8 @@ TYPE_TOKENS = {
     "EddSettingsFile": "edd:infra:EddSettingsFile",
     "BrokerMigration": "edd:infra:BrokerMigration",
     "BrokerBackups": "edd:infra:BrokerBackups",
+    "StackHealth": "edd:infra:StackHealth",
 }
 
 __all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "EddSettingsFile",
-           "BrokerMigration", "BrokerBackups", "TYPE_TOKENS"]
+           "BrokerMigration", "BrokerBackups", "StackHealth", "TYPE_TOKENS"]

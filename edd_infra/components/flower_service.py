@@ -97,7 +97,8 @@ class FlowerService(pulumi.ComponentResource):
                 log_path="/var/log/celery/flower.log",
             )
         self.url = flower_url(flower)
-        health = host_scripts.http_ok(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
+        check = dict(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
+        health = host_scripts.http_ok(**check) + "\n" + host_scripts.http_report(**check)
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(

@@ -160,6 +160,8 @@ class RabbitBroker(pulumi.ComponentResource):
         ready = [admin] if admin else []
         # Nodes restart one at a time: each node's command waits for the one before it.
         previous = self._seed_server if admin else None
+        # Every node's own command (what changes when a node's files or package change).
+        self.servers = [previous] if previous else []
         if migration is not None:
             # The broker objects the Provider manages come over with the definitions.
             ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
@@ -170,6 +172,7 @@ class RabbitBroker(pulumi.ComponentResource):
             # queue starts with a replica on each.
             server = self._server(f"{name}-node-{member.host}", member, member_host, after=previous, is_member=True)
             previous = server
+            self.servers.append(server)
             ready.append(member_host.run(
                 f"{name}-node-{member.host}-join",
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,

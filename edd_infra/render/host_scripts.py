@@ -18,6 +18,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
+from ..health_report import MARKER as HEALTH_MARKER
 from ..upgrade_path import MAJOR_STEPS
 from .broker_migration import MIGRATION_CA_PATH, SHOVEL_NAME
 
@@ -27,6 +28,8 @@ STATE_DIR = "/var/lib/edd-infra"
 # System users that installing rabbitmq-server (and Erlang) creates.
 PACKAGE_USERS = ("rabbitmq", "epmd")
 q = shlex.quote
+# The time in `health` lines (UTC, to the second).
+UTC_NOW = "date -u +%Y-%m-%dT%H:%M:%SZ"
 
 # `put TMP MODE OWNER GROUP PATH [keep]`: install TMP at PATH unless identical; sets changed=1 and
 # journals the old file (`.edd-infra-old`, same owner and mode) for `finish` to restore, or with
@@ -673,7 +676,7 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
                f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect conf --json -d {q(node)}@\"$(hostname)\" "
                f"--timeout 2) 2>/dev/null")
     return (
-        f"i=0\nwhile :; do\n"
+        f"start=$(date +%s); i=0\nwhile :; do\n"
         f"  rc=0; off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
         f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
         f"  [ \"$rc\" -ne 2 ] && break\n"
@@ -684,7 +687,36 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
         f"publisher confirms: its app does not load CELERY_CONFIG_MODULE or overrides broker_transport_options "
         f"(README: Publisher confirms)\" >&2; exit 1 ;; esac\n"
         f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without the program's Celery settings $off: its app "
-        f"overrides them (README: Publisher confirms)\" >&2; exit 1; }}"
+        f"overrides them (README: Publisher confirms)\" >&2; exit 1; }}\n"
+        # What the `health` output reports (health_report.worker_report).
+        f"printf '%s{{\"node\": \"%s@%s\", \"waitedSeconds\": %s, \"checkedAt\": \"%s\"}}\\n' {q(HEALTH_MARKER)} "
+        f"{q(node)} \"$(hostname)\" \"$(( $(date +%s) - start ))\" \"$({UTC_NOW})\""
+    )
+
+
+def http_report(*, virtualenv: str, url: str) -> str:
+    """GET `url` once more and print its status and the start of its body as a `health` line
+    (health_report.flower_report)."""
+    code = ("import json, sys, time, urllib.request\n"
+            "r = urllib.request.urlopen(sys.argv[1], timeout=3)\n"
+            "body = r.read(64).decode(errors='replace').strip()\n"
+            "now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())\n"
+            "print(sys.argv[2] + json.dumps({'status': r.status, 'body': body, 'checkedAt': now}))")
+    return f"{q(virtualenv + '/bin/python')} -c {q(code)} {q(url)} {q(HEALTH_MARKER)}"
+
+
+def health_probe(*, vhost: str) -> str:
+    """On the broker host, after every service `up` touched: the server's version, the cluster's
+    running nodes and `vhost`'s queues (messages, consumers), one `<section> <text>` line each
+    (health_report.broker_report). Reads only; its stdin (what it follows, as a digest) is unused."""
+    one_line = "tr -d '\\n'"
+    return script(
+        "cat >/dev/null",
+        f'echo "checkedAt $({UTC_NOW})"',
+        'echo "version $(rabbitmq-diagnostics -q server_version)"',
+        f'echo "cluster $(rabbitmqctl -q cluster_status --formatter json | {one_line})"',
+        f'echo "queues $(rabbitmqctl -q list_queues -p {q(vhost)} name messages consumers --formatter json '
+        f'| {one_line})"',
     )
 
 

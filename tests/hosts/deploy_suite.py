@@ -113,6 +113,27 @@ def test_services_active_and_enabled(deployed):
     assert verify.returncode == 0, verify.stderr
 
 
+def test_health_output_is_what_up_measured(deployed):
+    """The `health` output holds figures `up` read on the host after every service started:
+    they agree with the host read now, and nothing in it is a secret."""
+    output = deployed.stack.stack.outputs()["health"]
+    assert not output.secret
+    health, hostname = output.value, deployed.sh("hostname").strip()
+    broker = health["broker"]
+    assert broker["version"] == deployed.sh("rabbitmq-diagnostics -q server_version").strip()
+    running = json.loads(deployed.sh("rabbitmqctl -q cluster_status --formatter json"))["running_nodes"]
+    assert broker["nodesRunning"] == running and len(running) == broker["nodesConfigured"] == 1
+    assert broker["queue"] == {"name": "edd", "consumers": 1, "messages": 0}
+    assert broker["workersConnected"] == [f"{WORKER}@{hostname}"]
+    worker = health["workers"][f"celery-{WORKER}"]
+    assert worker["answered"] == f"{WORKER}@{hostname}" and health["workersAnswered"] == 1
+    assert health["flower"]["healthcheck"] == 200 and health["flower"]["body"] == "OK"
+    # Measured during the fresh `up`: the probe after the worker's check, both before now.
+    now = deployed.sh("date -u +%Y-%m-%dT%H:%M:%SZ").strip()
+    assert worker["checkedAt"] <= broker["checkedAt"] <= now
+    print(f"health after the fresh up: {json.dumps(health)}")
+
+
 def listening(d: Deployment) -> set[str]:
     lines = d.sh("ss -Hltn").splitlines()
     return {line.split()[3] for line in lines}
@@ -412,6 +433,7 @@ def test_second_up_changes_nothing_and_preview_agrees(deployed):
     deployed.timings["no-op up"] = seconds
     changes = result.summary.resource_changes
     assert set(changes) == {"same"}, changes
+    assert "health-probe" not in "".join(deployed.output[-40:])  # nothing measured again: nothing ran
     started = time.monotonic()
     preview = deployed.stack.stack.preview(color="never")
     deployed.timings["preview"] = time.monotonic() - started
@@ -427,10 +449,16 @@ def test_concurrency_change_restarts_only_that_worker(deployed):
     changed = [line.strip() for line in diff.splitlines() if "ExecStart=" in line]
     assert any(line.startswith("-") and "--concurrency 2" in line for line in changed), changed
     assert any(line.startswith("+") and "--concurrency 3" in line for line in changed), changed
+    health = deployed.stack.stack.outputs()["health"].value
     result, _ = deployed.up()
     changes = result.summary.resource_changes
-    assert changes.get("update") == 1, changes
+    assert changes.get("update") == 2, changes  # the worker's command and the health probe
     after = {u: deployed.main_pid(u) for u in pids}
+    # `health` was measured again, after the restarted worker answered.
+    again = deployed.stack.stack.outputs()["health"].value
+    assert again["broker"]["checkedAt"] > health["broker"]["checkedAt"]
+    assert again["workers"][f"celery-{WORKER}"]["checkedAt"] > health["workers"][f"celery-{WORKER}"]["checkedAt"]
+    assert again["flower"] == health["flower"]  # Flower did not run again
     assert after["rabbitmq-server"] == pids["rabbitmq-server"] and after["flower"] == pids["flower"]
     assert after[f"celery-{WORKER}"] != pids[f"celery-{WORKER}"]
     assert "--concurrency 3" in deployed.sh(f"systemctl cat celery-{WORKER}")
@@ -742,8 +770,9 @@ def test_preview_diff_shows_a_rotation_without_the_secret(deployed):
     deployed.stack.set_secret("flowerUiPassword", new)
     deployed.every_secret["previewed-flowerUiPassword"] = new
     preview = deployed.stack.stack.preview(diff=True, color="never", on_output=deployed.output.append)
-    assert preview.change_summary.get("update") == 1, preview.change_summary
-    assert "flower-service" in preview.stdout and "[secret]" in preview.stdout
+    # Flower's command, and the health probe that measures again after it.
+    assert preview.change_summary.get("update") == 2, preview.change_summary
+    assert "flower-service" in preview.stdout and "health-probe" in preview.stdout and "[secret]" in preview.stdout
     deployed.stack.set_secret("flowerUiPassword", old)
 
 

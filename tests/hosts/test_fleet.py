@@ -89,14 +89,20 @@ def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
                                  for w in more})
     grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(more, 3)]
     added = changes(stack, {"hosts": grown_hosts, "workers": grown})
-    assert added == {"same": added.get("same"), "create": 5 * len(more), "update": 1}, added
+    # Updated: the broker's command (the alert rules expect more workers) and the health probe.
+    assert added == {"same": added.get("same"), "create": 5 * len(more), "update": 2}, added
     rules = sh(broker, "cat /etc/edd-infra/prometheus/edd-infra.rules.yml")
     assert f"flower_worker_online == 1) or vector(0)) < {len(grown)}" in rules
     for i, w in enumerate(more, 3):
         assert sh(w, f"systemctl is-active celery-edd-worker-{i}").strip() == "active"
+    # The `health` output counts them: every worker answered, each consumes from `edd`.
+    health = stack.stack.outputs()["health"].value
+    assert health["workersAnswered"] == len(grown), health
+    assert health["broker"]["queue"]["consumers"] == len(grown), health
+    assert health["broker"]["workersConnected"] == sorted(f"{w['name']}@{w['host']}" for w in grown), health
     assert [send_task(broker, i, 1) for i in range(12)] == [str(i + 1) for i in range(12)]
     removed = changes(stack, {"hosts": hosts, "workers": base})
-    assert removed == {"same": removed.get("same"), "delete": 5 * len(more), "update": 1}, removed
+    assert removed == {"same": removed.get("same"), "delete": 5 * len(more), "update": 2}, removed
     assert sh(broker, "systemctl show -p MainPID --value rabbitmq-server").strip() == rabbit
     for i, w in enumerate(more, 3):
         assert sandbox_hosts.run(w, f"systemctl cat celery-edd-worker-{i}", timeout=60).returncode != 0

@@ -3,11 +3,13 @@
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from edd_infra.health_report import worker_report
 from edd_infra.render import host_scripts
 from edd_infra.render.host_scripts import FileSpec
 from tests.unit.samples import HOSTILE_PASSWORDS
@@ -202,6 +204,9 @@ def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, 
     result = subprocess.run(["sh", "-euc", check], capture_output=True, text=True,
                             env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
     assert result.returncode == exit_code and result.stderr.strip().startswith(message), result.stderr
+    # A worker that answered with the settings says so for the `health` output; one that did not, nothing.
+    report = worker_report(result.stdout)
+    assert report["answered"] == (f"w1@{socket.gethostname()}" if exit_code == 0 else None)
 
 
 # Stand-ins for the broker host's package and service tools: dpkg-query reports the state in

@@ -15,6 +15,7 @@ from edd_infra.components import TYPE_TOKENS
 from edd_infra.config_errors import ConfigError
 from edd_infra import program
 from edd_infra.broker_drift import BrokerDrift
+from edd_infra.components.stack_health import rerun_digest
 from edd_infra.program import OUTPUT_NAMES, deploy
 from edd_infra.render.signing_files import previous_certificate_warning
 from tests.unit.certificates import certificate_pem
@@ -33,6 +34,20 @@ SECRETS = {
 OLD_DEFINITIONS = {"users": [{"name": "edd_user", "password_hash": "0ld-h4sh"}], "queues": [], "bindings": []}
 
 
+# What the probe and the services' health checks print on a host (shapes from RabbitMQ 4.0.5
+# and a worker's check); a worker's stdout may hold anything else, such as a URL with its password.
+SAID = {
+    "health-probe": "checkedAt 2026-12-06T22:00:01Z\nversion 4.0.5\n"
+                    'cluster {"running_nodes":["rabbit@edd-queue"],"disk_nodes":["rabbit@edd-queue"]}\n'
+                    'queues [{"name":"edd","messages":3,"consumers":1},'
+                    '{"name":"edd-worker-1@edd-queue.celery.pidbox","messages":0,"consumers":1}]\n',
+    "edd-worker-1-service": f"amqp://edd_user:{SECRETS['appPassword']}@127.0.0.1//edd\n"
+                            'edd-infra-health {"node": "edd-worker-1@edd-queue", "waitedSeconds": 2, '
+                            '"checkedAt": "2026-12-06T22:00:00Z"}\n',
+    "flower-service": 'edd-infra-health {"status": 200, "body": "OK", "checkedAt": "2026-12-06T22:00:00Z"}\n',
+}
+
+
 class Recorder(pulumi.runtime.Mocks):
     deployed: dict = {}  # the stack's own outputs, as its self-reference reads them
 
@@ -41,6 +56,8 @@ class Recorder(pulumi.runtime.Mocks):
             return [f"{args.name}_id", {"outputs": dict(self.deployed)}]
         if args.name.endswith("-migration-export"):  # what the old broker prints
             return [f"{args.name}_id", dict(args.inputs, stdout=json.dumps(OLD_DEFINITIONS))]
+        if args.name in SAID:  # what the health checks print
+            return [f"{args.name}_id", dict(args.inputs, stdout=SAID[args.name])]
         return [f"{args.name}_id", args.inputs]
 
     def call(self, args):
@@ -132,6 +149,8 @@ def test_prod_graph_and_type_tokens(prod):
         ("edd:infra:BrokerBackups", "broker-backups"),
         ("command:remote:Command", "broker-backups"),
         ("command:remote:Command", "broker-backups-repair"),
+        ("edd:infra:StackHealth", "health"),
+        ("command:remote:Command", "health-probe"),
     ])
     assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile",
                                                                                               "edd:infra:BrokerMigration"}
@@ -148,6 +167,7 @@ def test_type_tokens_are_pinned():
         "EddSettingsFile": "edd:infra:EddSettingsFile",
         "BrokerMigration": "edd:infra:BrokerMigration",
         "BrokerBackups": "edd:infra:BrokerBackups",
+        "StackHealth": "edd:infra:StackHealth",
     }
 
 
@@ -204,7 +224,37 @@ def test_outputs(prod):
          "&family=queue_consumer_count", False),
         ("http://127.0.0.1:5555/metrics", False)]
     assert outputs["alertRules"] == {"host": "edd-queue", "path": "/etc/edd-infra/prometheus/edd-infra.rules.yml"}
+    assert outputs["health"] == {
+        "broker": {"checkedAt": "2026-12-06T22:00:01Z", "version": "4.0.5", "nodesRunning": ["rabbit@edd-queue"],
+                   "nodesConfigured": 1, "queue": {"name": "edd", "consumers": 1, "messages": 3},
+                   "workersConnected": ["edd-worker-1@edd-queue"]},
+        "workers": {"celery-edd-worker-1": {"answered": "edd-worker-1@edd-queue", "waitedSeconds": 2,
+                                            "checkedAt": "2026-12-06T22:00:00Z"}},
+        "workersAnswered": 1,
+        "flower": {"healthcheck": 200, "body": "OK", "checkedAt": "2026-12-06T22:00:00Z"}}
     assert not any(v in json.dumps(outputs) for v in SECRETS.values())
+
+
+def test_health_is_measured_after_every_service_and_again_when_any_of_them_runs(prod):
+    """The probe waits for the broker node, every worker and Flower, and its stdin is a digest
+    of their scripts and stdin: whatever reruns one of them reruns the probe (a no-op runs none)."""
+    _, resources, loop = prod
+    by_name = {n: (p, o) for _, n, p, o, _ in resources}
+    followed = ["broker-server", "edd-worker-1-service", "flower-service"]
+    props, opts = by_name["health-probe"]
+    assert sorted(d._name for d in opts.depends_on) == followed
+    assert "rabbitmqctl -q list_queues -p /edd" in plain(loop, props["create"]) and not props.get("triggers")
+    assert plain(loop, props["stdin"]) == plain(loop, rerun_digest([Followed(by_name[n][0]) for n in followed]))
+    changed = dict(by_name["edd-worker-1-service"][0], create="another script")
+    assert plain(loop, props["stdin"]) != plain(loop, rerun_digest(
+        [Followed(by_name["broker-server"][0]), Followed(changed), Followed(by_name["flower-service"][0])]))
+
+
+class Followed:
+    """A command's inputs as attributes, as `rerun_digest` reads them from a Command."""
+
+    def __init__(self, props):
+        self.create, self.update, self.stdin = props.get("create"), props.get("update"), props.get("stdin")
 
 
 def test_alert_rules_go_beside_the_broker_config_and_never_restart_it(prod):
