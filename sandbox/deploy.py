@@ -194,7 +194,8 @@ def start_prometheus(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> No
     rules = sandbox_hosts.run(host, f"cat {RULES_PATH}", check=True).stdout
     targets = stack.stack.outputs()["scrapeTargets"].value
     ca_file = stack.work_dir / tls_dir(stack) / "ca.pem"
-    server = prometheus.start(host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None)
+    server = prometheus.start(host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None,
+                              die_with_caller=False)  # it outlives `make sandbox`
     prometheus.record(server)  # from now on `make sandbox-down` stops it, whatever happens here
     seconds = prometheus.wait_loaded(server, len(targets), rules)
     loaded = prometheus.loaded_rules(server)
@@ -202,8 +203,10 @@ def start_prometheus(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> No
 Prometheus ({prometheus_version()}, Debian's package on this machine; PID {server.pid}) ready in {seconds:.0f} s: {len(targets)} targets up.
   UI and API:  {server.url}  (e.g. {server.url}/api/v1/alerts; listens on the host's sandbox address only)
   Scrape and rule evaluation every {prometheus.INTERVAL}; config, rules, data: {server.work_dir}
-  Rules ({RULES_PATH}, group edd-infra): {', '.join(f"{n} (for {r['duration']:.0f} s)" for n, r in loaded.items())}
-  Stop:        make sandbox-down (stops it, then the sandbox)""")
+  Stop:        make sandbox-down (stops it, then the sandbox)
+  Rules loaded from {RULES_PATH} (group edd-infra), with their `for:`:""")
+    for name, rule in loaded.items():
+        print(f"    {name:<34} {rule['labels'].get('severity', ''):<9} for {rule['duration']:.0f} s  ({rule['health']})")
 
 
 def prometheus_version() -> str:

@@ -82,11 +82,12 @@ def missing() -> str | None:
 
 
 def start(host: SandboxHost, targets: list[dict], rules_text: str, ca_file: str | None = None,
-          work_dir: Path | None = None, timeout: float = 60) -> SandboxPrometheus:
+          work_dir: Path | None = None, timeout: float = 60, die_with_caller: bool = True) -> SandboxPrometheus:
     """Start Prometheus in `host`'s network namespace, scraping `targets` (the `scrapeTargets`
     output) with `rules_text` (the rules file as read back from the host) loaded; return once
     it answers `/-/ready`. A start that fails is stopped again (by PID) and raises RuntimeError
-    with its log's tail."""
+    with its log's tail. With `die_with_caller` (tests), the kernel ends it if the calling
+    process dies without stopping it; `make sandbox` turns that off (it outlives make)."""
     problem = missing()
     if problem:
         raise RuntimeError(problem)
@@ -106,7 +107,8 @@ def start(host: SandboxHost, targets: list[dict], rules_text: str, ca_file: str 
         os.chown(path, account.pw_uid, account.pw_gid)
     address = f"{host.address}:{PORT}"
     argv = ["nsenter", "-t", str(host.leader_pid), "--net", "--",
-            "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--",
+            "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+            *(["--pdeathsig", "TERM"] if die_with_caller else []), "--",
             shutil.which("prometheus"), f"--config.file={work / 'prometheus.yml'}",
             f"--storage.tsdb.path={work / 'data'}", "--storage.tsdb.retention.time=1d",
             f"--web.listen-address={address}"]
