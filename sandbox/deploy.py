@@ -196,8 +196,12 @@ def start_prometheus(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> No
     ca_file = stack.work_dir / tls_dir(stack) / "ca.pem"
     server = prometheus.start(host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None,
                               die_with_caller=False)  # it outlives `make sandbox`
-    prometheus.record(server)  # from now on `make sandbox-down` stops it, whatever happens here
-    seconds = prometheus.wait_loaded(server, len(targets), rules)
+    prometheus.record(server)  # from now on `make sandbox-down` stops it, even if this process dies
+    try:
+        seconds = prometheus.wait_loaded(server, len(targets), rules)
+    except BaseException:
+        prometheus.stop_recorded()  # not left running half-configured
+        raise
     loaded = prometheus.loaded_rules(server)
     print(f"""
 Prometheus ({prometheus_version()}, Debian's package on this machine; PID {server.pid}) ready in {seconds:.0f} s: {len(targets)} targets up.
