@@ -10,7 +10,7 @@ ifndef PULUMI_CONFIG_PASSPHRASE_FILE
 export PULUMI_CONFIG_PASSPHRASE ?= edd-infra-example
 endif
 
-.PHONY: toolchain unit test preview preview-pr sandbox sandbox-down bench
+.PHONY: toolchain unit test preview preview-pr sandbox sandbox-down sandbox-prometheus bench
 
 toolchain:
 	@bash scripts/toolchain.sh
@@ -33,6 +33,10 @@ preview-pr: toolchain
 
 sandbox: toolchain
 	$(PY) -m sandbox.deploy up
+
+# A Prometheus scraping the deployed sandbox, its alert rules loaded (or SANDBOX_PROMETHEUS=1 make sandbox).
+sandbox-prometheus: toolchain
+	$(PY) -m sandbox.deploy prometheus
 
 sandbox-down: toolchain
 	$(PY) -m sandbox.deploy down

@@ -2,7 +2,9 @@
 
 Phases (one line each): toolchain check, host boot, stack config (random secrets set with
 `pulumi config set --secret`, value on stdin), `pulumi up` with the engine's own display,
-a real task through the deployed worker, and where to look. `make sandbox-down` destroys the
+a real task through the deployed worker, and where to look. `SANDBOX_PROMETHEUS=1` (or, on a
+deployed sandbox, `make sandbox-prometheus`) adds a Prometheus scraping the sandbox with the
+stack's alert rules loaded (sandbox.prometheus). `make sandbox-down` stops it, destroys the
 stack and stops the host. The stack is `sandbox` in this project, state in `.pulumi-state/`.
 """
 
@@ -11,13 +13,16 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from edd_infra.render.alert_rules import RULES_PATH
 from edd_infra.settings import Flower
 from edd_infra.workspace import ROOT, ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
+from sandbox import prometheus
 from sandbox.image import APP_TARGET, VENV, client_key
 from sandbox.tls import make_broker_certificates, make_signing_certificate
 
@@ -37,6 +42,8 @@ if TOPOLOGY not in ("single", "cluster"):
     sys.exit(f"SANDBOX_TOPOLOGY: 'single' or 'cluster', got {TOPOLOGY!r}")
 if TOPOLOGY == "cluster" and "SANDBOX_WORKER_HOSTS" not in os.environ:
     WORKER_HOSTS = 2
+# SANDBOX_PROMETHEUS=1: a Prometheus in the broker host's network namespace, rules loaded.
+PROMETHEUS = os.environ.get("SANDBOX_PROMETHEUS", "0") == "1"
 # The seed told operators to avoid special characters; the sandbox uses all of them on purpose:
 # every printable ASCII character (space included), some non-ASCII, and one long password.
 PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
@@ -147,6 +154,8 @@ def up() -> None:
     problem = engine_problem()
     if problem:
         sys.exit(problem)
+    if PROMETHEUS and prometheus.missing():  # before the deploy, not after it
+        sys.exit(f"SANDBOX_PROMETHEUS=1: {prometheus.missing()}")
     phase(f"booting sandbox host {HOST} (first run builds the image: a few minutes)")
     nodes = [f"{NODE_HOST_PREFIX}{i}" for i in (2, 3)] if TOPOLOGY == "cluster" else []
     extra = [f"{WORKER_HOST_PREFIX}{i}" for i in range(1, WORKER_HOSTS + 1)]
@@ -172,6 +181,51 @@ Sandbox deployed in {time.monotonic() - started:.0f} s.
   Host shell:  {shlex.join(host.ssh_command())}
   Worker unit: systemctl status celery-{WORKER}   (on the host){cluster_line(host, node_hosts)}
   Tear down:   make sandbox-down""")
+    if PROMETHEUS:
+        start_prometheus(stack, host)
+
+
+def start_prometheus(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> None:
+    """(Re)start the sandbox's Prometheus on the deployed stack: the `scrapeTargets` output, the
+    rules file read back from the broker host, the sandbox CA; print where it is and what it loaded."""
+    problem = prometheus.missing()
+    if problem:
+        sys.exit(f"sandbox Prometheus: {problem}")
+    prometheus.stop_recorded()
+    phase(f"starting Prometheus in {host.name}'s network namespace (rules read back from {RULES_PATH})")
+    rules = sandbox_hosts.run(host, f"cat {RULES_PATH}", check=True).stdout
+    targets = stack.stack.outputs()["scrapeTargets"].value
+    ca_file = stack.work_dir / tls_dir(stack) / "ca.pem"
+    server = prometheus.start(host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None,
+                              die_with_caller=False)  # it outlives `make sandbox`
+    prometheus.record(server)  # from now on `make sandbox-down` stops it, even if this process dies
+    try:
+        seconds = prometheus.wait_loaded(server, len(targets), rules)
+    except BaseException:
+        prometheus.stop_recorded()  # not left running half-configured
+        raise
+    loaded = prometheus.loaded_rules(server)
+    print(f"""
+Prometheus ({prometheus_version()}, Debian's package on this machine; PID {server.pid}) ready in {seconds:.0f} s: {len(targets)} targets up.
+  UI and API:  {server.url}  (e.g. {server.url}/api/v1/alerts; listens on the host's sandbox address only)
+  Scrape and rule evaluation every {prometheus.INTERVAL}; config, rules, data: {server.work_dir}
+  Stop:        make sandbox-down (stops it, then the sandbox)
+  Rules loaded from {RULES_PATH} (group edd-infra), with their `for:`:""")
+    for name, rule in loaded.items():
+        print(f"    {name:<34} {rule['labels'].get('severity', ''):<9} for {rule['duration']:.0f} s  ({rule['health']})")
+
+
+def prometheus_version() -> str:
+    out = subprocess.run(["prometheus", "--version"], capture_output=True, text=True).stdout
+    return " ".join(out.split()[:3]) or "prometheus"
+
+
+def deployed_host() -> sandbox_hosts.SandboxHost:
+    """The running sandbox broker host (for commands on an already deployed sandbox)."""
+    for row in sandbox_hosts.status():
+        if row["name"] == HOST and row["alive"]:
+            return sandbox_hosts.SandboxHost(**{f: row[f] for f in sandbox_hosts.SandboxHost.__dataclass_fields__})
+    sys.exit(f"no running sandbox host {HOST}: make sandbox first")
 
 
 def flower_login() -> str:
@@ -193,6 +247,7 @@ def down() -> None:
     stack = project_stack()
     phase(f"pulumi destroy (stack '{STACK}')")
     try:
+        prometheus.stop_recorded()
         # The queue and exchange are protected from accidental deletion: this one is deliberate.
         stack.cli_run("state", "unprotect", "--all", "--yes", check=False)
         stack.stack.destroy(on_output=print, color="never")
@@ -206,4 +261,5 @@ def down() -> None:
 
 
 if __name__ == "__main__":
-    {"up": up, "down": down}[sys.argv[1] if len(sys.argv) > 1 else "up"]()
+    {"up": up, "down": down, "prometheus": lambda: start_prometheus(project_stack(), deployed_host())}[
+        sys.argv[1] if len(sys.argv) > 1 else "up"]()
