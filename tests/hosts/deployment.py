@@ -65,8 +65,9 @@ class Deployment:
     def management_get(self, path: str, user: str = "edd-infra-admin", password: str | None = None) -> dict:
         """GET /api/<path> of the management API (the address Pulumi uses), as the admin by default."""
         password = self.secrets["adminPassword"] if password is None else password
-        scheme = "https" if self.ca_file else "http"
-        request = urllib.request.Request(f"{scheme}://{self.host.address}:15672/api/{path}")
+        # With broker.tls the API is HTTPS on broker.tls.managementPort (15671), plain on 15672.
+        where = f"https://{self.host.address}:15671" if self.ca_file else f"http://{self.host.address}:15672"
+        request = urllib.request.Request(f"{where}/api/{path}")
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
