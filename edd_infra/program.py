@@ -24,7 +24,7 @@ from .hosts import HostTarget
 from .render.alert_rules import RULES_PATH, render_alert_rules
 from .render.broker_backups import BACKUP_DIR, RESTORE_SCRIPT
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
-from .render.celery_config import celery_settings
+from .render.celery_config import celery_settings_for
 from .render.edd_settings import edd_rabbitmq_settings
 from .render.host_scripts import FileSpec
 from .render.scrape_targets import scrape_targets
@@ -216,11 +216,7 @@ def migration_source(settings: StackSettings, hosts: dict[str, HostTarget]) -> O
 
 def app_celery_settings(settings: StackSettings) -> dict[str, Any]:
     """The Celery settings every producer shares with the broker objects (render.celery_config)."""
-    q = settings.app_queue
-    return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
-                           control_exchange=q.control_exchange, event_exchange=q.event_exchange,
-                           event_queue_prefix=q.event_queue_prefix, soft_time_limit=settings.tasks.soft_time_limit,
-                           time_limit=settings.tasks.time_limit, prefetch_multiplier=settings.tasks.prefetch_multiplier)
+    return celery_settings_for(settings.app_queue, settings.tasks)
 
 
 def remote_workers(settings: StackSettings) -> bool:

@@ -103,13 +103,13 @@ class EddVhost(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        vhost: str,
-        app_user: AppUser,
-        flower_user: FlowerBrokerUser,
-        app_queue: AppQueue,
-        app_password: pulumi.Output[str],
-        flower_password: pulumi.Output[str],
+        app_password: pulumi.Input[str],
+        flower_password: pulumi.Input[str],
         provider: rabbitmq.Provider,
+        app_user: AppUser = AppUser(),
+        flower_user: FlowerBrokerUser = FlowerBrokerUser(),
+        app_queue: AppQueue = AppQueue(),
+        vhost: str = "/edd",
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:EddVhost", name, None, opts)
@@ -118,7 +118,8 @@ class EddVhost(pulumi.ComponentResource):
         after_vhost = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.vhost]))
 
         def user(key: str, user_name: str, tags: list[str], password, grants: dict[str, Permissions]):
-            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=password, tags=tags, opts=child)
+            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=pulumi.Output.secret(password), tags=tags,
+                                    opts=child)
             for target, perms in grants.items():
                 suffix = "root" if target == "/" else "vhost"
                 rabbitmq.Permissions(

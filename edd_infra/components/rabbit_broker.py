@@ -135,8 +135,8 @@ class RabbitBroker(pulumi.ComponentResource):
         *,
         broker: Broker,
         host: HostTarget,
-        loopback_users: list[str],
-        admin_password: pulumi.Output[str],
+        admin_password: pulumi.Input[str],
+        loopback_users: Sequence[str] = ("guest",),
         drift: BrokerDrift = NOT_CHECKED,
         tls_pems: Optional[tuple[str, str]] = None,
         tls_key: Optional[pulumi.Output[str]] = None,
@@ -149,10 +149,12 @@ class RabbitBroker(pulumi.ComponentResource):
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
+        # A plain string from a consumer's program is kept secret like a config secret.
+        admin_password = pulumi.Output.secret(admin_password)
         self._name, self._broker, self._host, self._drift = name, broker, host, drift
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
-        self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
+        self._loopback_users, self._tls_pems, self._tls_key = list(loopback_users), tls_pems, tls_key
         self._cookie, self._consumer_timeout, self._clustered = erlang_cookie, consumer_timeout_ms, bool(members)
         self._site_files = list(site_files)
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
@@ -190,7 +192,7 @@ class RabbitBroker(pulumi.ComponentResource):
         )
         self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
 
-    def restore_password(self, key: str, user: str, password: pulumi.Output[str], after: pulumi.Resource) -> None:
+    def restore_password(self, key: str, user: str, password: pulumi.Input[str], after: pulumi.Resource) -> None:
         """A command that sets `user`'s password again when the broker's copy drifted.
 
         Its create does nothing (the provider has just set the password); its update, run
@@ -207,7 +209,7 @@ class RabbitBroker(pulumi.ComponentResource):
             f"{self._name}-{key}-password",
             create=DRAIN_STDIN,  # the provider has just set this password
             update=host_scripts.password_restore(user=user, start_timeout=self._broker.start_timeout),
-            stdin=password.apply(lambda pw: pw + "\n"),
+            stdin=pulumi.Output.secret(password).apply(lambda pw: pw + "\n"),
             guarded=True,
             repair_token=token,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
