@@ -47,7 +47,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     `now` (default: the clock) decides whether a previous signing certificate is still trusted."""
     edited = edited or {}
     hosts = {name: HostTarget(name, host, secrets.ssh_private_key,
-                              drifted={command: f"edited-{drift.nonce}" for command in edited.get(name, ())})
+                              drifted=dict.fromkeys(edited.get(name, ()), f"edited-{drift.nonce}"))
              for name, host in settings.hosts.items()}
     broker_cfg = settings.broker
     broker_host = hosts[broker_cfg.host]

@@ -531,7 +531,7 @@ def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, star
     password on stdin's first line, allowed to publish to `exchange` only."""
     exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
     has_queue = queue_exists(vhost, queue)
-    password = f"printf '%s\\n' \"$password\" | rabbitmqctl"
+    password = "printf '%s\\n' \"$password\" | rabbitmqctl"
     return broker_script(
         wait_for_broker(start_timeout),
         "IFS= read -r password",
