@@ -19,7 +19,7 @@ Passwords update in place; tags are kept.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, cast
 
 import pulumi
 import pulumi_rabbitmq as rabbitmq
@@ -43,16 +43,16 @@ def app_permissions(app_user: AppUser, queue: AppQueue, rpc_results: bool = True
     if app_user.permission_profile == "full":
         return FULL
     if app_user.permission_profile == "custom":
-        for gap in missing_for_celery(app_user.permissions, celery_names(queue, rpc_results),
-                                      where="edd-infra:appUser.permissions"):
+        custom = cast(Permissions, app_user.permissions)  # set with the custom profile (validated)
+        for gap in missing_for_celery(custom, celery_names(queue, rpc_results), where="edd-infra:appUser.permissions"):
             pulumi.log.warn(gap)
-        return app_user.permissions
+        return custom
     least = least_privilege(celery_names(queue, rpc_results))
     return Permissions(configure=least.configure, write=least.write, read=least.read)
 
 
 def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
-    return CeleryNames(queues=[queue.name], exchanges=[queue.exchange], control_exchange=queue.control_exchange,
+    return CeleryNames(queues=(queue.name,), exchanges=(queue.exchange,), control_exchange=queue.control_exchange,
                        event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
                        rpc_results=rpc_results, delayed_delivery=queue.queue_type == "quorum")
 

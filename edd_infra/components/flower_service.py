@@ -98,8 +98,9 @@ class FlowerService(pulumi.ComponentResource):
                 log_path="/var/log/celery/flower.log",
             )
         self.url = flower_url(flower)
-        check = dict(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
-        health = host_scripts.http_ok(**check) + "\n" + host_scripts.http_report(**check)
+        check_url = f"{self.url}healthcheck"
+        health = (host_scripts.http_ok(virtualenv=flower.virtualenv, url=check_url) + "\n"
+                  + host_scripts.http_report(virtualenv=flower.virtualenv, url=check_url))
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(

@@ -20,14 +20,14 @@ With `install: external` only the Provider is made, for a broker someone else ru
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
 from ..broker_drift import NOT_CHECKED, BrokerDrift
 from .broker_migration import BrokerMigration, MigrationSource
-from ..hosts import DRAIN_STDIN, HostTarget
+from ..hosts import DRAIN_STDIN, Command, HostTarget
 from ..render import host_scripts
 from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
 from ..render.broker_urls import management_endpoint
@@ -86,7 +86,8 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         prometheus_port=broker.prometheus_port,
         prometheus_address=metrics_address(broker, member),
     )
-    certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
+    pems = cast(tuple[str, str], tls_pems)  # given whenever broker.tls is set
+    certificates = [FileSpec(tls.ca_path, pems[0]), FileSpec(tls.cert_path, pems[1])] if tls else []
     return certificates + [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
@@ -167,8 +168,8 @@ class RabbitBroker(pulumi.ComponentResource):
         if migration is not None:
             # The broker objects the Provider manages come over with the definitions.
             ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
-                                         admin_password=admin_password, ca_pem=tls_pems[0],
-                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[admin])).imported)
+                                         admin_password=admin_password, ca_pem=cast(tuple[str, str], tls_pems)[0],
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[cast(pulumi.Resource, admin)])).imported)
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
@@ -180,7 +181,8 @@ class RabbitBroker(pulumi.ComponentResource):
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
                                                  start_timeout=broker.start_timeout),
                 delete=host_scripts.cluster_leave(node=member.node_name),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, admin], delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, cast(pulumi.Resource, admin)],
+                                            delete_before_replace=True),
             ))
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
@@ -216,7 +218,7 @@ class RabbitBroker(pulumi.ComponentResource):
         )
 
     def _server(self, name: str, broker: Broker, host: HostTarget,
-                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> pulumi.Resource:
+                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> Command:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie;
         on the seed, the alert rules for the site's Prometheus too. `after`: the node that
         restarts before this one."""
@@ -226,7 +228,7 @@ class RabbitBroker(pulumi.ComponentResource):
         tls = tls_listeners(broker)
         secrets = []
         if tls:
-            secrets.append(self._tls_key.apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
+            secrets.append(cast(pulumi.Output[str], self._tls_key).apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
         if self._cookie is not None:
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None

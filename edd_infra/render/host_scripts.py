@@ -209,8 +209,8 @@ def remove_files(paths: Sequence[str]) -> str:
         while (above := posixpath.dirname(parent)).count("/") >= 3 or posixpath.basename(above) == "edd-infra":
             parent = posixpath.dirname(parent)
             dirs.add(parent)
-    dirs = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
-    return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in dirs)} 2>/dev/null || true"
+    deepest_first = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
+    return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in deepest_first)} 2>/dev/null || true"
 
 
 def deactivate(manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()) -> str:

@@ -34,3 +34,12 @@ def test_ruff_check_finds_nothing():
     # The rule set and why: pyproject.toml, [tool.ruff.lint].
     result = run(tool("ruff"), "check", "--no-cache", "--output-format", "concise", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_no_type_error_in_the_package():
+    # Configuration (files, the pydantic plugin): pyproject.toml, [tool.mypy]. The cache stays
+    # out of the work tree.
+    from edd_infra.workspace import CACHE
+
+    result = run(tool("mypy"), "--cache-dir", str(CACHE / "mypy"), "--no-error-summary")
+    assert result.returncode == 0, result.stdout + result.stderr
