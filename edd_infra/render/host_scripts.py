@@ -59,6 +59,7 @@ journal=$(mktemp)
 on_rollback=:
 pending=0
 managed=$(mktemp)
+# shellcheck disable=SC2034 # changed: read by the steps after the prelude (activate, restarts), not in every script
 put() {
   echo "$5" >> "$managed"
   mkdir -p "$(dirname "$5")"
@@ -677,7 +678,10 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
                f"--timeout 2) 2>/dev/null")
     return (
         f"start=$(date +%s); i=0\nwhile :; do\n"
-        f"  rc=0; off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
+        f"  rc=0\n"
+        # shellcheck cannot read the env file: it exists only on the host, root-only (it holds the broker URL).
+        f"  # shellcheck source=/dev/null # the env file exists only on the host (it holds secrets)\n"
+        f"  off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
         f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
         f"  [ \"$rc\" -ne 2 ] && break\n"
         f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "
