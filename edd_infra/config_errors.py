@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -46,7 +46,7 @@ def config_key(loc: Iterable[Any]) -> str:
     return f"{PROJECT}:{text}"
 
 
-def _allowed_keys(model: type, loc: tuple) -> list[str]:
+def _allowed_keys(model: Any, loc: tuple) -> list[str]:
     """The camelCase keys the model at `loc` accepts, for "unknown key" messages."""
     in_dict = False
     for part in loc[:-1]:
@@ -314,10 +314,11 @@ def previous_certificate_problems(signing: CelerySigning, root: Path, now: datet
     if not signing.previous_trusted(now):
         return []  # not deployed: nothing on a host depends on it
     key = "celerySigning.previousCertFile"
-    previous, problems = _load_certificate(key, signing.previous_cert_file, root)
+    # previous_trusted: previousCertFile and previousTrustedUntil are both set.
+    previous, problems = _load_certificate(key, cast(str, signing.previous_cert_file), root)
     if previous is None:
         return problems
-    until = signing.previous_trusted_until
+    until = cast(datetime, signing.previous_trusted_until)
     if previous.not_valid_after_utc < until:
         expires = previous.not_valid_after_utc
         problems.append(f"{PROJECT}:{key}: the certificate expires at {expires:%Y-%m-%dT%H:%M:%SZ}, "

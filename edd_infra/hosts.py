@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import pulumi
 from pulumi_command import local, remote
@@ -22,6 +22,9 @@ from pulumi_command import local, remote
 from .render.host_scripts import with_manifest, without_manifest
 from .settings import Host
 
+
+# What `HostTarget.run` makes: both kinds have stdout, stderr and the scripts as outputs.
+Command = Union[local.Command, remote.Command]
 
 # A create with nothing to do still reads its stdin: the provider fails with EOF when the
 # remote command exits before taking what it was sent.
@@ -47,7 +50,7 @@ class HostTarget:
 
     def _connection(self) -> remote.ConnectionArgs:
         return remote.ConnectionArgs(
-            host=self.host.address,
+            host=cast(str, self.host.address),  # required for ssh (validated)
             port=self.host.port,
             user=self.host.user,
             private_key=self.private_key,
@@ -75,7 +78,7 @@ class HostTarget:
         repair_token: Optional[str] = None,
         secret_output: bool = False,
         opts: Optional[pulumi.ResourceOptions] = None,
-    ) -> pulumi.CustomResource:
+    ) -> Command:
         """A command whose create also serves as its update unless `update` is given
         (scripts are idempotent). `secret_output`: its stdout is a secret (as with a stdin)."""
         update = create if update is None else update
@@ -96,7 +99,7 @@ class HostTarget:
                      opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]))
         return command
 
-    def _command(self, name, create, update, delete, stdin, triggers, opts, secret_output=False) -> pulumi.CustomResource:
+    def _command(self, name, create, update, delete, stdin, triggers, opts, secret_output=False) -> Command:
         secret = stdin is not None or secret_output
         quiet = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"]) if secret else None
         opts = pulumi.ResourceOptions.merge(opts, quiet)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import pulumi
 
@@ -24,13 +24,13 @@ from .hosts import HostTarget
 from .render.alert_rules import RULES_PATH, render_alert_rules
 from .render.broker_backups import BACKUP_DIR, RESTORE_SCRIPT
 from .render.broker_urls import amqp_url, failover_url, flower_broker_api
-from .render.celery_config import celery_settings
+from .render.celery_config import celery_settings_for
 from .render.edd_settings import edd_rabbitmq_settings
 from .render.host_scripts import FileSpec
 from .render.scrape_targets import scrape_targets
 from .render.signing_files import previous_certificate_warning
 from .config_errors import ConfigError
-from .settings import PROJECT, Broker, StackSettings, is_prod_stack
+from .settings import PROJECT, Broker, BrokerTls, StackSettings, is_prod_stack
 from .stack_config import StackSecrets, load_settings
 from .upgrade_path import upgrade_problem
 
@@ -47,7 +47,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
     `now` (default: the clock) decides whether a previous signing certificate is still trusted."""
     edited = edited or {}
     hosts = {name: HostTarget(name, host, secrets.ssh_private_key,
-                              drifted={command: f"edited-{drift.nonce}" for command in edited.get(name, ())})
+                              drifted=dict.fromkeys(edited.get(name, ()), f"edited-{drift.nonce}"))
              for name, host in settings.hosts.items()}
     broker_cfg = settings.broker
     broker_host = hosts[broker_cfg.host]
@@ -87,11 +87,11 @@ def build(settings: StackSettings, secrets: StackSecrets,
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
     amqp_host = broker_cfg.plain_amqp_addresses[0]
 
-    def broker_url(user: str, password: pulumi.Output[str], remote: bool = False) -> pulumi.Output[str]:
+    def broker_url(user: str, password: pulumi.Input[str], remote: bool = False) -> pulumi.Output[str]:
         """Over TLS to every node's address (validated to exist), or plain on loopback."""
         if remote:
             return pulumi.Output.secret(password).apply(lambda pw: failover_url(
-                [amqp_url(user, pw, a, broker_cfg.tls.amqp_port, settings.vhost, scheme="amqps")
+                [amqp_url(user, pw, a, cast(BrokerTls, broker_cfg.tls).amqp_port, settings.vhost, scheme="amqps")
                  for a in broker_cfg.tls_addresses]))
         return pulumi.Output.secret(password).apply(
             lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost))
@@ -110,7 +110,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
                                            extra_groups=extra)
         return [accounts[key]]
 
-    workers = []
+    workers: list[CeleryWorkerService] = []
     batch = settings.rollout.max_unavailable
     for i, worker in enumerate(settings.workers):
         deps = ready + account(worker.host, worker.user, worker.group, worker.extra_groups)
@@ -122,7 +122,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
         workers.append(CeleryWorkerService(
             worker.name, worker=worker, host=hosts[worker.host],
             broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
-            celery_config=celery, broker_ca=tls_pems[0] if remote else None,
+            celery_config=celery, broker_ca=cast(tuple[str, str], tls_pems)[0] if remote else None,
             signing=signing, result_backend=secrets.result_backend, stop_timeout=settings.tasks.stop_timeout,
             depends_on=deps))
     flower_url = flower = None
@@ -196,10 +196,12 @@ def signing_material(settings: StackSettings, secrets: StackSecrets,
     signing = settings.celery_signing
     if signing is None:
         return None
-    previous = Path(signing.previous_cert_file).read_text() if signing.previous_trusted(now) else None
+    # previous_trusted/previous_expired: previousCertFile and previousTrustedUntil are both set;
+    # celerySigningKey is required with celerySigning (checked at load).
+    previous = Path(cast(str, signing.previous_cert_file)).read_text() if signing.previous_trusted(now) else None
     if signing.previous_expired(now):
-        pulumi.log.warn(previous_certificate_warning(signing.previous_trusted_until))
-    return secrets.celery_signing_key, Path(signing.cert_file).read_text(), previous
+        pulumi.log.warn(previous_certificate_warning(cast(datetime, signing.previous_trusted_until)))
+    return cast(pulumi.Output[str], secrets.celery_signing_key), Path(signing.cert_file).read_text(), previous
 
 
 def migration_source(settings: StackSettings, hosts: dict[str, HostTarget]) -> Optional[MigrationSource]:
@@ -216,11 +218,7 @@ def migration_source(settings: StackSettings, hosts: dict[str, HostTarget]) -> O
 
 def app_celery_settings(settings: StackSettings) -> dict[str, Any]:
     """The Celery settings every producer shares with the broker objects (render.celery_config)."""
-    q = settings.app_queue
-    return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
-                           control_exchange=q.control_exchange, event_exchange=q.event_exchange,
-                           event_queue_prefix=q.event_queue_prefix, soft_time_limit=settings.tasks.soft_time_limit,
-                           time_limit=settings.tasks.time_limit, prefetch_multiplier=settings.tasks.prefetch_multiplier)
+    return celery_settings_for(settings.app_queue, settings.tasks)
 
 
 def remote_workers(settings: StackSettings) -> bool:
@@ -269,7 +267,8 @@ async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broke
                                "is a prod stack)"])
         pulumi.log.warn(f"{PROJECT}:broker.managementAddress: drift on the broker not checked: {problem}")
         return broker_drift.NOT_CHECKED
-    admin, app, flower = [await s.future() for s in
+    # Required secrets: their futures resolve to the strings (preview returned above).
+    admin, app, flower = [cast(str, await s.future()) for s in
                           (secrets.admin_password, secrets.app_password, secrets.flower_broker_password)]
     passwords = {settings.app_user.name: app, settings.flower_broker_user.name: flower}
     return await asyncio.to_thread(broker_drift.observe, endpoint, settings.broker.admin_user,

@@ -208,7 +208,9 @@ class CelerySigning(Model):
 
     def previous_trusted(self, now: datetime) -> bool:
         """Whether the stores hold the previous certificate at `now` (aware, UTC)."""
-        return self.previous_cert_file is not None and now < self.previous_trusted_until
+        # previousTrustedUntil is set whenever previousCertFile is (validated above).
+        return self.previous_trusted_until is not None and self.previous_cert_file is not None \
+            and now < self.previous_trusted_until
 
     def previous_expired(self, now: datetime) -> bool:
         """A previous certificate is still configured though no longer trusted: time to remove the keys."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import pulumi
 import yaml
@@ -123,11 +123,13 @@ async def load_settings(config: Optional[pulumi.Config] = None,
     del values
     if problems or settings is None:
         raise ConfigError(problems)
+    # The required secrets are set: a missing one is a problem raised above.
+    required = {key: cast(pulumi.Output[str], secrets[key]) for key in REQUIRED_SECRETS}
     return settings, StackSecrets(
-        admin_password=secrets["adminPassword"],
-        app_password=secrets["appPassword"],
-        flower_broker_password=secrets["flowerBrokerPassword"],
-        flower_ui_password=secrets["flowerUiPassword"],
+        admin_password=required["adminPassword"],
+        app_password=required["appPassword"],
+        flower_broker_password=required["flowerBrokerPassword"],
+        flower_ui_password=required["flowerUiPassword"],
         ssh_private_key=secrets["sshPrivateKey"],
         broker_tls_key=secrets["brokerTlsKey"],
         celery_signing_key=secrets["celerySigningKey"],

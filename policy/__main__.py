@@ -22,8 +22,8 @@ from pulumi_policy import (
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import rules  # noqa: E402
-from rules import (COMMAND_TYPES, EXCHANGE_TYPE, QUEUE_TYPE, RABBITMQ_PROVIDER, REMOTE_COMMAND, USER_TYPE,  # noqa: E402
+import rules
+from rules import (COMMAND_TYPES, EXCHANGE_TYPE, QUEUE_TYPE, RABBITMQ_PROVIDER, REMOTE_COMMAND, USER_TYPE,
                    get)
 
 # Prod stacks (SSH host keys pinned, the management API only over TLS off loopback): prod, and

@@ -289,7 +289,7 @@ def credentials_in_text(text: str) -> list[str]:
             if PASSWORD_ARGV.fullmatch(word):
                 args = []
                 for arg in words[i + 1:]:
-                    if arg in ";|&(){}<>" or arg in ("||", "&&") or arg.startswith(">") or arg.startswith("2>"):
+                    if arg in ";|&(){}<>" or arg in ("||", "&&") or arg.startswith((">", "2>")):
                         break
                     if not arg.startswith("-"):
                         args.append(arg)

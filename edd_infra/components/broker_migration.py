@@ -18,7 +18,7 @@ drops the shovel's account.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import pulumi
 
@@ -33,7 +33,8 @@ from ..render.broker_migration import (
 )
 from ..render.broker_urls import shovel_uri
 from ..render.host_scripts import FileSpec
-from ..settings import Broker
+from ..settings import Broker, BrokerTls
+from ..settings import BrokerMigration as MigrateFrom
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class BrokerMigration(pulumi.ComponentResource):
         source: MigrationSource,
         target: HostTarget,
         broker: Broker,
-        admin_password: pulumi.Output[str],
+        admin_password: pulumi.Input[str],
         ca_pem: str,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
@@ -83,12 +84,15 @@ class BrokerMigration(pulumi.ComponentResource):
                 lambda args: f"{args[0]}\n{copied_definitions(args[1])}\n"),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        dest = password.apply(lambda pw: shovel_uri(MIGRATION_USER, pw, broker.remote_amqp_address,
-                                                     broker.tls.amqp_port, source.vhost, MIGRATION_CA_PATH))
+        # A migration needs broker.tls, so the new broker has a TLS address (validated).
+        tls, address = cast(BrokerTls, broker.tls), cast(str, broker.remote_amqp_address)
+        migrate_from = cast(MigrateFrom, broker.migrate_from)
+        dest = password.apply(lambda pw: shovel_uri(MIGRATION_USER, pw, address,
+                                                     tls.amqp_port, source.vhost, MIGRATION_CA_PATH))
         old.run(
             f"{name}-shovel",
             create=host_scripts.shovel_start(ca=FileSpec(MIGRATION_CA_PATH, ca_pem), vhost=source.vhost,
-                                             queue=source.queue, drain_timeout=broker.migrate_from.drain_timeout,
+                                             queue=source.queue, drain_timeout=migrate_from.drain_timeout,
                                              start_timeout=timeout),
             delete=host_scripts.shovel_retire(vhost=source.vhost, queue=source.queue, units=source.units),
             stdin=dest.apply(lambda uri: shovel_definitions(vhost=source.vhost, queue=source.queue,

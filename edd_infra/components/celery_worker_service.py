@@ -17,7 +17,7 @@ import pulumi
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import worker_argv
-from ..render.celery_config import celery_config_cache, celery_config_files, required_settings
+from ..render.celery_config import celery_config_cache, celery_config_files, celery_settings_for, required_settings
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file
@@ -64,9 +64,9 @@ class CeleryWorkerService(pulumi.ComponentResource):
         *,
         worker: Worker,
         host: HostTarget,
-        broker_url: pulumi.Output[str],
-        celery_config: Mapping[str, Any],
-        result_backend: Optional[pulumi.Output[str]] = None,
+        broker_url: pulumi.Input[str],
+        celery_config: Optional[Mapping[str, Any]] = None,
+        result_backend: Optional[pulumi.Input[str]] = None,
         signing: Optional[tuple[pulumi.Output[str], str, Optional[str]]] = None,
         broker_ca: Optional[str] = None,
         stop_timeout: int = 60,
@@ -74,6 +74,8 @@ class CeleryWorkerService(pulumi.ComponentResource):
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:CeleryWorkerService", name, None, opts)
+        # Without a config: the settings the default AppQueue and Tasks give (what a stack's defaults give).
+        celery_config = celery_settings_for() if celery_config is None else celery_config
         manager = host.manager
         self.service_name = worker_service_name(worker, manager)
         env_path = f"{ETC_DIR}/{self.service_name}.env"
@@ -95,7 +97,7 @@ class CeleryWorkerService(pulumi.ComponentResource):
             return host_scripts.secret_bundle([env_file,
                                                *extra])
 
-        bundle = pulumi.Output.all(broker_url, signing_key, result_backend).apply(files)
+        bundle = pulumi.Output.all(pulumi.Output.secret(broker_url), signing_key, result_backend).apply(files)
         extra_paths = list(signing_paths(self.service_name)) if signing else []
         extra_paths += [ca_path] if broker_ca else []
         extra_paths += [f.path for f in config_files]

@@ -19,7 +19,7 @@ Passwords update in place; tags are kept.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, cast
 
 import pulumi
 import pulumi_rabbitmq as rabbitmq
@@ -43,16 +43,16 @@ def app_permissions(app_user: AppUser, queue: AppQueue, rpc_results: bool = True
     if app_user.permission_profile == "full":
         return FULL
     if app_user.permission_profile == "custom":
-        for gap in missing_for_celery(app_user.permissions, celery_names(queue, rpc_results),
-                                      where="edd-infra:appUser.permissions"):
+        custom = cast(Permissions, app_user.permissions)  # set with the custom profile (validated)
+        for gap in missing_for_celery(custom, celery_names(queue, rpc_results), where="edd-infra:appUser.permissions"):
             pulumi.log.warn(gap)
-        return app_user.permissions
+        return custom
     least = least_privilege(celery_names(queue, rpc_results))
     return Permissions(configure=least.configure, write=least.write, read=least.read)
 
 
 def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
-    return CeleryNames(queues=[queue.name], exchanges=[queue.exchange], control_exchange=queue.control_exchange,
+    return CeleryNames(queues=(queue.name,), exchanges=(queue.exchange,), control_exchange=queue.control_exchange,
                        event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
                        rpc_results=rpc_results, delayed_delivery=queue.queue_type == "quorum")
 
@@ -103,13 +103,13 @@ class EddVhost(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        vhost: str,
-        app_user: AppUser,
-        flower_user: FlowerBrokerUser,
-        app_queue: AppQueue,
-        app_password: pulumi.Output[str],
-        flower_password: pulumi.Output[str],
+        app_password: pulumi.Input[str],
+        flower_password: pulumi.Input[str],
         provider: rabbitmq.Provider,
+        app_user: AppUser = AppUser(),
+        flower_user: FlowerBrokerUser = FlowerBrokerUser(),
+        app_queue: AppQueue = AppQueue(),
+        vhost: str = "/edd",
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:EddVhost", name, None, opts)
@@ -118,7 +118,8 @@ class EddVhost(pulumi.ComponentResource):
         after_vhost = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.vhost]))
 
         def user(key: str, user_name: str, tags: list[str], password, grants: dict[str, Permissions]):
-            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=password, tags=tags, opts=child)
+            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=pulumi.Output.secret(password), tags=tags,
+                                    opts=child)
             for target, perms in grants.items():
                 suffix = "root" if target == "/" else "vhost"
                 rabbitmq.Permissions(

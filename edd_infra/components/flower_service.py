@@ -16,7 +16,7 @@ import pulumi
 from ..hosts import HostTarget
 from ..render import host_scripts
 from ..render.celery_commands import flower_argv
-from ..render.celery_config import celery_config_cache, celery_config_files
+from ..render.celery_config import celery_config_cache, celery_config_files, celery_settings_for
 from ..render.host_scripts import FileSpec
 from ..render.launchd_plists import render_daemon_plist
 from ..render.service_files import render_env_file, render_flower_config
@@ -49,15 +49,16 @@ class FlowerService(pulumi.ComponentResource):
         *,
         flower: Flower,
         host: HostTarget,
-        broker_url: pulumi.Output[str],
+        broker_url: pulumi.Input[str],
         broker_api: str,
-        celery_config: Mapping[str, Any],
-        ui_password: pulumi.Output[str],
+        ui_password: pulumi.Input[str],
+        celery_config: Optional[Mapping[str, Any]] = None,
         signing: Optional[tuple[pulumi.Output[str], str, Optional[str]]] = None,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:FlowerService", name, None, opts)
+        celery_config = celery_settings_for() if celery_config is None else celery_config
         manager = host.manager
         service = flower_service_name(manager)
         conf_path, env_path = f"{ETC_DIR}/flowerconfig.py", f"{ETC_DIR}/{service}.env"
@@ -97,8 +98,9 @@ class FlowerService(pulumi.ComponentResource):
                 log_path="/var/log/celery/flower.log",
             )
         self.url = flower_url(flower)
-        check = dict(virtualenv=flower.virtualenv, url=f"{self.url}healthcheck")
-        health = host_scripts.http_ok(**check) + "\n" + host_scripts.http_report(**check)
+        check_url = f"{self.url}healthcheck"
+        health = (host_scripts.http_ok(virtualenv=flower.virtualenv, url=check_url) + "\n"
+                  + host_scripts.http_report(virtualenv=flower.virtualenv, url=check_url))
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(
@@ -106,7 +108,8 @@ class FlowerService(pulumi.ComponentResource):
                 absent=untrusted_paths(service, previous_cert) if signing else ()),
             delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths],
                                                caches=[celery_config_cache(service)]),
-            stdin=pulumi.Output.all(broker_url, ui_password, signing_key).apply(files),
+            stdin=pulumi.Output.all(pulumi.Output.secret(broker_url), pulumi.Output.secret(ui_password),
+                                    signing_key).apply(files),
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )

@@ -20,14 +20,14 @@ With `install: external` only the Provider is made, for a broker someone else ru
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import pulumi
 import pulumi_rabbitmq as rabbitmq
 
 from ..broker_drift import NOT_CHECKED, BrokerDrift
 from .broker_migration import BrokerMigration, MigrationSource
-from ..hosts import DRAIN_STDIN, HostTarget
+from ..hosts import DRAIN_STDIN, Command, HostTarget
 from ..render import host_scripts
 from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
 from ..render.broker_urls import management_endpoint
@@ -86,7 +86,8 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         prometheus_port=broker.prometheus_port,
         prometheus_address=metrics_address(broker, member),
     )
-    certificates = [FileSpec(tls.ca_path, tls_pems[0]), FileSpec(tls.cert_path, tls_pems[1])] if tls else []
+    pems = cast(tuple[str, str], tls_pems)  # given whenever broker.tls is set
+    certificates = [FileSpec(tls.ca_path, pems[0]), FileSpec(tls.cert_path, pems[1])] if tls else []
     return certificates + [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
@@ -135,8 +136,8 @@ class RabbitBroker(pulumi.ComponentResource):
         *,
         broker: Broker,
         host: HostTarget,
-        loopback_users: list[str],
-        admin_password: pulumi.Output[str],
+        admin_password: pulumi.Input[str],
+        loopback_users: Sequence[str] = ("guest",),
         drift: BrokerDrift = NOT_CHECKED,
         tls_pems: Optional[tuple[str, str]] = None,
         tls_key: Optional[pulumi.Output[str]] = None,
@@ -149,10 +150,12 @@ class RabbitBroker(pulumi.ComponentResource):
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:RabbitBroker", name, None, opts)
+        # A plain string from a consumer's program is kept secret like a config secret.
+        admin_password = pulumi.Output.secret(admin_password)
         self._name, self._broker, self._host, self._drift = name, broker, host, drift
         self.endpoint = pulumi.Output.from_input(api_endpoint(broker))
         self.admin_user = broker.admin_user
-        self._loopback_users, self._tls_pems, self._tls_key = loopback_users, tls_pems, tls_key
+        self._loopback_users, self._tls_pems, self._tls_key = list(loopback_users), tls_pems, tls_key
         self._cookie, self._consumer_timeout, self._clustered = erlang_cookie, consumer_timeout_ms, bool(members)
         self._site_files = list(site_files)
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
@@ -165,8 +168,8 @@ class RabbitBroker(pulumi.ComponentResource):
         if migration is not None:
             # The broker objects the Provider manages come over with the definitions.
             ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
-                                         admin_password=admin_password, ca_pem=tls_pems[0],
-                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[admin])).imported)
+                                         admin_password=admin_password, ca_pem=cast(tuple[str, str], tls_pems)[0],
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[cast(pulumi.Resource, admin)])).imported)
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
@@ -178,7 +181,8 @@ class RabbitBroker(pulumi.ComponentResource):
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
                                                  start_timeout=broker.start_timeout),
                 delete=host_scripts.cluster_leave(node=member.node_name),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, admin], delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, cast(pulumi.Resource, admin)],
+                                            delete_before_replace=True),
             ))
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
@@ -190,7 +194,7 @@ class RabbitBroker(pulumi.ComponentResource):
         )
         self.register_outputs({"endpoint": self.endpoint, "adminUser": broker.admin_user})
 
-    def restore_password(self, key: str, user: str, password: pulumi.Output[str], after: pulumi.Resource) -> None:
+    def restore_password(self, key: str, user: str, password: pulumi.Input[str], after: pulumi.Resource) -> None:
         """A command that sets `user`'s password again when the broker's copy drifted.
 
         Its create does nothing (the provider has just set the password); its update, run
@@ -207,14 +211,14 @@ class RabbitBroker(pulumi.ComponentResource):
             f"{self._name}-{key}-password",
             create=DRAIN_STDIN,  # the provider has just set this password
             update=host_scripts.password_restore(user=user, start_timeout=self._broker.start_timeout),
-            stdin=password.apply(lambda pw: pw + "\n"),
+            stdin=pulumi.Output.secret(password).apply(lambda pw: pw + "\n"),
             guarded=True,
             repair_token=token,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
     def _server(self, name: str, broker: Broker, host: HostTarget,
-                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> pulumi.Resource:
+                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> Command:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie;
         on the seed, the alert rules for the site's Prometheus too. `after`: the node that
         restarts before this one."""
@@ -224,7 +228,7 @@ class RabbitBroker(pulumi.ComponentResource):
         tls = tls_listeners(broker)
         secrets = []
         if tls:
-            secrets.append(self._tls_key.apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
+            secrets.append(cast(pulumi.Output[str], self._tls_key).apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
         if self._cookie is not None:
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None

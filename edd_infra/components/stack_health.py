@@ -17,6 +17,7 @@ import pulumi
 
 from ..health_report import broker_report, flower_report, stack_health, worker_report
 from ..hosts import HostTarget
+from ..hosts import Command
 from ..render.host_scripts import health_probe
 
 
@@ -35,8 +36,8 @@ class StackHealth(pulumi.ComponentResource):
     report: pulumi.Output[dict]
 
     def __init__(self, name: str, *, broker_host: Optional[HostTarget], vhost: str, queue: str, nodes: int,
-                 broker_commands: Sequence[pulumi.CustomResource], workers: Mapping[str, pulumi.CustomResource],
-                 flower: Optional[pulumi.CustomResource], opts: Optional[pulumi.ResourceOptions] = None):
+                 broker_commands: Sequence[Command], workers: Mapping[str, Command],
+                 flower: Optional[Command], opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("edd:infra:StackHealth", name, None, opts)
         followed = [*broker_commands, *workers.values(), *([flower] if flower else [])]
         broker = None

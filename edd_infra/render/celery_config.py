@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..settings import AppQueue, Tasks
 from .host_scripts import FileSpec
 
 CONFIG_MODULE = "edd_infra_celeryconfig"
@@ -56,6 +57,15 @@ def celery_settings(
         "event_queue_prefix": event_queue_prefix,
     } | ({"worker_detect_quorum_queues": True} if queue_type == "quorum" else {})
 
+
+
+def celery_settings_for(app_queue: AppQueue = AppQueue(), tasks: Tasks = Tasks()) -> dict[str, Any]:
+    """`celery_settings` from the validated models: the queue's names and the task limits."""
+    q = app_queue
+    return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
+                           control_exchange=q.control_exchange, event_exchange=q.event_exchange,
+                           event_queue_prefix=q.event_queue_prefix, soft_time_limit=tasks.soft_time_limit,
+                           time_limit=tasks.time_limit, prefetch_multiplier=tasks.prefetch_multiplier)
 
 # What a worker must run with for "at least once": checked in `up`'s health check.
 REQUIRED_KEYS = ("task_acks_late", "task_reject_on_worker_lost", "worker_cancel_long_running_tasks_on_connection_loss",

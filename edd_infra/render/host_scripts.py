@@ -59,6 +59,7 @@ journal=$(mktemp)
 on_rollback=:
 pending=0
 managed=$(mktemp)
+# shellcheck disable=SC2034 # changed: read by the steps after the prelude (activate, restarts), not in every script
 put() {
   echo "$5" >> "$managed"
   mkdir -p "$(dirname "$5")"
@@ -209,8 +210,8 @@ def remove_files(paths: Sequence[str]) -> str:
         while (above := posixpath.dirname(parent)).count("/") >= 3 or posixpath.basename(above) == "edd-infra":
             parent = posixpath.dirname(parent)
             dirs.add(parent)
-    dirs = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
-    return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in dirs)} 2>/dev/null || true"
+    deepest_first = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
+    return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in deepest_first)} 2>/dev/null || true"
 
 
 def deactivate(manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()) -> str:
@@ -531,7 +532,7 @@ def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, star
     password on stdin's first line, allowed to publish to `exchange` only."""
     exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
     has_queue = queue_exists(vhost, queue)
-    password = f"printf '%s\\n' \"$password\" | rabbitmqctl"
+    password = "printf '%s\\n' \"$password\" | rabbitmqctl"
     return broker_script(
         wait_for_broker(start_timeout),
         "IFS= read -r password",
@@ -677,7 +678,10 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
                f"--timeout 2) 2>/dev/null")
     return (
         f"start=$(date +%s); i=0\nwhile :; do\n"
-        f"  rc=0; off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
+        f"  rc=0\n"
+        # shellcheck cannot read the env file: it exists only on the host, root-only (it holds the broker URL).
+        f"  # shellcheck source=/dev/null # the env file exists only on the host (it holds secrets)\n"
+        f"  off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
         f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
         f"  [ \"$rc\" -ne 2 ] && break\n"
         f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "

@@ -44,11 +44,16 @@ class PermissionRegexes:
 
 
 class HasPermissions(Protocol):
-    """settings.Permissions or PermissionRegexes."""
+    """settings.Permissions or PermissionRegexes (read-only: the models are frozen)."""
 
-    configure: str
-    write: str
-    read: str
+    @property
+    def configure(self) -> str: ...
+
+    @property
+    def write(self) -> str: ...
+
+    @property
+    def read(self) -> str: ...
 
 
 @dataclass(frozen=True, kw_only=True)

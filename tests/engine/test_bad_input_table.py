@@ -537,7 +537,7 @@ def test_the_table_is_distinct_and_its_base_is_valid():
     assert len(configs) == len(set(configs))
     settings, problems = validate(base_config())
     assert problems == [] and settings is not None
-    assert secret_problems(GOOD_SECRETS, {k: True for k in GOOD_SECRETS}) == []
+    assert secret_problems(GOOD_SECRETS, dict.fromkeys(GOOD_SECRETS, True)) == []
 
 
 CONTROLS = {

@@ -71,7 +71,7 @@ def test_committed_stacks_decrypt_with_the_documented_passphrase(pulumi_cli, tmp
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PULUMI_BACKEND_URL": f"file://{tmp_path}",
            "PULUMI_CONFIG_PASSPHRASE": "edd-infra-example", "PULUMI_SKIP_UPDATE_CHECK": "true"}
     for name in ("prod", "dev"):
-        def cli(*args):
+        def cli(*args, name=name):  # bound now: called in this iteration only
             return subprocess.run([str(pulumi_cli / "pulumi"), *args, "--stack", name, "--non-interactive"],
                                   cwd=tmp_path, capture_output=True, text=True, env=env)
         init = subprocess.run([str(pulumi_cli / "pulumi"), "stack", "init", name, "--non-interactive"],

@@ -37,8 +37,8 @@ try:
 except ImportError:  # pytest run without the repository root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sandbox import hosts as sandbox_hosts_api  # noqa: E402
-from sandbox.image import ensure_image, ensure_machine_tools  # noqa: E402
+from sandbox import hosts as sandbox_hosts_api
+from sandbox.image import ensure_image, ensure_machine_tools
 
 
 def pytest_configure(config):

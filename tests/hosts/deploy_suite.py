@@ -220,7 +220,7 @@ def test_least_privilege_app_user_works_and_is_refused_elsewhere(deployed):
     deploy's ping) works without a single refusal; anything outside the profile is refused."""
     assert send_task(deployed.host, 1, 2) == "3"
     log = deployed.sh("cat /var/log/rabbitmq/*.log")
-    assert "access_refused" not in log.lower(), [l for l in log.splitlines() if "refused" in l.lower()][-5:]
+    assert "access_refused" not in log.lower(), [line for line in log.splitlines() if "refused" in line.lower()][-5:]
     perms = deployed.sh("rabbitmqctl -q list_user_permissions edd_user --no-table-headers").split("\t")
     assert perms[0] == "/edd" and ".*" not in perms[1].replace(".+@.+", "")
     declared = run_probe(deployed, "declare")

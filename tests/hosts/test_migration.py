@@ -19,7 +19,6 @@ import uuid
 
 import pytest
 
-from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, sandbox_config, send_task, tls_dir
 from sandbox.image import APP_TARGET, VENV
 from sandbox.tls import make_broker_certificates

@@ -24,7 +24,6 @@ import uuid
 import pytest
 from pulumi import automation as auto
 
-from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, sandbox_config, send_task
 from sandbox.image import ensure_image
 from edd_infra.workspace import ProjectStack
@@ -89,8 +88,8 @@ def succeeded_counts(d: Deployment, prefix: str) -> dict[str, int]:
 def broker_downtime(d: Deployment, since: float) -> float:
     """Seconds from the broker's last stop to its next start, from its journal."""
     lines = d.sh(f"journalctl -u rabbitmq-server -o short-unix --no-pager --since=@{int(since)}").splitlines()
-    stops = [float(l.split()[0]) for l in lines if "Stopping rabbitmq-server" in l]
-    starts = [float(l.split()[0]) for l in lines if "Started rabbitmq-server" in l]
+    stops = [float(line.split()[0]) for line in lines if "Stopping rabbitmq-server" in line]
+    starts = [float(line.split()[0]) for line in lines if "Started rabbitmq-server" in line]
     assert stops and starts, "\n".join(lines[-20:])
     return max(starts) - min(stops)
 

@@ -13,7 +13,7 @@ SOURCE = {"url": "https://deb1.rabbitmq.com/rabbitmq-server/debian/trixie", "sui
 def deb822(text: str) -> list[dict[str, str]]:
     """Stanzas of a deb822 file (apt's sources and preferences format), comments dropped."""
     stanzas = []
-    for block in "\n".join(l for l in text.splitlines() if not l.startswith("#")).split("\n\n"):
+    for block in "\n".join(kept for kept in text.splitlines() if not kept.startswith("#")).split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.strip().splitlines())
         if fields:
             stanzas.append(fields)

@@ -44,7 +44,7 @@ class FakeManagementApi(BaseHTTPRequestHandler):
     admin = ("edd-infra-admin", "adm pw")
     requests: list = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):  # http.server's name
         type(self).requests.append((self.command, self.path))
         expected = "Basic " + base64.b64encode(":".join(self.admin).encode()).decode()
         if self.headers.get("Authorization") != expected:

@@ -106,7 +106,7 @@ def test_guest_cannot_be_configured():
 
 
 GOOD = {"adminPassword": "a", "appPassword": "b", "flowerBrokerPassword": "c", "flowerUiPassword": "d"}
-ALL_SECRET = {k: True for k in list(GOOD) + ["sshPrivateKey"]}
+ALL_SECRET = dict.fromkeys(list(GOOD) + ["sshPrivateKey"], True)
 
 
 def test_secrets_ok():

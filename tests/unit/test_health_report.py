@@ -77,7 +77,7 @@ def test_an_external_broker_and_no_flower_say_so():
 
 
 class Healthcheck(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's name
         ok = self.path == "/healthcheck"
         self.send_response(200 if ok else 404)
         self.end_headers()

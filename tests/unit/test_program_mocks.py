@@ -180,7 +180,7 @@ def test_no_secret_in_any_command_text_and_secret_inputs_stay_secret(prod):
     _, resources, loop = prod
     commands = [r for r in resources if r[0] == "command:remote:Command"]
     assert commands
-    for type_, name, props, opts, secret in commands:
+    for _type, name, props, opts, secret in commands:
         for field in ("create", "update", "delete"):
             text = plain(loop, props.get(field)) or ""
             for value in SECRETS.values():

@@ -114,8 +114,8 @@ def test_no_shipped_text_suggests_a_secret_on_argv():
 def every_secret_message() -> list[str]:
     """What config_errors says about each secret: missing, in plaintext, malformed, and required by a feature."""
     messages = secret_problems({}, {})
-    messages += secret_problems({k: "x" for k in SECRET_KEYS}, {})
-    messages += secret_problems({k: "AAAAAAAAAAAAAAAAAAAAAAAA" for k in SECRET_KEYS}, {k: True for k in SECRET_KEYS})
+    messages += secret_problems(dict.fromkeys(SECRET_KEYS, "x"), {})
+    messages += secret_problems(dict.fromkeys(SECRET_KEYS, "AAAAAAAAAAAAAAAAAAAAAAAA"), dict.fromkeys(SECRET_KEYS, True))
     settings = StackSettings.model_validate(sample_raw(
         broker={"host": "queue", "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
                 "amqpListeners": ["127.0.0.1", "192.0.2.10"], "nodeAddress": "192.0.2.10",
