@@ -16,12 +16,12 @@ import gzip
 import hashlib
 import http.server
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
+
+from tests.http_serving import serving
 
 SUITE = "edd-test"
 TOOLS = {"gpg": "gnupg", "dpkg-deb": "dpkg", "dpkg-scanpackages": "dpkg-dev"}
@@ -98,19 +98,8 @@ def build_repo(base: Path, versions: dict[str, bool], work: Path) -> tuple[Path,
 @contextlib.contextmanager
 def serve(directory: Path, address: str) -> Iterator[str]:
     """HTTP for `directory` on `address` (a veth address of this machine); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        port = probe.getsockname()[1]
-    server = http.server.ThreadingHTTPServer((address, port), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{address}:{port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(functools.partial(_QuietHandler, directory=str(directory)), address) as url:
+        yield url
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

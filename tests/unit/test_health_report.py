@@ -5,12 +5,12 @@ from __future__ import annotations
 import http.server
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from edd_infra.health_report import broker_report, flower_report, stack_health, worker_report
 from edd_infra.render import host_scripts
+from tests.http_serving import serving
 
 pytestmark = pytest.mark.unit
 
@@ -89,14 +89,8 @@ class Healthcheck(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flower_on_loopback():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthcheck)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        thread.join()
+    with serving(Healthcheck) as url:
+        yield url
 
 
 def test_flowers_check_prints_what_its_healthcheck_answered(tmp_path, flower_on_loopback):
