@@ -33,6 +33,8 @@ class StackSecrets:
     result_backend: Optional[pulumi.Output[str]] = None
     # The Erlang cookie cluster nodes share (broker.clusterNodes).
     erlang_cookie: Optional[pulumi.Output[str]] = None
+    # The key of Flower's HTTPS certificate (flower.tls).
+    flower_tls_key: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -54,7 +56,7 @@ def _unknown_keys() -> list[str]:
 
 
 def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
-    """File names in the config (broker.tls, celerySigning, broker.aptSource) resolved against the project directory."""
+    """File names in the config (broker.tls, flower.tls, celerySigning, broker.aptSource) resolved against the project directory."""
     def resolve(name: str) -> str:
         return str((project_dir / name).resolve())
 
@@ -67,6 +69,10 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
         previous = signing.previous_cert_file and resolve(signing.previous_cert_file)
         signing = signing.model_copy(update={"cert_file": resolve(signing.cert_file), "previous_cert_file": previous})
         settings = settings.model_copy(update={"celery_signing": signing})
+    if settings.flower.tls is not None:
+        tls = settings.flower.tls
+        tls = tls.model_copy(update={"cert_file": resolve(tls.cert_file), "ca_file": tls.ca_file and resolve(tls.ca_file)})
+        settings = settings.model_copy(update={"flower": settings.flower.model_copy(update={"tls": tls})})
     if settings.broker.apt_source is not None:
         source = settings.broker.apt_source.model_copy(update={"key_file": resolve(settings.broker.apt_source.key_file)})
         settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"apt_source": source})})
@@ -117,4 +123,5 @@ async def load_settings(config: Optional[pulumi.Config] = None,
         celery_signing_key=secrets["celerySigningKey"],
         result_backend=secrets["resultBackend"],
         erlang_cookie=secrets["erlangCookie"],
+        flower_tls_key=secrets["flowerTlsKey"],
     )

@@ -3,7 +3,8 @@
 Real sites bring their own PKI; the sandbox makes one per stack so `broker.tls` is tested
 against real certificates: a CA, and a server certificate for the host's address (IP SAN)
 and loopback, signed by it. The keys stay in `directory` (0600) and the server key goes
-into the stack as the secret `brokerTlsKey`.
+into the stack as the secret `brokerTlsKey`. Flower gets a certificate of its own from the
+same CA (its key is `flowerTlsKey`: Flower never holds the broker's key).
 """
 
 from __future__ import annotations
@@ -55,3 +56,24 @@ def make_signing_certificate(directory: Path) -> dict[str, Path]:
                  "-keyout", "signing.key", "-out", "signing.pem", cwd=directory)
         files["signing.key"].chmod(0o600)
     return files
+
+
+def make_flower_certificate(directory: Path, address: str) -> dict[str, Path]:
+    """flower.pem and flower.key in `directory` (beside the CA of `make_broker_certificates`,
+    which signs it): Flower's HTTPS certificate for `address` (reused when it still matches the CA)."""
+    files = {"flower.pem": directory / "flower.pem", "flower.key": directory / "flower.key"}
+    if (all(p.exists() for p in files.values()) and address in _ip_alt_names(files["flower.pem"])
+            and _issued_by(files["flower.pem"], directory / "ca.pem")):
+        return files
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
+             "-keyout", "flower.key", "-out", "flower.csr", cwd=directory)
+    (directory / "flower.ext").write_text(f"subjectAltName = IP:{address}\n")
+    _openssl("x509", "-req", "-in", "flower.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", "flower.ext", "-out", "flower.pem", cwd=directory)
+    files["flower.key"].chmod(0o600)
+    return files
+
+
+def _issued_by(cert: Path, ca: Path) -> bool:
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True)
+    return result.returncode == 0

@@ -688,10 +688,22 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
     )
 
 
-def http_ok(*, virtualenv: str, url: str, attempts: int = 30) -> str:
-    """Wait until `url` answers 2xx, using the service's own Python (no curl needed)."""
+# argv[1]: the URL; argv[2], if given: the CA file an https URL's certificate must chain to.
+HTTP_PROBE = ("import ssl, sys, urllib.request; "
+              "ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None; "
+              "urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)")
+
+
+def http_ok(*, virtualenv: str, url: str, attempts: int = 30, ca_file: str | None = None) -> str:
+    """Wait until `url` answers 2xx, using the service's own Python (no curl needed); an https
+    `url` is verified against `ca_file` (certificate chain and host name)."""
     probe = (
-        f"{q(virtualenv + '/bin/python')} -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "
-        f"{q(url)} >/dev/null 2>&1"
+        f"{q(virtualenv + '/bin/python')} -c {q(HTTP_PROBE)} {q(url)}{' ' + q(ca_file) if ca_file else ''} >/dev/null 2>&1"
     )
     return retry(probe, attempts, f"{url} did not answer")
+
+
+def private_files(pattern: str) -> str:
+    """Shell that makes files matching `pattern` (a glob; none is fine) 0600 if they are not:
+    what a service wrote before its unit set UMask=0077. Not a change (no restart)."""
+    return f"for f in {pattern}; do [ -f \"$f\" ] && chmod go= \"$f\"; done; true"
