@@ -432,6 +432,15 @@ def flower_tls_problems(settings: StackSettings, secrets: Mapping[str, str | Non
                         "scrapers would refuse it")
     if ca is not None:
         try:
+            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+            signs = usage.key_cert_sign
+        except x509.ExtensionNotFound:
+            signs = False
+        if not signs:
+            problems.append(f"{PROJECT}:{ca_key}: the CA certificate has no key usage allowing it to sign "
+                            "certificates (keyUsage keyCertSign): Python 3.13 (Debian 13) refuses such a CA, so "
+                            "Flower's health check would fail; reissue the CA with keyUsage=critical,keyCertSign,cRLSign")
+        try:
             cert.verify_directly_issued_by(ca)
         except Exception:  # noqa: BLE001 - a bad signature or another issuer: not issued by this CA
             problems.append(f"{PROJECT}:flower.tls.certFile: not issued by {ca_key} (the CA that verifies Flower "

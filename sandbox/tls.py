@@ -25,9 +25,12 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     addresses = (address, *cluster_addresses)
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    if all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"]):
+    if (all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"])
+            and _has_key_usage(files["ca.pem"])):
         return files
+    # keyUsage: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a CA without it.
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
@@ -38,6 +41,12 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     for key in ("ca.key", "server.key"):
         files[key].chmod(0o600)
     return files
+
+
+def _has_key_usage(cert: Path) -> bool:
+    result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "keyUsage"],
+                            capture_output=True, text=True)
+    return "Certificate Sign" in result.stdout
 
 
 def _ip_alt_names(cert: Path) -> set[str]:

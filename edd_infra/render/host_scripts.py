@@ -696,11 +696,11 @@ HTTP_PROBE = ("import ssl, sys, urllib.request; "
 
 def http_ok(*, virtualenv: str, url: str, attempts: int = 30, ca_file: str | None = None) -> str:
     """Wait until `url` answers 2xx, using the service's own Python (no curl needed); an https
-    `url` is verified against `ca_file` (certificate chain and host name)."""
-    probe = (
-        f"{q(virtualenv + '/bin/python')} -c {q(HTTP_PROBE)} {q(url)}{' ' + q(ca_file) if ca_file else ''} >/dev/null 2>&1"
-    )
-    return retry(probe, attempts, f"{url} did not answer")
+    `url` is verified against `ca_file` (certificate chain and host name). On failure the last
+    error is printed (a refused certificate says why)."""
+    probe = f"{q(virtualenv + '/bin/python')} -c {q(HTTP_PROBE)} {q(url)}{' ' + q(ca_file) if ca_file else ''}"
+    return retry(f"probe_out=$({probe} 2>&1)", attempts, f"{url} did not answer",
+                 on_fail="printf '%s\\n' \"$probe_out\" | tail -n 1 >&2; ")
 
 
 def private_files(pattern: str) -> str:

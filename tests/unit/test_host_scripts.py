@@ -434,6 +434,7 @@ def test_private_files_takes_group_and_other_bits_from_an_old_database_and_no_ma
 
 def test_http_probe_verifies_https_against_the_given_ca():
     text = host_scripts.http_ok(virtualenv="/v", url="https://10.0.0.2:5555/healthcheck", ca_file="/etc/ca.pem")
-    assert " https://10.0.0.2:5555/healthcheck /etc/ca.pem >/dev/null" in text and "create_default_context(cafile=" in text
-    assert " http://127.0.0.1:5555/healthcheck >/dev/null" in host_scripts.http_ok(
+    assert " https://10.0.0.2:5555/healthcheck /etc/ca.pem 2>&1)" in text and "create_default_context(cafile=" in text
+    assert "tail -n 1 >&2" in text  # the last error (why a certificate was refused) is shown
+    assert " http://127.0.0.1:5555/healthcheck 2>&1)" in host_scripts.http_ok(
         virtualenv="/v", url="http://127.0.0.1:5555/healthcheck")
