@@ -425,11 +425,11 @@ def test_a_stack_that_set_flower_user_keeps_its_account_and_is_warned_when_share
     assert flagged == ([] if warned is None else [flagged[0]]) and (warned is None or flagged[0].startswith(warned))
 
 
-def flower_tls_config(tmp_path, address="10.0.0.2", with_key=True, ca_for=None):
+def flower_tls_config(tmp_path, address="10.0.0.2", with_key=True, ca_for=None, ca_key_usage=True):
     """prod with broker.tls and Flower on `address` over HTTPS, its certificate from the broker's
     CA (or, with `ca_for`, from another CA)."""
     config, keys = tls_config(tmp_path)
-    ca, cert, key = ca_and_server_pems(address)
+    ca, cert, key = ca_and_server_pems(address, ca_key_usage=ca_key_usage)
     if ca_for:
         cert = ca_and_server_pems(ca_for, ca_name="another CA")[1]
     (tmp_path / "ca.pem").write_text(ca)
@@ -468,6 +468,7 @@ def test_flower_off_loopback_serves_https_from_the_stacks_ca(tmp_path):
     ({"ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: not issued by broker.tls.caFile"),
     ({"address": "10.0.0.3", "ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: the certificate is not for "
                                                     "flower.address 10.0.0.3"),
+    ({"ca_key_usage": False}, "edd-infra:broker.tls.caFile: the CA certificate has no key usage allowing it to sign"),
 ])
 def test_flower_tls_that_cannot_work_is_refused_before_any_resource(tmp_path, change, problem):
     change = dict(change)
