@@ -78,6 +78,11 @@ elif os.environ.get("CELERY_SECURITY_CERT_STORE"):
     disable_insecure_serializers(None)  # as setup_security() does; `auth` is enabled below
     registry.register("auth", _cannot_sign, _verifier.deserialize, content_type="application/data",
                       content_encoding="utf-8")
+    # Remote control (Flower's wake-up call when it starts capturing events, inspect, revoke,
+    # shutdown) goes out unsigned: the workers refuse it (they accept only signed messages), and
+    # events, which workers send by themselves, keep Flower's dashboard current. Left signed,
+    # the wake-up would raise and Flower would never capture an event.
+    app.control.mailbox.serializer = "json"
 
 
 @app.task(name="edd.add")

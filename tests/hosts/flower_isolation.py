@@ -157,8 +157,22 @@ def check_cannot_sign_tasks(d) -> None:
     assert "no signing key" in journal or "ACCESS_REFUSED" in journal, journal[-1500:]
 
 
+def check_dashboard_sees_the_worker_online(d, timeout: float = 90) -> None:
+    """Without the key Flower still captures events (the workers send them by themselves): its
+    workers data, what the dashboard renders, shows the worker Online."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = flower_request(d, "workers?json=1")
+        online = {w.get("hostname"): w.get("status") for w in json.loads(body or '{"data": []}')["data"]}
+        if status == 200 and online.get(f"{WORKER}@{d.host.name}") is True:
+            return
+        assert time.monotonic() < deadline, f"Flower never showed {WORKER} online: {status} {online}"
+        time.sleep(2)
+
+
 def check_all(d) -> None:
     """Every check, in an order that leaves the deployment as it was (the database check restarts Flower)."""
     for check in (check_own_account, check_workers_files_refused_to_flower, check_flowers_files_refused_to_workers,
-                  check_no_signing_key, check_https_from_the_stack_ca, check_cannot_sign_tasks, check_private_database):
+                  check_no_signing_key, check_https_from_the_stack_ca, check_cannot_sign_tasks,
+                  check_dashboard_sees_the_worker_online, check_private_database):
         check(d)

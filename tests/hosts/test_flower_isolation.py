@@ -47,6 +47,10 @@ def test_flower_holds_no_signing_key_and_cannot_sign(deployed):
     iso.check_cannot_sign_tasks(deployed)
 
 
+def test_without_the_key_flower_still_sees_the_worker_online(deployed):
+    iso.check_dashboard_sees_the_worker_online(deployed)
+
+
 def test_flower_serves_https_verified_against_the_stacks_ca(deployed):
     iso.check_https_from_the_stack_ca(deployed)
     targets = deployed.stack.stack.outputs()["scrapeTargets"].value
