@@ -274,8 +274,9 @@ def flower_warnings(settings: StackSettings) -> list[str]:
                             "a group of its own (default flower)")
     if flower.can_send_tasks and settings.celery_signing is not None and settings.flower_broker_user.profile != "administrator":
         warnings.append("flower.canSendTasks: Flower holds the signing key, but its broker user (flowerBrokerUser.profile "
-                        f"{settings.flower_broker_user.profile}) may not publish tasks, so the key serves nothing there; "
-                        "remove flower.canSendTasks")
+                        f"{settings.flower_broker_user.profile}) may not publish tasks: the key sends none, and only "
+                        "lets Flower's UI control the workers (inspect, revoke, shutdown); remove flower.canSendTasks "
+                        "unless that is what you want")
     return warnings
 
 
