@@ -133,6 +133,7 @@ def reference_problems(settings: StackSettings) -> list[str]:
     problems += cluster_problems(settings) + migration_problems(settings)
     if settings.flower.host != settings.broker.host:
         problems.append(f"{PROJECT}:flower.host: Flower must run on the broker host ({settings.broker.host!r})")
+    problems += flower_problems(settings)
     # Listeners on the broker host (Flower runs there too) cannot share an address and port.
     # With broker.tls the plain ones stay on loopback and TLS ones take the configured addresses.
     broker, tls = settings.broker, settings.broker.tls
@@ -236,6 +237,49 @@ def migration_problems(settings: StackSettings) -> list[str]:
     return problems
 
 
+def flower_problems(settings: StackSettings) -> list[str]:
+    """Flower off loopback only over HTTPS, with a CA that says who issued its certificate."""
+    flower, problems = settings.flower, list[str]()
+    if not flower.enabled:
+        return problems
+    if flower.tls is None and not flower.loopback:
+        problems.append(
+            f"{PROJECT}:flower.address: {flower.address} is not loopback, so flower.tls is required: over plain HTTP "
+            "Flower's login travels with every request and its pages show task arguments and results. Set "
+            "flower.tls.certFile (a certificate for that address from the stack's CA) and the secret flowerTlsKey "
+            "(pulumi config set --secret flowerTlsKey < flower.key), or keep Flower on 127.0.0.1 (behind a TLS proxy "
+            "of your own)")
+    if flower.tls is not None and flower.tls.ca_file is None and settings.broker.tls is None:
+        problems.append(f"{PROJECT}:flower.tls.caFile: required without broker.tls (the CA that issued "
+                        "flower.tls.certFile: Flower's health check and scrapers verify it)")
+    return problems
+
+
+def flower_warnings(settings: StackSettings) -> list[str]:
+    """Config the program accepts (older stacks set it) that leaves a door open between Flower
+    and the workers; `up` and `preview` print each."""
+    flower, warnings = settings.flower, list[str]()
+    if not flower.enabled:
+        return warnings
+    for i, worker in enumerate(settings.workers):
+        if worker.host != flower.host:
+            continue
+        if worker.user == flower.user:
+            warnings.append(f"flower.user: Flower runs as workers[{i}]'s user {worker.user!r}: it can read the workers' "
+                            "environment files (the app password) and they its UI password. Remove flower.user and "
+                            "flower.group (Flower then gets its own account, flower) or set ones no worker uses")
+        elif flower.group == worker.group or flower.group in worker.extra_groups:
+            warnings.append(f"flower.group: Flower's group {flower.group!r} is also workers[{i}]'s: the worker can read "
+                            "Flower's files (its UI password, its database) or Flower the worker's. Set flower.group to "
+                            "a group of its own (default flower)")
+    if flower.can_send_tasks and settings.celery_signing is not None and settings.flower_broker_user.profile != "administrator":
+        warnings.append("flower.canSendTasks: Flower holds the signing key, but its broker user (flowerBrokerUser.profile "
+                        f"{settings.flower_broker_user.profile}) may not publish tasks: the key sends none, and only "
+                        "lets Flower's UI control the workers (inspect, revoke, shutdown); remove flower.canSendTasks "
+                        "unless that is what you want")
+    return warnings
+
+
 def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bool]) -> list[str]:
     """Checks on secret values; messages name the key and the rule, never the value."""
     problems = []
@@ -248,7 +292,7 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             continue
         if not is_secret.get(key, False):
             problems.append(f"{full}: stored in plaintext; set it with `pulumi config set --secret {key}`")
-        if key in ("sshPrivateKey", "brokerTlsKey", "celerySigningKey"):
+        if key in ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "flowerTlsKey"):
             if "PRIVATE KEY-----" not in value:
                 problems.append(f"{full}: must be an OpenSSH or PEM private key")
             continue
@@ -362,6 +406,50 @@ def _apt_source_problems(settings: StackSettings, root: Path) -> list[str]:
     return problems
 
 
+def flower_tls_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path) -> list[str]:
+    """flower.tls: its key, a certificate for flower.address issued by its CA (flower.tls.caFile,
+    else broker.tls.caFile)."""
+    flower = settings.flower
+    if not flower.enabled or flower.tls is None:
+        return []
+    problems = []
+    if not secrets.get("flowerTlsKey"):
+        problems.append(f"{PROJECT}:flowerTlsKey: required when flower.tls is set "
+                        "(pulumi config set --secret flowerTlsKey < flower.key)")
+    cert, cert_problems = _load_certificate("flower.tls.certFile", flower.tls.cert_file, root)
+    ca_key = "flower.tls.caFile" if flower.tls.ca_file else "broker.tls.caFile"
+    ca_name = flower.tls.ca_file or (settings.broker.tls.ca_file if settings.broker.tls else None)
+    ca, ca_problems = _load_certificate(ca_key, ca_name, root) if ca_name else (None, [])
+    problems += cert_problems + (ca_problems if ca_key == "flower.tls.caFile" else [])
+    if cert is None:
+        return problems
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        addresses = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        addresses = set()
+    if str(ipaddress.ip_address(flower.address)) not in addresses:
+        problems.append(f"{PROJECT}:flower.tls.certFile: the certificate is not for flower.address {flower.address} "
+                        f"(its IP subject alternative names: {', '.join(sorted(addresses)) or 'none'}); browsers and "
+                        "scrapers would refuse it")
+    if ca is not None:
+        try:
+            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+            signs = usage.key_cert_sign
+        except x509.ExtensionNotFound:
+            signs = False
+        if not signs:
+            problems.append(f"{PROJECT}:{ca_key}: the CA certificate has no key usage allowing it to sign "
+                            "certificates (keyUsage keyCertSign): Python 3.13 (Debian 13) refuses such a CA, so "
+                            "Flower's health check would fail; reissue the CA with keyUsage=critical,keyCertSign,cRLSign")
+        try:
+            cert.verify_directly_issued_by(ca)
+        except Exception:  # noqa: BLE001 - a bad signature or another issuer: not issued by this CA
+            problems.append(f"{PROJECT}:flower.tls.certFile: not issued by {ca_key} (the CA that verifies Flower "
+                            "for its health check and scrapers)")
+    return problems
+
+
 def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path,
                   now: datetime | None = None) -> list[str]:
     """broker.tls and celerySigning need their secret keys and readable PEM certificates
@@ -384,6 +472,7 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
         problems.append(f"{PROJECT}:erlangCookie: required when broker.clusterNodes is set "
                         "(the value on stdin, never on a command line: "
                         "openssl rand -hex 32 | pulumi config set --secret erlangCookie)")
+    problems += flower_tls_problems(settings, secrets, root)
     if settings.celery_signing is not None:
         if not secrets.get("celerySigningKey"):
             problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "

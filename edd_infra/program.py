@@ -29,7 +29,7 @@ from .render.edd_settings import edd_rabbitmq_settings
 from .render.host_scripts import FileSpec
 from .render.scrape_targets import scrape_targets
 from .render.signing_files import previous_certificate_warning
-from .config_errors import ConfigError
+from .config_errors import ConfigError, flower_warnings
 from .settings import PROJECT, Broker, BrokerTls, StackSettings, is_prod_stack
 from .stack_config import StackSecrets, load_settings
 from .upgrade_path import upgrade_problem
@@ -126,6 +126,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
             signing=signing, result_backend=secrets.result_backend, stop_timeout=settings.tasks.stop_timeout,
             depends_on=deps))
     flower_url = flower = None
+    for warning in flower_warnings(settings):
+        pulumi.log.warn(warning)
     if settings.flower.enabled:
         flower_cfg = settings.flower
         deps = ready + account(flower_cfg.host, flower_cfg.user, flower_cfg.group, [])
@@ -139,6 +141,7 @@ def build(settings: StackSettings, secrets: StackSecrets,
             celery_config=celery,
             ui_password=secrets.flower_ui_password,
             signing=signing,
+            tls=flower_tls_material(settings, secrets),
             depends_on=deps,
         )
         flower_url = flower.url
@@ -251,6 +254,24 @@ def tls_material(settings: StackSettings) -> tuple[Optional[str], Optional[tuple
     if tls is None:
         return None, None
     return tls.ca_file, (Path(tls.ca_file).read_text(), Path(tls.cert_file).read_text())
+
+
+def flower_ca_file(settings: StackSettings) -> Optional[str]:
+    """The CA that issued Flower's HTTPS certificate: flower.tls.caFile, else broker.tls.caFile."""
+    tls = settings.flower.tls
+    if tls is None:
+        return None
+    return tls.ca_file or cast(BrokerTls, settings.broker.tls).ca_file  # one of them is set (validated)
+
+
+def flower_tls_material(settings: StackSettings, secrets: StackSecrets
+                        ) -> Optional[tuple[str, str, pulumi.Output[str]]]:
+    """(certificate, CA certificate, key) for Flower's HTTPS, with flower.tls (files checked at load)."""
+    tls = settings.flower.tls
+    if tls is None:
+        return None
+    ca_file = cast(str, flower_ca_file(settings))
+    return Path(tls.cert_file).read_text(), Path(ca_file).read_text(), cast(pulumi.Output[str], secrets.flower_tls_key)
 
 
 async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broker_drift.BrokerDrift:

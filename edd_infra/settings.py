@@ -398,21 +398,62 @@ class Worker(Model):
         return self
 
 
+class FlowerTls(Model):
+    """Flower's UI over HTTPS: `certFile` (PEM, beside Pulumi.yaml or absolute) for
+    flower.address, issued by `caFile` (default: broker.tls.caFile, the stack's CA); the key
+    is the secret `flowerTlsKey`."""
+
+    cert_file: LocalPath
+    ca_file: Optional[LocalPath] = None
+
+
+# Flower's service account before it had its own (the workers'); a stack that sets flower.user
+# but not flower.group keeps this group, as it had.
+SHARED_SERVICE_GROUP = "celery"
+
+
 class Flower(Model):
-    """Flower, the Celery dashboard, as a daemon behind basic auth."""
+    """Flower, the Celery dashboard, as a daemon behind basic auth, under its own system user
+    and group (not the workers': neither can read the other's files)."""
 
     enabled: bool = True
     host: Identifier
     app: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")] = "edd"
     working_directory: AbsolutePath
     virtualenv: AbsolutePath
-    user: UserName = "celery"
-    group: UserName = "celery"
+    user: UserName = "flower"
+    group: UserName = "flower"
     address: IPAddress = "127.0.0.1"
     port: Port = 5555
     url_prefix: Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$")] = ""
     persistent: bool = True
     ui_user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "admin"
+    # With celerySigning: Flower gets the signing key too, so tasks sent from its API are signed
+    # (as the workers' and EDD's). Off: only the certificate and store (it verifies, cannot sign).
+    can_send_tasks: bool = False
+    # HTTPS for the UI; required when `address` is not loopback.
+    tls: Optional[FlowerTls] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_user_keeps_its_group(cls, data):
+        # Before Flower had its own account, an unset group was the workers' `celery`.
+        if isinstance(data, dict) and data.get("user", "flower") != "flower" and "group" not in data:
+            return {**data, "group": SHARED_SERVICE_GROUP}
+        return data
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _empty_tls_is_off(cls, value):
+        return None if value == {} else value
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.address).is_loopback
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 class Tasks(Model):
@@ -554,4 +595,4 @@ class StackSettings(Model):
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend", "erlangCookie")
+OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend", "erlangCookie", "flowerTlsKey")

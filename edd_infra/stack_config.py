@@ -35,6 +35,8 @@ class StackSecrets:
     result_backend: Optional[pulumi.Output[str]] = None
     # The Erlang cookie cluster nodes share (broker.clusterNodes).
     erlang_cookie: Optional[pulumi.Output[str]] = None
+    # The key of Flower's HTTPS certificate (flower.tls).
+    flower_tls_key: Optional[pulumi.Output[str]] = None
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
@@ -66,7 +68,7 @@ def encryption_salt(project_dir: Path, stack: str) -> Optional[str]:
 
 
 def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
-    """File names in the config (broker.tls, celerySigning, broker.aptSource) resolved against the project directory."""
+    """File names in the config (broker.tls, flower.tls, celerySigning, broker.aptSource) resolved against the project directory."""
     def resolve(name: str) -> str:
         return str((project_dir / name).resolve())
 
@@ -79,6 +81,11 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
         previous = signing.previous_cert_file and resolve(signing.previous_cert_file)
         signing = signing.model_copy(update={"cert_file": resolve(signing.cert_file), "previous_cert_file": previous})
         settings = settings.model_copy(update={"celery_signing": signing})
+    if settings.flower.tls is not None:
+        flower_tls = settings.flower.tls
+        flower_tls = flower_tls.model_copy(update={"cert_file": resolve(flower_tls.cert_file),
+                                                   "ca_file": flower_tls.ca_file and resolve(flower_tls.ca_file)})
+        settings = settings.model_copy(update={"flower": settings.flower.model_copy(update={"tls": flower_tls})})
     if settings.broker.apt_source is not None:
         source = settings.broker.apt_source.model_copy(update={"key_file": resolve(settings.broker.apt_source.key_file)})
         settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"apt_source": source})})
@@ -135,4 +142,5 @@ async def load_settings(config: Optional[pulumi.Config] = None,
         celery_signing_key=secrets["celerySigningKey"],
         result_backend=secrets["resultBackend"],
         erlang_cookie=secrets["erlangCookie"],
+        flower_tls_key=secrets["flowerTlsKey"],
     )

@@ -24,7 +24,7 @@ from edd_infra.workspace import ROOT, ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
 from sandbox import prometheus
 from sandbox.image import APP_TARGET, VENV, client_key
-from sandbox.tls import make_broker_certificates, make_signing_certificate
+from sandbox.tls import make_broker_certificates, make_flower_certificate, make_signing_certificate
 
 STACK = "sandbox"
 HOST = "edd-sandbox"
@@ -60,13 +60,16 @@ def tls_dir(stack: ProjectStack) -> str:
 
 
 def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None,
-                   signing: bool = False, worker_hosts: tuple = (), broker_nodes: tuple = ()) -> dict:
+                   signing: bool = False, worker_hosts: tuple = (), broker_nodes: tuple = (),
+                   flower_tls: bool = False) -> dict:
     """Plain stack config for a single sandbox host running broker, worker and Flower.
 
-    The management API and Flower listen on the host's veth address: a private link that
-    only this machine reaches, standing in for an admin network. With `tls` (a directory
-    holding ca.pem and server.pem), the management API and AMQP on that address use TLS;
-    plain AMQP and management stay on loopback for the services on the host. With
+    The management API listens on the host's veth address: a private link that only this
+    machine reaches, standing in for an admin network. With `tls` (a directory holding ca.pem
+    and server.pem), the management API and AMQP on that address use TLS; plain AMQP and
+    management stay on loopback for the services on the host. Flower listens there too, over
+    HTTPS, with `flower_tls` (flower.pem from the same directory; the program refuses Flower
+    off loopback without TLS); without it, on loopback. With
     `signing`, tasks are signed with a certificate from the same directory. Each of
     `worker_hosts` (needs `tls`) runs one more worker, `edd-worker-<n>`, reaching the broker
     over TLS. Each of `broker_nodes` (needs `tls`) runs one more RabbitMQ node, joined to the
@@ -91,7 +94,8 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
                      "concurrency": worker_concurrency}
                     for name, h in [(WORKER, host)] + [(f"edd-worker-{i}", w) for i, w in enumerate(worker_hosts, 2)]],
         "flower": {"host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
-                   "address": host.address},
+                   **({"address": host.address, "tls": {"certFile": f"{tls}/flower.pem"}} if flower_tls and tls
+                      else {})},
     }
 
 
@@ -115,7 +119,8 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bo
         files = make_broker_certificates(stack.work_dir / directory, host.address,
                                          *(n.address for n in config.get("broker_nodes", ())))
         files |= make_signing_certificate(stack.work_dir / directory)
-    stack.set_plain(sandbox_config(host, tls=directory, signing=hardened, **config))
+        files |= make_flower_certificate(stack.work_dir / directory, host.address)
+    stack.set_plain(sandbox_config(host, tls=directory, signing=hardened, flower_tls=hardened, **config))
     have = stack.stack.get_all_config()
     for key, value in random_secrets().items():
         if f"edd-infra:{key}" not in have:
@@ -127,6 +132,7 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bo
     if directory:
         stack.set_secret("brokerTlsKey", files["server.key"].read_text())
         stack.set_secret("celerySigningKey", files["signing.key"].read_text())
+        stack.set_secret("flowerTlsKey", files["flower.key"].read_text())
 
 
 def send_task(host: sandbox_hosts.SandboxHost, x: int = 2, y: int = 3) -> str:
@@ -175,7 +181,7 @@ def up() -> None:
     flower = outputs["flowerUrl"].value
     print(f"""
 Sandbox deployed in {time.monotonic() - started:.0f} s.
-  Flower:      {flower}  (from this machine: the host's private link){flower_login()}
+  Flower:      {flower}  (from this machine: the host's private link; CA: {tls_dir(stack)}/ca.pem){flower_login()}
   Management:  {outputs['managementEndpoint'].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
   EDD settings: /etc/edd-infra/edd-rabbitmq.json on the host; stack output eddSettings (secret)
   Host shell:  {shlex.join(host.ssh_command())}

@@ -3,7 +3,8 @@
 Real sites bring their own PKI; the sandbox makes one per stack so `broker.tls` is tested
 against real certificates: a CA, and a server certificate for the host's address (IP SAN)
 and loopback, signed by it. The keys stay in `directory` (0600) and the server key goes
-into the stack as the secret `brokerTlsKey`.
+into the stack as the secret `brokerTlsKey`. Flower gets a certificate of its own from the
+same CA (its key is `flowerTlsKey`: Flower never holds the broker's key).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     addresses = (address, *cluster_addresses)
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    if all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"]):
+    if (all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"])
+            and _has_key_usage(files["ca.pem"])):
         return files
+    # keyUsage: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a CA without it.
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
@@ -37,6 +41,12 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     for key in ("ca.key", "server.key"):
         files[key].chmod(0o600)
     return files
+
+
+def _has_key_usage(cert: Path) -> bool:
+    result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "keyUsage"],
+                            capture_output=True, text=True)
+    return "Certificate Sign" in result.stdout
 
 
 def _ip_alt_names(cert: Path) -> set[str]:
@@ -55,3 +65,24 @@ def make_signing_certificate(directory: Path) -> dict[str, Path]:
                  "-keyout", "signing.key", "-out", "signing.pem", cwd=directory)
         files["signing.key"].chmod(0o600)
     return files
+
+
+def make_flower_certificate(directory: Path, address: str) -> dict[str, Path]:
+    """flower.pem and flower.key in `directory` (beside the CA of `make_broker_certificates`,
+    which signs it): Flower's HTTPS certificate for `address` (reused when it still matches the CA)."""
+    files = {"flower.pem": directory / "flower.pem", "flower.key": directory / "flower.key"}
+    if (all(p.exists() for p in files.values()) and address in _ip_alt_names(files["flower.pem"])
+            and _issued_by(files["flower.pem"], directory / "ca.pem")):
+        return files
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
+             "-keyout", "flower.key", "-out", "flower.csr", cwd=directory)
+    (directory / "flower.ext").write_text(f"subjectAltName = IP:{address}\n")
+    _openssl("x509", "-req", "-in", "flower.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", "flower.ext", "-out", "flower.pem", cwd=directory)
+    files["flower.key"].chmod(0o600)
+    return files
+
+
+def _issued_by(cert: Path, ca: Path) -> bool:
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], capture_output=True, text=True)
+    return result.returncode == 0

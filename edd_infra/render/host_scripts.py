@@ -698,15 +698,16 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
     )
 
 
-def http_report(*, virtualenv: str, url: str) -> str:
-    """GET `url` once more and print its status and the start of its body as a `health` line
-    (health_report.flower_report)."""
-    code = ("import json, sys, time, urllib.request\n"
-            "r = urllib.request.urlopen(sys.argv[1], timeout=3)\n"
+def http_report(*, virtualenv: str, url: str, ca_file: str | None = None) -> str:
+    """GET `url` once more (an https one verified against `ca_file`) and print its status and
+    the start of its body as a `health` line (health_report.flower_report)."""
+    code = ("import json, ssl, sys, time, urllib.request\n"
+            "ctx = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else None\n"
+            "r = urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)\n"
             "body = r.read(64).decode(errors='replace').strip()\n"
             "now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())\n"
             "print(sys.argv[2] + json.dumps({'status': r.status, 'body': body, 'checkedAt': now}))")
-    return f"{q(virtualenv + '/bin/python')} -c {q(code)} {q(url)} {q(HEALTH_MARKER)}"
+    return f"{q(virtualenv + '/bin/python')} -c {q(code)} {q(url)} {q(HEALTH_MARKER)}{' ' + q(ca_file) if ca_file else ''}"
 
 
 def health_probe(*, vhost: str) -> str:
@@ -724,10 +725,22 @@ def health_probe(*, vhost: str) -> str:
     )
 
 
-def http_ok(*, virtualenv: str, url: str, attempts: int = 30) -> str:
-    """Wait until `url` answers 2xx, using the service's own Python (no curl needed)."""
-    probe = (
-        f"{q(virtualenv + '/bin/python')} -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "
-        f"{q(url)} >/dev/null 2>&1"
-    )
-    return retry(probe, attempts, f"{url} did not answer")
+# argv[1]: the URL; argv[2], if given: the CA file an https URL's certificate must chain to.
+HTTP_PROBE = ("import ssl, sys, urllib.request; "
+              "ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None; "
+              "urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)")
+
+
+def http_ok(*, virtualenv: str, url: str, attempts: int = 30, ca_file: str | None = None) -> str:
+    """Wait until `url` answers 2xx, using the service's own Python (no curl needed); an https
+    `url` is verified against `ca_file` (certificate chain and host name). On failure the last
+    error is printed (a refused certificate says why)."""
+    probe = f"{q(virtualenv + '/bin/python')} -c {q(HTTP_PROBE)} {q(url)}{' ' + q(ca_file) if ca_file else ''}"
+    return retry(f"probe_out=$({probe} 2>&1)", attempts, f"{url} did not answer",
+                 on_fail="printf '%s\\n' \"$probe_out\" | tail -n 1 >&2; ")
+
+
+def private_files(pattern: str) -> str:
+    """Shell that makes files matching `pattern` (a glob; none is fine) 0600 if they are not:
+    what a service wrote before its unit set UMask=0077. Not a change (no restart)."""
+    return f"for f in {pattern}; do [ -f \"$f\" ] && chmod go= \"$f\"; done; true"

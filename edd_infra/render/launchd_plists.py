@@ -22,9 +22,11 @@ def render_daemon_plist(
     environment_file: str | None,
     log_path: str,
     exit_timeout: int | None = None,
+    umask: int | None = None,
 ) -> str:
     """A LaunchDaemon plist that starts at boot and is restarted when it exits; `exit_timeout`:
-    seconds from SIGTERM to SIGKILL when it is stopped (launchd's default is 20)."""
+    seconds from SIGTERM to SIGKILL when it is stopped (launchd's default is 20); `umask`: the
+    mode bits files it creates lack (0o077: 0600 files, for Flower's database)."""
     command = "exec " + " ".join(shlex.quote(word) for word in argv)
     if environment_file:
         command = f"set -a; . {shlex.quote(environment_file)}; set +a; {command}"
@@ -41,4 +43,6 @@ def render_daemon_plist(
     }
     if exit_timeout is not None:
         job["ExitTimeOut"] = exit_timeout
+    if umask is not None:
+        job["Umask"] = umask
     return plistlib.dumps(job, sort_keys=True).decode()

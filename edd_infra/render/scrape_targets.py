@@ -43,7 +43,10 @@ def scrape_targets(settings: StackSettings, node_addresses: list[tuple[str, str]
     if flower.enabled:
         host = f"[{flower.address}]" if ":" in flower.address else flower.address
         prefix = f"/{flower.url_prefix}" if flower.url_prefix else ""
+        flower_verify = ({"caFile": "flower.tls.caFile" if flower.tls.ca_file else "broker.tls.caFile"}
+                         if flower.tls else {})
         # Flower 2.2 serves /metrics without its basic auth (measured by the hosts tier).
-        targets.append({"url": f"http://{host}:{flower.port}{prefix}/metrics",
-                        "what": "Flower: Celery workers online, task events and runtimes", "basicAuth": False})
+        targets.append({"url": f"{flower.scheme}://{host}:{flower.port}{prefix}/metrics",
+                        "what": "Flower: Celery workers online, task events and runtimes", "basicAuth": False,
+                        **flower_verify})
     return targets

@@ -30,9 +30,12 @@ def render_flower_config(
     broker_api: str,
     persistent: bool,
     db_path: str,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> str:
     """flowerconfig.py. Python literals (repr) express any character, including the `,`
-    that Flower's command-line basic_auth cannot."""
+    that Flower's command-line basic_auth cannot. With `certfile` and `keyfile` Flower serves
+    HTTPS only (no client certificates: logins are basic auth)."""
     settings = {
         "address": address,
         "port": port,
@@ -42,6 +45,10 @@ def render_flower_config(
         "persistent": persistent,
         "db": db_path,
     }
+    if certfile or keyfile:
+        if not (certfile and keyfile):
+            raise ValueError("Flower's TLS needs both certfile and keyfile")
+        settings |= {"certfile": certfile, "keyfile": keyfile}
     lines = ["# Written by edd-infra. Holds secrets: root-owned, group-readable by Flower only."]
     lines += [f"{key} = {value!r}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"

@@ -43,6 +43,7 @@ def render_service_unit(
     environment_file: str,
     supplementary_groups: Iterable[str] = (),
     state_directory: str | None = None,
+    private_state: bool = False,
     after: Iterable[str] = ("network-online.target",),
     stop_timeout: int = 60,
     graceful_children: bool = False,
@@ -51,7 +52,9 @@ def render_service_unit(
     ordered after `after` (wanted too) and after the broker (see BROKER_UNIT).
 
     `graceful_children` (a Celery worker): on stop only the main process gets SIGTERM and waits
-    for its children to finish their tasks (within `stop_timeout`); what is left then is killed."""
+    for its children to finish their tasks (within `stop_timeout`); what is left then is killed.
+    `private_state` (Flower, whose database holds task arguments and results): the state
+    directory 0700 and every file the service creates 0600 (UMask=0077)."""
     after = tuple(after)
     lines = [
         "# Written by edd-infra.",
@@ -85,6 +88,9 @@ def render_service_unit(
     ]
     if state_directory:
         lines.append(f"StateDirectory={state_directory}")
+    if private_state:
+        lines += ["StateDirectoryMode=0700"] if state_directory else []
+        lines.append("UMask=0077")
     lines += list(HARDENING)
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)

@@ -15,6 +15,8 @@ configured only from the environment, as a real deployment would be:
   is reached over TLS and its certificate checked against this CA.
 - ``CELERY_SECURITY_KEY``, ``CELERY_SECURITY_CERTIFICATE``, ``CELERY_SECURITY_CERT_STORE``:
   when set (edd-infra's ``celerySigning``), tasks are signed and only signed tasks run.
+  Flower gets no key (unless ``flower.canSendTasks``): with only the certificate and store the
+  app verifies signed messages and refuses, by name, to send a task.
 """
 
 import os
@@ -49,6 +51,38 @@ if os.environ.get("CELERY_SECURITY_KEY"):
         result_accept_content=["json"],
     )
     app.setup_security()
+elif os.environ.get("CELERY_SECURITY_CERT_STORE"):
+    # Verify only: Celery's setup_security() insists on a key, so the `auth` serializer is
+    # registered here with the store alone (all that checking a signature needs). Sending a
+    # task would need the key: it fails at once, saying so, instead of publishing an unsigned
+    # task the workers would refuse.
+    from kombu.serialization import disable_insecure_serializers, registry
+    from celery.exceptions import SecurityError
+    from celery.security.serialization import SecureSerializer
+    from celery.security.certificate import FSCertStore
+
+    app.conf.update(
+        security_certificate=os.environ.get("CELERY_SECURITY_CERTIFICATE"),
+        security_cert_store=os.environ["CELERY_SECURITY_CERT_STORE"],
+        task_serializer="auth",
+        accept_content=["auth"],
+        result_accept_content=["json"],
+    )
+    _verifier = SecureSerializer(cert_store=FSCertStore(app.conf.security_cert_store),
+                                 digest=app.conf.security_digest)
+
+    def _cannot_sign(_body):
+        raise SecurityError("no signing key (CELERY_SECURITY_KEY): this process verifies signed messages "
+                            "but cannot send tasks (edd-infra: flower.canSendTasks)")
+
+    disable_insecure_serializers(None)  # as setup_security() does; `auth` is enabled below
+    registry.register("auth", _cannot_sign, _verifier.deserialize, content_type="application/data",
+                      content_encoding="utf-8")
+    # Remote control (Flower's wake-up call when it starts capturing events, inspect, revoke,
+    # shutdown) goes out unsigned: the workers refuse it (they accept only signed messages), and
+    # events, which workers send by themselves, keep Flower's dashboard current. Left signed,
+    # the wake-up would raise and Flower would never capture an event.
+    app.control.mailbox.serializer = "json"
 
 
 @app.task(name="edd.add")

@@ -201,7 +201,13 @@ CASES = [
     row("flower-port-is-management-port", "edd-infra:flower.port: 127.0.0.1:15672 is also "
         "edd-infra:broker.managementPort")((("flower", "port"), 15672)),
     row("flower-on-every-address-at-amqp-port", "edd-infra:flower.port: [::]:5672 is also "
-        "edd-infra:broker.amqpListeners[0]")((("flower", "address"), "::"), (("flower", "port"), 5672)),
+        "edd-infra:broker.amqpListeners[0]", "edd-infra:flower.address: :: is not loopback, so flower.tls is "
+        "required")((("flower", "address"), "::"), (("flower", "port"), 5672)),
+    row("flower-off-loopback-without-tls", "edd-infra:flower.address: 192.0.2.10 is not loopback, so flower.tls "
+        "is required")((("flower", "address"), "192.0.2.10")),
+    row("flower-tls-without-key-or-ca", "edd-infra:flower.tls.caFile: required without broker.tls",
+        "edd-infra:flowerTlsKey: required when flower.tls is set", "edd-infra:flower.tls.certFile: cannot read")(
+        (("flower", "tls"), {"certFile": "missing-flower.pem"})),
     row("prometheus-port-is-management-port", "edd-infra:broker.prometheusPort: 127.0.0.1:15672 is also "
         "edd-infra:broker.managementPort")((("broker", "prometheusPort"), 15672)),
     row("flower-port-is-prometheus-port", "edd-infra:flower.port: 127.0.0.1:15692 is also "

@@ -27,6 +27,7 @@ from edd_infra.render.broker_urls import amqp_url
 from edd_infra.render.permissions import monitor_regex
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
+from tests.hosts import flower_isolation
 from tests.hosts.deployment import (LONG_TASK_SECONDS, amqp_login, host_now, journal_times, secret_forms,
                                     start_long_task, task_journal, wait_long_task)
 
@@ -340,15 +341,8 @@ def test_signed_tasks_run_and_an_unsigned_one_is_refused(deployed):
 
 
 def flower_get(d: Deployment, path: str, auth: bool):
-    request = urllib.request.Request(f"http://{d.host.address}:5555/{path}")
-    if auth:
-        token = base64.b64encode(f"admin:{d.secrets['flowerUiPassword']}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, ""
+    """Flower over HTTPS (off loopback it has no other), verified against the stack's CA."""
+    return flower_isolation.flower_request(d, path, auth=auth)
 
 
 WORKER_CONF = """
@@ -360,20 +354,22 @@ print(conf.get("broker_transport_options"), conf.get("task_default_queue"), conf
 
 def test_publisher_confirms_come_from_the_program_for_worker_and_flower(deployed):
     """The sandbox app sets no confirms of its own: the worker runs with the program's config
-    module, and a task Flower's API sends with a user that may not publish fails loudly."""
+    module, and so does Flower (its config module and environment name it). A task sent from
+    Flower's API fails loudly: without the signing key (no flower.canSendTasks) it cannot be
+    signed, and Flower answers 500 instead of the id of a task that never left. (With the key,
+    the broker refuses Flower's read-only user, which confirms report: test_flower_isolation.py.)"""
     assert app_script(deployed, WORKER_CONF) == "{'confirm_publish': True} edd fanout"
-    request = urllib.request.Request(f"http://{deployed.host.address}:5555/api/task/async-apply/edd.add",
-                                     data=json.dumps({"args": [1, 2]}).encode(), method="POST")
-    token = base64.b64encode(f"admin:{deployed.secrets['flowerUiPassword']}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    request.add_header("Content-Type", "application/json")
-    # Flower's broker user is read-only (monitoring): the broker refuses the publish, and with
-    # confirms Flower reports it instead of answering 200 with the id of a task that is gone.
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30).close()
-    assert refused.value.code >= 500
-    journal = deployed.sh("journalctl -u flower --no-pager -o cat -n 200")
-    assert "ACCESS_REFUSED" in journal or "access_refused" in journal.lower(), journal[-1500:]
+    env = deployed.sh("cat /etc/edd-infra/flower.env")
+    assert "CELERY_CONFIG_MODULE=edd_infra_celeryconfig" in env and "PYTHONPATH=/etc/edd-infra/celery/flower" in env
+    module = deployed.sh("cat /etc/edd-infra/celery/flower/edd_infra_celeryconfig.py")
+    assert "broker_transport_options = {'confirm_publish': True}" in module
+    flower_isolation.check_cannot_sign_tasks(deployed)
+
+
+def test_flower_is_isolated_from_the_workers(deployed):
+    """Issue #20: Flower's own account, neither it nor a worker reads the other's files, no
+    signing key in Flower's files, its database 0600, HTTPS verified against the stack's CA."""
+    flower_isolation.check_all(deployed)
 
 
 def test_flower_requires_auth_and_shows_the_edd_queue(deployed):

@@ -11,6 +11,11 @@ So the password is in no URL and on no argv; the test checks both. Every request
 origin is aborted and counted (there must be none), and Chromium runs with its background
 network features off.
 
+Flower serves HTTPS there (flower.tls, a certificate from the stack's CA). Chromium has no way
+to trust that CA without a certificate database of its own, so its context ignores certificate
+errors; the test verifies instead: the same URL with Python's TLS against the stack's CA (chain
+and address), and the certificate Chromium was served (issuer and subject, from DevTools).
+
 Playwright (PyPI, pinned in requirements.txt) is used with `executable_path`: it downloads no
 browser of its own. Without Debian's Chromium (or Playwright) the tests skip with one line.
 """
@@ -21,11 +26,14 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
 
+from sandbox.deploy import tls_dir
 from sandbox.hosts import _alive, _descendants, _start_time
 from tests.hosts.deployment import deployment, print_figures, print_line, secret_forms
 
@@ -126,6 +134,7 @@ def deployed(request, plugins_ready, sandbox_hosts, browser, tmp_path_factory):
     with deployment(host, tmp_path_factory.mktemp(f"flower{request.param}"), prefix="fb", hardened=True) as d:
         outputs = d.stack.stack.outputs()
         d.flower_url = outputs["flowerUrl"].value
+        d.ca_file = str(d.stack.work_dir / tls_dir(d.stack) / "ca.pem")
         config = {k.split(":", 1)[1]: v.value for k, v in d.stack.stack.get_all_config().items()}
         workers = plain(config["workers"])
         # Celery's node name is `<name>@%h`, and a sandbox host's hostname is its name.
@@ -152,7 +161,9 @@ def page_on(browser, origin: str, credentials: tuple[str, str] | None):
     `origin` are aborted and listed in `elsewhere`."""
     auth = {"http_credentials": {"username": credentials[0], "password": credentials[1], "origin": origin}} \
         if credentials else {}
-    context = browser.chromium.new_context(viewport={"width": 1280, "height": 800}, **auth)
+    # Chromium cannot be told the stack's CA: the tests verify Flower's certificate themselves.
+    context = browser.chromium.new_context(viewport={"width": 1280, "height": 800},
+                                           ignore_https_errors=origin.startswith("https:"), **auth)
     elsewhere: list[str] = []
 
     def guard(route):
@@ -177,6 +188,19 @@ ROWS_JS = """() => Array.from(document.querySelectorAll('#workers-table tbody tr
     status: row.cells.length > 1 ? row.cells[1].innerText.trim() : null}))"""
 
 
+def check_served_certificate(d, response) -> None:
+    """Flower's URL is HTTPS from the stack's CA: Python verifies chain and address against the
+    CA file, and the certificate Chromium got is that one (issuer and subject)."""
+    url = urlsplit(d.flower_url)
+    assert url.scheme == "https", d.flower_url
+    context = ssl.create_default_context(cafile=d.ca_file)
+    with urllib.request.urlopen(f"{d.flower_url}healthcheck", timeout=15, context=context) as answer:
+        assert answer.status == 200
+    details = response.security_details()
+    assert details and details.get("issuer") == "edd-infra sandbox CA", details
+    assert details.get("subjectName") == url.hostname, details
+
+
 def test_dashboard_shows_every_worker_online(deployed, browser, request, tmp_path):
     d = deployed
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(d.flower_url))
@@ -187,6 +211,7 @@ def test_dashboard_shows_every_worker_online(deployed, browser, request, tmp_pat
         response = page.goto(d.flower_url, wait_until="domcontentloaded", timeout=60_000)
         assert response.status == 200, response.status
         FIGURES[f"dashboard loaded, {d.host.name}"] = time.monotonic() - started
+        check_served_certificate(d, response)
         # Rendered by Flower's own script from /workers?json=1, not the server's first HTML.
         page.wait_for_function(
             f"""nodes => {{ const rows = ({ROWS_JS})();

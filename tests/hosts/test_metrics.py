@@ -95,7 +95,7 @@ def test_scrape_targets_name_every_endpoint_and_no_secret(deployed):
     address = d.host.address
     assert [t["url"].split("?")[0] for t in d.targets] == [
         f"https://{address}:15691/metrics", f"https://{address}:15691/metrics/detailed",
-        f"http://{address}:5555/metrics"]
+        f"https://{address}:5555/metrics"]
     assert not any(form in json.dumps(d.targets) for form in secret_forms(d.secrets))
     assert d.stack.stack.outputs()["alertRules"].value == {"host": d.host.name, "path": RULES_PATH}
 

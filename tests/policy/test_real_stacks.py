@@ -111,7 +111,7 @@ def test_sandbox_config_passes(isolated, tmp_path):
     assert_passes(preview, "sandbox")
     # Flower listens on the host's private address: the pack found its basic_auth on stdin.
     assert "flower-not-public-without-auth" not in {v[0] for v in preview.violations}
-    assert "http://10.57.250.2:5555/" in preview.text
+    assert "https://10.57.250.2:5555/" in preview.text
     for value in secrets.values():
         assert value not in preview.text and json.dumps(value)[1:-1] not in preview.text
 

@@ -158,7 +158,7 @@ def test_managed_broker_needs_systemd():
     (("broker", "managementUrl"), "https://[::1]:15671"),
     (("flower", "urlPrefix"), "flower/v1"),
     # Same port, different addresses: no clash.
-    (("flower", "address"), "192.0.2.10"),
+    (("flower", "address"), "127.0.0.2"),
 ])
 def test_good_values_next_to_the_refused_ones_are_accepted(path, value):
     raw = mutate(path, value)
@@ -169,13 +169,15 @@ def test_good_values_next_to_the_refused_ones_are_accepted(path, value):
 
 def test_listener_clashes_follow_addresses():
     raw = sample_raw()
-    raw["flower"].update(address="::", port=15672)
+    # Off loopback Flower needs TLS (checked below); its files are read later, at load.
+    flower_tls = {"certFile": "flower.pem", "caFile": "ca.pem"}
+    raw["flower"].update(address="::", port=15672, tls=flower_tls)
     assert problems_for(raw) == ["edd-infra:flower.port: [::]:15672 is also edd-infra:broker.managementPort; "
                                  "each listener needs its own address and port"]
     raw["flower"]["enabled"] = False
     assert problems_for(raw) == []
     raw = sample_raw()
-    raw["flower"].update(address="0.0.0.0", port=5672)
+    raw["flower"].update(address="0.0.0.0", port=5672, tls=flower_tls)
     (problem,) = problems_for(raw)
     assert problem.startswith("edd-infra:flower.port: 0.0.0.0:5672 is also edd-infra:broker.amqpListeners[0]")
     raw["broker"]["amqpListeners"] = ["::1"]
@@ -189,7 +191,7 @@ def test_listener_clashes_with_tls_follow_where_rabbitmq_listens():
     raw = sample_raw()
     raw["broker"].update(tls={"caFile": "ca.pem", "certFile": "server.pem"}, managementAddress="192.0.2.10",
                          amqpListeners=["127.0.0.1", "192.0.2.10"])
-    raw["flower"].update(address="192.0.2.10", port=15672)
+    raw["flower"].update(address="192.0.2.10", port=15672, tls={"certFile": "flower.pem"})
     assert problems_for(raw) == []
     raw["flower"]["port"] = 15671
     assert problems_for(raw) == ["edd-infra:flower.port: 192.0.2.10:15671 is also edd-infra:broker.tls.managementPort; "
@@ -212,3 +214,44 @@ def test_an_erlang_cookie_debian_made_is_refused_without_showing_it(cookie, refu
     else:
         (problem,) = problems
         assert problem.startswith("edd-infra:erlangCookie: ") and refused in problem and cookie not in problem
+
+
+def test_flower_has_its_own_account_by_default_and_an_explicit_user_keeps_its_old_group():
+    settings, _ = validate(sample_raw())
+    assert (settings.flower.user, settings.flower.group) == ("flower", "flower")
+    assert (settings.workers[0].user, settings.workers[0].group) == ("celery", "celery")
+    assert not settings.flower.can_send_tasks and settings.flower.tls is None
+    for flower, account in [({"user": "celery"}, ("celery", "celery")), ({"user": "bob"}, ("bob", "celery")),
+                            ({"user": "bob", "group": "bob"}, ("bob", "bob")), ({"group": "mon"}, ("flower", "mon")),
+                            ({"user": "flower"}, ("flower", "flower")), ({"tls": {}}, ("flower", "flower"))]:
+        raw = sample_raw()
+        raw["flower"].update(flower)
+        settings, problems = validate(raw)
+        assert problems == [] and (settings.flower.user, settings.flower.group) == account, flower
+        assert settings.flower.tls is None
+
+
+def test_flower_off_loopback_without_tls_is_refused_naming_the_keys():
+    raw = sample_raw()
+    raw["flower"]["address"] = "192.0.2.10"
+    (problem,) = problems_for(raw)
+    assert problem.startswith("edd-infra:flower.address: 192.0.2.10 is not loopback, so flower.tls is required")
+    assert "flower.tls.certFile" in problem and "flowerTlsKey" in problem
+    raw["flower"]["enabled"] = False
+    assert problems_for(raw) == []
+    raw["flower"].update(enabled=True, tls={"certFile": "flower.pem"})
+    assert problems_for(raw) == ["edd-infra:flower.tls.caFile: required without broker.tls (the CA that issued "
+                                 "flower.tls.certFile: Flower's health check and scrapers verify it)"]
+    raw["flower"]["tls"]["caFile"] = "ca.pem"
+    assert problems_for(raw) == []
+    for loopback in ("127.0.0.1", "::1"):  # TLS stays optional on loopback
+        raw = sample_raw()
+        raw["flower"]["address"] = loopback
+        raw["flower"]["port"] = 5556
+        assert problems_for(raw) == [], loopback
+
+
+def test_a_flower_tls_key_must_be_a_private_key_and_secret():
+    problems = secret_problems(dict(GOOD, flowerTlsKey="not a key"), dict(ALL_SECRET, flowerTlsKey=False))
+    assert problems == ["edd-infra:flowerTlsKey: stored in plaintext; set it with `pulumi config set --secret flowerTlsKey`",
+                        "edd-infra:flowerTlsKey: must be an OpenSSH or PEM private key"]

@@ -423,3 +423,23 @@ def test_removing_the_last_file_in_a_subdirectory_removes_the_edd_infra_director
     text = host_scripts.remove_files(["/etc/edd-infra/prometheus/edd-infra.rules.yml"]).replace("/etc", str(root))
     subprocess.run(["sh", "-c", text], check=True)
     assert sorted(p.name for p in root.iterdir()) == ["hostname"]
+
+
+def test_private_files_takes_group_and_other_bits_from_an_old_database_and_no_match_is_fine(tmp_path):
+    (tmp_path / "flower.db").write_text("x")
+    (tmp_path / "flower.db.dat").write_text("x")
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    run = subprocess.run(["sh", "-eu", "-c", host_scripts.private_files(f"{tmp_path}/flower.db*") + "\n"
+                          + host_scripts.private_files(f"{tmp_path}/none.db*")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in tmp_path.iterdir()} == {"flower.db": "0o600",
+                                                                                     "flower.db.dat": "0o600"}
+
+
+def test_http_probe_verifies_https_against_the_given_ca():
+    text = host_scripts.http_ok(virtualenv="/v", url="https://10.0.0.2:5555/healthcheck", ca_file="/etc/ca.pem")
+    assert " https://10.0.0.2:5555/healthcheck /etc/ca.pem 2>&1)" in text and "create_default_context(cafile=" in text
+    assert "tail -n 1 >&2" in text  # the last error (why a certificate was refused) is shown
+    assert " http://127.0.0.1:5555/healthcheck 2>&1)" in host_scripts.http_ok(
+        virtualenv="/v", url="http://127.0.0.1:5555/healthcheck")

@@ -18,7 +18,7 @@ from edd_infra.broker_drift import BrokerDrift
 from edd_infra.components.stack_health import rerun_digest
 from edd_infra.program import OUTPUT_NAMES, deploy
 from edd_infra.render.signing_files import previous_certificate_warning
-from tests.unit.certificates import certificate_pem
+from tests.unit.certificates import ca_and_server_pems, certificate_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -140,6 +140,8 @@ def test_prod_graph_and_type_tokens(prod):
         ("rabbitmq:index/permissions:Permissions", "edd-flower-user-vhost-permissions"),
         ("edd:infra:ServiceAccount", "edd-queue-celery"),
         ("command:remote:Command", "edd-queue-celery-account"),
+        ("edd:infra:ServiceAccount", "edd-queue-flower"),
+        ("command:remote:Command", "edd-queue-flower-account"),
         ("edd:infra:CeleryWorkerService", "edd-worker-1"),
         ("command:remote:Command", "edd-worker-1-service"),
         ("command:remote:Command", "edd-worker-1-service-repair"),
@@ -401,12 +403,143 @@ def test_signing_puts_key_certificate_and_store_beside_each_service(tmp_path):
         props = by_name[resource]
         files = bundle_files(plain(loop, props["stdin"]))
         base = f"/etc/edd-infra/signing/{service}"
-        assert files[f"{base}/key.pem"] == ("0640", "root", "celery", config["edd-infra:celerySigningKey"])
-        assert files[f"{base}/store/cert.pem"][3] == files[f"{base}/cert.pem"][3] == (tmp_path / "signing.pem").read_text()
         env = [text for path, (*_, text) in files.items() if path.endswith(".env")][0]
         assert f"CELERY_SECURITY_CERT_STORE='{base}/store/*.pem'" in env
+        assert f"CELERY_SECURITY_CERTIFICATE={base}/cert.pem\n" in env
+        assert files[f"{base}/store/cert.pem"][3] == files[f"{base}/cert.pem"][3] == (tmp_path / "signing.pem").read_text()
         assert "sign1ng-k3y" not in plain(loop, props["create"]) + plain(loop, props["delete"])
         assert f"{base}/key.pem" in plain(loop, props["delete"])
+    worker = bundle_files(plain(loop, by_name["edd-worker-1-service"]["stdin"]))
+    base = "/etc/edd-infra/signing/celery-edd-worker-1"
+    assert worker[f"{base}/key.pem"] == ("0640", "root", "celery", config["edd-infra:celerySigningKey"])
+    assert worker[f"{base}/cert.pem"][:3] == ("0644", "root", "root")
+    # Flower verifies only (no flower.canSendTasks): no key in its bundle, none named in its
+    # env file, and one left by an earlier up is removed; its certificates are its own group's.
+    flower = bundle_files(plain(loop, by_name["flower-service"]["stdin"]))
+    base = "/etc/edd-infra/signing/flower"
+    assert f"{base}/key.pem" not in flower and "sign1ng-k3y" not in plain(loop, by_name["flower-service"]["stdin"])
+    assert "CELERY_SECURITY_KEY" not in flower["/etc/edd-infra/flower.env"][3]
+    assert {flower[p][:3] for p in (f"{base}/cert.pem", f"{base}/store/cert.pem")} == {("0640", "root", "flower")}
+    assert f"mv -f {base}/key.pem {base}/key.pem.edd-infra-old" in plain(loop, by_name["flower-service"]["create"])
+
+
+def test_flower_can_send_tasks_gets_the_signing_key_with_a_warning_for_a_monitoring_broker_user(tmp_path, monkeypatch):
+    (tmp_path / "signing.pem").write_text("-----BEGIN CERTIFICATE-----\nsig\n-----END CERTIFICATE-----\n")
+    config = stack_config("prod")
+    config["edd-infra:celerySigning"] = json.dumps({"certFile": str(tmp_path / "signing.pem")})
+    config["edd-infra:celerySigningKey"] = "-----BEGIN PRIVATE KEY-----\nsign1ng-k3y\n-----END PRIVATE KEY-----\n"
+    config["edd-infra:flower"] = json.dumps({**json.loads(config["edd-infra:flower"]), "canSendTasks": True})
+    warnings = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    _, resources, loop = run(config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:celerySigningKey"])
+    props = {n: p for t, n, p, o, s in resources}["flower-service"]
+    files = bundle_files(plain(loop, props["stdin"]))
+    base = "/etc/edd-infra/signing/flower"
+    assert files[f"{base}/key.pem"] == ("0640", "root", "flower", config["edd-infra:celerySigningKey"])
+    assert f"CELERY_SECURITY_KEY={base}/key.pem\n" in files["/etc/edd-infra/flower.env"][3]
+    assert f"{base}/key.pem.edd-infra-old" not in plain(loop, props["create"])
+    assert [w for w in warnings if w.startswith("flower.canSendTasks:")], warnings
+
+
+def test_flower_runs_as_its_own_account_and_its_files_are_its_groups_only():
+    _, resources, loop = run(stack_config("prod"))
+    by_name = {n: (p, o) for t, n, p, o, s in resources}
+    account = plain(loop, by_name["edd-queue-flower-account"][0]["create"])
+    assert "groupadd --system flower" in account and "--gid flower" in account and "flower" in account
+    props, opts = by_name["flower-service"]
+    assert "edd-queue-flower" in {d._name for d in opts.depends_on}
+    create = plain(loop, props["create"])
+    assert "User=flower\nGroup=flower\n" in create and "SupplementaryGroups" not in create.split("flower.service")[0]
+    assert "StateDirectory=flower\nStateDirectoryMode=0700\nUMask=0077\n" in create
+    assert "chmod go= \"$f\"" in create  # a database written before the umask becomes 0600
+    files = bundle_files(plain(loop, props["stdin"]))
+    assert {path: f[:3] for path, f in files.items() if not path.endswith("celeryconfig.py")} == {
+        "/etc/edd-infra/flowerconfig.py": ("0640", "root", "flower"),
+        "/etc/edd-infra/flower.env": ("0640", "root", "flower")}
+    worker = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))
+    assert worker["/etc/edd-infra/celery-edd-worker-1.env"][:3] == ("0640", "root", "celery")
+    # The workers' account is not Flower's: no group in common.
+    assert "flower" not in plain(loop, by_name["edd-queue-celery-account"][0]["create"])
+
+
+@pytest.mark.parametrize("flower, warned", [
+    ({"user": "celery"}, "flower.user: Flower runs as workers[0]'s user 'celery'"),
+    ({"user": "flowerd"}, "flower.group: Flower's group 'celery' is also workers[0]'s"),
+    ({"user": "flowerd", "group": "flowerd"}, None),
+    ({"user": "flower"}, None),
+])
+def test_a_stack_that_set_flower_user_keeps_its_account_and_is_warned_when_shared(monkeypatch, flower, warned):
+    config = stack_config("prod")
+    config["edd-infra:flower"] = json.dumps({**json.loads(config["edd-infra:flower"]), **flower})
+    warnings = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    _, resources, loop = run(config)
+    create = plain(loop, {n: p for t, n, p, o, s in resources}["flower-service"]["create"])
+    group = flower.get("group", "celery" if flower["user"] != "flower" else "flower")
+    assert f"User={flower['user']}\nGroup={group}\n" in create
+    accounts = {n for t, n, *_ in resources if t == "edd:infra:ServiceAccount"}
+    assert accounts == {"edd-queue-celery"} | ({f"edd-queue-{flower['user']}"} if flower["user"] != "celery" else set())
+    flagged = [w for w in warnings if w.startswith(("flower.user", "flower.group"))]
+    assert flagged == ([] if warned is None else [flagged[0]]) and (warned is None or flagged[0].startswith(warned))
+
+
+def flower_tls_config(tmp_path, address="10.0.0.2", with_key=True, ca_for=None, ca_key_usage=True):
+    """prod with broker.tls and Flower on `address` over HTTPS, its certificate from the broker's
+    CA (or, with `ca_for`, from another CA)."""
+    config, keys = tls_config(tmp_path)
+    ca, cert, key = ca_and_server_pems(address, ca_key_usage=ca_key_usage)
+    if ca_for:
+        cert = ca_and_server_pems(ca_for, ca_name="another CA")[1]
+    (tmp_path / "ca.pem").write_text(ca)
+    (tmp_path / "flower.pem").write_text(cert)
+    config["edd-infra:flower"] = json.dumps({**json.loads(config["edd-infra:flower"]), "address": address,
+                                             "tls": {"certFile": str(tmp_path / "flower.pem")}})
+    if with_key:
+        config["edd-infra:flowerTlsKey"] = key
+        keys.append("edd-infra:flowerTlsKey")
+    return config, keys
+
+
+def test_flower_off_loopback_serves_https_from_the_stacks_ca(tmp_path):
+    config, keys = flower_tls_config(tmp_path)
+    outputs, resources, loop = run(config, secret_keys=keys)
+    props = {n: p for t, n, p, o, s in resources}["flower-service"]
+    files = bundle_files(plain(loop, props["stdin"]))
+    tls = "/etc/edd-infra/tls/flower"
+    assert files[f"{tls}/key.pem"] == ("0640", "root", "flower", config["edd-infra:flowerTlsKey"])
+    assert files[f"{tls}/cert.pem"] == ("0640", "root", "flower", (tmp_path / "flower.pem").read_text())
+    assert files[f"{tls}/ca.pem"] == ("0640", "root", "flower", (tmp_path / "ca.pem").read_text())
+    conf = files["/etc/edd-infra/flowerconfig.py"][3]
+    assert f"certfile = '{tls}/cert.pem'" in conf and f"keyfile = '{tls}/key.pem'" in conf
+    create = plain(loop, props["create"])
+    assert "PRIVATE KEY" not in create and "https://10.0.0.2:5555/healthcheck" in create
+    assert f"{tls}/ca.pem" in create  # the health check verifies Flower against the CA
+    assert outputs["flowerUrl"] == "https://10.0.0.2:5555/"
+    assert outputs["scrapeTargets"][-1] == {"url": "https://10.0.0.2:5555/metrics", "basicAuth": False,
+                                            "caFile": "broker.tls.caFile",
+                                            "what": "Flower: Celery workers online, task events and runtimes"}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"tls": None}, "edd-infra:flower.address: 10.0.0.2 is not loopback, so flower.tls is required"),
+    ({"with_key": False}, "edd-infra:flowerTlsKey: required when flower.tls is set"),
+    ({"ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: not issued by broker.tls.caFile"),
+    ({"address": "10.0.0.3", "ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: the certificate is not for "
+                                                    "flower.address 10.0.0.3"),
+    ({"ca_key_usage": False}, "edd-infra:broker.tls.caFile: the CA certificate has no key usage allowing it to sign"),
+])
+def test_flower_tls_that_cannot_work_is_refused_before_any_resource(tmp_path, change, problem):
+    change = dict(change)
+    drop_tls = change.pop("tls", "keep") is None
+    config, keys = flower_tls_config(tmp_path, **change)
+    if drop_tls:
+        flower = json.loads(config["edd-infra:flower"])
+        del flower["tls"]
+        config["edd-infra:flower"] = json.dumps(flower)
+    with pytest.raises(ConfigError) as err:
+        run(config, secret_keys=keys)
+    assert problem in str(err.value)
+    assert "PRIVATE KEY" not in str(err.value)
 
 
 def test_signing_without_its_key_is_refused(tmp_path):
@@ -442,7 +575,8 @@ def test_during_a_rotation_every_store_holds_the_previous_certificate_too(tmp_pa
     for resource, service in SIGNED_SERVICES:
         files = bundle_files(plain(loop, by_name[resource]["stdin"]))
         store = f"/etc/edd-infra/signing/{service}/store"
-        assert files[f"{store}/previous.pem"] == ("0644", "root", "root", (tmp_path / "old.pem").read_text())
+        owner = ("0640", "root", "flower") if service == "flower" else ("0644", "root", "root")
+        assert files[f"{store}/previous.pem"] == (*owner, (tmp_path / "old.pem").read_text())
         assert files[f"{store}/cert.pem"][3] == (tmp_path / "new.pem").read_text()
         assert f"{store}/previous.pem" not in plain(loop, by_name[resource]["create"])
         assert f"{store}/previous.pem" in plain(loop, by_name[resource]["delete"])

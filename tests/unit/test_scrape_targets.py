@@ -41,3 +41,14 @@ def test_tls_cluster_targets_every_node_over_https():
 def test_external_broker_lists_flower_only():
     assert [t["url"] for t in targets(broker={"host": "queue", "install": "external"})] == \
         ["http://127.0.0.1:5555/metrics"]
+
+
+def test_flower_over_https_is_scraped_over_https_with_the_ca_that_verifies_it():
+    flower = {"host": "queue", "workingDirectory": "/opt/edd/code", "virtualenv": "/opt/edd/venv",
+              "address": "10.0.0.2", "tls": {"certFile": "flower.pem"}}
+    broker = {"host": "queue", "tls": {"caFile": "ca.pem", "certFile": "server.pem"}}
+    assert targets(broker=broker, flower=flower)[-1] == {
+        "url": "https://10.0.0.2:5555/metrics", "what": "Flower: Celery workers online, task events and runtimes",
+        "basicAuth": False, "caFile": "broker.tls.caFile"}
+    flower["tls"]["caFile"] = "flower-ca.pem"
+    assert targets(broker=broker, flower=flower)[-1]["caFile"] == "flower.tls.caFile"

@@ -82,6 +82,39 @@ def test_flower_config_executes_to_the_configured_values(password):
     assert namespace["address"] == "127.0.0.1" and namespace["port"] == 5555 and namespace["persistent"] is True
 
 
+def test_flower_config_with_tls_serves_https_and_needs_both_files():
+    common = dict(address="10.0.0.2", port=5555, url_prefix="", basic_auth_user="admin", basic_auth_password="pw",
+                  broker_api="http://127.0.0.1:15672/api/", persistent=True, db_path="/var/lib/flower/flower.db")
+    namespace = {}
+    exec(render_flower_config(**common, certfile="/etc/edd-infra/tls/flower/cert.pem",
+                              keyfile="/etc/edd-infra/tls/flower/key.pem"), namespace)
+    assert (namespace["certfile"], namespace["keyfile"]) == ("/etc/edd-infra/tls/flower/cert.pem",
+                                                             "/etc/edd-infra/tls/flower/key.pem")
+    assert "ca_certs" not in namespace  # no client certificates: logins are basic auth
+    plain = {}
+    exec(render_flower_config(**common), plain)
+    assert "certfile" not in plain and "keyfile" not in plain
+    with pytest.raises(ValueError, match="both certfile and keyfile"):
+        render_flower_config(**common, certfile="/c.pem")
+
+
+def test_flower_unit_keeps_its_database_private():
+    text = render_service_unit(description="Flower", argv=["/v/bin/celery", "flower"], user="flower", group="flower",
+                               working_directory="/opt/edd/code", environment_file="/etc/edd-infra/flower.env",
+                               state_directory="flower", private_state=True)
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str
+    parser.read_string(text)
+    service = parser["Service"]
+    assert (service["User"], service["Group"]) == ("flower", "flower")
+    assert (service["StateDirectory"], service["StateDirectoryMode"], service["UMask"]) == ("flower", "0700", "0077")
+    assert "UMask" not in unit()  # workers keep systemd's default
+    job = plistlib.loads(render_daemon_plist(label="org.celeryq.flower", argv=["/v/bin/celery"], user="flower",
+                                             group="flower", working_directory="/", environment_file=None,
+                                             log_path="/var/log/celery/flower.log", umask=0o077).encode())
+    assert job["Umask"] == 0o077
+
+
 def test_plist_loads_with_absolute_paths_and_no_secret():
     text = render_daemon_plist(label="org.celeryq.edd-worker-1", argv=ARGV, user="celery", group="celery",
                                working_directory="/opt/edd/code", environment_file="/etc/edd-infra/w.env",

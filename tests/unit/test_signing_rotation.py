@@ -140,6 +140,20 @@ def test_without_a_trusted_previous_certificate_the_store_file_is_removed():
     assert untrusted_paths("flower", None) == ["/etc/edd-infra/signing/flower/store/previous.pem"]
 
 
+def test_a_service_that_only_verifies_gets_certificate_and_store_and_no_key():
+    """Flower without flower.canSendTasks: what checking a signature needs, nothing to sign with;
+    a key an earlier `up` put there is removed; its certificates are readable by its group only."""
+    files, env = signing_files("flower", "flower", None, "NEW", "OLD", private=True)
+    base = "/etc/edd-infra/signing/flower"
+    assert {f.path: (f.mode, f.owner, f.group, f.text) for f in files} == {
+        f"{base}/cert.pem": ("0640", "root", "flower", "NEW"),
+        f"{base}/store/cert.pem": ("0640", "root", "flower", "NEW"),
+        f"{base}/store/previous.pem": ("0640", "root", "flower", "OLD")}
+    assert env == {"CELERY_SECURITY_CERTIFICATE": f"{base}/cert.pem", "CELERY_SECURITY_CERT_STORE": f"{base}/store/*.pem"}
+    assert untrusted_paths("flower", "OLD", key=False) == [f"{base}/key.pem"]
+    assert untrusted_paths("flower", None, key=False) == [f"{base}/store/previous.pem", f"{base}/key.pem"]
+
+
 def test_the_warning_names_both_keys_to_remove():
     text = previous_certificate_warning(AFTER)
     assert text.startswith("celerySigning.previousTrustedUntil (2099-01-01T00:00:00Z) has passed")
