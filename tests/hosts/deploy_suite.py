@@ -717,11 +717,12 @@ def test_passwords_changed_by_hand_and_guest_are_put_back_without_a_login(deploy
     assert changes.get("update") == 3, changes  # the admin command and the two restores
     assert management_status(deployed, "edd-infra-admin", deployed.secrets["adminPassword"]) == 200
     assert management_status(deployed, "bunny", deployed.secrets["flowerBrokerPassword"]) == 200
+    # No login was tried as the app or Flower user while finding the drift (read before this
+    # test's own refused login below, which the broker logs too).
+    log = "\n".join(deployed.sh("cat /var/log/rabbitmq/*.log 2>/dev/null").splitlines()[log_lines_before:])
     assert amqp_login(deployed, "edd_user", deployed.secrets["appPassword"])
     assert not amqp_login(deployed, "edd_user", by_hand)
     assert "guest" not in deployed.sh("rabbitmqctl -q list_users --no-table-headers | cut -f1").split()
-    # No login was tried as the app or Flower user while finding the drift.
-    log = "\n".join(deployed.sh("cat /var/log/rabbitmq/*.log 2>/dev/null").splitlines()[log_lines_before:])
     refusals = [line for line in log.splitlines() if ("refused" in line or "denied" in line)
                 and ("edd_user" in line or "bunny" in line)]
     assert not refusals, refusals
