@@ -20,17 +20,20 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_broker_certificates(directory: Path, address: str, *cluster_addresses: str) -> dict[str, Path]:
     """ca.pem, ca.key, server.pem, server.key in `directory` (reused when present). With
-    `cluster_addresses`, one certificate (and key) serves every node of the cluster."""
+    `cluster_addresses`, one certificate (and key) serves every node of the cluster, naming each
+    node address as an IP address and as a DNS name too (Erlang's TLS distribution checks the
+    host part of a node name, `rabbit@<address>`, as a DNS name)."""
     addresses = (address, *cluster_addresses)
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    if all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"]):
+    names = {f"IP Address:{a}" for a in addresses} | ({f"DNS:{a}" for a in addresses} if cluster_addresses else set())
+    if all(p.exists() for p in files.values()) and names <= _alt_names(files["server.pem"]):
         return files
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
              "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
-    ips = "".join(f"IP:{a}, " for a in addresses)
+    ips = "".join(f"IP:{a}, " for a in addresses) + "".join(f"DNS:{a}, " for a in addresses if cluster_addresses)
     (directory / "san.ext").write_text(f"subjectAltName = {ips}IP:127.0.0.1, IP:::1, DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "30", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
@@ -39,11 +42,11 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     return files
 
 
-def _ip_alt_names(cert: Path) -> set[str]:
+def _alt_names(cert: Path) -> set[str]:
+    """The certificate's subjectAltName entries as openssl prints them (`IP Address:...`, `DNS:...`)."""
     result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
                             capture_output=True, text=True)
-    return {part.strip().removeprefix("IP Address:") for part in result.stdout.replace("\n", ",").split(",")
-            if part.strip().startswith("IP Address:")}
+    return {part.strip() for part in result.stdout.replace("\n", ",").split(",") if ":" in part}
 
 
 def make_signing_certificate(directory: Path) -> dict[str, Path]:
