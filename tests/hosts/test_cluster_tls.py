@@ -290,3 +290,30 @@ def test_the_replication_stream_between_the_nodes_is_tls(cluster, tmp_path, requ
     print_line(request, f"cluster-tls capture: {len(between)} segments, {size} payload bytes on the nodes' links "
                         f"(port 25672, {len(link_streams)} flows), {len(records)} starting a TLS application data "
                         f"record, {len(handshakes)} handshake; loopback control {len(plain)} segments, marker seen")
+
+
+def test_turning_inter_node_tls_off_on_the_running_cluster_is_refused_before_anything_changes(cluster):
+    """It cannot roll: the first node's script refuses while the node runs the other way, and
+    names the runbook; no node's files change, the cluster stays whole, and with the setting
+    back the next `up` succeeds."""
+    d = cluster
+    nodes = (d.host, *d.nodes)
+    files = "/etc/rabbitmq/rabbitmq-env.conf /etc/rabbitmq/rabbitmq.conf /etc/rabbitmq/tls/inter_node_tls.config"
+    before = {h.name: sh(h, f"sha256sum {files}") for h in nodes}
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    d.stack.set_plain({"broker": dict(broker, interNodeTls=False)})
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as failed:
+            d.up()
+        FIGURES["up refusing interNodeTls off"] = time.monotonic() - started
+        said = str(failed.value) + "\n".join(d.output)
+        assert "broker.interNodeTls turns off while this node runs with TLS distribution: this cannot roll" in said
+        assert "Stop rabbitmq-server on every cluster node" in said
+        assert {h.name: sh(h, f"sha256sum {files}") for h in nodes} == before
+        for host in nodes:
+            assert running_nodes(host) == node_names(*nodes), host.name
+    finally:
+        d.stack.set_plain({"broker": broker})
+    result, _ = d.up()
+    assert result.summary.result == "succeeded", result.summary
