@@ -12,7 +12,11 @@ Creates, on the broker host (with `install: managed`, the default):
   the admin's; otherwise their stdin is ignored, so a no-op `up` stays a no-op.
 - in a cluster, per member host: `<name>-node-<host>` (as `<name>-server`, with the shared
   Erlang cookie) and `<name>-node-<host>-join`, which joins it to this host's node once and
-  whose delete makes it leave (so removing a node from the config is a config change).
+  whose delete makes it leave (so removing a node from the config is a config change);
+  with `broker.interNodeTls` every node's Erlang distribution (and its CLI tools') runs over TLS,
+  and with `broker.clusterFirewall` (the default) `<name>-firewall` and
+  `<name>-node-<host>-firewall` load each node's nftables table (render.cluster_firewall) before
+  its server command, and every join waits for all of them.
 - with `migration` (broker.migrateFrom), `<name>-migration`: the old broker's definitions and
   queued messages moved here (BrokerMigration); the Provider waits for them.
 With `install: external` only the Provider is made, for a broker someone else runs.
@@ -31,8 +35,8 @@ from ..hosts import DRAIN_STDIN, HostTarget
 from ..render import host_scripts
 from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
 from ..render.broker_urls import management_endpoint
-from ..render.host_scripts import FileSpec
 from ..render import cluster_firewall
+from ..render.host_scripts import FileSpec
 from ..render.rabbitmq_conf import (
     INTER_NODE_TLS_MARK,
     INTER_NODE_TLS_PATH,
