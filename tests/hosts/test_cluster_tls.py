@@ -317,3 +317,34 @@ def test_turning_inter_node_tls_off_on_the_running_cluster_is_refused_before_any
         d.stack.set_plain({"broker": broker})
     result, _ = d.up()
     assert result.summary.result == "succeeded", result.summary
+
+
+def stop_every_node(d) -> None:
+    """The runbook's step: rabbitmq-server stopped on the other nodes, then on the broker host's."""
+    for host in (*reversed(d.nodes), d.host):
+        sh(host, "systemctl stop rabbitmq-server", timeout=300)
+
+
+def test_the_runbook_switches_it_off_and_on_again_with_every_node_stopped_first(cluster):
+    """README's runbook, both ways: every node stopped (the broker host's last), then `up`. The
+    cluster comes back whole each time, plain then TLS again, and the quorum queue keeps its
+    three members."""
+    d = cluster
+    nodes = (d.host, *d.nodes)
+    everyone = node_names(*nodes)
+    broker = json.loads(d.stack.stack.get_config("edd-infra:broker").value)
+    try:
+        for tls, proto in ((False, "error"), (True, '{ok,[["inet_tls"]]}')):
+            stop_every_node(d)
+            d.stack.set_plain({"broker": dict(broker, interNodeTls=tls)})
+            result, seconds = d.up()
+            assert result.summary.result == "succeeded", result.summary
+            FIGURES[f"runbook up, interNodeTls {'on' if tls else 'off'}"] = seconds
+            for host in nodes:
+                assert running_nodes(host) == everyone, host.name
+                assert sh(host, "rabbitmqctl -q eval 'init:get_argument(proto_dist).'").strip() == proto, host.name
+            queue = next(q for q in json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name members "
+                                                          "--formatter json")) if q["name"] == "edd")
+            assert sorted(queue["members"]) == everyone
+    finally:
+        d.stack.set_plain({"broker": broker})
