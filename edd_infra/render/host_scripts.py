@@ -398,8 +398,24 @@ def broker_install(
         "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
-        "rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null",
+        enable_feature_flags(clustered),
     )
+
+
+def enable_feature_flags(clustered: bool) -> str:
+    """Enable every feature flag (the next upgrade needs them). A cluster node that starts while
+    other nodes are still stopped (every node stopped for a change that cannot roll, the broker
+    host's first back) cannot: RabbitMQ enables a flag only with every node running
+    (`missing_clustered_nodes`). That one refusal passes; the last node to start enables them."""
+    enable = "rabbitmqctl -q enable_feature_flag all </dev/null"
+    if not clustered:
+        return f"{enable} >/dev/null"
+    return (f"if ! flags=$({enable} 2>&1); then\n"
+            "  case \"$flags\" in\n"
+            "    *missing_clustered_nodes*) echo 'feature flags: not every cluster node runs yet; the last node to "
+            "start enables them' >&2 ;;\n"
+            "    *) printf '%s\\n' \"$flags\" >&2; exit 1 ;;\n"
+            "  esac\nfi")
 
 
 def distribution_mode_guard(*, env_path: str, mark: str, inter_node_tls: bool) -> str:

@@ -190,3 +190,27 @@ def test_a_node_certificate_for_servers_only_is_refused(tmp_path):
 def test_sample_without_the_keys_is_unchanged():
     settings, problems = validate(with_changes(sample_raw(), []))
     assert problems == [] and not settings.broker.inter_node_tls
+
+
+# (what `rabbitmqctl enable_feature_flag all` answers, its exit status, clustered) -> the script fails (1) or not (0)
+FLAG_CASES = [
+    ("", 0, True, 0),
+    ("Error:\nmissing_clustered_nodes", 69, True, 0),   # a node back before its peers (the runbook)
+    ("Error:\nsomething else", 69, True, 1),
+    ("Error:\nmissing_clustered_nodes", 69, False, 1),  # a single node has no peers to wait for
+]
+
+
+@pytest.mark.parametrize("answer, status, clustered, expected", FLAG_CASES)
+def test_feature_flags_wait_for_the_last_node_only_when_peers_are_down(tmp_path, answer, status, clustered, expected):
+    from edd_infra.render.host_scripts import enable_feature_flags
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rabbitmqctl").write_text(f"#!/bin/sh\nprintf '%s\\n' '{answer}'\nexit {status}\n")
+    (bin_dir / "rabbitmqctl").chmod(0o755)
+    result = subprocess.run(["sh", "-c", f"set -eu\n{enable_feature_flags(clustered)}"], capture_output=True,
+                            text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert (result.returncode != 0) == (expected != 0), (result.returncode, result.stderr)
+    if expected == 0 and status:
+        assert "the last node to start enables them" in result.stderr
