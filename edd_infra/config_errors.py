@@ -334,6 +334,44 @@ def _certificate_problems(key: str, name: str, root: Path) -> list[str]:
     return []
 
 
+def inter_node_certificate_problems(broker, root: Path) -> list[str]:
+    """broker.interNodeTls: every node presents broker.tls.certFile to the others, as server and as
+    client. Erlang's TLS distribution checks the host part of the node name it dials
+    (`rabbit@<address>`) against the certificate's DNS names, even for an address (Erlang 25 and
+    27), so every node address must be a DNS name of the certificate (as well as the IP address
+    AMQP clients check); an extended key usage, if any, must allow both ends."""
+    key = "broker.tls.certFile"
+    cert, problems = _load_certificate(key, broker.tls.cert_file, root)
+    if cert is None:
+        return problems
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns, ips = set(names.get_values_for_type(x509.DNSName)), {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        dns, ips = set(), set()
+    addresses = [broker.node_address, *(n.address for n in broker.cluster_nodes)]
+    missing = [a for a in addresses if a not in dns]
+    if missing:
+        problems.append(f"{PROJECT}:{key}: with broker.interNodeTls, every node address must be a DNS name of the "
+                        f"certificate (subjectAltName DNS:<address>; Erlang's TLS distribution checks the node name's "
+                        f"host part as a DNS name, also when it is an address); missing: {', '.join(missing)}")
+    missing_ip = [a for a in addresses if a not in ips]
+    if missing_ip:
+        problems.append(f"{PROJECT}:{key}: every cluster node address must be an IP address of the certificate "
+                        f"(subjectAltName IP:<address>; clients check it); missing: {', '.join(missing_ip)}")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None:
+        need = {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+        lacking = [name for oid, name in need.items() if oid not in usages]
+        if lacking:
+            problems.append(f"{PROJECT}:{key}: with broker.interNodeTls each node uses the certificate as TLS server "
+                            f"and as client; its extended key usage lacks {' and '.join(lacking)}")
+    return problems
+
+
 def celery_certificate_id(cert: x509.Certificate) -> str:
     """How Celery's certificate store names a certificate (celery.security.certificate.get_id):
     two with the same id make the store raise, and the worker does not start."""
@@ -461,10 +499,13 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
         if not secrets.get("brokerTlsKey"):
             problems.append(f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
                             "(pulumi config set --secret brokerTlsKey < server.key)")
-        problems += _certificate_problems("broker.tls.caFile", tls.ca_file, root)
-        problems += _certificate_problems("broker.tls.certFile", tls.cert_file, root)
+        unreadable = (_certificate_problems("broker.tls.caFile", tls.ca_file, root)
+                      + _certificate_problems("broker.tls.certFile", tls.cert_file, root))
+        problems += unreadable
         if settings.broker.install != "managed":
             problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
+        if settings.broker.inter_node_tls and not unreadable:
+            problems += inter_node_certificate_problems(settings.broker, root)
         if not settings.broker.plain_amqp_addresses:
             problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
                             "(services on the broker host connect there without TLS)")

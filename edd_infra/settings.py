@@ -293,8 +293,33 @@ class Broker(Model):
     # The other members of a RabbitMQ cluster; empty: a single node. Each joins this host's
     # node (the seed); removing one from the list makes it leave the cluster.
     cluster_nodes: list[ClusterNode] = Field(default_factory=list)
+    # In a cluster: Erlang distribution (node to node, and the CLI tools to their node) over TLS
+    # with broker.tls's CA, certificate and key, the peer's certificate required both ways.
+    # Turning it on or off cannot roll (README: Runbooks).
+    inter_node_tls: bool = False
+    # In a cluster: an nftables table (`inet edd_infra`) on every node lets only the other nodes
+    # (and loopback) reach epmd, distribution and the CLI tools' ports.
+    cluster_firewall: bool = True
     # Set for the `up` that moves the broker here from another host, removed to retire it.
     migrate_from: Optional[BrokerMigration] = None
+
+    @model_validator(mode="after")
+    def _inter_node_tls_needs_a_cluster(self) -> "Broker":
+        if self.inter_node_tls and not self.cluster_nodes:
+            raise ValueError("interNodeTls is for a cluster (Erlang distribution between nodes): set "
+                             "broker.clusterNodes, or remove broker.interNodeTls")
+        return self
+
+    @property
+    def distribution_port(self) -> int:
+        """Erlang distribution's listener: RabbitMQ's default, the AMQP port + 20000 (25672)."""
+        return self.amqp_port + 20000
+
+    @property
+    def cli_ports(self) -> tuple[int, int]:
+        """The range the CLI tools' own distribution listeners take: RabbitMQ's default, the
+        distribution port + 10000 to + 10010 (35672-35682)."""
+        return self.distribution_port + 10000, self.distribution_port + 10010
 
     @property
     def tls_addresses(self) -> list[str]:

@@ -73,7 +73,8 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
     `signing`, tasks are signed with a certificate from the same directory. Each of
     `worker_hosts` (needs `tls`) runs one more worker, `edd-worker-<n>`, reaching the broker
     over TLS. Each of `broker_nodes` (needs `tls`) runs one more RabbitMQ node, joined to the
-    host's node in a cluster, and the `edd` queue is a quorum queue.
+    host's node in a cluster (Erlang distribution over TLS, its ports for the nodes only), and
+    the `edd` queue is a quorum queue.
     """
     broker = {"host": host.name, "managementAddress": host.address, "purgeOnDestroy": True}
     if tls:
@@ -81,7 +82,7 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
         broker["amqpListeners"] = ["127.0.0.1", "::1", host.address]
     extra = {"celerySigning": {"certFile": f"{tls}/signing.pem"}} if signing and tls else {}
     if broker_nodes:
-        broker |= {"nodeAddress": host.address, "nodeName": f"rabbit@{host.address}",
+        broker |= {"nodeAddress": host.address, "nodeName": f"rabbit@{host.address}", "interNodeTls": True,
                    "clusterNodes": [{"host": n.name, "address": n.address} for n in broker_nodes]}
         extra["appQueue"] = {"queueType": "quorum"}
     return extra | {

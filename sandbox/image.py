@@ -84,9 +84,10 @@ PACKAGES = [
     "openssh-server", "iproute2", "iputils-ping", "procps", "curl", "ca-certificates",
     "python3", "python3-venv", "sudo", "libcap2-bin", "less",
 ]
-# Downloaded into the apt cache only; the program under test (rabbitmq-server) or a test
-# (postgresql, Debian 12's PostgreSQL 15, for the result backend) installs them offline.
-OFFLINE_PACKAGES = ["rabbitmq-server", "postgresql"]
+# Downloaded into the apt cache only; the program under test (rabbitmq-server; nftables, for a
+# cluster node's firewall table) or a test (postgresql, Debian 12's PostgreSQL 15, for the
+# result backend) installs them offline.
+OFFLINE_PACKAGES = ["rabbitmq-server", "nftables", "postgresql"]
 # celery[auth] brings the cryptography release Celery pins for message signing;
 # celery[sqlalchemy] + psycopg 3 the `db+postgresql` result backend (SQLAlchemy 2.1's default
 # PostgreSQL driver is psycopg 3; kombu[sqlalchemy] allows sqlalchemy>=1.4.54,<2.2).

@@ -21,11 +21,14 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_broker_certificates(directory: Path, address: str, *cluster_addresses: str) -> dict[str, Path]:
     """ca.pem, ca.key, server.pem, server.key in `directory` (reused when present). With
-    `cluster_addresses`, one certificate (and key) serves every node of the cluster."""
+    `cluster_addresses`, one certificate (and key) serves every node of the cluster, naming each
+    node address as an IP address and as a DNS name too (Erlang's TLS distribution checks the
+    host part of a node name, `rabbit@<address>`, as a DNS name)."""
     addresses = (address, *cluster_addresses)
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    if (all(p.exists() for p in files.values()) and set(addresses) <= _ip_alt_names(files["server.pem"])
+    names = {f"IP Address:{a}" for a in addresses} | ({f"DNS:{a}" for a in addresses} if cluster_addresses else set())
+    if (all(p.exists() for p in files.values()) and names <= _alt_names(files["server.pem"])
             and _has_key_usage(files["ca.pem"])):
         return files
     # keyUsage: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a CA without it.
@@ -34,7 +37,7 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
              "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
-    ips = "".join(f"IP:{a}, " for a in addresses)
+    ips = "".join(f"IP:{a}, " for a in addresses) + "".join(f"DNS:{a}, " for a in addresses if cluster_addresses)
     (directory / "san.ext").write_text(f"subjectAltName = {ips}IP:127.0.0.1, IP:::1, DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "30", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
@@ -49,11 +52,11 @@ def _has_key_usage(cert: Path) -> bool:
     return "Certificate Sign" in result.stdout
 
 
-def _ip_alt_names(cert: Path) -> set[str]:
+def _alt_names(cert: Path) -> set[str]:
+    """The certificate's subjectAltName entries as openssl prints them (`IP Address:...`, `DNS:...`)."""
     result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
                             capture_output=True, text=True)
-    return {part.strip().removeprefix("IP Address:") for part in result.stdout.replace("\n", ",").split(",")
-            if part.strip().startswith("IP Address:")}
+    return {part.strip() for part in result.stdout.replace("\n", ",").split(",") if ":" in part}
 
 
 def make_signing_certificate(directory: Path) -> dict[str, Path]:
@@ -71,7 +74,7 @@ def make_flower_certificate(directory: Path, address: str) -> dict[str, Path]:
     """flower.pem and flower.key in `directory` (beside the CA of `make_broker_certificates`,
     which signs it): Flower's HTTPS certificate for `address` (reused when it still matches the CA)."""
     files = {"flower.pem": directory / "flower.pem", "flower.key": directory / "flower.key"}
-    if (all(p.exists() for p in files.values()) and address in _ip_alt_names(files["flower.pem"])
+    if (all(p.exists() for p in files.values()) and f"IP Address:{address}" in _alt_names(files["flower.pem"])
             and _issued_by(files["flower.pem"], directory / "ca.pem")):
         return files
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",

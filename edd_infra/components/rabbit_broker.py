@@ -12,7 +12,11 @@ Creates, on the broker host (with `install: managed`, the default):
   the admin's; otherwise their stdin is ignored, so a no-op `up` stays a no-op.
 - in a cluster, per member host: `<name>-node-<host>` (as `<name>-server`, with the shared
   Erlang cookie) and `<name>-node-<host>-join`, which joins it to this host's node once and
-  whose delete makes it leave (so removing a node from the config is a config change).
+  whose delete makes it leave (so removing a node from the config is a config change);
+  with `broker.interNodeTls` every node's Erlang distribution (and its CLI tools') runs over TLS,
+  and with `broker.clusterFirewall` (the default) `<name>-firewall` and
+  `<name>-node-<host>-firewall` load each node's nftables table (render.cluster_firewall) before
+  its server command, and every join waits for all of them.
 - with `migration` (broker.migrateFrom), `<name>-migration`: the old broker's definitions and
   queued messages moved here (BrokerMigration); the Provider waits for them.
 With `install: external` only the Provider is made, for a broker someone else runs.
@@ -31,14 +35,18 @@ from ..hosts import DRAIN_STDIN, Command, HostTarget
 from ..render import host_scripts
 from ..render.apt_source import KEYRING_PATH, PREFERENCES_PATH, SOURCES_PATH, render_apt_preferences, render_apt_sources
 from ..render.broker_urls import management_endpoint
+from ..render import cluster_firewall
 from ..render.host_scripts import FileSpec
 from ..render.rabbitmq_conf import (
+    INTER_NODE_TLS_MARK,
+    INTER_NODE_TLS_PATH,
     LOOPBACK,
     RABBITMQ4_CONF_PATH,
     TlsListeners,
     epmd_socket_listen,
     render_enabled_plugins,
     render_epmd_environment,
+    render_inter_node_tls,
     render_rabbitmq_conf,
     render_rabbitmq4_conf,
     render_rabbitmq_env,
@@ -88,13 +96,25 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
     )
     pems = cast(tuple[str, str], tls_pems)  # given whenever broker.tls is set
     certificates = [FileSpec(tls.ca_path, pems[0]), FileSpec(tls.cert_path, pems[1])] if tls else []
+    # Erlang distribution over TLS (broker.interNodeTls), for the node and its CLI tools.
+    inter_node = broker.inter_node_tls and tls is not None
+    if inter_node:
+        certificates.append(FileSpec(INTER_NODE_TLS_PATH, render_inter_node_tls(cast(TlsListeners, tls))))
     return certificates + [
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
-        FileSpec(ENV_PATH, render_rabbitmq_env(broker.node_name)),
+        FileSpec(ENV_PATH, render_rabbitmq_env(broker.node_name, INTER_NODE_TLS_PATH if inter_node else None)),
         FileSpec(DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))),
         FileSpec(EPMD_DROPIN_PATH, render_dropin("Socket", epmd_socket_listen(broker.node_address))),
     ]
+
+
+def firewall_files(broker: Broker, peers: list[str]) -> tuple[FileSpec, FileSpec]:
+    """A cluster node's nftables rules (its Erlang ports for `peers`, the other nodes) and the
+    unit that loads them (render.cluster_firewall)."""
+    ports: list[int | tuple[int, int]] = [4369, broker.distribution_port, broker.cli_ports]
+    return (FileSpec(cluster_firewall.RULES_PATH, cluster_firewall.render_cluster_table(peers, ports), mode="0640"),
+            FileSpec(cluster_firewall.UNIT_PATH, cluster_firewall.render_firewall_unit()))
 
 
 def apt_files(broker: Broker) -> list[FileSpec]:
@@ -158,6 +178,21 @@ class RabbitBroker(pulumi.ComponentResource):
         self._loopback_users, self._tls_pems, self._tls_key = list(loopback_users), tls_pems, tls_key
         self._cookie, self._consumer_timeout, self._clustered = erlang_cookie, consumer_timeout_ms, bool(members)
         self._site_files = list(site_files)
+        # broker.clusterFirewall: each node's nftables table, made before its server command (so
+        # before epmd and the node listen off loopback); the joins wait for all of them.
+        self._firewalls: dict[str, pulumi.Resource] = {}
+        if members and broker.install == "managed" and broker.cluster_firewall:
+            nodes = [(f"{name}-firewall", broker, host), *((f"{name}-node-{m.host}-firewall", m, h) for m, h in members)]
+            for key, node, node_host in nodes:
+                rules, unit = firewall_files(node, [n.node_address for _, n, _ in nodes if n.host != node.host])
+                self._firewalls[node.host] = node_host.run(
+                    key,
+                    create=host_scripts.firewall_install(rules=rules, unit=unit, unit_name=cluster_firewall.UNIT_NAME,
+                                                         nft=cluster_firewall.NFT),
+                    delete=host_scripts.firewall_remove(paths=[rules.path], unit_name=cluster_firewall.UNIT_NAME),
+                    repairable=True,
+                    opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                )
         admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
             if broker.install == "managed" else None
         ready = [admin] if admin else []
@@ -181,7 +216,9 @@ class RabbitBroker(pulumi.ComponentResource):
                 create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
                                                  start_timeout=broker.start_timeout),
                 delete=host_scripts.cluster_leave(node=member.node_name),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, cast(pulumi.Resource, admin)],
+                # A joining node's address is in every node's firewall table first.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, cast(pulumi.Resource, admin),
+                                                                     *self._firewalls.values()],
                                             delete_before_replace=True),
             ))
         self.provider = rabbitmq.Provider(
@@ -236,19 +273,23 @@ class RabbitBroker(pulumi.ComponentResource):
         rabbitmq4 = FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf())
         removed = [f.path for f in [*files, *sources, rabbitmq4, *site_files]] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
+        guard = host_scripts.distribution_mode_guard(env_path=ENV_PATH, mark=INTER_NODE_TLS_MARK,
+                                                     inter_node_tls=broker.inter_node_tls) if self._clustered else ""
+        firewall = self._firewalls.get(broker.host)
         return host.run(
             name,
             create=host_scripts.broker_install(
                 files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
                 secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
                 rabbitmq4_conf=rabbitmq4, apt_files=sources, memory_high_watermark=broker.memory_high_watermark,
-                clustered=self._clustered, site_files=site_files,
+                clustered=self._clustered, site_files=site_files, mode_guard=guard,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,
             repairable=True,
             # Its delete undoes its create: a replacement (`up --replace`) must delete first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=[after] if after else []),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                        depends_on=[r for r in (after, firewall) if r is not None]),
         )
 
     def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password, moved: bool) -> pulumi.Resource:

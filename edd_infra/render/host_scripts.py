@@ -317,6 +317,7 @@ def broker_install(
     *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
     erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
     memory_high_watermark: float | None = None, clustered: bool = False, site_files: Sequence[FileSpec] = (),
+    mode_guard: str = "",
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
     package offline-first, restart when anything changed, wait until it answers, enable
@@ -340,7 +341,8 @@ def broker_install(
     `erlang_cookie` the cookie at STAGED_COOKIE too): the rabbitmq group (and for the cookie
     the user) is made first, as the package would, so the node reads them at its first start.
 
-    `clustered`: a running node about to stop is drained first (`drain_before_stop`)."""
+    `clustered`: a running node about to stop is drained first (`drain_before_stop`).
+    `mode_guard` (`distribution_mode_guard`) runs before anything is written."""
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
     mark_users = (f"mkdir -p {STATE_DIR}/created\n"
@@ -361,6 +363,7 @@ def broker_install(
             apt_files, on_change=f"apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
                                  "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null")
     return broker_script(
+        mode_guard,
         disk_check(memory_high_watermark) if memory_high_watermark is not None else "",
         f"wanted={q(wanted)}",
         TARGET_VERSION,
@@ -396,8 +399,67 @@ def broker_install(
         "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
-        "rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null",
+        enable_feature_flags(clustered),
     )
+
+
+def enable_feature_flags(clustered: bool) -> str:
+    """Enable every feature flag (the next upgrade needs them). A cluster node that starts while
+    other nodes are still stopped (every node stopped for a change that cannot roll, the broker
+    host's first back) cannot: RabbitMQ enables a flag only with every node running
+    (`missing_clustered_nodes`). That one refusal passes; the last node to start enables them."""
+    enable = "rabbitmqctl -q enable_feature_flag all </dev/null"
+    if not clustered:
+        return f"{enable} >/dev/null"
+    return (f"if ! flags=$({enable} 2>&1); then\n"
+            "  case \"$flags\" in\n"
+            "    *missing_clustered_nodes*) echo 'feature flags: not every cluster node runs yet; the last node to "
+            "start enables them' >&2 ;;\n"
+            "    *) printf '%s\\n' \"$flags\" >&2; exit 1 ;;\n"
+            "  esac\nfi")
+
+
+def distribution_mode_guard(*, env_path: str, mark: str, inter_node_tls: bool) -> str:
+    """Refuse, before anything changes, to switch a running cluster node's Erlang distribution
+    between plain and TLS (broker.interNodeTls): it cannot roll. A node with TLS distribution
+    cannot talk to one without (it would leave the cluster and pause), and the CLI tools, which
+    read the same rabbitmq-env.conf, could no longer drain or even reach the node still running
+    the other way. With every node stopped first the switch goes through (README: Runbooks)."""
+    test = f"grep -qF -- {q(mark)} {q(env_path)}"
+    # True when the installed rabbitmq-env.conf already runs distribution the wanted way.
+    same = test if inter_node_tls else f"! {test}"
+    turns, runs = ("on", "without") if inter_node_tls else ("off", "with")
+    message = (f"broker.interNodeTls turns {turns} while this node runs {runs} TLS distribution: this cannot roll "
+               "(a node with TLS distribution cannot talk to one without, and the CLI tools could no longer reach "
+               "the running node). Stop rabbitmq-server on every cluster node, the broker host's node last, then "
+               "run up again (README: Runbooks). Nothing was changed on")
+    return (f"if [ -f {q(env_path)} ] && systemctl is-active -q rabbitmq-server && ! {{ {same}; }}; then\n"
+            f"  echo {q(message)} \"$(hostname)\" >&2\n  exit 1\nfi")
+
+
+def firewall_install(*, rules: FileSpec, unit: FileSpec, unit_name: str, nft: str) -> str:
+    """A cluster node's nftables table (render.cluster_firewall): nftables installed as the
+    broker's package is (apt, offline first), the rules checked by `nft -c` before they are
+    used, the unit enabled, and the table loaded, or replaced in one transaction when the
+    rules changed (a reload: no moment without it). A failure puts the previous rules back."""
+    install = "apt-get install -y -q nftables </dev/null >/dev/null"
+    return script(
+        f"if ! [ -x {q(nft)} ]; then\n"
+        f"  export DEBIAN_FRONTEND=noninteractive\n"
+        f"  {install} || {{ apt-get update -q </dev/null >/dev/null && {install}; }}\nfi",
+        write_file(rules),
+        write_file(unit),
+        f"{q(nft)} -c -f {q(rules.path)}",
+        f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl reload-or-restart {unit_name}\"",
+        f"systemctl daemon-reload\nsystemctl enable -q {q(unit_name)}",
+        f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(unit_name)}; then systemctl reload-or-restart {q(unit_name)}; fi",
+    )
+
+
+def firewall_remove(*, paths: Sequence[str], unit_name: str) -> str:
+    """The delete of `firewall_install`: the unit stopped (which deletes the table) and removed
+    with the rules. nftables itself stays (a site may use it)."""
+    return script(deactivate("systemd", unit_name, paths))
 
 
 def drain_before_stop(timeout: int) -> str:

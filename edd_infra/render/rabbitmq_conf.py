@@ -133,11 +133,47 @@ def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management", "rab
     return "[" + ",".join(plugins) + "].\n"
 
 
-def render_rabbitmq_env(node_name: str) -> str:
+def render_rabbitmq_env(node_name: str, inter_node_tls: Optional[str] = None) -> str:
     """rabbitmq-env.conf, read by the server and by rabbitmqctl alike: the node name, with
-    Erlang long names when its host part has dots (`rabbit@10.0.0.2`, a cluster node)."""
+    Erlang long names when its host part has dots (`rabbit@10.0.0.2`, a cluster node).
+
+    With `inter_node_tls` (the path of `render_inter_node_tls`'s file), Erlang distribution runs
+    over TLS for the node (SERVER_ADDITIONAL_ERL_ARGS) and for every CLI tool (CTL_ERL_ARGS:
+    rabbitmqctl, rabbitmq-diagnostics, rabbitmq-upgrade, rabbitmq-queues): a node with TLS
+    distribution refuses a CLI tool without it."""
     longname = "USE_LONGNAME=true\n" if "." in node_name.split("@", 1)[1] else ""
-    return f"# Written by edd-infra.\nNODENAME={node_name}\n{longname}"
+    text = f"# Written by edd-infra.\nNODENAME={node_name}\n{longname}"
+    if inter_node_tls:
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]+", inter_node_tls):
+            raise ValueError(f"inter-node TLS options file: a plain absolute path, got {inter_node_tls!r}")
+        args = f"-proto_dist inet_tls -ssl_dist_optfile {inter_node_tls}"
+        text += f'SERVER_ADDITIONAL_ERL_ARGS="{args}"\nCTL_ERL_ARGS="{args}"\n'
+    return text
+
+
+INTER_NODE_TLS_PATH = f"{TLS_DIR}/inter_node_tls.config"
+# What rabbitmq-env.conf holds when distribution is TLS (host_scripts tells the modes apart by it).
+INTER_NODE_TLS_MARK = "-proto_dist inet_tls"
+
+
+def _erlang_string(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", text):
+        raise ValueError(f"not a plain path for an Erlang string: {text!r}")
+    return f'"{text}"'
+
+
+def render_inter_node_tls(tls: TlsListeners) -> str:
+    """The `-ssl_dist_optfile` of Erlang's TLS distribution (an Erlang term file): both ends
+    present the broker's certificate and key and require the other's, signed by the stack's CA
+    (`verify_peer` as client and server, `fail_if_no_peer_cert` as server). As client, Erlang
+    also checks that the certificate names the host part of the node name it dials
+    (`rabbit@<address>`) as a DNS name (config_errors.inter_node_certificate_problems)."""
+    files = [f"{{cacertfile, {_erlang_string(tls.ca_path)}}}", f"{{certfile, {_erlang_string(tls.cert_path)}}}",
+             f"{{keyfile, {_erlang_string(tls.key_path)}}}", "{secure_renegotiate, true}", "{verify, verify_peer}"]
+    server = ",\n    ".join([*files, "{fail_if_no_peer_cert, true}"])
+    client = ",\n    ".join(files)
+    return ("%% Written by edd-infra: Erlang distribution over TLS (rabbitmq-env.conf names this file).\n"
+            f"[{{server, [\n    {server}\n  ]}},\n {{client, [\n    {client}\n  ]}}].\n")
 
 
 def _epmd_addresses(node_address: str) -> list[str]:

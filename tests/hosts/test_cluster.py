@@ -384,14 +384,19 @@ def test_removing_and_adding_a_node_is_a_config_change(cluster):
     d.stack.set_plain({"broker": dict(broker, clusterNodes=members[:1])})
     result, _ = d.up()
     changes = result.summary.resource_changes
-    # The node's server, its repair twin and its join go; services re-read their node list.
-    assert changes.get("delete") == 3 and "create" not in changes, changes
+    # The node's server, its repair twin, its join, its firewall and that one's repair twin go;
+    # services re-read their node list, the other nodes' firewalls drop its address.
+    assert changes.get("delete") == 5 and "create" not in changes, changes
+    for host in (d.host, d.nodes[0]):
+        assert d.nodes[1].address not in sh(host, "nft list set inet edd_infra peers_v4"), host.name
     assert running_nodes(d.host) == node_names(d.host, d.nodes[0])
     assert queue_members(d.host) == ("quorum", node_names(d.host, d.nodes[0]))
     assert send_task(d.host, 5, 5) == "10"
     d.stack.set_plain({"broker": broker})
     result, _ = d.up()
-    assert result.summary.resource_changes.get("create") == 3, result.summary.resource_changes
+    assert result.summary.resource_changes.get("create") == 5, result.summary.resource_changes
+    for host in (d.host, d.nodes[0]):
+        assert d.nodes[1].address in sh(host, "nft list set inet edd_infra peers_v4"), host.name
     everyone = node_names(d.host, *d.nodes)
     assert running_nodes(d.host) == everyone
     assert queue_members(d.host) == ("quorum", everyone)

@@ -57,3 +57,25 @@ def ca_and_server_pems(address: str, ca_name: str = "edd-infra test CA", ca_key_
                                    serialization.NoEncryption()).decode()
     pem = serialization.Encoding.PEM
     return ca.public_bytes(pem).decode(), server.public_bytes(pem).decode(), key
+
+
+def server_certificate_pem(*, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+                           usages: tuple[str, ...] | None = None) -> str:
+    """A self-signed server certificate with these subjectAltName DNS names and IP addresses and,
+    with `usages` ("serverAuth", "clientAuth"), an extended key usage."""
+    import ipaddress
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    private = _rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edd-infra test node")])
+    now = datetime.now(timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+               .serial_number(7).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30)))
+    names = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if usages is not None:
+        oids = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
+        builder = builder.add_extension(x509.ExtendedKeyUsage([oids[u] for u in usages]), critical=False)
+    return builder.sign(private, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()

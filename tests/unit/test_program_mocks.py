@@ -18,7 +18,7 @@ from edd_infra.broker_drift import BrokerDrift
 from edd_infra.components.stack_health import rerun_digest
 from edd_infra.program import OUTPUT_NAMES, deploy
 from edd_infra.render.signing_files import previous_certificate_warning
-from tests.unit.certificates import ca_and_server_pems, certificate_pem
+from tests.unit.certificates import ca_and_server_pems, certificate_pem, server_certificate_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -736,7 +736,7 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
     assert "/var/lib/edd-infra/erlang.cookie" in bundle_files(plain(loop, by_name["broker-server"][0]["stdin"]))
     # Nodes restart one at a time, drained first: each node's command waits for the one before.
     chain = [{d._name for d in by_name[n][1].depends_on} for n in ("broker-node-edd-node2", "broker-node-edd-node3")]
-    assert chain == [{"broker-server"}, {"broker-node-edd-node2"}]
+    assert chain == [{"broker-server", "broker-node-edd-node2-firewall"}, {"broker-node-edd-node2", "broker-node-edd-node3-firewall"}]
     for name in ("broker-server", "broker-node-edd-node2"):
         assert "await_online_quorum_plus_one" in plain(loop, by_name[name][0]["create"])
     provider_deps = {d._name for d in by_name["broker-provider"][1].depends_on}
@@ -767,8 +767,51 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
 def test_removing_a_cluster_node_removes_only_its_resources(tmp_path):
     three = {n for _, n, *_ in run(*cluster_config(tmp_path))[1]}
     two = {n for _, n, *_ in run(*cluster_config(tmp_path, nodes=("edd-node2",)))[1]}
-    assert three - two == {"broker-node-edd-node3", "broker-node-edd-node3-repair", "broker-node-edd-node3-join"}
+    assert three - two == {"broker-node-edd-node3", "broker-node-edd-node3-repair", "broker-node-edd-node3-join",
+                           "broker-node-edd-node3-firewall", "broker-node-edd-node3-firewall-repair"}
     assert two <= three
+
+
+def cluster_certificate(tmp_path, *addresses):
+    (tmp_path / "server.pem").write_text(server_certificate_pem(dns=addresses, ips=addresses))
+
+
+def test_inter_node_tls_goes_to_every_node_and_each_firewall_names_the_other_nodes(tmp_path):
+    config, keys = cluster_config(tmp_path)
+    cluster_certificate(tmp_path, "10.0.0.2", "10.0.0.3", "10.0.0.4")
+    broker = json.loads(config["edd-infra:broker"])
+    config["edd-infra:broker"] = json.dumps(dict(broker, interNodeTls=True))
+    _, resources, loop = run(config, secret_keys=keys)
+    by_name = {n: (p, o) for t, n, p, o, s in resources}
+    addresses = {"broker-server": "10.0.0.2", "broker-node-edd-node2": "10.0.0.3", "broker-node-edd-node3": "10.0.0.4"}
+    for name, address in addresses.items():
+        create = plain(loop, by_name[name][0]["create"])
+        assert 'CTL_ERL_ARGS="-proto_dist inet_tls -ssl_dist_optfile /etc/rabbitmq/tls/inter_node_tls.config"' in create
+        assert "SERVER_ADDITIONAL_ERL_ARGS=" in create and "{fail_if_no_peer_cert, true}" in create
+        # Refused on a running node that runs the other way, before anything is written.
+        assert create.index("cannot roll") < create.index("put ")
+        firewall = "broker-firewall" if name == "broker-server" else f"{name}-firewall"
+        rules = plain(loop, by_name[firewall][0]["create"])
+        others = ", ".join(a for a in sorted(addresses.values()) if a != address)
+        assert f"elements = {{ {others} }}" in rules and "tcp dport { 4369, 25672, 35672-35682 }" in rules
+        # Its delete stops the unit, whose ExecStop deletes the table.
+        assert "systemctl disable --now -q edd-infra-firewall" in plain(loop, by_name[firewall][0]["delete"])
+        # The table is in place before the node's package or config change goes in.
+        assert firewall in {d._name for d in by_name[name][1].depends_on}
+    # A node joins once every node's table lets it in.
+    join_deps = {d._name for d in by_name["broker-node-edd-node3-join"][1].depends_on}
+    assert {"broker-firewall", "broker-node-edd-node2-firewall", "broker-node-edd-node3-firewall"} <= join_deps
+
+
+def test_without_inter_node_tls_or_the_firewall_nothing_of_them_is_made(tmp_path):
+    config, keys = cluster_config(tmp_path)
+    broker = json.loads(config["edd-infra:broker"])
+    config["edd-infra:broker"] = json.dumps(dict(broker, clusterFirewall=False))
+    _, resources, loop = run(config, secret_keys=keys)
+    names = {n for _, n, *_ in resources}
+    assert not {n for n in names if n.endswith("-firewall")}
+    create = plain(loop, {n: p for _, n, p, *_ in resources}["broker-node-edd-node2"]["create"])
+    assert "inet_tls" not in create.split("cannot roll")[-1] and "inter_node_tls.config" not in create
 
 
 def test_a_classic_app_queue_names_its_type_and_keeps_its_creation_arguments():
