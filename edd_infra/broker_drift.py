@@ -81,10 +81,12 @@ def plain_http_problem(endpoint: str) -> Optional[str]:
         loopback = host == "localhost"
     if loopback:
         return None
-    return (f"the management API at {endpoint} is plain HTTP on {host or 'no host'}, not loopback: the drift probe "
-            "(and the rabbitmq provider) would send the admin password in cleartext across the network. Turn on "
-            "broker.tls (the API is then HTTPS on broker.managementAddress, checked against the stack's CA), or use "
-            "a loopback broker.managementAddress")
+    return (
+        f"the management API at {endpoint} is plain HTTP on {host or 'no host'}, not loopback: the drift probe "
+        "(and the rabbitmq provider) would send the admin password in cleartext across the network. Turn on "
+        "broker.tls (the API is then HTTPS on broker.managementAddress, checked against the stack's CA), or use "
+        "a loopback broker.managementAddress"
+    )
 
 
 def _get(url: str, user: str, password: str, timeout: float, context: Optional[ssl.SSLContext]):

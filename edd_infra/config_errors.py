@@ -101,7 +101,9 @@ def reference_problems(settings: StackSettings) -> list[str]:
 
     def check_host(key: str, name: str) -> None:
         if name not in hosts:
-            problems.append(f"{PROJECT}:{key}: host {name!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(hosts))})")
+            problems.append(
+                f"{PROJECT}:{key}: host {name!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(hosts))})"
+            )
 
     check_host("broker.host", settings.broker.host)
     broker_host = hosts.get(settings.broker.host)
@@ -114,8 +116,10 @@ def reference_problems(settings: StackSettings) -> list[str]:
     if settings.edd_settings is not None:
         check_host("eddSettings.host", settings.edd_settings.host)
         if settings.edd_settings.host in hosts and settings.edd_settings.host != settings.broker.host:
-            problems.append(f"{PROJECT}:eddSettings.host: EDD must run on the broker host ({settings.broker.host!r}) "
-                            "while the app user may log in from loopback only")
+            problems.append(
+                f"{PROJECT}:eddSettings.host: EDD must run on the broker host ({settings.broker.host!r}) "
+                "while the app user may log in from loopback only"
+            )
     seen: dict[str, int] = {}
     for i, worker in enumerate(settings.workers):
         check_host(f"workers[{i}].host", worker.host)
@@ -137,8 +141,11 @@ def reference_problems(settings: StackSettings) -> list[str]:
     # Listeners on the broker host (Flower runs there too) cannot share an address and port.
     # With broker.tls the plain ones stay on loopback and TLS ones take the configured addresses.
     broker, tls = settings.broker, settings.broker.tls
-    listeners = [(f"broker.amqpListeners[{i}]", a, broker.amqp_port) for i, a in enumerate(broker.amqp_listeners)
-                 if a in broker.plain_amqp_addresses]
+    listeners = [
+        (f"broker.amqpListeners[{i}]", a, broker.amqp_port)
+        for i, a in enumerate(broker.amqp_listeners)
+        if a in broker.plain_amqp_addresses
+    ]
     plain_management = "127.0.0.1" if tls else broker.management_address
     listeners.append(("broker.managementPort", plain_management, broker.management_port))
     listeners.append(("broker.prometheusPort", plain_management, broker.prometheus_port))
@@ -152,8 +159,9 @@ def reference_problems(settings: StackSettings) -> list[str]:
         for other, other_address, other_port in listeners[:i]:
             if port == other_port and _same_socket(address, other_address):
                 shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-                problems.append(f"{PROJECT}:{key}: {shown} is also {PROJECT}:{other}; "
-                                "each listener needs its own address and port")
+                problems.append(
+                    f"{PROJECT}:{key}: {shown} is also {PROJECT}:{other}; each listener needs its own address and port"
+                )
                 break
     for name, host in hosts.items():
         if settings.require_host_keys and host.connection == "ssh" and host.host_key is None:
@@ -161,10 +169,15 @@ def reference_problems(settings: StackSettings) -> list[str]:
                 f"{PROJECT}:hosts.{name}.hostKey: required while requireHostKeys is true "
                 "(the host's 'ssh-ed25519 AAAA...' line, from ssh-keyscan)"
             )
-    users = {settings.broker.admin_user: "broker.adminUser", settings.app_user.name: "appUser.name",
-             settings.flower_broker_user.name: "flowerBrokerUser.name"}
+    users = {
+        settings.broker.admin_user: "broker.adminUser",
+        settings.app_user.name: "appUser.name",
+        settings.flower_broker_user.name: "flowerBrokerUser.name",
+    }
     if len(users) < 3:
-        problems.append(f"{PROJECT}:broker.adminUser, appUser.name, flowerBrokerUser.name: must be three different users")
+        problems.append(
+            f"{PROJECT}:broker.adminUser, appUser.name, flowerBrokerUser.name: must be three different users"
+        )
     for name, key in users.items():
         if name == "guest":
             problems.append(f"{PROJECT}:{key}: 'guest' is removed from the broker; choose another name")
@@ -182,21 +195,29 @@ def cluster_problems(settings: StackSettings) -> list[str]:
     if broker.install != "managed":
         problems.append(f"{key}: only for install: managed (an external broker's cluster is its own)")
     if broker.tls is None or broker.remote_amqp_address is None:
-        problems.append(f"{key}: a cluster needs broker.tls and a non-loopback address in broker.amqpListeners "
-                        "(services fail over between nodes over TLS)")
+        problems.append(
+            f"{key}: a cluster needs broker.tls and a non-loopback address in broker.amqpListeners "
+            "(services fail over between nodes over TLS)"
+        )
     if ipaddress.ip_address(broker.node_address).is_loopback or broker.node_name != f"rabbit@{broker.node_address}":
-        problems.append(f"{PROJECT}:broker.nodeName: in a cluster, rabbit@<broker.nodeAddress> with a non-loopback "
-                        f"nodeAddress (the other nodes dial it), got {broker.node_name!r} and {broker.node_address!r}; "
-                        "renaming a node starts it with empty data, so set both before the first up")
+        problems.append(
+            f"{PROJECT}:broker.nodeName: in a cluster, rabbit@<broker.nodeAddress> with a non-loopback "
+            f"nodeAddress (the other nodes dial it), got {broker.node_name!r} and {broker.node_address!r}; "
+            "renaming a node starts it with empty data, so set both before the first up"
+        )
     if settings.app_queue.queue_type != "quorum":
-        problems.append(f"{PROJECT}:appQueue.queueType: must be quorum with broker.clusterNodes "
-                        "(a classic queue lives on one node and is lost with it)")
+        problems.append(
+            f"{PROJECT}:appQueue.queueType: must be quorum with broker.clusterNodes "
+            "(a classic queue lives on one node and is lost with it)"
+        )
     seen = {broker.host: "broker.host"}
     addresses = {broker.node_address: "broker.nodeAddress"}
     for i, node in enumerate(nodes):
         where = f"{key}[{i}]"
         if node.host not in settings.hosts:
-            problems.append(f"{where}.host: host {node.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))})")
+            problems.append(
+                f"{where}.host: host {node.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))})"
+            )
         elif settings.hosts[node.host].service_manager != "systemd":
             problems.append(f"{where}.host: a cluster node needs a systemd (Debian) host")
         if node.host in seen:
@@ -223,8 +244,10 @@ def migration_problems(settings: StackSettings) -> list[str]:
     if old.host == broker.host:
         problems.append(f"{key}.host: the host the broker moves away from, not broker.host ({broker.host!r}) itself")
     elif old.host not in settings.hosts:
-        problems.append(f"{key}.host: host {old.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))}); "
-                        "keep the old host there until the migration is retired")
+        problems.append(
+            f"{key}.host: host {old.host!r} is not in {PROJECT}:hosts (have: {', '.join(sorted(settings.hosts))}); "
+            "keep the old host there until the migration is retired"
+        )
     elif settings.hosts[old.host].service_manager != "systemd":
         problems.append(f"{key}.host: the old broker must be a managed Debian (systemd) host")
     if broker.install != "managed":
@@ -232,8 +255,10 @@ def migration_problems(settings: StackSettings) -> list[str]:
     if broker.cluster_nodes:
         problems.append(f"{key}: moves a single node; migrate before adding broker.clusterNodes")
     if broker.remote_amqp_address is None:
-        problems.append(f"{key}: needs broker.tls and a non-loopback address in broker.amqpListeners on the new broker "
-                        "(the old broker's shovel reaches it over the network, and AMQP leaves a host only over TLS)")
+        problems.append(
+            f"{key}: needs broker.tls and a non-loopback address in broker.amqpListeners on the new broker "
+            "(the old broker's shovel reaches it over the network, and AMQP leaves a host only over TLS)"
+        )
     return problems
 
 
@@ -248,10 +273,13 @@ def flower_problems(settings: StackSettings) -> list[str]:
             "Flower's login travels with every request and its pages show task arguments and results. Set "
             "flower.tls.certFile (a certificate for that address from the stack's CA) and the secret flowerTlsKey "
             "(pulumi config set --secret flowerTlsKey < flower.key), or keep Flower on 127.0.0.1 (behind a TLS proxy "
-            "of your own)")
+            "of your own)"
+        )
     if flower.tls is not None and flower.tls.ca_file is None and settings.broker.tls is None:
-        problems.append(f"{PROJECT}:flower.tls.caFile: required without broker.tls (the CA that issued "
-                        "flower.tls.certFile: Flower's health check and scrapers verify it)")
+        problems.append(
+            f"{PROJECT}:flower.tls.caFile: required without broker.tls (the CA that issued "
+            "flower.tls.certFile: Flower's health check and scrapers verify it)"
+        )
     return problems
 
 
@@ -265,18 +293,28 @@ def flower_warnings(settings: StackSettings) -> list[str]:
         if worker.host != flower.host:
             continue
         if worker.user == flower.user:
-            warnings.append(f"flower.user: Flower runs as workers[{i}]'s user {worker.user!r}: it can read the workers' "
-                            "environment files (the app password) and they its UI password. Remove flower.user and "
-                            "flower.group (Flower then gets its own account, flower) or set ones no worker uses")
+            warnings.append(
+                f"flower.user: Flower runs as workers[{i}]'s user {worker.user!r}: it can read the workers' "
+                "environment files (the app password) and they its UI password. Remove flower.user and "
+                "flower.group (Flower then gets its own account, flower) or set ones no worker uses"
+            )
         elif flower.group == worker.group or flower.group in worker.extra_groups:
-            warnings.append(f"flower.group: Flower's group {flower.group!r} is also workers[{i}]'s: the worker can read "
-                            "Flower's files (its UI password, its database) or Flower the worker's. Set flower.group to "
-                            "a group of its own (default flower)")
-    if flower.can_send_tasks and settings.celery_signing is not None and settings.flower_broker_user.profile != "administrator":
-        warnings.append("flower.canSendTasks: Flower holds the signing key, but its broker user (flowerBrokerUser.profile "
-                        f"{settings.flower_broker_user.profile}) may not publish tasks: the key sends none, and only "
-                        "lets Flower's UI control the workers (inspect, revoke, shutdown); remove flower.canSendTasks "
-                        "unless that is what you want")
+            warnings.append(
+                f"flower.group: Flower's group {flower.group!r} is also workers[{i}]'s: the worker can read "
+                "Flower's files (its UI password, its database) or Flower the worker's. Set flower.group to "
+                "a group of its own (default flower)"
+            )
+    if (
+        flower.can_send_tasks
+        and settings.celery_signing is not None
+        and settings.flower_broker_user.profile != "administrator"
+    ):
+        warnings.append(
+            "flower.canSendTasks: Flower holds the signing key, but its broker user (flowerBrokerUser.profile "
+            f"{settings.flower_broker_user.profile}) may not publish tasks: the key sends none, and only "
+            "lets Flower's UI control the workers (inspect, revoke, shutdown); remove flower.canSendTasks "
+            "unless that is what you want"
+        )
     return warnings
 
 
@@ -302,9 +340,11 @@ def secret_problems(values: Mapping[str, str | None], is_secret: Mapping[str, bo
             elif re.fullmatch(r"[A-Z]{20}", value):
                 # Debian's package writes such a cookie on every install: copied from a node, it is
                 # not a secret chosen for the cluster and changes with the next reinstall.
-                problems.append(f"{full}: looks like the cookie Debian's rabbitmq-server generates (20 capital "
-                                "letters); use a random one: openssl rand -hex 32 | scripts/pulumi config set --secret "
-                                "erlangCookie")
+                problems.append(
+                    f"{full}: looks like the cookie Debian's rabbitmq-server generates (20 capital "
+                    "letters); use a random one: openssl rand -hex 32 | scripts/pulumi config set --secret "
+                    "erlangCookie"
+                )
             continue
         if key == "resultBackend":
             problems += result_backend_problems(value, full)
@@ -327,8 +367,10 @@ def _certificate_problems(key: str, name: str, root: Path) -> list[str]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        return [f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
-                "a PEM certificate file, relative to the project directory or absolute"]
+        return [
+            f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
+            "a PEM certificate file, relative to the project directory or absolute"
+        ]
     if "-----BEGIN CERTIFICATE-----" not in text:
         return [f"{PROJECT}:{key}: {str(path)!r} holds no PEM certificate"]
     return []
@@ -346,29 +388,41 @@ def inter_node_certificate_problems(broker, root: Path) -> list[str]:
         return problems
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns, ips = set(names.get_values_for_type(x509.DNSName)), {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+        dns, ips = (
+            set(names.get_values_for_type(x509.DNSName)),
+            {str(a) for a in names.get_values_for_type(x509.IPAddress)},
+        )
     except x509.ExtensionNotFound:
         dns, ips = set(), set()
     addresses = [broker.node_address, *(n.address for n in broker.cluster_nodes)]
     missing = [a for a in addresses if a not in dns]
     if missing:
-        problems.append(f"{PROJECT}:{key}: with broker.interNodeTls, every node address must be a DNS name of the "
-                        f"certificate (subjectAltName DNS:<address>; Erlang's TLS distribution checks the node name's "
-                        f"host part as a DNS name, also when it is an address); missing: {', '.join(missing)}")
+        problems.append(
+            f"{PROJECT}:{key}: with broker.interNodeTls, every node address must be a DNS name of the "
+            f"certificate (subjectAltName DNS:<address>; Erlang's TLS distribution checks the node name's "
+            f"host part as a DNS name, also when it is an address); missing: {', '.join(missing)}"
+        )
     missing_ip = [a for a in addresses if a not in ips]
     if missing_ip:
-        problems.append(f"{PROJECT}:{key}: every cluster node address must be an IP address of the certificate "
-                        f"(subjectAltName IP:<address>; clients check it); missing: {', '.join(missing_ip)}")
+        problems.append(
+            f"{PROJECT}:{key}: every cluster node address must be an IP address of the certificate "
+            f"(subjectAltName IP:<address>; clients check it); missing: {', '.join(missing_ip)}"
+        )
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         usages = None
     if usages is not None:
-        need = {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+        need = {
+            x509.oid.ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+            x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+        }
         lacking = [name for oid, name in need.items() if oid not in usages]
         if lacking:
-            problems.append(f"{PROJECT}:{key}: with broker.interNodeTls each node uses the certificate as TLS server "
-                            f"and as client; its extended key usage lacks {' and '.join(lacking)}")
+            problems.append(
+                f"{PROJECT}:{key}: with broker.interNodeTls each node uses the certificate as TLS server "
+                f"and as client; its extended key usage lacks {' and '.join(lacking)}"
+            )
     return problems
 
 
@@ -384,8 +438,10 @@ def _load_certificate(key: str, name: str, root: Path) -> tuple[x509.Certificate
     try:
         return x509.load_pem_x509_certificate(path.read_bytes()), []
     except OSError as err:
-        return None, [f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
-                      "a PEM certificate file, relative to the project directory or absolute"]
+        return None, [
+            f"{PROJECT}:{key}: cannot read {str(path)!r} ({type(err).__name__}); "
+            "a PEM certificate file, relative to the project directory or absolute"
+        ]
     except ValueError:
         return None, [f"{PROJECT}:{key}: {str(path)!r} holds no PEM certificate that can be read"]
 
@@ -403,22 +459,30 @@ def previous_certificate_problems(signing: CelerySigning, root: Path, now: datet
     until = cast(datetime, signing.previous_trusted_until)
     if previous.not_valid_after_utc < until:
         expires = previous.not_valid_after_utc
-        problems.append(f"{PROJECT}:{key}: the certificate expires at {expires:%Y-%m-%dT%H:%M:%SZ}, "
-                        f"before celerySigning.previousTrustedUntil ({until:%Y-%m-%dT%H:%M:%SZ}); Celery refuses to "
-                        "start with an expired certificate in its store: set previousTrustedUntil no later than that")
+        problems.append(
+            f"{PROJECT}:{key}: the certificate expires at {expires:%Y-%m-%dT%H:%M:%SZ}, "
+            f"before celerySigning.previousTrustedUntil ({until:%Y-%m-%dT%H:%M:%SZ}); Celery refuses to "
+            "start with an expired certificate in its store: set previousTrustedUntil no later than that"
+        )
     if not isinstance(previous.public_key(), rsa.RSAPublicKey):
         problems.append(f"{PROJECT}:{key}: must be an RSA certificate (Celery's auth serializer supports no other)")
     current, _ = _load_certificate("celerySigning.certFile", signing.cert_file, root)
     if current is None:
-        problems.append(f"{PROJECT}:celerySigning.certFile: holds no PEM certificate that can be read, "
-                        "so previousCertFile cannot be checked against it")
+        problems.append(
+            f"{PROJECT}:celerySigning.certFile: holds no PEM certificate that can be read, "
+            "so previousCertFile cannot be checked against it"
+        )
     elif previous == current:
-        problems.append(f"{PROJECT}:{key}: is the same certificate as celerySigning.certFile; set it to the "
-                        "certificate of the key used before the rotation")
+        problems.append(
+            f"{PROJECT}:{key}: is the same certificate as celerySigning.certFile; set it to the "
+            "certificate of the key used before the rotation"
+        )
     elif celery_certificate_id(previous) == celery_certificate_id(current):
-        problems.append(f"{PROJECT}:{key}: has the same issuer and serial number as celerySigning.certFile "
-                        f"({celery_certificate_id(current)!r}); Celery's store refuses duplicates: issue the new "
-                        "certificate with another serial number")
+        problems.append(
+            f"{PROJECT}:{key}: has the same issuer and serial number as celerySigning.certFile "
+            f"({celery_certificate_id(current)!r}); Celery's store refuses duplicates: issue the new "
+            "certificate with another serial number"
+        )
     return problems
 
 
@@ -428,19 +492,25 @@ def _apt_source_problems(settings: StackSettings, root: Path) -> list[str]:
         return []
     problems = []
     if settings.broker.package_version is None:
-        problems.append(f"{PROJECT}:broker.packageVersion: required with broker.aptSource (the version it pins, "
-                        "e.g. from `apt-cache policy rabbitmq-server` on a host with the source)")
+        problems.append(
+            f"{PROJECT}:broker.packageVersion: required with broker.aptSource (the version it pins, "
+            "e.g. from `apt-cache policy rabbitmq-server` on a host with the source)"
+        )
     if settings.broker.install != "managed":
         problems.append(f"{PROJECT}:broker.aptSource: only for install: managed")
     path = root / source.key_file
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        return problems + [f"{PROJECT}:broker.aptSource.keyFile: cannot read {str(path)!r} ({type(err).__name__}); "
-                           "the repository's ASCII-armored public key, relative to the project directory or absolute"]
+        return problems + [
+            f"{PROJECT}:broker.aptSource.keyFile: cannot read {str(path)!r} ({type(err).__name__}); "
+            "the repository's ASCII-armored public key, relative to the project directory or absolute"
+        ]
     if not looks_like_public_key(text):
-        problems.append(f"{PROJECT}:broker.aptSource.keyFile: {str(path)!r} holds no ASCII-armored public key "
-                        "(-----BEGIN PGP PUBLIC KEY BLOCK-----; `gpg --armor --export` makes one)")
+        problems.append(
+            f"{PROJECT}:broker.aptSource.keyFile: {str(path)!r} holds no ASCII-armored public key "
+            "(-----BEGIN PGP PUBLIC KEY BLOCK-----; `gpg --armor --export` makes one)"
+        )
     return problems
 
 
@@ -452,8 +522,10 @@ def flower_tls_problems(settings: StackSettings, secrets: Mapping[str, str | Non
         return []
     problems = []
     if not secrets.get("flowerTlsKey"):
-        problems.append(f"{PROJECT}:flowerTlsKey: required when flower.tls is set "
-                        "(pulumi config set --secret flowerTlsKey < flower.key)")
+        problems.append(
+            f"{PROJECT}:flowerTlsKey: required when flower.tls is set "
+            "(pulumi config set --secret flowerTlsKey < flower.key)"
+        )
     cert, cert_problems = _load_certificate("flower.tls.certFile", flower.tls.cert_file, root)
     ca_key = "flower.tls.caFile" if flower.tls.ca_file else "broker.tls.caFile"
     ca_name = flower.tls.ca_file or (settings.broker.tls.ca_file if settings.broker.tls else None)
@@ -467,9 +539,11 @@ def flower_tls_problems(settings: StackSettings, secrets: Mapping[str, str | Non
     except x509.ExtensionNotFound:
         addresses = set()
     if str(ipaddress.ip_address(flower.address)) not in addresses:
-        problems.append(f"{PROJECT}:flower.tls.certFile: the certificate is not for flower.address {flower.address} "
-                        f"(its IP subject alternative names: {', '.join(sorted(addresses)) or 'none'}); browsers and "
-                        "scrapers would refuse it")
+        problems.append(
+            f"{PROJECT}:flower.tls.certFile: the certificate is not for flower.address {flower.address} "
+            f"(its IP subject alternative names: {', '.join(sorted(addresses)) or 'none'}); browsers and "
+            "scrapers would refuse it"
+        )
     if ca is not None:
         try:
             usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -477,19 +551,24 @@ def flower_tls_problems(settings: StackSettings, secrets: Mapping[str, str | Non
         except x509.ExtensionNotFound:
             signs = False
         if not signs:
-            problems.append(f"{PROJECT}:{ca_key}: the CA certificate has no key usage allowing it to sign "
-                            "certificates (keyUsage keyCertSign): Python 3.13 (Debian 13) refuses such a CA, so "
-                            "Flower's health check would fail; reissue the CA with keyUsage=critical,keyCertSign,cRLSign")
+            problems.append(
+                f"{PROJECT}:{ca_key}: the CA certificate has no key usage allowing it to sign "
+                "certificates (keyUsage keyCertSign): Python 3.13 (Debian 13) refuses such a CA, so "
+                "Flower's health check would fail; reissue the CA with keyUsage=critical,keyCertSign,cRLSign"
+            )
         try:
             cert.verify_directly_issued_by(ca)
         except Exception:  # noqa: BLE001 - a bad signature or another issuer: not issued by this CA
-            problems.append(f"{PROJECT}:flower.tls.certFile: not issued by {ca_key} (the CA that verifies Flower "
-                            "for its health check and scrapers)")
+            problems.append(
+                f"{PROJECT}:flower.tls.certFile: not issued by {ca_key} (the CA that verifies Flower "
+                "for its health check and scrapers)"
+            )
     return problems
 
 
-def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], root: Path,
-                  now: datetime | None = None) -> list[str]:
+def file_problems(
+    settings: StackSettings, secrets: Mapping[str, str | None], root: Path, now: datetime | None = None
+) -> list[str]:
     """broker.tls and celerySigning need their secret keys and readable PEM certificates
     (celerySigning's previous one while it is trusted at `now`, default: now); broker.aptSource
     its key file and a version to pin."""
@@ -497,27 +576,36 @@ def file_problems(settings: StackSettings, secrets: Mapping[str, str | None], ro
     tls = settings.broker.tls
     if tls is not None:
         if not secrets.get("brokerTlsKey"):
-            problems.append(f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
-                            "(pulumi config set --secret brokerTlsKey < server.key)")
-        unreadable = (_certificate_problems("broker.tls.caFile", tls.ca_file, root)
-                      + _certificate_problems("broker.tls.certFile", tls.cert_file, root))
+            problems.append(
+                f"{PROJECT}:brokerTlsKey: required when broker.tls is set "
+                "(pulumi config set --secret brokerTlsKey < server.key)"
+            )
+        unreadable = _certificate_problems("broker.tls.caFile", tls.ca_file, root) + _certificate_problems(
+            "broker.tls.certFile", tls.cert_file, root
+        )
         problems += unreadable
         if settings.broker.install != "managed":
             problems.append(f"{PROJECT}:broker.tls: only for install: managed (an external broker's TLS is its own)")
         if settings.broker.inter_node_tls and not unreadable:
             problems += inter_node_certificate_problems(settings.broker, root)
         if not settings.broker.plain_amqp_addresses:
-            problems.append(f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
-                            "(services on the broker host connect there without TLS)")
+            problems.append(
+                f"{PROJECT}:broker.amqpListeners: with broker.tls, include 127.0.0.1 or ::1 "
+                "(services on the broker host connect there without TLS)"
+            )
     if settings.broker.cluster_nodes and not secrets.get("erlangCookie"):
-        problems.append(f"{PROJECT}:erlangCookie: required when broker.clusterNodes is set "
-                        "(the value on stdin, never on a command line: "
-                        "openssl rand -hex 32 | pulumi config set --secret erlangCookie)")
+        problems.append(
+            f"{PROJECT}:erlangCookie: required when broker.clusterNodes is set "
+            "(the value on stdin, never on a command line: "
+            "openssl rand -hex 32 | pulumi config set --secret erlangCookie)"
+        )
     problems += flower_tls_problems(settings, secrets, root)
     if settings.celery_signing is not None:
         if not secrets.get("celerySigningKey"):
-            problems.append(f"{PROJECT}:celerySigningKey: required when celerySigning is set "
-                            "(pulumi config set --secret celerySigningKey < signing.key)")
+            problems.append(
+                f"{PROJECT}:celerySigningKey: required when celerySigning is set "
+                "(pulumi config set --secret celerySigningKey < signing.key)"
+            )
         problems += _certificate_problems("celerySigning.certFile", settings.celery_signing.cert_file, root)
         problems += previous_certificate_problems(settings.celery_signing, root, now or datetime.now(timezone.utc))
     return problems

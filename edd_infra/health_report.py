@@ -29,7 +29,7 @@ def marker_fields(stdout: Optional[str]) -> Optional[dict[str, Any]]:
     for line in reversed((stdout or "").splitlines()):
         if line.startswith(MARKER):
             try:
-                fields = json.loads(line[len(MARKER):])
+                fields = json.loads(line[len(MARKER) :])
             except ValueError:
                 return None
             return fields if isinstance(fields, dict) else None
@@ -53,8 +53,11 @@ def worker_report(stdout: Optional[str]) -> dict[str, Any]:
     fields = marker_fields(stdout)
     if fields is None or not _safe(fields.get("node")):
         return {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"}
-    return {"answered": fields["node"], "waitedSeconds": _count(fields.get("waitedSeconds")),
-            "checkedAt": _stamp(fields.get("checkedAt"))}
+    return {
+        "answered": fields["node"],
+        "waitedSeconds": _count(fields.get("waitedSeconds")),
+        "checkedAt": _stamp(fields.get("checkedAt")),
+    }
 
 
 def flower_report(stdout: Optional[str]) -> dict[str, Any]:
@@ -63,8 +66,11 @@ def flower_report(stdout: Optional[str]) -> dict[str, Any]:
     if fields is None or _count(fields.get("status")) is None:
         return {"healthcheck": None, "why": "no health check recorded (not run since this version)"}
     body = fields.get("body")
-    return {"healthcheck": fields["status"], "body": body if _safe(body) else None,
-            "checkedAt": _stamp(fields.get("checkedAt"))}
+    return {
+        "healthcheck": fields["status"],
+        "body": body if _safe(body) else None,
+        "checkedAt": _stamp(fields.get("checkedAt")),
+    }
 
 
 def probe_sections(stdout: Optional[str]) -> dict[str, str]:
@@ -87,8 +93,11 @@ def broker_report(stdout: Optional[str], queue: str, expected_nodes: int) -> dic
     rows = {q.get("name"): q for q in queues if isinstance(q, dict)} if isinstance(queues, list) else {}
     app = rows.get(queue, {})
     pidbox = ".celery.pidbox"
-    connected = sorted(n[: -len(pidbox)] for n, q in rows.items()
-                       if isinstance(n, str) and n.endswith(pidbox) and _count(q.get("consumers")) and _safe(n))
+    connected = sorted(
+        n[: -len(pidbox)]
+        for n, q in rows.items()
+        if isinstance(n, str) and n.endswith(pidbox) and _count(q.get("consumers")) and _safe(n)
+    )
     return {
         "checkedAt": _stamp(sections.get("checkedAt")),
         "version": _safe(sections.get("version")),
@@ -106,8 +115,9 @@ def _json(text: Optional[str], empty: Any) -> Any:
         return empty
 
 
-def stack_health(broker: Optional[Mapping[str, Any]], workers: Mapping[str, dict[str, Any]],
-                 flower: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def stack_health(
+    broker: Optional[Mapping[str, Any]], workers: Mapping[str, dict[str, Any]], flower: Optional[Mapping[str, Any]]
+) -> dict[str, Any]:
     """The `health` output: the broker's figures (None: external broker, not measured here),
     each worker unit's answer, Flower's healthcheck ("off" when Flower is not deployed)."""
     return {

@@ -89,14 +89,21 @@ class HostTarget:
             if repair_token:
                 # A last stdin line the scripts skip; a new token is a change, so it reruns.
                 stdin = pulumi.Output.from_input(stdin if stdin is not None else "").apply(
-                    lambda text: text + f"# repair {repair_token}\n")
+                    lambda text: text + f"# repair {repair_token}\n"
+                )
             ignore = pulumi.ResourceOptions(ignore_changes=[] if repair_token else list(GUARDED_INPUTS))
             opts = pulumi.ResourceOptions.merge(opts, ignore)
         command = self._command(name, create, update, delete, stdin, triggers, opts, secret_output)
         if repairable:
-            self.run(f"{name}-repair", create=DRAIN_STDIN, update=update, stdin=stdin,
-                     guarded=True, repair_token=self.drifted.get(name),
-                     opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]))
+            self.run(
+                f"{name}-repair",
+                create=DRAIN_STDIN,
+                update=update,
+                stdin=stdin,
+                guarded=True,
+                repair_token=self.drifted.get(name),
+                opts=pulumi.ResourceOptions(parent=opts.parent if opts else None, depends_on=[command]),
+            )
         return command
 
     def _command(self, name, create, update, delete, stdin, triggers, opts, secret_output=False) -> Command:

@@ -14,8 +14,16 @@ from typing import Any, Mapping, Optional, cast
 import pulumi
 
 from . import broker_drift, host_drift
-from .components import (BrokerBackups, CeleryWorkerService, EddSettingsFile, EddVhost, FlowerService, RabbitBroker,
-                         ServiceAccount, StackHealth)
+from .components import (
+    BrokerBackups,
+    CeleryWorkerService,
+    EddSettingsFile,
+    EddVhost,
+    FlowerService,
+    RabbitBroker,
+    ServiceAccount,
+    StackHealth,
+)
 from .components.broker_migration import MigrationSource
 from .components.celery_worker_service import worker_service_name
 from .components.flower_service import flower_service_name
@@ -35,20 +43,38 @@ from .stack_config import StackSecrets, load_settings
 from .upgrade_path import upgrade_problem
 
 # Output names are shared with the tests and README.
-OUTPUT_NAMES = ("brokerEndpoints", "managementEndpoint", "flowerUrl", "workerUnits", "health", "eddSettings",
-                "celerySettings", "brokerPackageVersion", "scrapeTargets", "alertRules", "backups")
+OUTPUT_NAMES = (
+    "brokerEndpoints",
+    "managementEndpoint",
+    "flowerUrl",
+    "workerUnits",
+    "health",
+    "eddSettings",
+    "celerySettings",
+    "brokerPackageVersion",
+    "scrapeTargets",
+    "alertRules",
+    "backups",
+)
 
 
-def build(settings: StackSettings, secrets: StackSecrets,
-          drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED,
-          edited: Optional[Mapping[str, set[str]]] = None, now: Optional[datetime] = None) -> dict[str, Any]:
+def build(
+    settings: StackSettings,
+    secrets: StackSecrets,
+    drift: broker_drift.BrokerDrift = broker_drift.NOT_CHECKED,
+    edited: Optional[Mapping[str, set[str]]] = None,
+    now: Optional[datetime] = None,
+) -> dict[str, Any]:
     """Register every resource for one stack; return the stack outputs. `drift` and `edited`
     (host -> commands whose files were edited) are what `up` found changed behind its back;
     `now` (default: the clock) decides whether a previous signing certificate is still trusted."""
     edited = edited or {}
-    hosts = {name: HostTarget(name, host, secrets.ssh_private_key,
-                              drifted=dict.fromkeys(edited.get(name, ()), f"edited-{drift.nonce}"))
-             for name, host in settings.hosts.items()}
+    hosts = {
+        name: HostTarget(
+            name, host, secrets.ssh_private_key, drifted=dict.fromkeys(edited.get(name, ()), f"edited-{drift.nonce}")
+        )
+        for name, host in settings.hosts.items()
+    }
     broker_cfg = settings.broker
     broker_host = hosts[broker_cfg.host]
     ca_file, tls_pems = tls_material(settings)
@@ -57,8 +83,8 @@ def build(settings: StackSettings, secrets: StackSecrets,
         broker=broker_cfg,
         host=broker_host,
         # The app user may log in only from loopback unless a worker runs on another host.
-        loopback_users=["guest"] + ([] if remote_workers(settings) or broker_cfg.cluster_nodes
-                                    else [settings.app_user.name]),
+        loopback_users=["guest"]
+        + ([] if remote_workers(settings) or broker_cfg.cluster_nodes else [settings.app_user.name]),
         admin_password=secrets.admin_password,
         drift=drift,
         tls_pems=tls_pems,
@@ -81,8 +107,9 @@ def build(settings: StackSettings, secrets: StackSecrets,
         provider=broker.provider,
     )
     broker.restore_password("app-user", settings.app_user.name, secrets.app_password, after=vhost.app_user)
-    broker.restore_password("flower-user", settings.flower_broker_user.name, secrets.flower_broker_password,
-                            after=vhost.flower_user)
+    broker.restore_password(
+        "flower-user", settings.flower_broker_user.name, secrets.flower_broker_password, after=vhost.flower_user
+    )
     backups = broker_backups(settings, broker_host, after=vhost)
     # Workers, Flower and EDD run on the broker host (validated): its first plain AMQP listener.
     amqp_host = broker_cfg.plain_amqp_addresses[0]
@@ -90,11 +117,18 @@ def build(settings: StackSettings, secrets: StackSecrets,
     def broker_url(user: str, password: pulumi.Input[str], remote: bool = False) -> pulumi.Output[str]:
         """Over TLS to every node's address (validated to exist), or plain on loopback."""
         if remote:
-            return pulumi.Output.secret(password).apply(lambda pw: failover_url(
-                [amqp_url(user, pw, a, cast(BrokerTls, broker_cfg.tls).amqp_port, settings.vhost, scheme="amqps")
-                 for a in broker_cfg.tls_addresses]))
+            return pulumi.Output.secret(password).apply(
+                lambda pw: failover_url(
+                    [
+                        amqp_url(user, pw, a, cast(BrokerTls, broker_cfg.tls).amqp_port, settings.vhost, scheme="amqps")
+                        for a in broker_cfg.tls_addresses
+                    ]
+                )
+            )
         return pulumi.Output.secret(password).apply(
-            lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost))
+            lambda pw: amqp_url(user, pw, amqp_host, broker_cfg.amqp_port, settings.vhost)
+        )
+
     signing = signing_material(settings, secrets, now or datetime.now(timezone.utc))
     ready = [vhost]
     celery = app_celery_settings(settings)
@@ -106,8 +140,9 @@ def build(settings: StackSettings, secrets: StackSecrets,
             return []
         key = (host, user)
         if key not in accounts:
-            accounts[key] = ServiceAccount(f"{host}-{user}", host=hosts[host], user=user, group=group,
-                                           extra_groups=extra)
+            accounts[key] = ServiceAccount(
+                f"{host}-{user}", host=hosts[host], user=user, group=group, extra_groups=extra
+            )
         return [accounts[key]]
 
     workers: list[CeleryWorkerService] = []
@@ -119,12 +154,20 @@ def build(settings: StackSettings, secrets: StackSecrets,
         deps += [workers[i - batch].service] if i >= batch else []
         # In a cluster every worker fails over between all nodes, so it dials them over TLS.
         remote = worker.host != broker_cfg.host or bool(broker_cfg.cluster_nodes)
-        workers.append(CeleryWorkerService(
-            worker.name, worker=worker, host=hosts[worker.host],
-            broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
-            celery_config=celery, broker_ca=cast(tuple[str, str], tls_pems)[0] if remote else None,
-            signing=signing, result_backend=secrets.result_backend, stop_timeout=settings.tasks.stop_timeout,
-            depends_on=deps))
+        workers.append(
+            CeleryWorkerService(
+                worker.name,
+                worker=worker,
+                host=hosts[worker.host],
+                broker_url=broker_url(settings.app_user.name, secrets.app_password, remote=remote),
+                celery_config=celery,
+                broker_ca=cast(tuple[str, str], tls_pems)[0] if remote else None,
+                signing=signing,
+                result_backend=secrets.result_backend,
+                stop_timeout=settings.tasks.stop_timeout,
+                depends_on=deps,
+            )
+        )
     flower_url = flower = None
     for warning in flower_warnings(settings):
         pulumi.log.warn(warning)
@@ -148,13 +191,25 @@ def build(settings: StackSettings, secrets: StackSecrets,
 
     edd_settings = edd_settings_values(settings, secrets, amqp_host)
     if settings.edd_settings is not None:
-        EddSettingsFile("edd-settings", config=settings.edd_settings, host=hosts[settings.edd_settings.host],
-                        values=edd_settings, celery=celery, depends_on=[vhost])
+        EddSettingsFile(
+            "edd-settings",
+            config=settings.edd_settings,
+            host=hosts[settings.edd_settings.host],
+            values=edd_settings,
+            celery=celery,
+            depends_on=[vhost],
+        )
 
     health = StackHealth(
-        "health", broker_host=broker_host if broker_cfg.install == "managed" else None, vhost=settings.vhost,
-        queue=settings.app_queue.name, nodes=1 + len(broker_cfg.cluster_nodes), broker_commands=broker.servers,
-        workers={w.service_name: w.service for w in workers}, flower=flower.service if flower else None)
+        "health",
+        broker_host=broker_host if broker_cfg.install == "managed" else None,
+        vhost=settings.vhost,
+        queue=settings.app_queue.name,
+        nodes=1 + len(broker_cfg.cluster_nodes),
+        broker_commands=broker.servers,
+        workers={w.service_name: w.service for w in workers},
+        flower=flower.service if flower else None,
+    )
     return {
         "brokerEndpoints": broker_endpoints(broker_cfg, settings.vhost),
         "managementEndpoint": broker.endpoint,
@@ -176,8 +231,9 @@ def metrics_nodes(broker: Broker) -> list[tuple[str, str]]:
     if broker.install != "managed":
         return []
     members = [broker.member(n) for n in broker.cluster_nodes]
-    return [(broker.node_name, metrics_address(broker))] + [(m.node_name, metrics_address(m, member=True))
-                                                             for m in members]
+    return [(broker.node_name, metrics_address(broker))] + [
+        (m.node_name, metrics_address(m, member=True)) for m in members
+    ]
 
 
 def broker_backups(settings: StackSettings, host: HostTarget, after: pulumi.Resource) -> Optional[dict[str, Any]]:
@@ -186,14 +242,27 @@ def broker_backups(settings: StackSettings, host: HostTarget, after: pulumi.Reso
     backups, broker = settings.backups, settings.broker
     if not backups.enabled or broker.install != "managed":
         return None
-    BrokerBackups("broker-backups", backups=backups, host=host, vhost=settings.vhost, queue=settings.app_queue.name, start_timeout=broker.start_timeout,
-                  depends_on=[after])
-    return {"host": broker.host, "directory": BACKUP_DIR, "schedule": backups.schedule, "keep": backups.keep,
-            "restore": f"{RESTORE_SCRIPT} [FILE]"}
+    BrokerBackups(
+        "broker-backups",
+        backups=backups,
+        host=host,
+        vhost=settings.vhost,
+        queue=settings.app_queue.name,
+        start_timeout=broker.start_timeout,
+        depends_on=[after],
+    )
+    return {
+        "host": broker.host,
+        "directory": BACKUP_DIR,
+        "schedule": backups.schedule,
+        "keep": backups.keep,
+        "restore": f"{RESTORE_SCRIPT} [FILE]",
+    }
 
 
-def signing_material(settings: StackSettings, secrets: StackSecrets,
-                     now: datetime) -> Optional[tuple[pulumi.Output[str], str, Optional[str]]]:
+def signing_material(
+    settings: StackSettings, secrets: StackSecrets, now: datetime
+) -> Optional[tuple[pulumi.Output[str], str, Optional[str]]]:
     """(signing key, certificate, previous certificate while still trusted) for every service,
     with celerySigning; warns once the previous one is past its time (files checked at load)."""
     signing = settings.celery_signing
@@ -230,21 +299,34 @@ def remote_workers(settings: StackSettings) -> bool:
 
 def broker_endpoints(broker: Broker, vhost: str) -> list[str]:
     """amqp:// for each plain listener, amqps:// for each TLS one (no credentials)."""
+
     def urls(scheme: str, port: int, addresses: list[str]) -> list[str]:
         return [f"{scheme}://{f'[{a}]' if ':' in a else a}:{port}/{vhost}" for a in addresses]
 
-    tls = urls("amqps", broker.tls.amqp_port, broker.amqp_listeners + [n.address for n in broker.cluster_nodes]
-               ) if broker.tls else []
+    tls = (
+        urls("amqps", broker.tls.amqp_port, broker.amqp_listeners + [n.address for n in broker.cluster_nodes])
+        if broker.tls
+        else []
+    )
     return urls("amqp", broker.amqp_port, broker.plain_amqp_addresses) + tls
 
 
 def edd_settings_values(settings: StackSettings, secrets: StackSecrets, amqp_host: str) -> pulumi.Output[dict]:
     """What EDD puts in server.cfg's `rabbitmq` section, as one secret Output."""
     return pulumi.Output.secret(
-        pulumi.Output.all(secrets.app_password, secrets.flower_broker_password).apply(lambda pw: edd_rabbitmq_settings(
-            hostname=amqp_host, edd_user=settings.app_user.name, edd_pass=pw[0], edd_vhost=settings.vhost,
-            port=settings.broker.amqp_port, mgmt_user=settings.flower_broker_user.name, mgmt_pass=pw[1],
-            mgmt_port=settings.broker.management_port)))
+        pulumi.Output.all(secrets.app_password, secrets.flower_broker_password).apply(
+            lambda pw: edd_rabbitmq_settings(
+                hostname=amqp_host,
+                edd_user=settings.app_user.name,
+                edd_pass=pw[0],
+                edd_vhost=settings.vhost,
+                port=settings.broker.amqp_port,
+                mgmt_user=settings.flower_broker_user.name,
+                mgmt_pass=pw[1],
+                mgmt_port=settings.broker.management_port,
+            )
+        )
+    )
 
 
 def tls_material(settings: StackSettings) -> tuple[Optional[str], Optional[tuple[str, str]]]:
@@ -264,8 +346,9 @@ def flower_ca_file(settings: StackSettings) -> Optional[str]:
     return tls.ca_file or cast(BrokerTls, settings.broker.tls).ca_file  # one of them is set (validated)
 
 
-def flower_tls_material(settings: StackSettings, secrets: StackSecrets
-                        ) -> Optional[tuple[str, str, pulumi.Output[str]]]:
+def flower_tls_material(
+    settings: StackSettings, secrets: StackSecrets
+) -> Optional[tuple[str, str, pulumi.Output[str]]]:
     """(certificate, CA certificate, key) for Flower's HTTPS, with flower.tls (files checked at load)."""
     tls = settings.flower.tls
     if tls is None:
@@ -284,16 +367,20 @@ async def observe_drift(settings: StackSettings, secrets: StackSecrets) -> broke
         # The probe never sends the admin password in cleartext off loopback. In a prod stack (the
         # policy pack's management-listener-tls, mandatory there) `up` stops here, before any change.
         if is_prod_stack(pulumi.get_stack()):
-            raise ConfigError([f"{PROJECT}:broker.managementAddress: {problem} (stack {pulumi.get_stack()!r} "
-                               "is a prod stack)"])
+            raise ConfigError(
+                [f"{PROJECT}:broker.managementAddress: {problem} (stack {pulumi.get_stack()!r} is a prod stack)"]
+            )
         pulumi.log.warn(f"{PROJECT}:broker.managementAddress: drift on the broker not checked: {problem}")
         return broker_drift.NOT_CHECKED
     # Required secrets: their futures resolve to the strings (preview returned above).
-    admin, app, flower = [cast(str, await s.future()) for s in
-                          (secrets.admin_password, secrets.app_password, secrets.flower_broker_password)]
+    admin, app, flower = [
+        cast(str, await s.future())
+        for s in (secrets.admin_password, secrets.app_password, secrets.flower_broker_password)
+    ]
     passwords = {settings.app_user.name: app, settings.flower_broker_user.name: flower}
-    return await asyncio.to_thread(broker_drift.observe, endpoint, settings.broker.admin_user,
-                                   admin, passwords, ca_file=tls_material(settings)[0])
+    return await asyncio.to_thread(
+        broker_drift.observe, endpoint, settings.broker.admin_user, admin, passwords, ca_file=tls_material(settings)[0]
+    )
 
 
 async def observe_edits(settings: StackSettings, secrets: StackSecrets) -> dict[str, set[str]]:

@@ -46,9 +46,11 @@ CONF_KEY_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
 
 def _conf_key_user_name(value: str) -> str:
     if not CONF_KEY_USER_NAME.fullmatch(value):
-        raise ValueError("must be 1 to 32 letters, digits, '_' or '-', starting with a letter or '_': it is written "
-                         "into rabbitmq.conf as the key loopback_users.<name>, whose syntax cannot hold '.' or any "
-                         "other character")
+        raise ValueError(
+            "must be 1 to 32 letters, digits, '_' or '-', starting with a letter or '_': it is written "
+            "into rabbitmq.conf as the key loopback_users.<name>, whose syntax cannot hold '.' or any "
+            "other character"
+        )
     return value
 
 
@@ -93,8 +95,9 @@ def _http_url(value: str) -> str:
         if split.port == 0:  # `.port` itself raises for one that is not a number up to 65535
             raise ValueError
     except ValueError:
-        raise ValueError("must be http(s)://host[:port] with a host name or IP address and a port "
-                         f"from 1 to 65535, got {value!r}") from None
+        raise ValueError(
+            f"must be http(s)://host[:port] with a host name or IP address and a port from 1 to 65535, got {value!r}"
+        ) from None
     return value
 
 
@@ -199,18 +202,25 @@ class CelerySigning(Model):
     @model_validator(mode="after")
     def _previous_until(self) -> "CelerySigning":
         if self.previous_cert_file is not None and self.previous_trusted_until is None:
-            raise ValueError("previousTrustedUntil is required with previousCertFile: the UTC date or date-time "
-                             f"until which tasks signed with the previous key still run, {UTC_EXAMPLE}")
+            raise ValueError(
+                "previousTrustedUntil is required with previousCertFile: the UTC date or date-time "
+                f"until which tasks signed with the previous key still run, {UTC_EXAMPLE}"
+            )
         if self.previous_trusted_until is not None and self.previous_cert_file is None:
-            raise ValueError("previousTrustedUntil is used only with previousCertFile (the previous certificate); "
-                             "remove it, or set previousCertFile")
+            raise ValueError(
+                "previousTrustedUntil is used only with previousCertFile (the previous certificate); "
+                "remove it, or set previousCertFile"
+            )
         return self
 
     def previous_trusted(self, now: datetime) -> bool:
         """Whether the stores hold the previous certificate at `now` (aware, UTC)."""
         # previousTrustedUntil is set whenever previousCertFile is (validated above).
-        return self.previous_trusted_until is not None and self.previous_cert_file is not None \
+        return (
+            self.previous_trusted_until is not None
+            and self.previous_cert_file is not None
             and now < self.previous_trusted_until
+        )
 
     def previous_expired(self, now: datetime) -> bool:
         """A previous certificate is still configured though no longer trusted: time to remove the keys."""
@@ -272,8 +282,9 @@ class Broker(Model):
     # The management API listens here only; Flower and Pulumi both use it.
     management_address: IPAddress = "127.0.0.1"
     # How Pulumi reaches the management API; default http://<managementAddress>:<managementPort>/.
-    management_url: Optional[Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$"),
-                                       AfterValidator(_http_url)]] = None
+    management_url: Optional[
+        Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(:\d+)?$"), AfterValidator(_http_url)]
+    ] = None
     # rabbitmq_prometheus's plain listener, bound like the management API (RabbitMQ's default port).
     prometheus_port: Port = 15692
     # epmd and Erlang distribution bind here (not on every address).
@@ -306,8 +317,10 @@ class Broker(Model):
     @model_validator(mode="after")
     def _inter_node_tls_needs_a_cluster(self) -> "Broker":
         if self.inter_node_tls and not self.cluster_nodes:
-            raise ValueError("interNodeTls is for a cluster (Erlang distribution between nodes): set "
-                             "broker.clusterNodes, or remove broker.interNodeTls")
+            raise ValueError(
+                "interNodeTls is for a cluster (Erlang distribution between nodes): set "
+                "broker.clusterNodes, or remove broker.interNodeTls"
+            )
         return self
 
     @property
@@ -330,10 +343,17 @@ class Broker(Model):
     def member(self, node: ClusterNode) -> "Broker":
         """The settings of one cluster member: this broker's, on its host and address, with
         plain AMQP and the management API on loopback only."""
-        return self.model_copy(update={
-            "host": node.host, "amqp_listeners": ["127.0.0.1", node.address], "management_address": "127.0.0.1",
-            "management_url": None, "node_address": node.address, "node_name": f"rabbit@{node.address}",
-            "cluster_nodes": []})
+        return self.model_copy(
+            update={
+                "host": node.host,
+                "amqp_listeners": ["127.0.0.1", node.address],
+                "management_address": "127.0.0.1",
+                "management_url": None,
+                "node_address": node.address,
+                "node_name": f"rabbit@{node.address}",
+                "cluster_nodes": [],
+            }
+        )
 
     @property
     def plain_amqp_addresses(self) -> list[str]:
@@ -496,8 +516,10 @@ class Tasks(Model):
     @model_validator(mode="after")
     def _soft_before_hard(self) -> "Tasks":
         if self.soft_time_limit >= self.time_limit:
-            raise ValueError(f"softTimeLimit ({self.soft_time_limit} s) must be below timeLimit ({self.time_limit} s): "
-                             "the task gets its warning before it is killed")
+            raise ValueError(
+                f"softTimeLimit ({self.soft_time_limit} s) must be below timeLimit ({self.time_limit} s): "
+                "the task gets its warning before it is killed"
+            )
         return self
 
     @property
@@ -587,8 +609,9 @@ class EddSettingsFile(Model):
     mode: Literal["0600", "0640"] = "0640"
     # EDD's own systemd units (its web app, its producers), restarted when the file changes:
     # EDD reads the password once, at start.
-    restart_units: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@_.:-]{1,200}\.service$")]] = \
-        Field(default_factory=list)
+    restart_units: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@_.:-]{1,200}\.service$")]] = Field(
+        default_factory=list
+    )
 
 
 class StackSettings(Model):
@@ -620,4 +643,11 @@ class StackSettings(Model):
 
 # Secret keys: read with require_secret/get_secret only, never part of the model above.
 REQUIRED_SECRETS = ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
-OPTIONAL_SECRETS = ("sshPrivateKey", "brokerTlsKey", "celerySigningKey", "resultBackend", "erlangCookie", "flowerTlsKey")
+OPTIONAL_SECRETS = (
+    "sshPrivateKey",
+    "brokerTlsKey",
+    "celerySigningKey",
+    "resultBackend",
+    "erlangCookie",
+    "flowerTlsKey",
+)

@@ -40,8 +40,13 @@ class StackSecrets:
 
 
 PLAIN_KEYS = tuple(f.alias or n for n, f in StackSettings.model_fields.items())
-STRING_KEYS = {f.alias or n for n, f in StackSettings.model_fields.items() if f.annotation is str
-               or getattr(f.annotation, "__origin__", None) is str or str(f.annotation).startswith("typing.Annotated[str")}
+STRING_KEYS = {
+    f.alias or n
+    for n, f in StackSettings.model_fields.items()
+    if f.annotation is str
+    or getattr(f.annotation, "__origin__", None) is str
+    or str(f.annotation).startswith("typing.Annotated[str")
+}
 
 
 def _unknown_keys() -> list[str]:
@@ -49,11 +54,9 @@ def _unknown_keys() -> list[str]:
     known = set(PLAIN_KEYS) | set(REQUIRED_SECRETS) | set(OPTIONAL_SECRETS)
     prefix = f"{PROJECT}:"
     # Only the key names are looked at here, never values.
-    names = [k[len(prefix):] for k in CONFIG.get() if k.startswith(prefix)]
+    names = [k[len(prefix) :] for k in CONFIG.get() if k.startswith(prefix)]
     return sorted(
-        f"{prefix}{name}: unknown key; allowed: {', '.join(sorted(known))}"
-        for name in names
-        if name not in known
+        f"{prefix}{name}: unknown key; allowed: {', '.join(sorted(known))}" for name in names if name not in known
     )
 
 
@@ -69,6 +72,7 @@ def encryption_salt(project_dir: Path, stack: str) -> Optional[str]:
 
 def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings:
     """File names in the config (broker.tls, flower.tls, celerySigning, broker.aptSource) resolved against the project directory."""
+
     def resolve(name: str) -> str:
         return str((project_dir / name).resolve())
 
@@ -83,17 +87,24 @@ def _absolute_paths(settings: StackSettings, project_dir: Path) -> StackSettings
         settings = settings.model_copy(update={"celery_signing": signing})
     if settings.flower.tls is not None:
         flower_tls = settings.flower.tls
-        flower_tls = flower_tls.model_copy(update={"cert_file": resolve(flower_tls.cert_file),
-                                                   "ca_file": flower_tls.ca_file and resolve(flower_tls.ca_file)})
+        flower_tls = flower_tls.model_copy(
+            update={
+                "cert_file": resolve(flower_tls.cert_file),
+                "ca_file": flower_tls.ca_file and resolve(flower_tls.ca_file),
+            }
+        )
         settings = settings.model_copy(update={"flower": settings.flower.model_copy(update={"tls": flower_tls})})
     if settings.broker.apt_source is not None:
-        source = settings.broker.apt_source.model_copy(update={"key_file": resolve(settings.broker.apt_source.key_file)})
+        source = settings.broker.apt_source.model_copy(
+            update={"key_file": resolve(settings.broker.apt_source.key_file)}
+        )
         settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"apt_source": source})})
     return settings
 
 
-async def load_settings(config: Optional[pulumi.Config] = None,
-                        project_dir: Optional[Path] = None) -> tuple[StackSettings, StackSecrets]:
+async def load_settings(
+    config: Optional[pulumi.Config] = None, project_dir: Optional[Path] = None
+) -> tuple[StackSettings, StackSecrets]:
     """Validate the whole stack config; raise ConfigError listing every problem.
 
     `project_dir` (default: Pulumi's root directory) is where relative file names in the

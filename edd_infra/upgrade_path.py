@@ -41,11 +41,15 @@ def upgrade_problem(deployed: Optional[str], wanted: Optional[str]) -> Optional[
         return None
     dotted = ".".join
     if want < have:
-        return (f"{deployed} -> {wanted} is a downgrade: RabbitMQ cannot run on data of a newer version "
-                f"(set it back to {deployed})")
+        return (
+            f"{deployed} -> {wanted} is a downgrade: RabbitMQ cannot run on data of a newer version "
+            f"(set it back to {deployed})"
+        )
     if want != next_series(have):
         step = next_series(have)
-        return (f"{deployed} -> {wanted} skips a release series: RabbitMQ upgrades one minor series at a time "
-                f"({dotted(map(str, have))} -> {dotted(map(str, step))}), each with every feature flag enabled; "
-                "pin a version of each series in turn, or move to a new host (README: Upgrades)")
+        return (
+            f"{deployed} -> {wanted} skips a release series: RabbitMQ upgrades one minor series at a time "
+            f"({dotted(map(str, have))} -> {dotted(map(str, step))}), each with every feature flag enabled; "
+            "pin a version of each series in turn, or move to a new host (README: Upgrades)"
+        )
     return None

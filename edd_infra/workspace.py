@@ -84,8 +84,15 @@ def _env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
 class ProjectStack:
     """One stack of this project in `work_dir`, with its own backend and passphrase."""
 
-    def __init__(self, name: str, work_dir: Path, backend_url: str, passphrase: str,
-                 program: Optional[Callable[[], None]] = None, project: str = PROJECT):
+    def __init__(
+        self,
+        name: str,
+        work_dir: Path,
+        backend_url: str,
+        passphrase: str,
+        program: Optional[Callable[[], None]] = None,
+        project: str = PROJECT,
+    ):
         directory = cli_dir()
         if directory is None:
             raise RuntimeError(f"pulumi CLI {CLI_VERSION} not found: run `make toolchain`")
@@ -116,7 +123,12 @@ class ProjectStack:
         """The plain CLI on this stack (for what the Automation API does unsafely or not at all)."""
         return subprocess.run(
             [str(self.cli), *args, "--stack", self.name, "--non-interactive"],
-            input=stdin, capture_output=True, text=True, cwd=self.work_dir, env=_env(self.env), check=check,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=self.work_dir,
+            env=_env(self.env),
+            check=check,
         )
 
     def set_secret(self, key: str, value: str) -> None:

@@ -57,6 +57,7 @@ def has_stdin(props: Mapping[str, Any]) -> bool:
 
 # ---- addresses ------------------------------------------------------------------------
 
+
 def address_kind(address: str) -> str:
     """loopback, private (a non-global network such as an admin network), public, or all
     (the unspecified address: every interface)."""
@@ -169,7 +170,9 @@ def _shell_words(text: str) -> list[str]:
 
 
 def _xml_text(s: str) -> str:
-    return s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace("&amp;", "&")
+    return (
+        s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace("&amp;", "&")
+    )
 
 
 def flower_argv(argv: list[str]) -> bool:
@@ -184,7 +187,7 @@ def option(argv: list[str], *names: str) -> Optional[str]:
             if word == name:
                 found = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
             elif word.startswith(name + "="):
-                found = word[len(name) + 1:]
+                found = word[len(name) + 1 :]
     return found
 
 
@@ -222,9 +225,17 @@ def flower_settings(config: str) -> Optional[dict[str, Any]]:
 # ---- what a delete undoes ---------------------------------------------------------------
 
 REMOVERS = {
-    "rm": "file", "rmdir": "directory", "userdel": "system user", "groupdel": "group",
-    "delete_user": "broker user", "delete_vhost": "vhost", "disable": "service", "stop": "service",
-    "purge": "package", "remove": "package", "unload": "service",
+    "rm": "file",
+    "rmdir": "directory",
+    "userdel": "system user",
+    "groupdel": "group",
+    "delete_user": "broker user",
+    "delete_vhost": "vhost",
+    "disable": "service",
+    "stop": "service",
+    "purge": "package",
+    "remove": "package",
+    "unload": "service",
 }
 
 
@@ -246,11 +257,11 @@ def removed_objects(delete: str) -> list[tuple[str, str]]:
             verb = word.rsplit("/", 1)[-1]
             if verb == "bootout":
                 if i + 1 < len(words) and words[i + 1].startswith("system/"):
-                    removed.append(("service", words[i + 1][len("system/"):]))
+                    removed.append(("service", words[i + 1][len("system/") :]))
                 continue
             if verb not in REMOVERS:
                 continue
-            for arg in words[i + 1:]:
+            for arg in words[i + 1 :]:
                 if arg in ";|&(){}<>" or arg in ("||", "&&", ">", ">>", "2>"):
                     break
                 if arg.startswith("-") or "$" in arg or len(arg) < 3 or arg.isdigit():
@@ -288,7 +299,7 @@ def credentials_in_text(text: str) -> list[str]:
         for i, word in enumerate(words):
             if PASSWORD_ARGV.fullmatch(word):
                 args = []
-                for arg in words[i + 1:]:
+                for arg in words[i + 1 :]:
                     if arg in ";|&(){}<>" or arg in ("||", "&&") or arg.startswith((">", "2>")):
                         break
                     if not arg.startswith("-"):

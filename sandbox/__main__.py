@@ -1,10 +1,10 @@
 """CLI for the sandbox hosts (Debian release: $SANDBOX_DEBIAN, 12, 13 or 14).
 
-    python -m sandbox image          build (or reuse) the image, print its rootfs path
-    python -m sandbox up NAME...     boot hosts (reusing running ones), print them as JSON
-    python -m sandbox down [NAME...] stop the named hosts, or all recorded ones
-    python -m sandbox status         print the recorded hosts as JSON
-    python -m sandbox prune          delete cached images no host uses and that are not current
+python -m sandbox image          build (or reuse) the image, print its rootfs path
+python -m sandbox up NAME...     boot hosts (reusing running ones), print them as JSON
+python -m sandbox down [NAME...] stop the named hosts, or all recorded ones
+python -m sandbox status         print the recorded hosts as JSON
+python -m sandbox prune          delete cached images no host uses and that are not current
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class Row:
 def sh(host: sandbox_hosts.SandboxHost, command: str, input: str | None = None, timeout: float = 900) -> str:
     result = sandbox_hosts.run(host, command, input=input, timeout=timeout)
     if result.returncode != 0:
-        raise RuntimeError(f"{host.name}: `{command.splitlines()[0][:80]}` exited {result.returncode}: "
-                           f"{result.stderr.strip()[-800:]}")
+        raise RuntimeError(
+            f"{host.name}: `{command.splitlines()[0][:80]}` exited {result.returncode}: {result.stderr.strip()[-800:]}"
+        )
     return result.stdout
 
 
@@ -103,8 +104,12 @@ class CommandCounter:
 
     def __call__(self, event: EngineEvent) -> None:
         pre = event.resource_pre_event
-        if pre and not pre.planning and pre.metadata.type == "command:remote:Command" \
-                and pre.metadata.op != OpType.SAME:
+        if (
+            pre
+            and not pre.planning
+            and pre.metadata.type == "command:remote:Command"
+            and pre.metadata.op != OpType.SAME
+        ):
             self.ran += 1
 
 
@@ -117,15 +122,19 @@ def up(stack: ProjectStack) -> tuple[float, int, dict]:
 
 # --- 1. fresh deploy vs the raw floor -------------------------------------------------------
 
+
 def raw_broker() -> str:
     """Install RabbitMQ from the offline cache (management on, as the program has it), start it."""
-    return "\n".join([
-        "set -e", "export DEBIAN_FRONTEND=noninteractive",
-        "mkdir -p /etc/rabbitmq && echo '[rabbitmq_management].' > /etc/rabbitmq/enabled_plugins",
-        "apt-get install -y -q rabbitmq-server </dev/null >/dev/null",
-        "systemctl start rabbitmq-server",
-        UNTIL.format(probe="rabbitmqctl -q await_startup --timeout 10 </dev/null >/dev/null 2>&1"),
-    ])
+    return "\n".join(
+        [
+            "set -e",
+            "export DEBIAN_FRONTEND=noninteractive",
+            "mkdir -p /etc/rabbitmq && echo '[rabbitmq_management].' > /etc/rabbitmq/enabled_plugins",
+            "apt-get install -y -q rabbitmq-server </dev/null >/dev/null",
+            "systemctl start rabbitmq-server",
+            UNTIL.format(probe="rabbitmqctl -q await_startup --timeout 10 </dev/null >/dev/null 2>&1"),
+        ]
+    )
 
 
 def raw_accounts() -> str:
@@ -133,15 +142,20 @@ def raw_accounts() -> str:
     first three lines of stdin, piped from the shell's builtin printf (never an argv)."""
     add = 'printf "%s\\n" "${pw}" | rabbitmqctl add_user {user} >/dev/null'
     perms = "rabbitmqctl -q set_permissions -p /edd {user} '.*' '.*' '.*'"
-    return "\n".join([
-        "set -e", "read -r admin; read -r app; read -r flower",
-        add.replace("{pw}", "admin").replace("{user}", ADMIN_USER),
-        f"rabbitmqctl -q set_user_tags {ADMIN_USER} administrator",
-        "rabbitmqctl -q add_vhost /edd",
-        add.replace("{pw}", "app").replace("{user}", APP_USER), perms.replace("{user}", APP_USER),
-        add.replace("{pw}", "flower").replace("{user}", FLOWER_USER), perms.replace("{user}", FLOWER_USER),
-        f"rabbitmqctl -q set_user_tags {FLOWER_USER} monitoring",
-    ])
+    return "\n".join(
+        [
+            "set -e",
+            "read -r admin; read -r app; read -r flower",
+            add.replace("{pw}", "admin").replace("{user}", ADMIN_USER),
+            f"rabbitmqctl -q set_user_tags {ADMIN_USER} administrator",
+            "rabbitmqctl -q add_vhost /edd",
+            add.replace("{pw}", "app").replace("{user}", APP_USER),
+            perms.replace("{user}", APP_USER),
+            add.replace("{pw}", "flower").replace("{user}", FLOWER_USER),
+            perms.replace("{user}", FLOWER_USER),
+            f"rabbitmqctl -q set_user_tags {FLOWER_USER} monitoring",
+        ]
+    )
 
 
 # The stock worker runs with the program's default task settings, so throughput compares like with like.
@@ -150,56 +164,84 @@ TASK_LIMITS = Tasks()
 
 def raw_config_module() -> str:
     """Shell writing the Celery config module the program would write (the program's renderer)."""
-    text = render_celery_config_module(celery_settings(
-        queue="edd", exchange="edd", exchange_type="fanout", queue_type="classic",
-        control_exchange="celery", event_exchange="celeryev", event_queue_prefix="celeryev",
-        soft_time_limit=TASK_LIMITS.soft_time_limit, time_limit=TASK_LIMITS.time_limit,
-        prefetch_multiplier=TASK_LIMITS.prefetch_multiplier))
+    text = render_celery_config_module(
+        celery_settings(
+            queue="edd",
+            exchange="edd",
+            exchange_type="fanout",
+            queue_type="classic",
+            control_exchange="celery",
+            event_exchange="celeryev",
+            event_queue_prefix="celeryev",
+            soft_time_limit=TASK_LIMITS.soft_time_limit,
+            time_limit=TASK_LIMITS.time_limit,
+            prefetch_multiplier=TASK_LIMITS.prefetch_multiplier,
+        )
+    )
     return f"mkdir -p {RAW_CONFIG_DIR}\ncat > {RAW_CONFIG_DIR}/{CONFIG_MODULE}.py <<'EOF'\n{text}EOF"
 
 
 def raw_unit(name: str, exec_start: str, env: str) -> str:
-    return (f"cat > /etc/systemd/system/{name}.service <<'EOF'\n[Unit]\nAfter=rabbitmq-server.service\n"
-            f"[Service]\nType=exec\nUser=celery\nGroup=celery\nWorkingDirectory={APP_TARGET}\n"
-            f"EnvironmentFile={env}\nExecStart={exec_start}\nRestart=always\n"
-            f"[Install]\nWantedBy=multi-user.target\nEOF\n"
-            f"systemctl daemon-reload && systemctl enable -q --now {name}")
+    return (
+        f"cat > /etc/systemd/system/{name}.service <<'EOF'\n[Unit]\nAfter=rabbitmq-server.service\n"
+        f"[Service]\nType=exec\nUser=celery\nGroup=celery\nWorkingDirectory={APP_TARGET}\n"
+        f"EnvironmentFile={env}\nExecStart={exec_start}\nRestart=always\n"
+        f"[Install]\nWantedBy=multi-user.target\nEOF\n"
+        f"systemctl daemon-reload && systemctl enable -q --now {name}"
+    )
 
 
 def raw_worker(concurrency: int) -> str:
     """The service account, the env file (broker URL from stdin, 0640 root:celery), the unit,
     started, then `celery inspect ping` until it answers."""
-    ping = (f"(set -a; . /etc/edd-bench/worker.env; set +a; cd {APP_TARGET} && runuser -u celery -- "
-            f"{VENV}/bin/celery -A edd inspect ping -d edd-worker-1@$(hostname) --timeout 3) >/dev/null 2>&1")
-    return "\n".join([
-        "set -e", "read -r url",
-        "getent group celery >/dev/null || groupadd --system celery",
-        "id -u celery >/dev/null 2>&1 || useradd --system --gid celery --no-create-home "
-        "--home-dir /nonexistent --shell /usr/sbin/nologin celery",
-        "mkdir -p /etc/edd-bench",
-        raw_config_module(),
-        f"(umask 027; printf 'CELERY_BROKER_URL=%s\\n{RAW_CONFIG_ENV}' \"$url\" > /etc/edd-bench/worker.env)",
-        "chgrp celery /etc/edd-bench/worker.env",
-        raw_unit("celery-bench", f"{VENV}/bin/celery -A edd worker -Q edd -n edd-worker-1@%%h --loglevel INFO "
-                                 f"--concurrency {concurrency} -E", "/etc/edd-bench/worker.env"),
-        UNTIL.format(probe=ping),
-    ])
+    ping = (
+        f"(set -a; . /etc/edd-bench/worker.env; set +a; cd {APP_TARGET} && runuser -u celery -- "
+        f"{VENV}/bin/celery -A edd inspect ping -d edd-worker-1@$(hostname) --timeout 3) >/dev/null 2>&1"
+    )
+    return "\n".join(
+        [
+            "set -e",
+            "read -r url",
+            "getent group celery >/dev/null || groupadd --system celery",
+            "id -u celery >/dev/null 2>&1 || useradd --system --gid celery --no-create-home "
+            "--home-dir /nonexistent --shell /usr/sbin/nologin celery",
+            "mkdir -p /etc/edd-bench",
+            raw_config_module(),
+            f"(umask 027; printf 'CELERY_BROKER_URL=%s\\n{RAW_CONFIG_ENV}' \"$url\" > /etc/edd-bench/worker.env)",
+            "chgrp celery /etc/edd-bench/worker.env",
+            raw_unit(
+                "celery-bench",
+                f"{VENV}/bin/celery -A edd worker -Q edd -n edd-worker-1@%%h --loglevel INFO "
+                f"--concurrency {concurrency} -E",
+                "/etc/edd-bench/worker.env",
+            ),
+            UNTIL.format(probe=ping),
+        ]
+    )
 
 
 def raw_flower(address: str) -> str:
     """Flower's env file and config (basic auth) from stdin, its unit, then /healthcheck."""
-    probe = (f"{VENV}/bin/python -c 'import urllib.request; "
-             f"urllib.request.urlopen(\"http://{address}:5555/healthcheck\", timeout=3)' >/dev/null 2>&1")
-    return "\n".join([
-        "set -e", "read -r url; read -r ui",
-        "(umask 027; printf 'CELERY_BROKER_URL=%s\\n' \"$url\" > /etc/edd-bench/flower.env; "
-        f"printf 'address = \"{address}\"\\nport = 5555\\nbasic_auth = [\"admin:%s\"]\\n' \"$ui\" "
-        "> /etc/edd-bench/flowerconfig.py)",
-        "chgrp celery /etc/edd-bench/flower.env /etc/edd-bench/flowerconfig.py",
-        raw_unit("flower-bench", f"{VENV}/bin/celery -A edd flower --conf=/etc/edd-bench/flowerconfig.py",
-                 "/etc/edd-bench/flower.env"),
-        UNTIL.format(probe=probe),
-    ])
+    probe = (
+        f"{VENV}/bin/python -c 'import urllib.request; "
+        f'urllib.request.urlopen("http://{address}:5555/healthcheck", timeout=3)\' >/dev/null 2>&1'
+    )
+    return "\n".join(
+        [
+            "set -e",
+            "read -r url; read -r ui",
+            "(umask 027; printf 'CELERY_BROKER_URL=%s\\n' \"$url\" > /etc/edd-bench/flower.env; "
+            f'printf \'address = "{address}"\\nport = 5555\\nbasic_auth = ["admin:%s"]\\n\' "$ui" '
+            "> /etc/edd-bench/flowerconfig.py)",
+            "chgrp celery /etc/edd-bench/flower.env /etc/edd-bench/flowerconfig.py",
+            raw_unit(
+                "flower-bench",
+                f"{VENV}/bin/celery -A edd flower --conf=/etc/edd-bench/flowerconfig.py",
+                "/etc/edd-bench/flower.env",
+            ),
+            UNTIL.format(probe=probe),
+        ]
+    )
 
 
 def raw_floor(raw: sandbox_hosts.SandboxHost, concurrency: int) -> list[Row]:
@@ -207,14 +249,30 @@ def raw_floor(raw: sandbox_hosts.SandboxHost, concurrency: int) -> list[Row]:
     app_url = amqp_url(APP_USER, pw["app"], "127.0.0.1", 5672, "/edd")
     flower_url = amqp_url(FLOWER_USER, pw["flower"], "127.0.0.1", 5672, "/edd")
     steps = [
-        ("raw: install + start RabbitMQ", raw_broker(), None,
-         "offline apt cache, management plugin on; until await_startup answers"),
-        ("raw: users, vhost, permissions", raw_accounts(), f"{pw['admin']}\n{pw['app']}\n{pw['flower']}\n",
-         "8 rabbitmqctl calls, passwords on stdin; guest kept (the baseline uses it)"),
-        ("raw: worker unit + ping", raw_worker(concurrency), app_url + "\n",
-         "account, env file, unit, start; until `celery inspect ping` answers"),
-        ("raw: Flower + /healthcheck", raw_flower(raw.address), f"{flower_url}\n{pw['ui']}\n",
-         "config with basic auth, unit, start; until /healthcheck answers"),
+        (
+            "raw: install + start RabbitMQ",
+            raw_broker(),
+            None,
+            "offline apt cache, management plugin on; until await_startup answers",
+        ),
+        (
+            "raw: users, vhost, permissions",
+            raw_accounts(),
+            f"{pw['admin']}\n{pw['app']}\n{pw['flower']}\n",
+            "8 rabbitmqctl calls, passwords on stdin; guest kept (the baseline uses it)",
+        ),
+        (
+            "raw: worker unit + ping",
+            raw_worker(concurrency),
+            app_url + "\n",
+            "account, env file, unit, start; until `celery inspect ping` answers",
+        ),
+        (
+            "raw: Flower + /healthcheck",
+            raw_flower(raw.address),
+            f"{flower_url}\n{pw['ui']}\n",
+            "config with basic auth, unit, start; until /healthcheck answers",
+        ),
     ]
     rows = []
     for name, script, stdin, note in steps:
@@ -231,20 +289,32 @@ def fresh_deploy(stack: ProjectStack, host: sandbox_hosts.SandboxHost, floor: li
     seconds, ran, changes = up(stack)
     total = sum(float(r.value) for r in floor)
     return floor + [
-        Row("raw floor (sum of the raw steps)", f"{total:.1f}", "s",
-            "host boot excluded; no TLS, signing or least privilege"),
-        Row("fresh up", f"{seconds:.1f}", "s",
-            f"{ran} remote commands, {changes.get('create', 0)} resources created; config/certs excluded"),
+        Row(
+            "raw floor (sum of the raw steps)",
+            f"{total:.1f}",
+            "s",
+            "host boot excluded; no TLS, signing or least privilege",
+        ),
+        Row(
+            "fresh up",
+            f"{seconds:.1f}",
+            "s",
+            f"{ran} remote commands, {changes.get('create', 0)} resources created; config/certs excluded",
+        ),
         Row("fresh up / raw floor", f"{seconds / total:.2f}", "x", "issue 7's goal: <= 1.5 (reported, not checked)"),
     ]
 
 
 # --- 2. no-op up, preview, drift probes ------------------------------------------------------
 
+
 def ssh_logins(host: sandbox_hosts.SandboxHost, since: float, until: float) -> int:
     """Logins sshd accepted on `host` between two machine times (same clock as the host's)."""
-    out = sh(host, f"journalctl -u ssh -o cat --no-pager --since=@{int(since)} --until=@{int(until) + 1} "
-                   "| grep -c 'Accepted publickey' || true")
+    out = sh(
+        host,
+        f"journalctl -u ssh -o cat --no-pager --since=@{int(since)} --until=@{int(until) + 1} "
+        "| grep -c 'Accepted publickey' || true",
+    )
     return int(out.strip() or 0)
 
 
@@ -261,15 +331,31 @@ def no_op(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
     changed = [c for _, _, c in ups if set(c) - {"same"}]
     hosts = len(json.loads(stack.stack.get_config("edd-infra:hosts").value))
     return [
-        Row("no-op up (median)", f"{statistics.median(times):.1f}", "s",
-            "runs " + ", ".join(f"{t:.1f}" for t in times) + (f"; CHANGES: {changed}" if changed else "")),
-        Row("remote commands in a no-op up", str(max(u[1] for u in ups)), "commands",
-            "max over the runs; engine events, command:remote:Command with op != same"),
-        Row("drift probes per up", f"1 + {hosts}", "reads",
+        Row(
+            "no-op up (median)",
+            f"{statistics.median(times):.1f}",
+            "s",
+            "runs " + ", ".join(f"{t:.1f}" for t in times) + (f"; CHANGES: {changed}" if changed else ""),
+        ),
+        Row(
+            "remote commands in a no-op up",
+            str(max(u[1] for u in ups)),
+            "commands",
+            "max over the runs; engine events, command:remote:Command with op != same",
+        ),
+        Row(
+            "drift probes per up",
+            f"1 + {hosts}",
+            "reads",
             f"1 API read (GET /api/users) + {hosts} ssh read(s), 1 per host in config; "
-            f"sshd logged {logins / RUNS:.1f} logins per no-op up"),
-        Row("preview (median)", f"{statistics.median(previews):.1f}", "s",
-            "runs " + ", ".join(f"{t:.1f}" for t in previews) + "; reads nothing from hosts or broker"),
+            f"sshd logged {logins / RUNS:.1f} logins per no-op up",
+        ),
+        Row(
+            "preview (median)",
+            f"{statistics.median(previews):.1f}",
+            "s",
+            "runs " + ", ".join(f"{t:.1f}" for t in previews) + "; reads nothing from hosts or broker",
+        ),
     ]
 
 
@@ -298,21 +384,30 @@ class Producer:
         self.since = int(sh(host, "date +%s").strip()) - 1
         load = f"set -a; . {env}; set +a; " if env else ""
         sh(host, "cat > /tmp/bench_producer.py", input=PRODUCER)
-        sh(host, f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
-                 f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)")
+        sh(
+            host,
+            f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
+            f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)",
+        )
 
     def marks(self) -> dict[str, float]:
         """`start` and (once done) `end`: the producer's clock around its publishes."""
         text = sh(self.host, f"cat {self.out}")
         if "Traceback" in text:
             raise RuntimeError(f"producer failed on {self.host.name}:\n{text[-1500:]}")
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line.split()[:1] in (["start"], ["end"])}
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.split()[:1] in (["start"], ["end"])
+        }
 
     def succeeded(self, unit: str) -> dict[str, float]:
         """Task id -> journal time of the worker's first `succeeded` line for it."""
-        out = sh(self.host, f"journalctl -u {unit} -o short-unix --no-pager --since=@{self.since} "
-                            f"| grep -F '[{self.prefix}-' | grep -F ' succeeded in ' || true")
+        out = sh(
+            self.host,
+            f"journalctl -u {unit} -o short-unix --no-pager --since=@{self.since} "
+            f"| grep -F '[{self.prefix}-' | grep -F ' succeeded in ' || true",
+        )
         done: dict[str, float] = {}
         for line in out.splitlines():
             match = re.search(rf"\[({self.prefix}-\d+)\] succeeded", line)
@@ -328,8 +423,9 @@ class Producer:
             if "end" in marks and len(done) >= self.total:
                 return marks, done
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(done)} of {self.total} tasks succeeded after {timeout:.0f} s "
-                                   f"(journald rate limit?)")
+                raise RuntimeError(
+                    f"{len(done)} of {self.total} tasks succeeded after {timeout:.0f} s (journald rate limit?)"
+                )
             time.sleep(5)
 
 
@@ -371,18 +467,34 @@ def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int) ->
     phase(f"throughput: {TASKS} tasks on {raw.name}, stock broker, a worker started by hand")
     node = f"baseline@{raw.name}"
     sh(raw, f"{raw_config_module()}\nprintf '{RAW_CONFIG_ENV}' > /etc/edd-bench/baseline.env")
-    sh(raw, f"systemd-run -q --unit=bench-baseline -p User=celery -p WorkingDirectory={APP_TARGET} "
-            f"-p EnvironmentFile=/etc/edd-bench/baseline.env {VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO")
-    sh(raw, UNTIL.format(probe=f"(set -a; . /etc/edd-bench/baseline.env; set +a; cd {APP_TARGET} && "
-                               f"{VENV}/bin/celery -A edd inspect ping -d {node} --timeout 3) >/dev/null 2>&1"))
+    sh(
+        raw,
+        f"systemd-run -q --unit=bench-baseline -p User=celery -p WorkingDirectory={APP_TARGET} "
+        f"-p EnvironmentFile=/etc/edd-bench/baseline.env {VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO",
+    )
+    sh(
+        raw,
+        UNTIL.format(
+            probe=f"(set -a; . /etc/edd-bench/baseline.env; set +a; cd {APP_TARGET} && "
+            f"{VENV}/bin/celery -A edd inspect ping -d {node} --timeout 3) >/dev/null 2>&1"
+        ),
+    )
     baseline, base_note = measure_throughput(raw, "bench-baseline", "/etc/edd-bench/baseline.env")
     left = sh(raw, "rabbitmqctl -q list_queues -p / name messages --no-table-headers | awk '$1 == \"edd\" {print $2}'")
     return [
-        Row("throughput, deployed stack", f"{deployed:.0f}", "tasks/s",
-            f"{TASKS} tasks, {note}; {count} acked per management API; signed tasks, -E, Flower on"),
-        Row("throughput, stock local broker", f"{baseline:.0f}", "tasks/s",
+        Row(
+            "throughput, deployed stack",
+            f"{deployed:.0f}",
+            "tasks/s",
+            f"{TASKS} tasks, {note}; {count} acked per management API; signed tasks, -E, Flower on",
+        ),
+        Row(
+            "throughput, stock local broker",
+            f"{baseline:.0f}",
+            "tasks/s",
             f"same app and concurrency ({concurrency}), guest on localhost, no -E/Flower/signing; "
-            f"{base_note}; {left.strip() or '?'} left in queue edd"),
+            f"{base_note}; {left.strip() or '?'} left in queue edd",
+        ),
         Row("throughput deployed / stock", f"{deployed / baseline:.2f}", "x", ""),
     ]
 
@@ -394,8 +506,9 @@ def worker_gap(host, unit: str, since: int) -> float | None:
     stopping = next((float(line.split()[0]) for line in journal if "Stopping celery-" in line), None)
     if stopping is None:
         return None
-    ready = next((float(line.split()[0]) for line in journal
-                  if " ready." in line and float(line.split()[0]) > stopping), None)
+    ready = next(
+        (float(line.split()[0]) for line in journal if " ready." in line and float(line.split()[0]) > stopping), None
+    )
     return None if ready is None else ready - stopping
 
 
@@ -409,22 +522,41 @@ def rotation(stack: ProjectStack, host, workers: list[str]) -> list[Row]:
     under_load = "end" not in producer.marks()
     marks, done = producer.wait(f"celery-{workers[0]}")
     count = wait_acked(stack, host, before, TASKS)
-    rows = [Row("rotation up (appPassword)", f"{seconds:.1f}", "s",
-                f"{ran} remote commands, {changes.get('update', 0)} updates; producer "
-                f"{'still publishing' if under_load else 'DONE'} when it ended; {len(done)}/{TASKS} tasks "
-                f"succeeded, {count} acked")]
+    rows = [
+        Row(
+            "rotation up (appPassword)",
+            f"{seconds:.1f}",
+            "s",
+            f"{ran} remote commands, {changes.get('update', 0)} updates; producer "
+            f"{'still publishing' if under_load else 'DONE'} when it ended; {len(done)}/{TASKS} tasks "
+            f"succeeded, {count} acked",
+        )
+    ]
     for worker in workers:
         gap = worker_gap(host, f"celery-{worker}", producer.since)
-        rows.append(Row(f"rotation worker gap, {worker}", "n/a" if gap is None else f"{gap:.1f}", "s",
-                        "journal: Stopping -> ready (no consumer on the queue)"))
+        rows.append(
+            Row(
+                f"rotation worker gap, {worker}",
+                "n/a" if gap is None else f"{gap:.1f}",
+                "s",
+                "journal: Stopping -> ready (no consumer on the queue)",
+            )
+        )
     return rows
 
 
 # --- the run ---------------------------------------------------------------------------------
 
+
 def machine_facts() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "?")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{platform.node()}, {os.cpu_count()} cores ({model}), Linux {platform.release()}"
 
 
@@ -433,8 +565,7 @@ def load() -> str:
 
 
 def render(rows: list[Row], header: list[str]) -> str:
-    widths = [max(len(getattr(r, f)) for r in rows + [Row("name", "value", "unit")])
-              for f in ("name", "value", "unit")]
+    widths = [max(len(getattr(r, f)) for r in rows + [Row("name", "value", "unit")]) for f in ("name", "value", "unit")]
     lines = [*header, ""]
     for r in [Row("name", "value", "unit", "note")] + rows:
         lines.append(f"{r.name:<{widths[0]}}  {r.value:>{widths[1]}}  {r.unit:<{widths[2]}}  {r.note}".rstrip())
@@ -477,10 +608,22 @@ def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
                 rolled = fleet_rotation(stack, host, n + 1)
             configure(stack, host, hardened=True)
             up(stack)  # back to none
-        rows = [Row(f"up adding {n} worker host{'s' * (n > 1)}", f"{t:.1f}", "s", "account, unit, repair command each")
-                for n, t in seconds.items()]
-        return rows + [Row("fleet up 8:1", f"{seconds[8] / seconds[1]:.2f}", "x",
-                           "accounts in parallel, worker units in turn (rollout.maxUnavailable 1)")] + rolled
+        rows = [
+            Row(f"up adding {n} worker host{'s' * (n > 1)}", f"{t:.1f}", "s", "account, unit, repair command each")
+            for n, t in seconds.items()
+        ]
+        return (
+            rows
+            + [
+                Row(
+                    "fleet up 8:1",
+                    f"{seconds[8] / seconds[1]:.2f}",
+                    "x",
+                    "accounts in parallel, worker units in turn (rollout.maxUnavailable 1)",
+                )
+            ]
+            + rolled
+        )
     finally:
         sandbox_hosts.shutdown(FLEET_HOSTS)
 
@@ -495,8 +638,12 @@ def fleet_rotation(stack: ProjectStack, host: sandbox_hosts.SandboxHost, count: 
     lowest, longest = sampler.stop()
     return [
         Row(f"fleet rotation up, {count} workers", f"{seconds:.1f}", "s", f"{ran} remote commands; workers in turn"),
-        Row("fleet rotation: longest time with no consumer", f"{longest:.1f}", "s",
-            f"`edd` sampled every 100 ms; fewest consumers seen {lowest} (a lone worker's gap is the row above)"),
+        Row(
+            "fleet rotation: longest time with no consumer",
+            f"{longest:.1f}",
+            "s",
+            f"`edd` sampled every 100 ms; fewest consumers seen {lowest} (a lone worker's gap is the row above)",
+        ),
     ]
 
 
@@ -515,12 +662,25 @@ def cluster(work: Path, single_fresh: float) -> list[Row]:
         stack.set_plain({"broker": dict(broker, memoryHighWatermark=0.41)})
         rolling, rolled, _ = up(stack)
         return [
-            Row("cluster fresh up, 3 nodes", f"{seconds:.1f}", "s",
-                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in turn"),
-            Row("cluster fresh up / single-host fresh up", f"{seconds / single_fresh:.2f}", "x", "same image, TLS and signing"),
+            Row(
+                "cluster fresh up, 3 nodes",
+                f"{seconds:.1f}",
+                "s",
+                f"{ran} remote commands, {changes.get('create', 0)} resources created; nodes installed in turn",
+            ),
+            Row(
+                "cluster fresh up / single-host fresh up",
+                f"{seconds / single_fresh:.2f}",
+                "x",
+                "same image, TLS and signing",
+            ),
             Row("cluster no-op up", f"{noop:.1f}", "s", f"{noop_ran} remote commands"),
-            Row("cluster rolling restart", f"{rolling:.1f}", "s",
-                f"{rolled} remote commands; memory watermark changed: 3 nodes restarted in turn, each drained first"),
+            Row(
+                "cluster rolling restart",
+                f"{rolling:.1f}",
+                "s",
+                f"{rolled} remote commands; memory watermark changed: 3 nodes restarted in turn, each drained first",
+            ),
         ]
     finally:
         sandbox_hosts.shutdown(CLUSTER_HOSTS)
@@ -534,7 +694,9 @@ def main() -> int:
     (cache_dir() / "bench").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     failed = None
-    sandbox_hosts.shutdown([HOST, RAW_HOST, *FLEET_HOSTS, *CLUSTER_HOSTS])  # left by a crashed run: measure fresh hosts only
+    sandbox_hosts.shutdown(
+        [HOST, RAW_HOST, *FLEET_HOSTS, *CLUSTER_HOSTS]
+    )  # left by a crashed run: measure fresh hosts only
     try:
         measure(rows)
     except Exception as error:  # noqa: BLE001 - report what was measured, then the failure
@@ -544,12 +706,14 @@ def main() -> int:
     finally:
         phase(f"stopping {HOST}, {RAW_HOST}")
         sandbox_hosts.shutdown([HOST, RAW_HOST])
-    header = [f"edd-infra bench, {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
-              f"machine: {machine_facts()}",
-              f"load average (1/5/15 min): {load_start} at start, {load()} at end; "
-              f"bench ran {time.monotonic() - started:.0f} s",
-              f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image "
-              f"Debian {release().number} ({release().suite}; SANDBOX_DEBIAN), fresh"]
+    header = [
+        f"edd-infra bench, {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+        f"machine: {machine_facts()}",
+        f"load average (1/5/15 min): {load_start} at start, {load()} at end; "
+        f"bench ran {time.monotonic() - started:.0f} s",
+        f"hosts: {HOST} (the stack), {RAW_HOST} (raw steps, stock baseline), sandbox image "
+        f"Debian {release().number} ({release().suite}; SANDBOX_DEBIAN), fresh",
+    ]
     report = render(rows, header)
     print("\n" + report, end="")
     for out in (cache_dir() / "bench" / "last.txt", REPORT):

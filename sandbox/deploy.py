@@ -59,9 +59,15 @@ def tls_dir(stack: ProjectStack) -> str:
     return f".pulumi-state/tls-{stack.name}"
 
 
-def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2, tls: str | None = None,
-                   signing: bool = False, worker_hosts: tuple = (), broker_nodes: tuple = (),
-                   flower_tls: bool = False) -> dict:
+def sandbox_config(
+    host: sandbox_hosts.SandboxHost,
+    worker_concurrency: int = 2,
+    tls: str | None = None,
+    signing: bool = False,
+    worker_hosts: tuple = (),
+    broker_nodes: tuple = (),
+    flower_tls: bool = False,
+) -> dict:
     """Plain stack config for a single sandbox host running broker, worker and Flower.
 
     The management API listens on the host's veth address: a private link that only this
@@ -82,29 +88,47 @@ def sandbox_config(host: sandbox_hosts.SandboxHost, worker_concurrency: int = 2,
         broker["amqpListeners"] = ["127.0.0.1", "::1", host.address]
     extra = {"celerySigning": {"certFile": f"{tls}/signing.pem"}} if signing and tls else {}
     if broker_nodes:
-        broker |= {"nodeAddress": host.address, "nodeName": f"rabbit@{host.address}", "interNodeTls": True,
-                   "clusterNodes": [{"host": n.name, "address": n.address} for n in broker_nodes]}
+        broker |= {
+            "nodeAddress": host.address,
+            "nodeName": f"rabbit@{host.address}",
+            "interNodeTls": True,
+            "clusterNodes": [{"host": n.name, "address": n.address} for n in broker_nodes],
+        }
         extra["appQueue"] = {"queueType": "quorum"}
     return extra | {
-        "hosts": {h.name: {"address": h.address, "user": h.user, "port": h.port, "hostKey": h.host_key}
-                  for h in (host, *broker_nodes, *worker_hosts)},
+        "hosts": {
+            h.name: {"address": h.address, "user": h.user, "port": h.port, "hostKey": h.host_key}
+            for h in (host, *broker_nodes, *worker_hosts)
+        },
         "broker": broker,
         # EDD's settings as EDD reads them (server.cfg's rabbitmq keys), beside the worker.
         "eddSettings": {"host": host.name},
-        "workers": [{"name": name, "host": h.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
-                     "concurrency": worker_concurrency}
-                    for name, h in [(WORKER, host)] + [(f"edd-worker-{i}", w) for i, w in enumerate(worker_hosts, 2)]],
-        "flower": {"host": host.name, "workingDirectory": APP_TARGET, "virtualenv": VENV,
-                   **({"address": host.address, "tls": {"certFile": f"{tls}/flower.pem"}} if flower_tls and tls
-                      else {})},
+        "workers": [
+            {
+                "name": name,
+                "host": h.name,
+                "workingDirectory": APP_TARGET,
+                "virtualenv": VENV,
+                "concurrency": worker_concurrency,
+            }
+            for name, h in [(WORKER, host)] + [(f"edd-worker-{i}", w) for i, w in enumerate(worker_hosts, 2)]
+        ],
+        "flower": {
+            "host": host.name,
+            "workingDirectory": APP_TARGET,
+            "virtualenv": VENV,
+            **({"address": host.address, "tls": {"certFile": f"{tls}/flower.pem"}} if flower_tls and tls else {}),
+        },
     }
 
 
 def random_secrets() -> dict[str, str]:
     """Fresh random passwords with every printable ASCII character, non-ASCII ones too (but in
     Flower's UI password), and the app's 689 bytes long."""
-    values = {key: secrets.token_urlsafe(12) + HOSTILE_TAIL
-              for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
+    values = {
+        key: secrets.token_urlsafe(12) + HOSTILE_TAIL
+        for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
+    }
     values["appPassword"] += secrets.token_urlsafe(600)[:560]
     # Flower 2.2's basic auth handles ASCII only (the program refuses anything else).
     values["flowerUiPassword"] = secrets.token_urlsafe(12) + PRINTABLE_ASCII
@@ -117,8 +141,9 @@ def configure(stack: ProjectStack, host: sandbox_hosts.SandboxHost, hardened: bo
     signing (a sandbox signing certificate), as recommended for production."""
     directory = tls_dir(stack) if hardened else None
     if directory:
-        files = make_broker_certificates(stack.work_dir / directory, host.address,
-                                         *(n.address for n in config.get("broker_nodes", ())))
+        files = make_broker_certificates(
+            stack.work_dir / directory, host.address, *(n.address for n in config.get("broker_nodes", ()))
+        )
         files |= make_signing_certificate(stack.work_dir / directory)
         files |= make_flower_certificate(stack.work_dir / directory, host.address)
     stack.set_plain(sandbox_config(host, tls=directory, signing=hardened, flower_tls=hardened, **config))
@@ -141,8 +166,7 @@ def send_task(host: sandbox_hosts.SandboxHost, x: int = 2, y: int = 3) -> str:
     worker's env file on the host, so it is never on a command line."""
     env = f"/etc/edd-infra/celery-{WORKER}.env"
     code = f"from edd import add; print(add.delay({x}, {y}).get(timeout=60))"
-    command = (f"set -a; . {env}; set +a; cd {APP_TARGET} && "
-               f"{VENV}/bin/python -c {shlex.quote(code)}")
+    command = f"set -a; . {env}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}"
     result = sandbox_hosts.run(host, command, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"task round trip failed: {result.stderr.strip()[-500:]}")
@@ -167,10 +191,13 @@ def up() -> None:
     nodes = [f"{NODE_HOST_PREFIX}{i}" for i in (2, 3)] if TOPOLOGY == "cluster" else []
     extra = [f"{WORKER_HOST_PREFIX}{i}" for i in range(1, WORKER_HOSTS + 1)]
     host, *others = sandbox_hosts.boot([HOST, *nodes, *extra])
-    node_hosts, worker_hosts = others[:len(nodes)], others[len(nodes):]
-    phase(f"host {host.name} at {host.address}" + "".join(f", broker node {n.name} at {n.address}" for n in node_hosts)
-          + "".join(f", worker host {w.name} at {w.address}" for w in worker_hosts)
-          + f"; writing stack '{STACK}' config")
+    node_hosts, worker_hosts = others[: len(nodes)], others[len(nodes) :]
+    phase(
+        f"host {host.name} at {host.address}"
+        + "".join(f", broker node {n.name} at {n.address}" for n in node_hosts)
+        + "".join(f", worker host {w.name} at {w.address}" for w in worker_hosts)
+        + f"; writing stack '{STACK}' config"
+    )
     stack = project_stack()
     configure(stack, host, hardened=True, worker_hosts=tuple(worker_hosts), broker_nodes=tuple(node_hosts))
     phase("pulumi up")
@@ -183,7 +210,7 @@ def up() -> None:
     print(f"""
 Sandbox deployed in {time.monotonic() - started:.0f} s.
   Flower:      {flower}  (from this machine: the host's private link; CA: {tls_dir(stack)}/ca.pem){flower_login()}
-  Management:  {outputs['managementEndpoint'].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
+  Management:  {outputs["managementEndpoint"].value}  (TLS; CA: {tls_dir(stack)}/ca.pem)
   EDD settings: /etc/edd-infra/edd-rabbitmq.json on the host; stack output eddSettings (secret)
   Host shell:  {shlex.join(host.ssh_command())}
   Worker unit: systemctl status celery-{WORKER}   (on the host){cluster_line(host, node_hosts)}
@@ -203,8 +230,9 @@ def start_prometheus(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> No
     rules = sandbox_hosts.run(host, f"cat {RULES_PATH}", check=True).stdout
     targets = stack.stack.outputs()["scrapeTargets"].value
     ca_file = stack.work_dir / tls_dir(stack) / "ca.pem"
-    server = prometheus.start(host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None,
-                              die_with_caller=False)  # it outlives `make sandbox`
+    server = prometheus.start(
+        host, targets, rules, ca_file=str(ca_file) if ca_file.exists() else None, die_with_caller=False
+    )  # it outlives `make sandbox`
     prometheus.record(server)  # from now on `make sandbox-down` stops it, even if this process dies
     try:
         seconds = prometheus.wait_loaded(server, len(targets), rules)
@@ -219,7 +247,9 @@ Prometheus ({prometheus_version()}, Debian's package on this machine; PID {serve
   Stop:        make sandbox-down (stops it, then the sandbox)
   Rules loaded from {RULES_PATH} (group edd-infra), with their `for:`:""")
     for name, rule in loaded.items():
-        print(f"    {name:<34} {rule['labels'].get('severity', ''):<9} for {rule['duration']:.0f} s  ({rule['health']})")
+        print(
+            f"    {name:<34} {rule['labels'].get('severity', ''):<9} for {rule['duration']:.0f} s  ({rule['health']})"
+        )
 
 
 def prometheus_version() -> str:
@@ -239,8 +269,10 @@ def flower_login() -> str:
     """How to log in to Flower's dashboard: its basic auth user and where the password is (the
     command prints the secret, so it is not printed here; it needs the stack's passphrase)."""
     passphrase = f"PULUMI_CONFIG_PASSPHRASE={shlex.quote(PASSPHRASE)} " if PASSPHRASE == DEFAULT_PASSPHRASE else ""
-    return (f"\n               log in as {Flower.model_fields['ui_user'].default}, password from: "
-            f"{passphrase}scripts/pulumi config get flowerUiPassword -s {STACK}")
+    return (
+        f"\n               log in as {Flower.model_fields['ui_user'].default}, password from: "
+        f"{passphrase}scripts/pulumi config get flowerUiPassword -s {STACK}"
+    )
 
 
 def cluster_line(host: sandbox_hosts.SandboxHost, nodes: list) -> str:
@@ -260,8 +292,11 @@ def down() -> None:
         stack.stack.destroy(on_output=print, color="never")
         stack.stack.workspace.remove_stack(STACK)
     finally:
-        names = [h["name"] for h in sandbox_hosts.status()
-                 if h["name"] == HOST or h["name"].startswith((WORKER_HOST_PREFIX, NODE_HOST_PREFIX))]
+        names = [
+            h["name"]
+            for h in sandbox_hosts.status()
+            if h["name"] == HOST or h["name"].startswith((WORKER_HOST_PREFIX, NODE_HOST_PREFIX))
+        ]
         phase(f"stopping host(s) {', '.join(names) or HOST}")
         sandbox_hosts.shutdown(names or [HOST])
     phase("sandbox removed")
@@ -269,4 +304,5 @@ def down() -> None:
 
 if __name__ == "__main__":
     {"up": up, "down": down, "prometheus": lambda: start_prometheus(project_stack(), deployed_host())}[
-        sys.argv[1] if len(sys.argv) > 1 else "up"]()
+        sys.argv[1] if len(sys.argv) > 1 else "up"
+    ]()

@@ -79,29 +79,61 @@ class SandboxHost:
 
     def ssh_command(self, known_hosts: Path | None = None) -> list[str]:
         """The ssh argv (up to and including ``user@address``) with the host key pinned."""
-        return ["ssh", "-F", "/dev/null", "-i", self.private_key_path, "-p", str(self.port),
-                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-                "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts_path}",
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-                "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "ConnectTimeout=5",
-                "-o", "LogLevel=ERROR", f"{self.user}@{self.address}"]
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            self.private_key_path,
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts or self.known_hosts_path}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "HostKeyAlgorithms=ssh-ed25519",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            f"{self.user}@{self.address}",
+        ]
 
 
-def run(host: SandboxHost, command: str | list[str], input: str | None = None,
-        timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def run(
+    host: SandboxHost, command: str | list[str], input: str | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run ``command`` on ``host`` over SSH (a list is shell-quoted); text in, text out."""
     if not isinstance(command, str):
         command = shlex.join(command)
-    return subprocess.run([*host.ssh_command(), command], input=input, capture_output=True,
-                          text=True, timeout=timeout, check=check,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    return subprocess.run(
+        [*host.ssh_command(), command],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
 
 
 def inside(host: SandboxHost, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``command`` in the host's namespaces (nsenter on its PID 1), not over SSH: works
     while its sshd or its link is down."""
-    return subprocess.run(["nsenter", "-t", str(host.leader_pid), "-a", "/bin/sh", "-c", command],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["nsenter", "-t", str(host.leader_pid), "-a", "/bin/sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -149,8 +181,9 @@ def boot(names: list[str], timeout: float = BOOT_TIMEOUT, debian: int | None = N
         started = time.monotonic()
         indexes = _free_indexes(_load_state(), len(todo))
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
-            futures = {n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout, rel.number)
-                       for n, i in zip(todo, indexes)}
+            futures = {
+                n: pool.submit(_boot_one, n, i, rootfs, host_key, timeout, rel.number) for n, i in zip(todo, indexes)
+            }
         errors = {n: f.exception() for n, f in futures.items() if f.exception()}
         if errors:
             for name, future in futures.items():
@@ -176,14 +209,18 @@ def reboot(host: SandboxHost, timeout: float = BOOT_TIMEOUT) -> SandboxHost:
         if not entry or (entry["pid"], entry["leader_pid"]) != (host.pid, host.leader_pid) or not _healthy(entry):
             raise RuntimeError(f"{host.name} is not a running sandbox host of ours (booted again since?)")
         if not entry.get("root"):
-            raise RuntimeError(f"{host.name} runs on a throw-away root (booted by an older sandbox.hosts): "
-                               "its writes would not survive a reboot")
+            raise RuntimeError(
+                f"{host.name} runs on a throw-away root (booted by an older sandbox.hosts): "
+                "its writes would not survive a reboot"
+            )
         started = time.monotonic()
         with contextlib.suppress(subprocess.TimeoutExpired):
             run(host, "systemctl reboot", timeout=15)  # the connection may drop before it answers
         proc = _children.get(entry["pid"])
         if not _wait_gone(entry["pid"], entry["pid_start"], timeout):
-            raise RuntimeError(f"{host.name}: still running {timeout:.0f} s after `systemctl reboot`:\n{_log_tail(entry)}")
+            raise RuntimeError(
+                f"{host.name}: still running {timeout:.0f} s after `systemctl reboot`:\n{_log_tail(entry)}"
+            )
         status = f" (nspawn exit status {proc.returncode})" if proc else ""
         log(f"{host.name}: down {time.monotonic() - started:.1f} s after `systemctl reboot`{status}")
         if _link_exists(entry["link"]):  # the veth goes with the host's network namespace
@@ -254,6 +291,7 @@ def memory_usage(host: SandboxHost) -> dict[str, int]:
 
 # --- one host ---------------------------------------------------------------------------
 
+
 def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float, debian: int) -> dict:
     """Make the host's root and link config, start it; return its state entry."""
     run_dir = _run_dir(name)
@@ -264,14 +302,29 @@ def _boot_one(name: str, index: int, rootfs: Path, host_key: str, timeout: float
     network = run_dir / "10-host0.network"
     # Sorts before the image's 80-container-host0.network (DHCP). No default route: only the
     # other sandbox hosts, through this machine (workers on one host, the broker on another).
-    network.write_text(f"[Match]\nName=host0\n\n[Network]\nAddress={address}/30\n"
-                       "LinkLocalAddressing=no\nIPv6AcceptRA=no\n\n"
-                       f"[Route]\nDestination={SUBNET}.0.0/16\nGateway={SUBNET}.{index}.1\n")
+    network.write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={address}/30\n"
+        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n\n"
+        f"[Route]\nDestination={SUBNET}.0.0/16\nGateway={SUBNET}.{index}.1\n"
+    )
     (run_dir / "known_hosts").write_text(f"{address} {host_key}\n")
-    entry = {"name": name, "address": address, "user": "root", "port": 22,
-             "private_key_path": str(client_key()), "host_key": host_key, "pid": 0,
-             "pid_start": None, "leader_pid": 0, "leader_start": None,
-             "index": index, "link": f"ve-{name}", "rootfs": str(rootfs), "root": None, "debian": debian}
+    entry = {
+        "name": name,
+        "address": address,
+        "user": "root",
+        "port": 22,
+        "private_key_path": str(client_key()),
+        "host_key": host_key,
+        "pid": 0,
+        "pid_start": None,
+        "leader_pid": 0,
+        "leader_start": None,
+        "index": index,
+        "link": f"ve-{name}",
+        "rootfs": str(rootfs),
+        "root": None,
+        "debian": debian,
+    }
     try:
         entry["root"] = str(_mount_root(name, rootfs))
         return _start(entry, time.monotonic() + timeout, "boot")
@@ -290,18 +343,33 @@ def _start(entry: dict, deadline: float, what: str) -> dict:
     log_path = _log_path(name)
     if log_path.exists() and log_path.stat().st_size > 2_000_000:
         log_path.unlink()
-    nspawn = ["systemd-nspawn", "-D", entry["root"], "-b", "-M", name, "--network-veth",
-              "--register=no", "--keep-unit", "--console=passive",
-              f"--bind-ro={network}:/etc/systemd/network/10-host0.network"]
+    nspawn = [
+        "systemd-nspawn",
+        "-D",
+        entry["root"],
+        "-b",
+        "-M",
+        name,
+        "--network-veth",
+        "--register=no",
+        "--keep-unit",
+        "--console=passive",
+        f"--bind-ro={network}:/etc/systemd/network/10-host0.network",
+    ]
     # nspawn --keep-unit puts the host's systemd under its own cgroup (+ "/payload"): move it
     # into a cgroup of this host's first, or all hosts share one tree (same-named units collide).
     join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))} && " for d in _cgroups(name, create=True))
     with open(log_path, "a") as out:  # kept across boots, for post-mortems
         out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} {name} at {address}\n")
         out.flush()
-        proc = subprocess.Popen(["/bin/sh", "-c", join + 'exec "$@"', "sh", *nspawn],  # exec: same PID
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **release(entry.get("debian", 12)).nspawn_env})
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", join + 'exec "$@"', "sh", *nspawn],  # exec: same PID
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **release(entry.get("debian", 12)).nspawn_env},
+        )
     _children[proc.pid] = proc
     entry.update(pid=proc.pid, pid_start=_start_time(proc.pid), leader_pid=0, leader_start=None)
     _record(name, entry)  # from now on `down` can stop it, even if this process dies
@@ -330,9 +398,12 @@ def _mount_root(name: str, rootfs: Path) -> Path:
         directory.mkdir()
     if any(c in str(p) for p in (rootfs, upper, work) for c in ",:"):
         raise RuntimeError(f"paths under {rootfs} and {upper} must not hold ',' or ':' (overlay options)")
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(root)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return root
 
 
@@ -367,8 +438,12 @@ def _stop(entry: dict, timeout: float = 30.0) -> None:
     powering_off = False
     if _alive(pid, start) and leader and _alive(leader, leader_start):
         with contextlib.suppress(subprocess.TimeoutExpired):
-            powering_off = subprocess.run(["nsenter", "-t", str(leader), "-a", "systemctl", "poweroff"],
-                                          capture_output=True, timeout=15).returncode == 0
+            powering_off = (
+                subprocess.run(
+                    ["nsenter", "-t", str(leader), "-a", "systemctl", "poweroff"], capture_output=True, timeout=15
+                ).returncode
+                == 0
+            )
     for sig, grace in ((signal.SIGTERM, timeout if powering_off else 0), (signal.SIGKILL, 15)):
         if not _wait_gone(pid, start, grace):
             log(f"{entry['name']}: still running, sending {sig.name} to {pid}")
@@ -408,8 +483,12 @@ def _wait_gone(pid: int, start, timeout: float) -> bool:
 
 def _healthy(entry: dict) -> bool:
     """Its processes are the recorded ones, its link is there and sshd answers."""
-    if not (_alive(entry["pid"], entry["pid_start"]) and entry.get("leader_pid")
-            and _alive(entry["leader_pid"], entry["leader_start"]) and _link_exists(entry["link"])):
+    if not (
+        _alive(entry["pid"], entry["pid_start"])
+        and entry.get("leader_pid")
+        and _alive(entry["leader_pid"], entry["leader_start"])
+        and _link_exists(entry["link"])
+    ):
         return False
     try:
         return run(_host(entry), "true", timeout=15).returncode == 0
@@ -459,6 +538,7 @@ def _descendants(root: int) -> list[int]:
 
 
 # --- processes, links, state ------------------------------------------------------------
+
 
 def _start_time(pid: int) -> int | None:
     """Start time (clock ticks since boot) of ``pid``: tells a reused PID from ours."""

@@ -50,9 +50,9 @@ class Release:
 
     number: int
     suite: str
-    python: str                  # the release's python3, for the wheels downloaded on this machine
-    script: str | None = None    # debootstrap script when this machine's debootstrap lacks the suite's
-    security: bool = True        # has a <suite>-security suite
+    python: str  # the release's python3, for the wheels downloaded on this machine
+    script: str | None = None  # debootstrap script when this machine's debootstrap lacks the suite's
+    security: bool = True  # has a <suite>-security suite
     # forky's systemd refuses the legacy cgroup layout this machine's nspawn (252) offers it.
     unified_cgroups: bool = False
 
@@ -80,9 +80,21 @@ def release(debian: int | str | None = None) -> Release:
 
 
 PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "libnss-myhostname",
-    "openssh-server", "iproute2", "iputils-ping", "procps", "curl", "ca-certificates",
-    "python3", "python3-venv", "sudo", "libcap2-bin", "less",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libnss-myhostname",
+    "openssh-server",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "curl",
+    "ca-certificates",
+    "python3",
+    "python3-venv",
+    "sudo",
+    "libcap2-bin",
+    "less",
 ]
 # Downloaded into the apt cache only; the program under test (rabbitmq-server; nftables, for a
 # cluster node's firewall table) or a test (postgresql, Debian 12's PostgreSQL 15, for the
@@ -91,14 +103,17 @@ OFFLINE_PACKAGES = ["rabbitmq-server", "nftables", "postgresql"]
 # celery[auth] brings the cryptography release Celery pins for message signing;
 # celery[sqlalchemy] + psycopg 3 the `db+postgresql` result backend (SQLAlchemy 2.1's default
 # PostgreSQL driver is psycopg 3; kombu[sqlalchemy] allows sqlalchemy>=1.4.54,<2.2).
-PYTHON_REQUIREMENTS = ["celery[auth,sqlalchemy]==5.7.0", "flower==2.2.0",
-                       "SQLAlchemy==2.1.9", "psycopg[binary]==3.3.9"]
+PYTHON_REQUIREMENTS = ["celery[auth,sqlalchemy]==5.7.0", "flower==2.2.0", "SQLAlchemy==2.1.9", "psycopg[binary]==3.3.9"]
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 VENV = "/opt/edd-sandbox/venv"
 APP_TARGET = "/opt/edd-sandbox/app"
-MACHINE_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
-                 "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
+MACHINE_TOOLS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
 
 
 def cache_dir() -> Path:
@@ -153,14 +168,14 @@ def client_key() -> Path:
     with file_lock(cache_dir() / "ssh.lock"):
         if not key.exists():
             key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edd-sandbox",
-                            "-f", str(key)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edd-sandbox", "-f", str(key)], check=True
+            )
     return key
 
 
 def _app_files() -> list[Path]:
-    return sorted(p for p in APP_DIR.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    return sorted(p for p in APP_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
 def image_key(debian: int | None = None) -> str:
@@ -211,7 +226,9 @@ def ensure_image(debian: int | None = None) -> Path:
             _build(work, key, rel)
             os.rename(work, final)
             (images / f"{key}.failed.log").unlink(missing_ok=True)
-            log(f"image {key} (Debian {rel.number}, {rel.suite}) built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}")
+            log(
+                f"image {key} (Debian {rel.number}, {rel.suite}) built in {time.monotonic() - started:.0f} s: {final / 'rootfs'}"
+            )
         except BaseException as error:
             failed_log = images / f"{key}.failed.log"
             if (work / "build.log").exists():
@@ -285,14 +302,41 @@ def _build(work: Path, key: str, rel: Release) -> None:
 
     with _phase("downloading wheels on this machine"):
         # The machine's pip has the registry access and CA setup; the chroot installs offline.
-        _run("pip download", [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(wheels),
-              *_wheel_target(rel.python), *PYTHON_REQUIREMENTS], buildlog)
+        _run(
+            "pip download",
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--only-binary=:all:",
+                "--dest",
+                str(wheels),
+                *_wheel_target(rel.python),
+                *PYTHON_REQUIREMENTS,
+            ],
+            buildlog,
+        )
 
     with _phase(f"debootstrap {rel.suite} ({len(PACKAGES)} packages)"):
         # A private mount namespace: if debootstrap dies, its /proc and /sys mounts die with it.
-        _run("debootstrap", ["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=minbase",
-              f"--include={','.join(PACKAGES)}", rel.suite, str(rootfs), MIRROR,
-              *([f"/usr/share/debootstrap/scripts/{rel.script}"] if rel.script else [])], buildlog)
+        _run(
+            "debootstrap",
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                rel.suite,
+                str(rootfs),
+                MIRROR,
+                *([f"/usr/share/debootstrap/scripts/{rel.script}"] if rel.script else []),
+            ],
+            buildlog,
+        )
 
     with _phase("configuring"):
         _configure(rootfs, rel)
@@ -303,21 +347,36 @@ def _build(work: Path, key: str, rel: Release) -> None:
             export DEBIAN_FRONTEND=noninteractive
             apt-get clean  # drop debootstrap's .debs: only the offline set stays
             apt-get update
-            apt-get install --download-only -y {' '.join(OFFLINE_PACKAGES)}
+            apt-get install --download-only -y {" ".join(OFFLINE_PACKAGES)}
             python3 -m venv {VENV}
-            {VENV}/bin/pip install --no-index --find-links /wheels --disable-pip-version-check {' '.join(shlex.quote(r) for r in PYTHON_REQUIREMENTS)}
+            {VENV}/bin/pip install --no-index --find-links /wheels --disable-pip-version-check {" ".join(shlex.quote(r) for r in PYTHON_REQUIREMENTS)}
             systemctl enable systemd-networkd
             systemctl mask systemd-resolved
             """
         # Not booted, network shared with the machine: apt reaches the registry from here.
-        _run("apt-get/pip in the image", ["systemd-nspawn", "-q", "-D", str(rootfs), "--register=no", "--keep-unit", "--pipe",
-              f"--bind-ro={wheels}:/wheels", "--resolv-conf=copy-host", "/bin/sh", "-c", script], buildlog,
-             env={**os.environ, **rel.nspawn_env})
+        _run(
+            "apt-get/pip in the image",
+            [
+                "systemd-nspawn",
+                "-q",
+                "-D",
+                str(rootfs),
+                "--register=no",
+                "--keep-unit",
+                "--pipe",
+                f"--bind-ro={wheels}:/wheels",
+                "--resolv-conf=copy-host",
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+            buildlog,
+            env={**os.environ, **rel.nspawn_env},
+        )
         (rootfs / "etc" / "resolv.conf").write_text("")  # hosts have no DNS server to ask
 
     with _phase("app, keys and manifest"):
-        shutil.copytree(APP_DIR, rootfs / APP_TARGET.lstrip("/"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(APP_DIR, rootfs / APP_TARGET.lstrip("/"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(rootfs / "etc/ssh/ssh_host_ed25519_key.pub", work / "host_ed25519.pub")
         os.chmod(work / "host_ed25519.pub", 0o644)
         shutil.rmtree(wheels)
@@ -325,8 +384,15 @@ def _build(work: Path, key: str, rel: Release) -> None:
         for package in OFFLINE_PACKAGES:
             if not any(name.startswith(f"{package}_") for name in archives):
                 raise RuntimeError(f"{package} .deb missing from the image's apt cache")
-        manifest = {"key": key, "debian": rel.number, "suite": rel.suite, "packages": PACKAGES, "offline_debs": archives,
-                    "python": PYTHON_REQUIREMENTS, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {
+            "key": key,
+            "debian": rel.number,
+            "suite": rel.suite,
+            "packages": PACKAGES,
+            "offline_debs": archives,
+            "python": PYTHON_REQUIREMENTS,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(work, 0o755)
 
@@ -336,9 +402,26 @@ def _wheel_target(python: str) -> list[str]:
     if python == f"{sys.version_info.major}.{sys.version_info.minor}":
         return []
     abi = "cp" + python.replace(".", "")
-    return ["--python-version", python, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
-            "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "any"]
+    return [
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        abi,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "any",
+    ]
 
 
 def _configure(rootfs: Path, rel: Release) -> None:
@@ -352,16 +435,19 @@ def _configure(rootfs: Path, rel: Release) -> None:
     (etc / "apt/sources.list").write_text(
         f"deb {MIRROR} {rel.suite} main\n"
         f"deb {MIRROR} {rel.suite}-updates main\n"
-        + (f"deb {SECURITY_MIRROR} {rel.suite}-security main\n" if rel.security else ""))
+        + (f"deb {SECURITY_MIRROR} {rel.suite}-security main\n" if rel.security else "")
+    )
     (etc / "apt/apt.conf.d/90edd-sandbox").write_text(
         "// Keep the downloaded .debs: hosts install from them offline.\n"
         'APT::Keep-Downloaded-Packages "true";\n'
         'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
         "// The registry may serve a snapshot whose Release files are past Valid-Until.\n"
-        'Acquire::Check-Valid-Until "false";\n')
+        'Acquire::Check-Valid-Until "false";\n'
+    )
     (etc / "apt/apt.conf.d/docker-clean").unlink(missing_ok=True)
     (etc / "ssh/sshd_config.d/edd-sandbox.conf").write_text(
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n")
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"
+    )
     ssh_dir = rootfs / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(client_key().with_suffix(".pub").read_text())

@@ -40,7 +40,10 @@ class ConsumerSampler:
         sandbox_hosts.run(host, f"rm -f /tmp/sampler.stop; echo {code} | base64 -d > /tmp/sampler.py", check=True)
         self.process = subprocess.Popen(
             [*host.ssh_command(), f"set -a; . {env}; set +a; {VENV}/bin/python /tmp/sampler.py"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def stop(self) -> tuple[int, float]:
         """(fewest consumers seen, longest time in seconds with none)."""

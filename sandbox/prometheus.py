@@ -71,8 +71,11 @@ class SandboxPrometheus:
 
 def missing() -> str | None:
     """What this machine lacks to run the sandbox's Prometheus, with the fix; None if nothing."""
-    needs = {"prometheus": "prometheus (apt-get install prometheus; .ci/run installs it without starting it)",
-             "nsenter": "nsenter (util-linux)", "setpriv": "setpriv (util-linux)"}
+    needs = {
+        "prometheus": "prometheus (apt-get install prometheus; .ci/run installs it without starting it)",
+        "nsenter": "nsenter (util-linux)",
+        "setpriv": "setpriv (util-linux)",
+    }
     gone = [why for tool, why in needs.items() if shutil.which(tool) is None]
     try:
         pwd.getpwnam(USER)
@@ -81,8 +84,15 @@ def missing() -> str | None:
     return f"missing: {', '.join(gone)}" if gone else None
 
 
-def start(host: SandboxHost, targets: list[dict], rules_text: str, ca_file: str | None = None,
-          work_dir: Path | None = None, timeout: float = 60, die_with_caller: bool = True) -> SandboxPrometheus:
+def start(
+    host: SandboxHost,
+    targets: list[dict],
+    rules_text: str,
+    ca_file: str | None = None,
+    work_dir: Path | None = None,
+    timeout: float = 60,
+    die_with_caller: bool = True,
+) -> SandboxPrometheus:
     """Start Prometheus in `host`'s network namespace, scraping `targets` (the `scrapeTargets`
     output) with `rules_text` (the rules file as read back from the host) loaded; return once
     it answers `/-/ready`. A start that fails is stopped again (by PID) and raises RuntimeError
@@ -99,23 +109,38 @@ def start(host: SandboxHost, targets: list[dict], rules_text: str, ca_file: str 
     if ca_file:  # a copy the prometheus user can read (the stack's TLS directory may not be)
         shutil.copyfile(ca_file, work / "ca.pem")
         ca_files = {"broker.tls.caFile": str(work / "ca.pem")}
-    (work / "prometheus.yml").write_text(render_prometheus_config(
-        targets, [str(work / RULES_NAME)], ca_files=ca_files, scrape_interval=INTERVAL,
-        evaluation_interval=INTERVAL))
+    (work / "prometheus.yml").write_text(
+        render_prometheus_config(
+            targets, [str(work / RULES_NAME)], ca_files=ca_files, scrape_interval=INTERVAL, evaluation_interval=INTERVAL
+        )
+    )
     (work / "data").mkdir(exist_ok=True)
     for path in [work, *work.rglob("*")]:
         os.chown(path, account.pw_uid, account.pw_gid)
     address = f"{host.address}:{PORT}"
-    argv = ["nsenter", "-t", str(host.leader_pid), "--net", "--",
-            "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
-            *(["--pdeathsig", "TERM"] if die_with_caller else []), "--",
-            shutil.which("prometheus"), f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}", "--storage.tsdb.retention.time=1d",
-            f"--web.listen-address={address}"]
+    argv = [
+        "nsenter",
+        "-t",
+        str(host.leader_pid),
+        "--net",
+        "--",
+        "setpriv",
+        f"--reuid={account.pw_uid}",
+        f"--regid={account.pw_gid}",
+        "--init-groups",
+        *(["--pdeathsig", "TERM"] if die_with_caller else []),
+        "--",
+        shutil.which("prometheus"),
+        f"--config.file={work / 'prometheus.yml'}",
+        f"--storage.tsdb.path={work / 'data'}",
+        "--storage.tsdb.retention.time=1d",
+        f"--web.listen-address={address}",
+    ]
     with open(work / "prometheus.log", "a") as out:
         # nsenter without --pid and setpriv exec what follows: the PID is Prometheus's own.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     _children[proc.pid] = proc
     server = SandboxPrometheus(f"http://{address}", proc.pid, _start_time(proc.pid), str(work), host.name)
     try:
@@ -205,12 +230,15 @@ def wait_loaded(server: SandboxPrometheus, target_count: int, rules_text: str, t
                 return time.monotonic() - started
         if time.monotonic() - started > timeout:
             active = api(server, "targets?state=active")["activeTargets"]
-            raise RuntimeError(f"after {timeout:.0f} s: targets {[(t['scrapeUrl'], t['health'], t['lastError']) for t in active]}, "
-                               f"rules {sorted(loaded_rules(server))} (want {sorted(wanted)})")
+            raise RuntimeError(
+                f"after {timeout:.0f} s: targets {[(t['scrapeUrl'], t['health'], t['lastError']) for t in active]}, "
+                f"rules {sorted(loaded_rules(server))} (want {sorted(wanted)})"
+            )
         time.sleep(1)
 
 
 # --- the one `make sandbox` keeps running -----------------------------------------------------
+
 
 def _state_path() -> Path:
     return cache_dir() / "sandbox" / "prometheus.json"

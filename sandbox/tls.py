@@ -28,34 +28,83 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     directory.mkdir(parents=True, exist_ok=True)
     files = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
     names = {f"IP Address:{a}" for a in addresses} | ({f"DNS:{a}" for a in addresses} if cluster_addresses else set())
-    if (all(p.exists() for p in files.values()) and names <= _alt_names(files["server.pem"])
-            and _has_key_usage(files["ca.pem"])):
+    if (
+        all(p.exists() for p in files.values())
+        and names <= _alt_names(files["server.pem"])
+        and _has_key_usage(files["ca.pem"])
+    ):
         return files
     # keyUsage: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a CA without it.
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
-             "-keyout", "server.key", "-out", "server.csr", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=edd-infra sandbox CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=directory,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={address}",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=directory,
+    )
     ips = "".join(f"IP:{a}, " for a in addresses) + "".join(f"DNS:{a}, " for a in addresses if cluster_addresses)
     (directory / "san.ext").write_text(f"subjectAltName = {ips}IP:127.0.0.1, IP:::1, DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "30", "-extfile", "san.ext", "-out", "server.pem", cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+        cwd=directory,
+    )
     for key in ("ca.key", "server.key"):
         files[key].chmod(0o600)
     return files
 
 
 def _has_key_usage(cert: Path) -> bool:
-    result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "keyUsage"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "keyUsage"], capture_output=True, text=True
+    )
     return "Certificate Sign" in result.stdout
 
 
 def _alt_names(cert: Path) -> set[str]:
     """The certificate's subjectAltName entries as openssl prints them (`IP Address:...`, `DNS:...`)."""
-    result = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"], capture_output=True, text=True
+    )
     return {part.strip() for part in result.stdout.replace("\n", ",").split(",") if ":" in part}
 
 
@@ -64,8 +113,22 @@ def make_signing_certificate(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     files = {"signing.pem": directory / "signing.pem", "signing.key": directory / "signing.key"}
     if not all(p.exists() for p in files.values()):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=edd-infra sandbox signing",
-                 "-keyout", "signing.key", "-out", "signing.pem", cwd=directory)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=edd-infra sandbox signing",
+            "-keyout",
+            "signing.key",
+            "-out",
+            "signing.pem",
+            cwd=directory,
+        )
         files["signing.key"].chmod(0o600)
     return files
 
@@ -74,14 +137,44 @@ def make_flower_certificate(directory: Path, address: str) -> dict[str, Path]:
     """flower.pem and flower.key in `directory` (beside the CA of `make_broker_certificates`,
     which signs it): Flower's HTTPS certificate for `address` (reused when it still matches the CA)."""
     files = {"flower.pem": directory / "flower.pem", "flower.key": directory / "flower.key"}
-    if (all(p.exists() for p in files.values()) and f"IP Address:{address}" in _alt_names(files["flower.pem"])
-            and _issued_by(files["flower.pem"], directory / "ca.pem")):
+    if (
+        all(p.exists() for p in files.values())
+        and f"IP Address:{address}" in _alt_names(files["flower.pem"])
+        and _issued_by(files["flower.pem"], directory / "ca.pem")
+    ):
         return files
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={address}",
-             "-keyout", "flower.key", "-out", "flower.csr", cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={address}",
+        "-keyout",
+        "flower.key",
+        "-out",
+        "flower.csr",
+        cwd=directory,
+    )
     (directory / "flower.ext").write_text(f"subjectAltName = IP:{address}\n")
-    _openssl("x509", "-req", "-in", "flower.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "30", "-extfile", "flower.ext", "-out", "flower.pem", cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "flower.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "flower.ext",
+        "-out",
+        "flower.pem",
+        cwd=directory,
+    )
     files["flower.key"].chmod(0o600)
     return files
 

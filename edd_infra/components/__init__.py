@@ -23,5 +23,15 @@ TYPE_TOKENS = {
     "StackHealth": "edd:infra:StackHealth",
 }
 
-__all__ = ["RabbitBroker", "EddVhost", "ServiceAccount", "CeleryWorkerService", "FlowerService", "EddSettingsFile",
-           "BrokerMigration", "BrokerBackups", "StackHealth", "TYPE_TOKENS"]
+__all__ = [
+    "RabbitBroker",
+    "EddVhost",
+    "ServiceAccount",
+    "CeleryWorkerService",
+    "FlowerService",
+    "EddSettingsFile",
+    "BrokerMigration",
+    "BrokerBackups",
+    "StackHealth",
+    "TYPE_TOKENS",
+]

@@ -14,12 +14,22 @@ from ..settings import Backups
 class BrokerBackups(pulumi.ComponentResource):
     """The timer's units and scripts, written after the broker runs (the export needs it)."""
 
-    def __init__(self, name: str, *, backups: Backups, host: HostTarget, vhost: str, queue: str,
-                 start_timeout: int, depends_on: Sequence[pulumi.Resource] = (),
-                 opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        backups: Backups,
+        host: HostTarget,
+        vhost: str,
+        queue: str,
+        start_timeout: int,
+        depends_on: Sequence[pulumi.Resource] = (),
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
         super().__init__("edd:infra:BrokerBackups", name, None, opts)
-        files = backup_files(schedule=backups.schedule, keep=backups.keep, vhost=vhost, queue=queue,
-                             start_timeout=start_timeout)
+        files = backup_files(
+            schedule=backups.schedule, keep=backups.keep, vhost=vhost, queue=queue, start_timeout=start_timeout
+        )
         self.command = host.run(
             name,
             create=backups_install(files),

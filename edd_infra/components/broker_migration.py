@@ -77,26 +77,41 @@ class BrokerMigration(pulumi.ComponentResource):
         password = pulumi.Output.secret(admin_password).apply(shovel_password)
         self.imported = target.run(
             f"{name}-import",
-            create=host_scripts.definitions_import(user=MIGRATION_USER, vhost=source.vhost, queue=source.queue,
-                                                   exchange=source.exchange, start_timeout=timeout),
+            create=host_scripts.definitions_import(
+                user=MIGRATION_USER,
+                vhost=source.vhost,
+                queue=source.queue,
+                exchange=source.exchange,
+                start_timeout=timeout,
+            ),
             delete=host_scripts.definitions_import_remove(user=MIGRATION_USER),
             stdin=pulumi.Output.all(password, export.stdout).apply(
-                lambda args: f"{args[0]}\n{copied_definitions(args[1])}\n"),
+                lambda args: f"{args[0]}\n{copied_definitions(args[1])}\n"
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
         # A migration needs broker.tls, so the new broker has a TLS address (validated).
         tls, address = cast(BrokerTls, broker.tls), cast(str, broker.remote_amqp_address)
         migrate_from = cast(MigrateFrom, broker.migrate_from)
-        dest = password.apply(lambda pw: shovel_uri(MIGRATION_USER, pw, address,
-                                                     tls.amqp_port, source.vhost, MIGRATION_CA_PATH))
+        dest = password.apply(
+            lambda pw: shovel_uri(MIGRATION_USER, pw, address, tls.amqp_port, source.vhost, MIGRATION_CA_PATH)
+        )
         old.run(
             f"{name}-shovel",
-            create=host_scripts.shovel_start(ca=FileSpec(MIGRATION_CA_PATH, ca_pem), vhost=source.vhost,
-                                             queue=source.queue, drain_timeout=migrate_from.drain_timeout,
-                                             start_timeout=timeout),
+            create=host_scripts.shovel_start(
+                ca=FileSpec(MIGRATION_CA_PATH, ca_pem),
+                vhost=source.vhost,
+                queue=source.queue,
+                drain_timeout=migrate_from.drain_timeout,
+                start_timeout=timeout,
+            ),
             delete=host_scripts.shovel_retire(vhost=source.vhost, queue=source.queue, units=source.units),
-            stdin=dest.apply(lambda uri: shovel_definitions(vhost=source.vhost, queue=source.queue,
-                                                            exchange=source.exchange, dest_uri=uri) + "\n"),
+            stdin=dest.apply(
+                lambda uri: (
+                    shovel_definitions(vhost=source.vhost, queue=source.queue, exchange=source.exchange, dest_uri=uri)
+                    + "\n"
+                )
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.imported]),
         )
         self.register_outputs({})

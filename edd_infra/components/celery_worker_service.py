@@ -36,20 +36,36 @@ def worker_definition(worker: Worker, manager: str, env_path: str, stop_timeout:
     """The unit file (systemd) or plist (launchd) text for a worker; a stop waits up to
     `stop_timeout` seconds for running tasks."""
     argv = worker_argv(
-        virtualenv=worker.virtualenv, app=worker.app, name=worker.name, queues=worker.queues,
-        concurrency=worker.concurrency, autoscale=worker.autoscale, log_level=worker.log_level,
+        virtualenv=worker.virtualenv,
+        app=worker.app,
+        name=worker.name,
+        queues=worker.queues,
+        concurrency=worker.concurrency,
+        autoscale=worker.autoscale,
+        log_level=worker.log_level,
         events=worker.events,
     )
     if manager == "systemd":
         return render_service_unit(
-            description=f"Celery worker {worker.name} (edd-infra)", argv=argv, user=worker.user,
-            group=worker.group, working_directory=worker.working_directory, environment_file=env_path,
-            supplementary_groups=worker.extra_groups, stop_timeout=stop_timeout, graceful_children=True,
+            description=f"Celery worker {worker.name} (edd-infra)",
+            argv=argv,
+            user=worker.user,
+            group=worker.group,
+            working_directory=worker.working_directory,
+            environment_file=env_path,
+            supplementary_groups=worker.extra_groups,
+            stop_timeout=stop_timeout,
+            graceful_children=True,
         )
     return render_daemon_plist(
-        label=worker_service_name(worker, manager), argv=argv, user=worker.user, group=worker.group,
-        working_directory=worker.working_directory, environment_file=env_path,
-        log_path=f"/var/log/celery/{worker.name}.log", exit_timeout=stop_timeout,
+        label=worker_service_name(worker, manager),
+        argv=argv,
+        user=worker.user,
+        group=worker.group,
+        working_directory=worker.working_directory,
+        environment_file=env_path,
+        log_path=f"/var/log/celery/{worker.name}.log",
+        exit_timeout=stop_timeout,
     )
 
 
@@ -85,8 +101,11 @@ class CeleryWorkerService(pulumi.ComponentResource):
 
         def files(args: list) -> str:
             url, key, backend = args
-            extra, env = (signing_files(self.service_name, worker.group, key, signing_cert, previous_cert)
-                          if signing else ([], {}))
+            extra, env = (
+                signing_files(self.service_name, worker.group, key, signing_cert, previous_cert)
+                if signing
+                else ([], {})
+            )
             extra += config_files
             values = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": backend or "rpc://", **env, **config_env}
             if broker_ca:
@@ -94,28 +113,42 @@ class CeleryWorkerService(pulumi.ComponentResource):
                 extra.append(FileSpec(ca_path, broker_ca))
                 values["CELERY_BROKER_CA_FILE"] = ca_path
             env_file = FileSpec(env_path, render_env_file(values), "0640", "root", worker.group, keep_on_failure=True)
-            return host_scripts.secret_bundle([env_file,
-                                               *extra])
+            return host_scripts.secret_bundle([env_file, *extra])
 
         bundle = pulumi.Output.all(pulumi.Output.secret(broker_url), signing_key, result_backend).apply(files)
         extra_paths = list(signing_paths(self.service_name)) if signing else []
         extra_paths += [ca_path] if broker_ca else []
         extra_paths += [f.path for f in config_files]
-        health = host_scripts.worker_ping(
-            env_file=env_path, user=worker.user, working_directory=worker.working_directory,
-            virtualenv=worker.virtualenv, app=worker.app, node=worker.name, required=required_settings(celery_config),
-        ) if manager == "systemd" else ""
+        health = (
+            host_scripts.worker_ping(
+                env_file=env_path,
+                user=worker.user,
+                working_directory=worker.working_directory,
+                virtualenv=worker.virtualenv,
+                app=worker.app,
+                node=worker.name,
+                required=required_settings(celery_config),
+            )
+            if manager == "systemd"
+            else ""
+        )
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(
-                manager=manager, name=self.service_name,
-                definition=worker_definition(worker, manager, env_path, stop_timeout), health=health,
+                manager=manager,
+                name=self.service_name,
+                definition=worker_definition(worker, manager, env_path, stop_timeout),
+                health=health,
                 absent=untrusted_paths(self.service_name, previous_cert) if signing else (),
                 # Its restart waits for running tasks: other scripts on the host wait that long for the lock.
                 lock_wait=stop_timeout + 900 if manager == "systemd" else None,
             ),
-            delete=host_scripts.service_remove(manager=manager, name=self.service_name, files=[env_path, *extra_paths],
-                                               caches=[celery_config_cache(self.service_name)]),
+            delete=host_scripts.service_remove(
+                manager=manager,
+                name=self.service_name,
+                files=[env_path, *extra_paths],
+                caches=[celery_config_cache(self.service_name)],
+            ),
             stdin=bundle,
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),

@@ -35,9 +35,20 @@ class EddSettingsFile(pulumi.ComponentResource):
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("edd:infra:EddSettingsFile", name, None, opts)
-        bundle = values.apply(lambda v: host_scripts.secret_bundle([
-            FileSpec(config.path, render_edd_settings(v, config.format, celery), config.mode, config.owner, config.group,
-                     keep_on_failure=True)]))
+        bundle = values.apply(
+            lambda v: host_scripts.secret_bundle(
+                [
+                    FileSpec(
+                        config.path,
+                        render_edd_settings(v, config.format, celery),
+                        config.mode,
+                        config.owner,
+                        config.group,
+                        keep_on_failure=True,
+                    )
+                ]
+            )
+        )
         self.file = host.run(
             f"{name}-file",
             create=host_scripts.secret_files_install(config.restart_units),

@@ -52,9 +52,15 @@ def app_permissions(app_user: AppUser, queue: AppQueue, rpc_results: bool = True
 
 
 def celery_names(queue: AppQueue, rpc_results: bool = True) -> CeleryNames:
-    return CeleryNames(queues=(queue.name,), exchanges=(queue.exchange,), control_exchange=queue.control_exchange,
-                       event_exchange=queue.event_exchange, event_queue_prefix=queue.event_queue_prefix,
-                       rpc_results=rpc_results, delayed_delivery=queue.queue_type == "quorum")
+    return CeleryNames(
+        queues=(queue.name,),
+        exchanges=(queue.exchange,),
+        control_exchange=queue.control_exchange,
+        event_exchange=queue.event_exchange,
+        event_queue_prefix=queue.event_queue_prefix,
+        rpc_results=rpc_results,
+        delayed_delivery=queue.queue_type == "quorum",
+    )
 
 
 APP_QUEUE_POLICY = "edd-infra-app-queue"
@@ -70,8 +76,11 @@ def app_queue_policy(queue: AppQueue) -> dict:
     limit set, that never refuses a publish."""
     definition = {"dead-letter-exchange": queue.dead_letter}
     if queue.queue_type == "quorum":
-        definition |= {"delivery-limit": str(queue.delivery_limit), "dead-letter-strategy": "at-least-once",
-                       "overflow": "reject-publish"}
+        definition |= {
+            "delivery-limit": str(queue.delivery_limit),
+            "dead-letter-strategy": "at-least-once",
+            "overflow": "reject-publish",
+        }
     return {"pattern": f"^{re.escape(queue.name)}$", "apply_to": "queues", "priority": 0, "definition": definition}
 
 
@@ -118,8 +127,9 @@ class EddVhost(pulumi.ComponentResource):
         after_vhost = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.vhost]))
 
         def user(key: str, user_name: str, tags: list[str], password, grants: dict[str, Permissions]):
-            created = rabbitmq.User(f"{name}-{key}", name=user_name, password=pulumi.Output.secret(password), tags=tags,
-                                    opts=child)
+            created = rabbitmq.User(
+                f"{name}-{key}", name=user_name, password=pulumi.Output.secret(password), tags=tags, opts=child
+            )
             for target, perms in grants.items():
                 suffix = "root" if target == "/" else "vhost"
                 rabbitmq.Permissions(
@@ -133,47 +143,82 @@ class EddVhost(pulumi.ComponentResource):
                 )
             return created
 
-        self.app_user = user("app-user", app_user.name, list(app_user.tags), app_password,
-                             {vhost: app_permissions(app_user, app_queue)})
+        self.app_user = user(
+            "app-user", app_user.name, list(app_user.tags), app_password, {vhost: app_permissions(app_user, app_queue)}
+        )
         tags, grants = flower_grants(flower_user.profile, vhost, app_queue)
         self.flower_user = user("flower-user", flower_user.name, tags, flower_password, grants)
         self.queue = self._queue(name, app_queue, after_vhost)
-        self.register_outputs({"vhost": self.vhost.name, "appUser": self.app_user.name, "flowerUser": self.flower_user.name,
-                               "queue": app_queue.name})
+        self.register_outputs(
+            {
+                "vhost": self.vhost.name,
+                "appUser": self.app_user.name,
+                "flowerUser": self.flower_user.name,
+                "queue": app_queue.name,
+            }
+        )
 
     def _queue(self, name: str, queue: AppQueue, after_vhost: pulumi.ResourceOptions) -> rabbitmq.Queue:
         """The durable queue, its exchange and the binding between them, as EDD declares them."""
         kept = pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(protect=True))
         exchange = rabbitmq.Exchange(
-            f"{name}-exchange", name=queue.exchange, vhost=self.vhost.name,
-            settings=rabbitmq.ExchangeSettingsArgs(type=queue.exchange_type, durable=True, auto_delete=False), opts=kept)
+            f"{name}-exchange",
+            name=queue.exchange,
+            vhost=self.vhost.name,
+            settings=rabbitmq.ExchangeSettingsArgs(type=queue.exchange_type, durable=True, auto_delete=False),
+            opts=kept,
+        )
         created = rabbitmq.Queue(
-            f"{name}-queue", name=queue.name, vhost=self.vhost.name,
+            f"{name}-queue",
+            name=queue.name,
+            vhost=self.vhost.name,
             settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False, arguments=queue_arguments(queue)),
-            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=queue_ignore_changes(queue))))
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=queue_ignore_changes(queue))),
+        )
         rabbitmq.Binding(
-            f"{name}-binding", source=exchange.name, destination=created.name, destination_type="queue",
-            routing_key=queue.name, vhost=self.vhost.name,
-            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, created])))
+            f"{name}-binding",
+            source=exchange.name,
+            destination=created.name,
+            destination_type="queue",
+            routing_key=queue.name,
+            vhost=self.vhost.name,
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, created])),
+        )
         self._dead_letter(name, queue, kept, after_vhost)
         return created
 
-    def _dead_letter(self, name: str, queue: AppQueue, kept: pulumi.ResourceOptions,
-                     after_vhost: pulumi.ResourceOptions) -> None:
+    def _dead_letter(
+        self, name: str, queue: AppQueue, kept: pulumi.ResourceOptions, after_vhost: pulumi.ResourceOptions
+    ) -> None:
         """Where the app queue's poison tasks go (a fanout exchange and a queue, both kept), and
         the policy that sends them there (see `app_queue_policy`)."""
         exchange = rabbitmq.Exchange(
-            f"{name}-dead-letter-exchange", name=queue.dead_letter, vhost=self.vhost.name,
-            settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True, auto_delete=False), opts=kept)
+            f"{name}-dead-letter-exchange",
+            name=queue.dead_letter,
+            vhost=self.vhost.name,
+            settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True, auto_delete=False),
+            opts=kept,
+        )
         parked = rabbitmq.Queue(
-            f"{name}-dead-letter-queue", name=queue.dead_letter, vhost=self.vhost.name,
+            f"{name}-dead-letter-queue",
+            name=queue.dead_letter,
+            vhost=self.vhost.name,
             settings=rabbitmq.QueueSettingsArgs(durable=True, auto_delete=False, arguments=queue_arguments(queue)),
-            opts=kept)
+            opts=kept,
+        )
         rabbitmq.Binding(
-            f"{name}-dead-letter-binding", source=exchange.name, destination=parked.name, destination_type="queue",
-            routing_key="", vhost=self.vhost.name,
-            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])))
+            f"{name}-dead-letter-binding",
+            source=exchange.name,
+            destination=parked.name,
+            destination_type="queue",
+            routing_key="",
+            vhost=self.vhost.name,
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])),
+        )
         rabbitmq.Policy(
-            f"{name}-app-queue-policy", name=APP_QUEUE_POLICY, vhost=self.vhost.name,
+            f"{name}-app-queue-policy",
+            name=APP_QUEUE_POLICY,
+            vhost=self.vhost.name,
             policy=rabbitmq.PolicyPolicyArgs(**app_queue_policy(queue)),
-            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])))
+            opts=pulumi.ResourceOptions.merge(after_vhost, pulumi.ResourceOptions(depends_on=[exchange, parked])),
+        )

@@ -88,24 +88,42 @@ class FlowerService(pulumi.ComponentResource):
 
         def files(args: list) -> str:
             amqp, ui_pw, key, key_pem = args
-            extra, env = signing_files(service, flower.group, key, signing_cert, previous_cert,
-                                       private=True) if signing else ([], {})
-            if tls:
-                extra += [FileSpec(cert_path, tls_cert, *private), FileSpec(key_path, key_pem, *private),
-                          FileSpec(ca_path, tls_ca, *private)]
-            config = render_flower_config(
-                address=flower.address, port=flower.port, url_prefix=flower.url_prefix,
-                basic_auth_user=flower.ui_user, basic_auth_password=ui_pw,
-                broker_api=broker_api,
-                persistent=flower.persistent, db_path=db_path,
-                certfile=cert_path if tls else None, keyfile=key_path if tls else None,
+            extra, env = (
+                signing_files(service, flower.group, key, signing_cert, previous_cert, private=True)
+                if signing
+                else ([], {})
             )
-            return host_scripts.secret_bundle([
-                FileSpec(conf_path, config, *private),
-                FileSpec(env_path, render_env_file({"CELERY_BROKER_URL": amqp, **env, **config_env}), *private,
-                         keep_on_failure=True),
-                *extra, *config_files,
-            ])
+            if tls:
+                extra += [
+                    FileSpec(cert_path, tls_cert, *private),
+                    FileSpec(key_path, key_pem, *private),
+                    FileSpec(ca_path, tls_ca, *private),
+                ]
+            config = render_flower_config(
+                address=flower.address,
+                port=flower.port,
+                url_prefix=flower.url_prefix,
+                basic_auth_user=flower.ui_user,
+                basic_auth_password=ui_pw,
+                broker_api=broker_api,
+                persistent=flower.persistent,
+                db_path=db_path,
+                certfile=cert_path if tls else None,
+                keyfile=key_path if tls else None,
+            )
+            return host_scripts.secret_bundle(
+                [
+                    FileSpec(conf_path, config, *private),
+                    FileSpec(
+                        env_path,
+                        render_env_file({"CELERY_BROKER_URL": amqp, **env, **config_env}),
+                        *private,
+                        keep_on_failure=True,
+                    ),
+                    *extra,
+                    *config_files,
+                ]
+            )
 
         extra_paths = (list(signing_paths(service)) if signing else []) + [f.path for f in config_files]
         extra_paths += list(flower_tls_paths()) if tls else []
@@ -116,33 +134,51 @@ class FlowerService(pulumi.ComponentResource):
         argv = flower_argv(virtualenv=flower.virtualenv, app=flower.app, config_path=conf_path)
         if manager == "systemd":
             definition = render_service_unit(
-                description="Flower, the Celery dashboard (edd-infra)", argv=argv, user=flower.user,
-                group=flower.group, working_directory=flower.working_directory, environment_file=env_path,
-                state_directory=STATE_DIRECTORY, private_state=True,
+                description="Flower, the Celery dashboard (edd-infra)",
+                argv=argv,
+                user=flower.user,
+                group=flower.group,
+                working_directory=flower.working_directory,
+                environment_file=env_path,
+                state_directory=STATE_DIRECTORY,
+                private_state=True,
             )
         else:
             definition = render_daemon_plist(
-                label=service, argv=argv, user=flower.user, group=flower.group,
-                working_directory=flower.working_directory, environment_file=env_path,
-                log_path="/var/log/celery/flower.log", umask=0o077,
+                label=service,
+                argv=argv,
+                user=flower.user,
+                group=flower.group,
+                working_directory=flower.working_directory,
+                environment_file=env_path,
+                log_path="/var/log/celery/flower.log",
+                umask=0o077,
             )
         self.url = flower_url(flower)
         check_url = f"{self.url}healthcheck"
         ca_file = ca_path if tls else None
         # A database written before the unit had UMask=0077 (0644) is made 0600 too.
-        health = "\n".join([
-            host_scripts.private_files(f"{host_scripts.q(db_path)}*"),
-            host_scripts.http_ok(virtualenv=flower.virtualenv, url=check_url, ca_file=ca_file),
-            host_scripts.http_report(virtualenv=flower.virtualenv, url=check_url, ca_file=ca_file),
-        ])
+        health = "\n".join(
+            [
+                host_scripts.private_files(f"{host_scripts.q(db_path)}*"),
+                host_scripts.http_ok(virtualenv=flower.virtualenv, url=check_url, ca_file=ca_file),
+                host_scripts.http_report(virtualenv=flower.virtualenv, url=check_url, ca_file=ca_file),
+            ]
+        )
         self.service = host.run(
             f"{name}-service",
             create=host_scripts.service_install(
-                manager=manager, name=service, definition=definition, health=health, absent=absent),
-            delete=host_scripts.service_remove(manager=manager, name=service, files=[conf_path, env_path, *extra_paths],
-                                               caches=[celery_config_cache(service)]),
-            stdin=pulumi.Output.all(pulumi.Output.secret(broker_url), pulumi.Output.secret(ui_password),
-                                    signing_key, tls_key).apply(files),
+                manager=manager, name=service, definition=definition, health=health, absent=absent
+            ),
+            delete=host_scripts.service_remove(
+                manager=manager,
+                name=service,
+                files=[conf_path, env_path, *extra_paths],
+                caches=[celery_config_cache(service)],
+            ),
+            stdin=pulumi.Output.all(
+                pulumi.Output.secret(broker_url), pulumi.Output.secret(ui_password), signing_key, tls_key
+            ).apply(files),
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),
         )

@@ -62,8 +62,11 @@ EPMD_DROPIN_PATH = "/etc/systemd/system/epmd.socket.d/edd-infra.conf"
 
 
 def tls_listeners(broker: Broker) -> Optional[TlsListeners]:
-    return TlsListeners(broker.tls.amqp_port, broker.tls.management_port, broker.tls.prometheus_port) \
-        if broker.tls else None
+    return (
+        TlsListeners(broker.tls.amqp_port, broker.tls.management_port, broker.tls.prometheus_port)
+        if broker.tls
+        else None
+    )
 
 
 def metrics_address(broker: Broker, member: bool = False) -> str:
@@ -73,9 +76,14 @@ def metrics_address(broker: Broker, member: bool = False) -> str:
     return broker.node_address if member else broker.management_address
 
 
-def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[tuple[str, str]] = None,
-                 consumer_timeout_ms: Optional[int] = None, clustered: bool = False,
-                 member: bool = False) -> list[FileSpec]:
+def broker_files(
+    broker: Broker,
+    loopback_users: list[str],
+    tls_pems: Optional[tuple[str, str]] = None,
+    consumer_timeout_ms: Optional[int] = None,
+    clustered: bool = False,
+    member: bool = False,
+) -> list[FileSpec]:
     """The broker's config files (no secrets in them); with TLS, the CA and server
     certificates (`tls_pems`, public) too. `clustered`: the node is one of several;
     `member`: it is not the seed."""
@@ -104,7 +112,9 @@ def broker_files(broker: Broker, loopback_users: list[str], tls_pems: Optional[t
         FileSpec(CONF_PATH, conf),
         FileSpec(PLUGINS_PATH, render_enabled_plugins()),
         FileSpec(ENV_PATH, render_rabbitmq_env(broker.node_name, INTER_NODE_TLS_PATH if inter_node else None)),
-        FileSpec(DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))),
+        FileSpec(
+            DROPIN_PATH, render_dropin("Service", environment_settings(render_epmd_environment(broker.node_address)))
+        ),
         FileSpec(EPMD_DROPIN_PATH, render_dropin("Socket", epmd_socket_listen(broker.node_address))),
     ]
 
@@ -113,8 +123,10 @@ def firewall_files(broker: Broker, peers: list[str]) -> tuple[FileSpec, FileSpec
     """A cluster node's nftables rules (its Erlang ports for `peers`, the other nodes) and the
     unit that loads them (render.cluster_firewall)."""
     ports: list[int | tuple[int, int]] = [4369, broker.distribution_port, broker.cli_ports]
-    return (FileSpec(cluster_firewall.RULES_PATH, cluster_firewall.render_cluster_table(peers, ports), mode="0640"),
-            FileSpec(cluster_firewall.UNIT_PATH, cluster_firewall.render_firewall_unit()))
+    return (
+        FileSpec(cluster_firewall.RULES_PATH, cluster_firewall.render_cluster_table(peers, ports), mode="0640"),
+        FileSpec(cluster_firewall.UNIT_PATH, cluster_firewall.render_firewall_unit()),
+    )
 
 
 def apt_files(broker: Broker) -> list[FileSpec]:
@@ -124,9 +136,11 @@ def apt_files(broker: Broker) -> list[FileSpec]:
         return []
     with open(source.key_file) as key:
         armored = key.read()
-    return [FileSpec(KEYRING_PATH, armored),
-            FileSpec(SOURCES_PATH, render_apt_sources(source.url, source.suite, source.component)),
-            FileSpec(PREFERENCES_PATH, render_apt_preferences(source.url, broker.package_version or ""))]
+    return [
+        FileSpec(KEYRING_PATH, armored),
+        FileSpec(SOURCES_PATH, render_apt_sources(source.url, source.suite, source.component)),
+        FileSpec(PREFERENCES_PATH, render_apt_preferences(source.url, broker.package_version or "")),
+    ]
 
 
 def api_endpoint(broker: Broker) -> str:
@@ -182,19 +196,26 @@ class RabbitBroker(pulumi.ComponentResource):
         # before epmd and the node listen off loopback); the joins wait for all of them.
         self._firewalls: dict[str, pulumi.Resource] = {}
         if members and broker.install == "managed" and broker.cluster_firewall:
-            nodes = [(f"{name}-firewall", broker, host), *((f"{name}-node-{m.host}-firewall", m, h) for m, h in members)]
+            nodes = [
+                (f"{name}-firewall", broker, host),
+                *((f"{name}-node-{m.host}-firewall", m, h) for m, h in members),
+            ]
             for key, node, node_host in nodes:
                 rules, unit = firewall_files(node, [n.node_address for _, n, _ in nodes if n.host != node.host])
                 self._firewalls[node.host] = node_host.run(
                     key,
-                    create=host_scripts.firewall_install(rules=rules, unit=unit, unit_name=cluster_firewall.UNIT_NAME,
-                                                         nft=cluster_firewall.NFT),
+                    create=host_scripts.firewall_install(
+                        rules=rules, unit=unit, unit_name=cluster_firewall.UNIT_NAME, nft=cluster_firewall.NFT
+                    ),
                     delete=host_scripts.firewall_remove(paths=[rules.path], unit_name=cluster_firewall.UNIT_NAME),
                     repairable=True,
                     opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
                 )
-        admin = self._managed(name, broker, host, admin_password, moved=migration is not None) \
-            if broker.install == "managed" else None
+        admin = (
+            self._managed(name, broker, host, admin_password, moved=migration is not None)
+            if broker.install == "managed"
+            else None
+        )
         ready = [admin] if admin else []
         # Nodes restart one at a time: each node's command waits for the one before it.
         previous = self._seed_server if admin else None
@@ -202,25 +223,38 @@ class RabbitBroker(pulumi.ComponentResource):
         self.servers = [previous] if previous else []
         if migration is not None:
             # The broker objects the Provider manages come over with the definitions.
-            ready.append(BrokerMigration(f"{name}-migration", source=migration, target=host, broker=broker,
-                                         admin_password=admin_password, ca_pem=cast(tuple[str, str], tls_pems)[0],
-                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[cast(pulumi.Resource, admin)])).imported)
+            ready.append(
+                BrokerMigration(
+                    f"{name}-migration",
+                    source=migration,
+                    target=host,
+                    broker=broker,
+                    admin_password=admin_password,
+                    ca_pem=cast(tuple[str, str], tls_pems)[0],
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[cast(pulumi.Resource, admin)]),
+                ).imported
+            )
         for member, member_host in members:
             # Every node has joined before the provider declares the quorum queue, so the
             # queue starts with a replica on each.
             server = self._server(f"{name}-node-{member.host}", member, member_host, after=previous, is_member=True)
             previous = server
             self.servers.append(server)
-            ready.append(member_host.run(
-                f"{name}-node-{member.host}-join",
-                create=host_scripts.cluster_join(seed=broker.node_name, node=member.node_name,
-                                                 start_timeout=broker.start_timeout),
-                delete=host_scripts.cluster_leave(node=member.node_name),
-                # A joining node's address is in every node's firewall table first.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[server, cast(pulumi.Resource, admin),
-                                                                     *self._firewalls.values()],
-                                            delete_before_replace=True),
-            ))
+            ready.append(
+                member_host.run(
+                    f"{name}-node-{member.host}-join",
+                    create=host_scripts.cluster_join(
+                        seed=broker.node_name, node=member.node_name, start_timeout=broker.start_timeout
+                    ),
+                    delete=host_scripts.cluster_leave(node=member.node_name),
+                    # A joining node's address is in every node's firewall table first.
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        depends_on=[server, cast(pulumi.Resource, admin), *self._firewalls.values()],
+                        delete_before_replace=True,
+                    ),
+                )
+            )
         self.provider = rabbitmq.Provider(
             f"{name}-provider",
             endpoint=self.endpoint,
@@ -241,8 +275,11 @@ class RabbitBroker(pulumi.ComponentResource):
         token = self._drift.user_token(user)
         if self._broker.install != "managed":
             if token:
-                pulumi.log.warn(f"broker user {user!r}: its password on the broker is not the configured one; "
-                                "this stack does not manage the broker host, so set it there by hand", self)
+                pulumi.log.warn(
+                    f"broker user {user!r}: its password on the broker is not the configured one; "
+                    "this stack does not manage the broker host, so set it there by hand",
+                    self,
+                )
             return
         self._host.run(
             f"{self._name}-{key}-password",
@@ -254,18 +291,29 @@ class RabbitBroker(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
-    def _server(self, name: str, broker: Broker, host: HostTarget,
-                after: Optional[pulumi.Resource] = None, is_member: bool = False) -> Command:
+    def _server(
+        self,
+        name: str,
+        broker: Broker,
+        host: HostTarget,
+        after: Optional[pulumi.Resource] = None,
+        is_member: bool = False,
+    ) -> Command:
         """One node: its package, config files, TLS key and (in a cluster) the Erlang cookie;
         on the seed, the alert rules for the site's Prometheus too. `after`: the node that
         restarts before this one."""
-        files = broker_files(broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered,
-                             member=is_member)
+        files = broker_files(
+            broker, self._loopback_users, self._tls_pems, self._consumer_timeout, self._clustered, member=is_member
+        )
         site_files = [] if is_member else self._site_files
         tls = tls_listeners(broker)
         secrets = []
         if tls:
-            secrets.append(cast(pulumi.Output[str], self._tls_key).apply(lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")))
+            secrets.append(
+                cast(pulumi.Output[str], self._tls_key).apply(
+                    lambda pem: FileSpec(tls.key_path, pem, mode="0640", group="rabbitmq")
+                )
+            )
         if self._cookie is not None:
             secrets.append(self._cookie.apply(lambda cookie: FileSpec(host_scripts.STAGED_COOKIE, cookie, mode="0400")))
         bundle = pulumi.Output.all(*secrets).apply(host_scripts.secret_bundle) if secrets else None
@@ -273,23 +321,36 @@ class RabbitBroker(pulumi.ComponentResource):
         rabbitmq4 = FileSpec(RABBITMQ4_CONF_PATH, render_rabbitmq4_conf())
         removed = [f.path for f in [*files, *sources, rabbitmq4, *site_files]] + ([tls.key_path] if tls else [])
         removed += [host_scripts.STAGED_COOKIE, host_scripts.ERLANG_COOKIE] if self._cookie is not None else []
-        guard = host_scripts.distribution_mode_guard(env_path=ENV_PATH, mark=INTER_NODE_TLS_MARK,
-                                                     inter_node_tls=broker.inter_node_tls) if self._clustered else ""
+        guard = (
+            host_scripts.distribution_mode_guard(
+                env_path=ENV_PATH, mark=INTER_NODE_TLS_MARK, inter_node_tls=broker.inter_node_tls
+            )
+            if self._clustered
+            else ""
+        )
         firewall = self._firewalls.get(broker.host)
         return host.run(
             name,
             create=host_scripts.broker_install(
-                files=files, package_version=broker.package_version, start_timeout=broker.start_timeout,
-                secret_files=bool(secrets), erlang_cookie=self._cookie is not None,
-                rabbitmq4_conf=rabbitmq4, apt_files=sources, memory_high_watermark=broker.memory_high_watermark,
-                clustered=self._clustered, site_files=site_files, mode_guard=guard,
+                files=files,
+                package_version=broker.package_version,
+                start_timeout=broker.start_timeout,
+                secret_files=bool(secrets),
+                erlang_cookie=self._cookie is not None,
+                rabbitmq4_conf=rabbitmq4,
+                apt_files=sources,
+                memory_high_watermark=broker.memory_high_watermark,
+                clustered=self._clustered,
+                site_files=site_files,
+                mode_guard=guard,
             ),
             delete=host_scripts.broker_remove(files=removed, purge_package=broker.purge_on_destroy),
             stdin=bundle,
             repairable=True,
             # Its delete undoes its create: a replacement (`up --replace`) must delete first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
-                                        depends_on=[r for r in (after, firewall) if r is not None]),
+            opts=pulumi.ResourceOptions(
+                parent=self, delete_before_replace=True, depends_on=[r for r in (after, firewall) if r is not None]
+            ),
         )
 
     def _managed(self, name: str, broker: Broker, host: HostTarget, admin_password, moved: bool) -> pulumi.Resource:

@@ -19,8 +19,7 @@ HEADER = "# Written by edd-infra; changes here are overwritten by the next `pulu
 
 def render_apt_sources(url: str, suite: str, component: str, keyring: str = KEYRING_PATH) -> str:
     """The repository as a deb822 source that trusts only its own key."""
-    return (f"{HEADER}Types: deb\nURIs: {url}\nSuites: {suite}\nComponents: {component}\n"
-            f"Signed-By: {keyring}\n")
+    return f"{HEADER}Types: deb\nURIs: {url}\nSuites: {suite}\nComponents: {component}\nSigned-By: {keyring}\n"
 
 
 def render_apt_preferences(url: str, package_version: str) -> str:
@@ -28,8 +27,10 @@ def render_apt_preferences(url: str, package_version: str) -> str:
     it); Erlang from the source's host when the source has it (RabbitMQ's repositories carry
     the Erlang they support), else Debian's as before."""
     origin = urlsplit(url).hostname
-    return (f"{HEADER}Package: rabbitmq-server\nPin: version {package_version}\nPin-Priority: 1001\n\n"
-            f"Package: erlang*\nPin: origin \"{origin}\"\nPin-Priority: 700\n")
+    return (
+        f"{HEADER}Package: rabbitmq-server\nPin: version {package_version}\nPin-Priority: 1001\n\n"
+        f'Package: erlang*\nPin: origin "{origin}"\nPin-Priority: 700\n'
+    )
 
 
 def looks_like_public_key(text: str) -> bool:

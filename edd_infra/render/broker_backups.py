@@ -13,8 +13,18 @@ into a running node and deletes `guest`, which a node with fresh data has again.
 
 from __future__ import annotations
 
-from .host_scripts import (BROKER_LOCALE, IMPORT_DEFINITIONS, MANIFEST_DIR, FileSpec, activate, q, queue_exists,
-                           retry, script, write_file)
+from .host_scripts import (
+    BROKER_LOCALE,
+    IMPORT_DEFINITIONS,
+    MANIFEST_DIR,
+    FileSpec,
+    activate,
+    q,
+    queue_exists,
+    retry,
+    script,
+    write_file,
+)
 
 BACKUP_DIR = "/var/backups/edd-infra"
 UNIT = "edd-infra-backup"
@@ -157,5 +167,8 @@ def backups_remove(files: list[FileSpec]) -> str:
     """Stop the timer and remove what `backups_install` wrote; the backups themselves stay
     (data, like the broker's own with purgeOnDestroy off)."""
     # rm only: /usr/local/sbin and /etc/systemd/system stay, empty or not.
-    return script(f"systemctl disable --now {UNIT}.timer >/dev/null 2>&1 || true",
-                  f"rm -f {' '.join(q(f.path) for f in files)}", "systemctl daemon-reload")
+    return script(
+        f"systemctl disable --now {UNIT}.timer >/dev/null 2>&1 || true",
+        f"rm -f {' '.join(q(f.path) for f in files)}",
+        "systemctl daemon-reload",
+    )

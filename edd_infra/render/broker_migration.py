@@ -33,8 +33,11 @@ def copied_definitions(exported: str) -> str:
     source = json.loads(exported)
     queues = [q for q in source.get("queues", []) if q.get("durable") and not q.get("auto_delete")]
     kept = {(q["vhost"], q["name"]) for q in queues}
-    bindings = [b for b in source.get("bindings", [])
-                if b.get("destination_type") != "queue" or (b["vhost"], b["destination"]) in kept]
+    bindings = [
+        b
+        for b in source.get("bindings", [])
+        if b.get("destination_type") != "queue" or (b["vhost"], b["destination"]) in kept
+    ]
     copied = {key: source.get(key, []) for key in COPIED_KEYS}
     return json.dumps(copied | {"queues": queues, "bindings": bindings}, sort_keys=True)
 
@@ -44,8 +47,13 @@ def shovel_definitions(*, vhost: str, queue: str, exchange: str, dest_uri: str) 
     `exchange` (routing keys kept), acked after the new broker's confirm, never stopping by
     itself (what producers still send to the old broker moves too, until it is retired)."""
     value = {
-        "src-protocol": "amqp091", "src-uri": f"amqp:///{quote(vhost, safe='')}", "src-queue": queue,
-        "dest-protocol": "amqp091", "dest-uri": dest_uri, "dest-exchange": exchange,
-        "ack-mode": "on-confirm", "src-delete-after": "never",
+        "src-protocol": "amqp091",
+        "src-uri": f"amqp:///{quote(vhost, safe='')}",
+        "src-queue": queue,
+        "dest-protocol": "amqp091",
+        "dest-uri": dest_uri,
+        "dest-exchange": exchange,
+        "ack-mode": "on-confirm",
+        "src-delete-after": "never",
     }
     return json.dumps({"parameters": [{"vhost": vhost, "component": "shovel", "name": SHOVEL_NAME, "value": value}]})

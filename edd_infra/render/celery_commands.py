@@ -15,8 +15,18 @@ def worker_argv(
     events: bool,
 ) -> list[str]:
     """`celery -A edd worker -Q edd -n edd-worker-1@%h ...` (`-A` before the subcommand)."""
-    argv = [f"{virtualenv}/bin/celery", "-A", app, "worker", "-Q", ",".join(queues), "-n", f"{name}@%h",
-            "--loglevel", log_level.upper()]
+    argv = [
+        f"{virtualenv}/bin/celery",
+        "-A",
+        app,
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        log_level.upper(),
+    ]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
     if autoscale is not None:

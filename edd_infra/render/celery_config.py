@@ -58,18 +58,32 @@ def celery_settings(
     } | ({"worker_detect_quorum_queues": True} if queue_type == "quorum" else {})
 
 
-
 def celery_settings_for(app_queue: AppQueue = AppQueue(), tasks: Tasks = Tasks()) -> dict[str, Any]:
     """`celery_settings` from the validated models: the queue's names and the task limits."""
     q = app_queue
-    return celery_settings(queue=q.name, exchange=q.exchange, exchange_type=q.exchange_type, queue_type=q.queue_type,
-                           control_exchange=q.control_exchange, event_exchange=q.event_exchange,
-                           event_queue_prefix=q.event_queue_prefix, soft_time_limit=tasks.soft_time_limit,
-                           time_limit=tasks.time_limit, prefetch_multiplier=tasks.prefetch_multiplier)
+    return celery_settings(
+        queue=q.name,
+        exchange=q.exchange,
+        exchange_type=q.exchange_type,
+        queue_type=q.queue_type,
+        control_exchange=q.control_exchange,
+        event_exchange=q.event_exchange,
+        event_queue_prefix=q.event_queue_prefix,
+        soft_time_limit=tasks.soft_time_limit,
+        time_limit=tasks.time_limit,
+        prefetch_multiplier=tasks.prefetch_multiplier,
+    )
+
 
 # What a worker must run with for "at least once": checked in `up`'s health check.
-REQUIRED_KEYS = ("task_acks_late", "task_reject_on_worker_lost", "worker_cancel_long_running_tasks_on_connection_loss",
-                 "worker_prefetch_multiplier", "task_soft_time_limit", "task_time_limit")
+REQUIRED_KEYS = (
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "worker_cancel_long_running_tasks_on_connection_loss",
+    "worker_prefetch_multiplier",
+    "task_soft_time_limit",
+    "task_time_limit",
+)
 
 
 def required_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,8 +56,9 @@ def edd_rabbitmq_settings(
     return settings
 
 
-def render_edd_settings(settings: Mapping[str, str], file_format: SettingsFormat,
-                        celery: Optional[Mapping[str, Any]] = None) -> str:
+def render_edd_settings(
+    settings: Mapping[str, str], file_format: SettingsFormat, celery: Optional[Mapping[str, Any]] = None
+) -> str:
     """The settings file EDD (or the site's own tooling) reads, in `file_format`.
 
     `celery` (render.celery_config's settings, publisher confirms among them) goes beside the
@@ -83,8 +84,10 @@ def render_edd_settings(settings: Mapping[str, str], file_format: SettingsFormat
     if file_format == "ini":
         return _render_ini(settings, celery)
     if file_format == "env":
-        return render_env_file({ENV_PREFIX + key.upper(): settings[key] for key in KEYS}
-                               | {CELERY_ENV_PREFIX + name.upper(): _text(value) for name, value in celery.items()})
+        return render_env_file(
+            {ENV_PREFIX + key.upper(): settings[key] for key in KEYS}
+            | {CELERY_ENV_PREFIX + name.upper(): _text(value) for name, value in celery.items()}
+        )
     raise ValueError(f"settings file format {file_format!r}: use one of {', '.join(FORMATS)}")
 
 

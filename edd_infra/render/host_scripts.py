@@ -127,22 +127,24 @@ def write_file(f: FileSpec) -> str:
     """Shell that writes a non-secret file from a quoted heredoc through `put`."""
     text = f.text if f.text.endswith("\n") else f.text + "\n"
     tag = "EDD_INFRA_EOF_" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    return f"tmp=$(mktemp)\ncat > \"$tmp\" <<'{tag}'\n{text}{tag}\nput \"$tmp\" {f.mode} {f.owner} {f.group} {q(f.path)}"
+    return f'tmp=$(mktemp)\ncat > "$tmp" <<\'{tag}\'\n{text}{tag}\nput "$tmp" {f.mode} {f.owner} {f.group} {q(f.path)}'
 
 
 def remove_file(path: str) -> str:
     """Shell that removes `path` if present, as a change (the service restarts), journaled as
     `put` does: a failed script puts it back."""
     p = q(path)
-    return (f"if [ -e {p} ]; then mv -f {p} {q(path + '.edd-infra-old')}; echo \"restore {path}\" >> \"$journal\"; "
-            f"changed=1; fi")
+    return (
+        f'if [ -e {p} ]; then mv -f {p} {q(path + ".edd-infra-old")}; echo "restore {path}" >> "$journal"; '
+        f"changed=1; fi"
+    )
 
 
 def write_without_restart(files: Sequence[FileSpec], on_change: str = "") -> str:
     """Write `files` without counting them as a change that restarts the service (`changed`
     is kept as it was); `on_change` runs when one of them did change."""
-    then = f"if [ \"$changed\" = 1 ]; then {on_change}; fi\n" if on_change else ""
-    return ("was=$changed; changed=0\n" + "\n".join(write_file(f) for f in files) + f"\n{then}changed=$was")
+    then = f'if [ "$changed" = 1 ]; then {on_change}; fi\n' if on_change else ""
+    return "was=$changed; changed=0\n" + "\n".join(write_file(f) for f in files) + f"\n{then}changed=$was"
 
 
 MANIFEST_DIR = f"{STATE_DIR}/manifests"
@@ -163,8 +165,10 @@ def with_manifest(name: str, text: str) -> str:
 
 def without_manifest(name: str, text: str) -> str:
     """`text` after dropping `name`'s manifest (the delete of `with_manifest`)."""
-    return (f"rm -f {MANIFEST_DIR}/{name}.sha256 {MANIFEST_DIR}/{name}.stat\n"
-            f"rmdir {MANIFEST_DIR} 2>/dev/null || true\n{text}")
+    return (
+        f"rm -f {MANIFEST_DIR}/{name}.sha256 {MANIFEST_DIR}/{name}.stat\n"
+        f"rmdir {MANIFEST_DIR} 2>/dev/null || true\n{text}"
+    )
 
 
 def script(*parts: str) -> str:
@@ -172,6 +176,7 @@ def script(*parts: str) -> str:
 
 
 # ---- service managers ---------------------------------------------------------------
+
 
 def unit_path(manager: ServiceManager, name: str) -> str:
     if manager == "systemd":
@@ -185,16 +190,16 @@ def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
         return (
             # reset-failed: a unit that crash-looped on the bad files hit systemd's start limit,
             # and a plain restart would be refused, leaving it down on the good ones.
-            f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl reset-failed {name} 2>/dev/null; "
-            f"systemctl restart {name}\"\n"
+            f'on_rollback="$on_rollback; systemctl daemon-reload; systemctl reset-failed {name} 2>/dev/null; '
+            f'systemctl restart {name}"\n'
             f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
-            f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n"
+            f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n'
             f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "
-            f"systemctl status --no-pager {q(name)} || true; echo \"{name} did not become active\" >&2; exit 1; fi; sleep 1; done"
+            f'systemctl status --no-pager {q(name)} || true; echo "{name} did not become active" >&2; exit 1; fi; sleep 1; done'
         )
     path = q(unit_path(manager, name))
     return (
-        f"if [ \"$changed\" = 1 ] || ! launchctl print system/{q(name)} >/dev/null 2>&1; then\n"
+        f'if [ "$changed" = 1 ] || ! launchctl print system/{q(name)} >/dev/null 2>&1; then\n'
         f"  launchctl bootout system/{q(name)} 2>/dev/null || true\n  launchctl bootstrap system {path}\nfi"
     )
 
@@ -210,7 +215,9 @@ def remove_files(paths: Sequence[str]) -> str:
         while (above := posixpath.dirname(parent)).count("/") >= 3 or posixpath.basename(above) == "edd-infra":
             parent = posixpath.dirname(parent)
             dirs.add(parent)
-    deepest_first = sorted(dirs, key=lambda d: (d.count("/"), len(d)), reverse=True)
+    # The name breaks ties: set order changes with each process's hash seed, and a script text
+    # that changes from one `pulumi up` to the next is a change to the command.
+    deepest_first = sorted(dirs, key=lambda d: (d.count("/"), len(d), d), reverse=True)
     return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in deepest_first)} 2>/dev/null || true"
 
 
@@ -229,7 +236,7 @@ def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
     """Run `command` until it succeeds, at most `attempts` times, 2 s apart."""
     return (
         f"i=0; until {command}; do i=$((i+1)); if [ $i -ge {attempts} ]; then {on_fail}"
-        f"echo \"{what}\" >&2; exit 1; fi; sleep 2; done"
+        f'echo "{what}" >&2; exit 1; fi; sleep 2; done'
     )
 
 
@@ -239,8 +246,10 @@ def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
 # or reboot (and in `systemctl stop rabbitmq-server epmd.service`) epmd stops with the broker,
 # `rabbitmqctl stop` can no longer reach the node (exit 78), and systemd kills RabbitMQ 6 s later
 # and marks the stop failed. Ordered after epmd.service, the broker stops cleanly, then epmd.
-BROKER_ORDER = FileSpec("/etc/systemd/system/rabbitmq-server.service.d/edd-infra-order.conf",
-                        "# Written by edd-infra.\n[Unit]\nAfter=epmd.service\n")
+BROKER_ORDER = FileSpec(
+    "/etc/systemd/system/rabbitmq-server.service.d/edd-infra-order.conf",
+    "# Written by edd-infra.\n[Unit]\nAfter=epmd.service\n",
+)
 
 # Over SSH there is no locale: rabbitmqctl 4.0 then stores a non-ASCII password read from
 # stdin mangled. C.UTF-8 is built into Debian's libc.
@@ -288,8 +297,11 @@ if [ -z "$target" ] || [ "$target" = "(none)" ]; then echo "rabbitmq-server: no 
 # flag enabled first (docs: Upgrading RabbitMQ); never a downgrade.
 # The same rule as upgrade_path (which `preview` applies), against the installed package.
 _MAJOR_STEPS = " ".join(f'{a}.{b}) echo "{c} {d}" ;;' for (a, b), (c, d) in MAJOR_STEPS.items())
-UPGRADE_PATH = r"""series() { echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'; }
-next_series() { series "$1" | { read -r major minor; case "$major.$minor" in """ + _MAJOR_STEPS + r""" *) echo "$major $((minor + 1))" ;; esac; }; }
+UPGRADE_PATH = (
+    r"""series() { echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'; }
+next_series() { series "$1" | { read -r major minor; case "$major.$minor" in """
+    + _MAJOR_STEPS
+    + r""" *) echo "$major $((minor + 1))" ;; esac; }; }
 if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
   if dpkg --compare-versions "$target" lt "$installed"; then
     echo "rabbitmq-server $installed -> $target is a downgrade: RabbitMQ cannot run on data of a newer version. Set broker.packageVersion back to $installed" >&2; exit 1
@@ -298,25 +310,36 @@ if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
     echo "rabbitmq-server $installed -> $target skips a release series: RabbitMQ upgrades one minor series at a time ($(series "$installed" | tr ' ' .) -> $(next_series "$installed" | tr ' ' .)), each with every feature flag enabled. Upgrade through each series in turn, or migrate to a new host (README: Upgrades)" >&2; exit 1
   fi
 fi"""
+)
 
 
 def disk_check(memory_high_watermark: float) -> str:
     """Refuse, before anything changes, a host whose free disk is already below the free-disk
     limit the broker will get (that share of its memory): the broker would block every publisher."""
-    return (f"need=$(awk '/^MemTotal:/ {{ printf \"%.0f\", $2 * 1024 * {memory_high_watermark} }}' /proc/meminfo)\n"
-            "data=/var/lib/rabbitmq; [ -d \"$data\" ] || data=/var/lib\n"
-            "have=$(df -P -B1 \"$data\" | awk 'NR == 2 { print $4 }')\n"
-            "if [ \"$have\" -le \"$need\" ]; then\n"
-            "  echo \"$((have / 1048576)) MiB free on $data on $(hostname), below the broker's free-disk limit of "
-            "$((need / 1048576)) MiB (edd-infra:broker.memoryHighWatermark x memory): RabbitMQ would block every "
-            f"publisher; free some disk or lower broker.memoryHighWatermark (now {memory_high_watermark})\" >&2\n"
-            "  exit 1\nfi")
+    return (
+        f"need=$(awk '/^MemTotal:/ {{ printf \"%.0f\", $2 * 1024 * {memory_high_watermark} }}' /proc/meminfo)\n"
+        'data=/var/lib/rabbitmq; [ -d "$data" ] || data=/var/lib\n'
+        "have=$(df -P -B1 \"$data\" | awk 'NR == 2 { print $4 }')\n"
+        'if [ "$have" -le "$need" ]; then\n'
+        "  echo \"$((have / 1048576)) MiB free on $data on $(hostname), below the broker's free-disk limit of "
+        "$((need / 1048576)) MiB (edd-infra:broker.memoryHighWatermark x memory): RabbitMQ would block every "
+        f'publisher; free some disk or lower broker.memoryHighWatermark (now {memory_high_watermark})" >&2\n'
+        "  exit 1\nfi"
+    )
 
 
 def broker_install(
-    *, files: Sequence[FileSpec], package_version: str | None, start_timeout: int, secret_files: bool = False,
-    erlang_cookie: bool = False, rabbitmq4_conf: FileSpec | None = None, apt_files: Sequence[FileSpec] = (),
-    memory_high_watermark: float | None = None, clustered: bool = False, site_files: Sequence[FileSpec] = (),
+    *,
+    files: Sequence[FileSpec],
+    package_version: str | None,
+    start_timeout: int,
+    secret_files: bool = False,
+    erlang_cookie: bool = False,
+    rabbitmq4_conf: FileSpec | None = None,
+    apt_files: Sequence[FileSpec] = (),
+    memory_high_watermark: float | None = None,
+    clustered: bool = False,
+    site_files: Sequence[FileSpec] = (),
     mode_guard: str = "",
 ) -> str:
     """Write the broker's config first (so it never starts listening everywhere), install the
@@ -345,23 +368,37 @@ def broker_install(
     `mode_guard` (`distribution_mode_guard`) runs before anything is written."""
     wanted = package_version or ""
     # The package makes these system users; note which ones are not there yet.
-    mark_users = (f"mkdir -p {STATE_DIR}/created\n"
-                  f"for u in {' '.join(PACKAGE_USERS)}; do id -u \"$u\" >/dev/null 2>&1 || "
-                  f"touch {STATE_DIR}/created/package-user-$u; done")
-    secrets = (mark_users + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
-               + READ_SECRET_FILES + ("\n" + INSTALL_COOKIE if erlang_cookie else "")) if secret_files else ""
+    mark_users = (
+        f"mkdir -p {STATE_DIR}/created\n"
+        f'for u in {" ".join(PACKAGE_USERS)}; do id -u "$u" >/dev/null 2>&1 || '
+        f"touch {STATE_DIR}/created/package-user-$u; done"
+    )
+    secrets = (
+        (
+            mark_users
+            + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
+            + READ_SECRET_FILES
+            + ("\n" + INSTALL_COOKIE if erlang_cookie else "")
+        )
+        if secret_files
+        else ""
+    )
     version_conf = ""
     if rabbitmq4_conf:
         empty = FileSpec(rabbitmq4_conf.path, "# Written by edd-infra: RabbitMQ 3.x takes none of these keys.\n")
-        version_conf = (f"if dpkg --compare-versions \"$target\" ge 4~; then\n{write_file(rabbitmq4_conf)}\n"
-                        f"else\n{write_file(empty)}\nfi")
-    install = "apt-get install -y -q --allow-change-held-packages --allow-downgrades \"rabbitmq-server=$1\" </dev/null"
+        version_conf = (
+            f'if dpkg --compare-versions "$target" ge 4~; then\n{write_file(rabbitmq4_conf)}\n'
+            f"else\n{write_file(empty)}\nfi"
+        )
+    install = 'apt-get install -y -q --allow-change-held-packages --allow-downgrades "rabbitmq-server=$1" </dev/null'
     refresh = ""
     if apt_files:
         sources = next(f.path for f in apt_files if f.path.endswith(".sources"))
         refresh = write_without_restart(
-            apt_files, on_change=f"apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
-                                 "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null")
+            apt_files,
+            on_change=f"apt-get update -q -o Dir::Etc::sourcelist={q(sources)} "
+            "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null",
+        )
     return broker_script(
         mode_guard,
         disk_check(memory_high_watermark) if memory_high_watermark is not None else "",
@@ -376,12 +413,12 @@ def broker_install(
         secrets,
         drain_before_stop(start_timeout) if clustered else "",
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
-        f"if [ \"$installed\" != \"$target\" ]; then\n"
+        f'if [ "$installed" != "$target" ]; then\n'
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  {mark_users}\n"
-        f"  if [ -n \"$installed\" ]; then\n"
+        f'  if [ -n "$installed" ]; then\n'
         f"    if systemctl is-active -q rabbitmq-server; then\n"
-        f"      rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo \"cannot enable every feature flag on $installed before the upgrade\" >&2; exit 1; }}\n"
+        f'      rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo "cannot enable every feature flag on $installed before the upgrade" >&2; exit 1; }}\n'
         f"    fi\n"
         # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
         f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
@@ -391,11 +428,11 @@ def broker_install(
         f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
         f"  systemctl restart epmd.socket 2>/dev/null || true\n"
         f"  pending=1\n"
-        f"  install_version \"$target\"\n"
+        f'  install_version "$target"\n'
         f"  changed=1\nfi\n"
         "apt-mark hold rabbitmq-server >/dev/null",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
-        "if [ \"$changed\" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; "
+        'if [ "$changed" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; '
         "systemctl restart epmd.socket 2>/dev/null || true; fi",
         activate("systemd", "rabbitmq-server", timeout=start_timeout),
         wait_for_broker(start_timeout),
@@ -411,12 +448,14 @@ def enable_feature_flags(clustered: bool) -> str:
     enable = "rabbitmqctl -q enable_feature_flag all </dev/null"
     if not clustered:
         return f"{enable} >/dev/null"
-    return (f"if ! flags=$({enable} 2>&1); then\n"
-            "  case \"$flags\" in\n"
-            "    *missing_clustered_nodes*) echo 'feature flags: not every cluster node runs yet; the last node to "
-            "start enables them' >&2 ;;\n"
-            "    *) printf '%s\\n' \"$flags\" >&2; exit 1 ;;\n"
-            "  esac\nfi")
+    return (
+        f"if ! flags=$({enable} 2>&1); then\n"
+        '  case "$flags" in\n'
+        "    *missing_clustered_nodes*) echo 'feature flags: not every cluster node runs yet; the last node to "
+        "start enables them' >&2 ;;\n"
+        "    *) printf '%s\\n' \"$flags\" >&2; exit 1 ;;\n"
+        "  esac\nfi"
+    )
 
 
 def distribution_mode_guard(*, env_path: str, mark: str, inter_node_tls: bool) -> str:
@@ -429,12 +468,16 @@ def distribution_mode_guard(*, env_path: str, mark: str, inter_node_tls: bool) -
     # True when the installed rabbitmq-env.conf already runs distribution the wanted way.
     same = test if inter_node_tls else f"! {test}"
     turns, runs = ("on", "without") if inter_node_tls else ("off", "with")
-    message = (f"broker.interNodeTls turns {turns} while this node runs {runs} TLS distribution: this cannot roll "
-               "(a node with TLS distribution cannot talk to one without, and the CLI tools could no longer reach "
-               "the running node). Stop rabbitmq-server on every cluster node, the broker host's node last, then "
-               "run up again (README: Runbooks). Nothing was changed on")
-    return (f"if [ -f {q(env_path)} ] && systemctl is-active -q rabbitmq-server && ! {{ {same}; }}; then\n"
-            f"  echo {q(message)} \"$(hostname)\" >&2\n  exit 1\nfi")
+    message = (
+        f"broker.interNodeTls turns {turns} while this node runs {runs} TLS distribution: this cannot roll "
+        "(a node with TLS distribution cannot talk to one without, and the CLI tools could no longer reach "
+        "the running node). Stop rabbitmq-server on every cluster node, the broker host's node last, then "
+        "run up again (README: Runbooks). Nothing was changed on"
+    )
+    return (
+        f"if [ -f {q(env_path)} ] && systemctl is-active -q rabbitmq-server && ! {{ {same}; }}; then\n"
+        f'  echo {q(message)} "$(hostname)" >&2\n  exit 1\nfi'
+    )
 
 
 def firewall_install(*, rules: FileSpec, unit: FileSpec, unit_name: str, nft: str) -> str:
@@ -450,9 +493,9 @@ def firewall_install(*, rules: FileSpec, unit: FileSpec, unit_name: str, nft: st
         write_file(rules),
         write_file(unit),
         f"{q(nft)} -c -f {q(rules.path)}",
-        f"on_rollback=\"$on_rollback; systemctl daemon-reload; systemctl reload-or-restart {unit_name}\"",
+        f'on_rollback="$on_rollback; systemctl daemon-reload; systemctl reload-or-restart {unit_name}"',
         f"systemctl daemon-reload\nsystemctl enable -q {q(unit_name)}",
-        f"if [ \"$changed\" = 1 ] || ! systemctl is-active -q {q(unit_name)}; then systemctl reload-or-restart {q(unit_name)}; fi",
+        f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(unit_name)}; then systemctl reload-or-restart {q(unit_name)}; fi',
     )
 
 
@@ -472,8 +515,8 @@ def drain_before_stop(timeout: int) -> str:
     return (
         'if { [ "$changed" = 1 ] || [ "$installed" != "$target" ]; } && systemctl is-active -q rabbitmq-server; then\n'
         f"  if ! rabbitmq-upgrade -q -t {timeout} await_online_quorum_plus_one </dev/null >/dev/null; then\n"
-        f"    echo \"not restarting this node: a quorum queue would lose its majority without it (another node has "
-        f"not been back in every quorum queue for {timeout} s; rabbitmq-upgrade await_online_quorum_plus_one)\" >&2\n"
+        f'    echo "not restarting this node: a quorum queue would lose its majority without it (another node has '
+        f'not been back in every quorum queue for {timeout} s; rabbitmq-upgrade await_online_quorum_plus_one)" >&2\n'
         "    exit 1\n  fi\n"
         '  on_rollback="$on_rollback; rabbitmq-upgrade -q revive </dev/null >/dev/null 2>&1"\n'
         "  rabbitmq-upgrade -q drain </dev/null >/dev/null\n"
@@ -489,7 +532,7 @@ def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
     return broker_script(
         wait_for_broker(start_timeout),
         f"members=$(rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null) || "
-        f"{{ echo \"{node} did not say which cluster it is in: not resetting it\" >&2; exit 1; }}",
+        f'{{ echo "{node} did not say which cluster it is in: not resetting it" >&2; exit 1; }}',
         f"if ! printf '%s\\n' \"$members\" | grep -qF {q(repr(seed))}; then\n"
         f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
         f"  {retry(f'rabbitmqctl -q join_cluster {q(seed)} </dev/null', max(1, start_timeout // 2), f'{node} could not join {seed}')}\n"
@@ -514,7 +557,7 @@ def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
         "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove rabbitmq-server </dev/null >/dev/null\n"
         "rm -rf /var/lib/rabbitmq /var/log/rabbitmq /etc/rabbitmq\n"
         f"for u in {' '.join(PACKAGE_USERS)}; do if [ -e {marks}/package-user-$u ]; then "
-        f"userdel \"$u\" 2>/dev/null || true; groupdel \"$u\" 2>/dev/null || true; rm -f {marks}/package-user-$u; fi; done\n"
+        f'userdel "$u" 2>/dev/null || true; groupdel "$u" 2>/dev/null || true; rm -f {marks}/package-user-$u; fi; done\n'
         f"rmdir {marks} {STATE_DIR} 2>/dev/null || true"
         if purge_package
         else ""
@@ -579,8 +622,10 @@ def queue_exists(vhost: str, queue: str) -> str:
 def queue_messages(vhost: str, queue: str) -> str:
     """Shell function `left`: messages (ready and unacked) in `queue`, empty if there is no
     such queue, `unknown` if the broker does not answer."""
-    return (f"left() {{ out=$(rabbitmqctl -q list_queues -p {q(vhost)} name messages --no-table-headers </dev/null) "
-            f"|| {{ echo unknown; return 0; }}; printf '%s\\n' \"$out\" | awk -v q={q(queue)} '$1 == q {{ print $2 }}'; }}")
+    return (
+        f"left() {{ out=$(rabbitmqctl -q list_queues -p {q(vhost)} name messages --no-table-headers </dev/null) "
+        f"|| {{ echo unknown; return 0; }}; printf '%s\\n' \"$out\" | awk -v q={q(queue)} '$1 == q {{ print $2 }}'; }}"
+    )
 
 
 def definitions_export(*, start_timeout: int) -> str:
@@ -610,7 +655,8 @@ def definitions_import_remove(*, user: str) -> str:
     """Retire the shovel's account on the new broker."""
     return broker_script(
         f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
-        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi")
+        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
+    )
 
 
 def shovel_start(*, ca: FileSpec, vhost: str, queue: str, drain_timeout: int, start_timeout: int) -> str:
@@ -658,6 +704,7 @@ for unit in {stop}; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; 
 
 # ---- service accounts -----------------------------------------------------------------
 
+
 def account_create(*, user: str, group: str, extra_groups: Sequence[str]) -> str:
     """System user and group, created once; markers record what this stack created."""
     marks = f"{STATE_DIR}/created"
@@ -669,7 +716,7 @@ def account_create(*, user: str, group: str, extra_groups: Sequence[str]) -> str
     ]
     for extra in extra_groups:
         lines.append(
-            f"getent group {q(extra)} >/dev/null || {{ echo \"group {extra} does not exist on $(hostname)\" >&2; exit 1; }}\n"
+            f'getent group {q(extra)} >/dev/null || {{ echo "group {extra} does not exist on $(hostname)" >&2; exit 1; }}\n'
             f"usermod -a -G {q(extra)} {q(user)}"
         )
     return script(*lines)
@@ -686,8 +733,14 @@ def account_remove(*, user: str, group: str) -> str:
 
 # ---- Celery worker and Flower ---------------------------------------------------------
 
+
 def service_install(
-    *, manager: ServiceManager, name: str, definition: str, health: str = "", absent: Sequence[str] = (),
+    *,
+    manager: ServiceManager,
+    name: str,
+    definition: str,
+    health: str = "",
+    absent: Sequence[str] = (),
     lock_wait: int | None = None,
 ) -> str:
     """Secret files from stdin, the unit or plist from a heredoc, the `absent` files removed,
@@ -695,21 +748,27 @@ def service_install(
     lock (see PRELUDE)."""
     unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
     hold = f"mkdir -p {LOCK_WAIT}; echo {int(lock_wait)} > {LOCK_WAIT}/{q(name)}" if lock_wait else ""
-    return script(READ_SECRET_FILES, hold, *(remove_file(p) for p in absent), write_file(unit),
-                  activate(manager, name), health)
+    return script(
+        READ_SECRET_FILES, hold, *(remove_file(p) for p in absent), write_file(unit), activate(manager, name), health
+    )
 
 
 def secret_files_install(restart_units: Sequence[str] = ()) -> str:
     """Files from a `secret_bundle` on stdin; when one changed, the running ones of
     `restart_units` restart (services that read them only at start)."""
-    restart = (f"if [ \"$changed\" = 1 ]; then systemctl try-restart {' '.join(q(u) for u in restart_units)}; fi"
-               if restart_units else "")
+    restart = (
+        f'if [ "$changed" = 1 ]; then systemctl try-restart {" ".join(q(u) for u in restart_units)}; fi'
+        if restart_units
+        else ""
+    )
     return script(READ_SECRET_FILES, restart)
 
 
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:
-    return script(deactivate(manager, name, files, caches),
-                  f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true")
+    return script(
+        deactivate(manager, name, files, caches),
+        f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true",
+    )
 
 
 # Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.
@@ -728,16 +787,27 @@ print(" ".join(off))
 sys.exit(1 if off else 0)"""
 
 
-def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv: str, app: str,
-                node: str, required: Mapping[str, object], attempts: int = 60) -> str:
+def worker_ping(
+    *,
+    env_file: str,
+    user: str,
+    working_directory: str,
+    virtualenv: str,
+    app: str,
+    node: str,
+    required: Mapping[str, object],
+    attempts: int = 60,
+) -> str:
     """Wait until the worker answers through the broker (the broker URL comes from its env
     file), asking for its config: a worker whose app ignored or overrode the program's Celery
     config module (render.celery_config) would run without publisher confirms or late acks,
     and `up` says so, naming the settings (`required`). One `inspect conf` serves as both the
     ping and the check; its reply (which holds the broker URL) goes through a pipe, never into a file."""
-    inspect = (f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
-               f"{q(virtualenv + '/bin/celery')} -A {q(app)} inspect conf --json -d {q(node)}@\"$(hostname)\" "
-               f"--timeout 2) 2>/dev/null")
+    inspect = (
+        f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
+        f'{q(virtualenv + "/bin/celery")} -A {q(app)} inspect conf --json -d {q(node)}@"$(hostname)" '
+        f"--timeout 2) 2>/dev/null"
+    )
     return (
         f"start=$(date +%s); i=0\nwhile :; do\n"
         f"  rc=0\n"
@@ -745,31 +815,35 @@ def worker_ping(*, env_file: str, user: str, working_directory: str, virtualenv:
         f"  # shellcheck source=/dev/null # the env file exists only on the host (it holds secrets)\n"
         f"  off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
         f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
-        f"  [ \"$rc\" -ne 2 ] && break\n"
-        f"  i=$((i+1)); if [ $i -ge {attempts} ]; then echo \"worker {node} did not answer ping (inspect conf)\" >&2; "
+        f'  [ "$rc" -ne 2 ] && break\n'
+        f'  i=$((i+1)); if [ $i -ge {attempts} ]; then echo "worker {node} did not answer ping (inspect conf)" >&2; '
         # A started worker answers within milliseconds: ask often rather than wait long.
         f"exit 1; fi; sleep 1\ndone\n"
-        f"case \" $off \" in *' broker_transport_options.confirm_publish '*) echo \"worker {node} runs without "
+        f'case " $off " in *\' broker_transport_options.confirm_publish \'*) echo "worker {node} runs without '
         f"publisher confirms: its app does not load CELERY_CONFIG_MODULE or overrides broker_transport_options "
-        f"(README: Publisher confirms)\" >&2; exit 1 ;; esac\n"
-        f"[ \"$rc\" -eq 0 ] || {{ echo \"worker {node} runs without the program's Celery settings $off: its app "
-        f"overrides them (README: Publisher confirms)\" >&2; exit 1; }}\n"
+        f'(README: Publisher confirms)" >&2; exit 1 ;; esac\n'
+        f'[ "$rc" -eq 0 ] || {{ echo "worker {node} runs without the program\'s Celery settings $off: its app '
+        f'overrides them (README: Publisher confirms)" >&2; exit 1; }}\n'
         # What the `health` output reports (health_report.worker_report).
-        f"printf '%s{{\"node\": \"%s@%s\", \"waitedSeconds\": %s, \"checkedAt\": \"%s\"}}\\n' {q(HEALTH_MARKER)} "
-        f"{q(node)} \"$(hostname)\" \"$(( $(date +%s) - start ))\" \"$({UTC_NOW})\""
+        f'printf \'%s{{"node": "%s@%s", "waitedSeconds": %s, "checkedAt": "%s"}}\\n\' {q(HEALTH_MARKER)} '
+        f'{q(node)} "$(hostname)" "$(( $(date +%s) - start ))" "$({UTC_NOW})"'
     )
 
 
 def http_report(*, virtualenv: str, url: str, ca_file: str | None = None) -> str:
     """GET `url` once more (an https one verified against `ca_file`) and print its status and
     the start of its body as a `health` line (health_report.flower_report)."""
-    code = ("import json, ssl, sys, time, urllib.request\n"
-            "ctx = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else None\n"
-            "r = urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)\n"
-            "body = r.read(64).decode(errors='replace').strip()\n"
-            "now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())\n"
-            "print(sys.argv[2] + json.dumps({'status': r.status, 'body': body, 'checkedAt': now}))")
-    return f"{q(virtualenv + '/bin/python')} -c {q(code)} {q(url)} {q(HEALTH_MARKER)}{' ' + q(ca_file) if ca_file else ''}"
+    code = (
+        "import json, ssl, sys, time, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else None\n"
+        "r = urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)\n"
+        "body = r.read(64).decode(errors='replace').strip()\n"
+        "now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())\n"
+        "print(sys.argv[2] + json.dumps({'status': r.status, 'body': body, 'checkedAt': now}))"
+    )
+    return (
+        f"{q(virtualenv + '/bin/python')} -c {q(code)} {q(url)} {q(HEALTH_MARKER)}{' ' + q(ca_file) if ca_file else ''}"
+    )
 
 
 def health_probe(*, vhost: str) -> str:
@@ -788,9 +862,11 @@ def health_probe(*, vhost: str) -> str:
 
 
 # argv[1]: the URL; argv[2], if given: the CA file an https URL's certificate must chain to.
-HTTP_PROBE = ("import ssl, sys, urllib.request; "
-              "ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None; "
-              "urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)")
+HTTP_PROBE = (
+    "import ssl, sys, urllib.request; "
+    "ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None; "
+    "urllib.request.urlopen(sys.argv[1], timeout=3, context=ctx)"
+)
 
 
 def http_ok(*, virtualenv: str, url: str, attempts: int = 30, ca_file: str | None = None) -> str:
@@ -798,11 +874,15 @@ def http_ok(*, virtualenv: str, url: str, attempts: int = 30, ca_file: str | Non
     `url` is verified against `ca_file` (certificate chain and host name). On failure the last
     error is printed (a refused certificate says why)."""
     probe = f"{q(virtualenv + '/bin/python')} -c {q(HTTP_PROBE)} {q(url)}{' ' + q(ca_file) if ca_file else ''}"
-    return retry(f"probe_out=$({probe} 2>&1)", attempts, f"{url} did not answer",
-                 on_fail="printf '%s\\n' \"$probe_out\" | tail -n 1 >&2; ")
+    return retry(
+        f"probe_out=$({probe} 2>&1)",
+        attempts,
+        f"{url} did not answer",
+        on_fail="printf '%s\\n' \"$probe_out\" | tail -n 1 >&2; ",
+    )
 
 
 def private_files(pattern: str) -> str:
     """Shell that makes files matching `pattern` (a glob; none is fine) 0600 if they are not:
     what a service wrote before its unit set UMask=0077. Not a change (no restart)."""
-    return f"for f in {pattern}; do [ -f \"$f\" ] && chmod go= \"$f\"; done; true"
+    return f'for f in {pattern}; do [ -f "$f" ] && chmod go= "$f"; done; true'

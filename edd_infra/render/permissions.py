@@ -104,49 +104,105 @@ def celery_needs(names: CeleryNames) -> tuple[Need, ...]:
     ctl = names.control_exchange
     dies = "without it the worker dies at start and remote control (ping, inspect, rate_limit) fails"
     needs = [
-        Need(re.escape(q), q, q, f"the worker declares queue {q!r} (by default with an exchange of the same name), "
-             "binds and consumes it; without it the worker cannot start")
+        Need(
+            re.escape(q),
+            q,
+            q,
+            f"the worker declares queue {q!r} (by default with an exchange of the same name), "
+            "binds and consumes it; without it the worker cannot start",
+        )
         for q in dict.fromkeys(names.queues)
     ]
     needs += [
-        Need(re.escape(x), x, x, f"tasks published to exchange {x!r} need it declared, bound and written to; without "
-             "write the publish is refused after apply_async returned and the task is lost")
-        for x in dict.fromkeys(names.exchanges) if x not in names.queues
+        Need(
+            re.escape(x),
+            x,
+            x,
+            f"tasks published to exchange {x!r} need it declared, bound and written to; without "
+            "write the publish is refused after apply_async returned and the task is lost",
+        )
+        for x in dict.fromkeys(names.exchanges)
+        if x not in names.queues
     ]
     needs += [
-        Need(ev, names.event_exchange, names.event_exchange, "workers send heartbeats and task events (what Flower "
-             "shows) to this exchange and bind their event queues to it; without it the worker dies at start"),
-        Need(f"{evq}\\.{UUID}", f"{names.event_queue_prefix}.{SAMPLE_UUID}", f"{names.event_queue_prefix}.<uuid>",
-             "every event receiver (worker gossip, Flower) declares, binds and reads its own queue; without it the "
-             "worker dies at start"),
-        Need(f"{c}\\.pidbox", f"{ctl}.pidbox", f"{ctl}.pidbox",
-             f"remote control is broadcast on this exchange; {dies}"),
-        Need(f"reply\\.{c}\\.pidbox", f"reply.{ctl}.pidbox", f"reply.{ctl}.pidbox",
-             f"workers answer remote control through this exchange; {dies}"),
-        Need(f".+@.+\\.{c}\\.pidbox", f"{SAMPLE_NODE}.{ctl}.pidbox", f"<node>.{ctl}.pidbox",
-             f"each worker declares, binds and reads its own control queue; {dies}"),
-        Need(f"{UUID}\\.reply\\.{c}\\.pidbox", f"{SAMPLE_UUID}.reply.{ctl}.pidbox", f"<uuid>.reply.{ctl}.pidbox",
-             f"each remote control caller declares, binds and reads its own reply queue; {dies}"),
+        Need(
+            ev,
+            names.event_exchange,
+            names.event_exchange,
+            "workers send heartbeats and task events (what Flower "
+            "shows) to this exchange and bind their event queues to it; without it the worker dies at start",
+        ),
+        Need(
+            f"{evq}\\.{UUID}",
+            f"{names.event_queue_prefix}.{SAMPLE_UUID}",
+            f"{names.event_queue_prefix}.<uuid>",
+            "every event receiver (worker gossip, Flower) declares, binds and reads its own queue; without it the "
+            "worker dies at start",
+        ),
+        Need(
+            f"{c}\\.pidbox", f"{ctl}.pidbox", f"{ctl}.pidbox", f"remote control is broadcast on this exchange; {dies}"
+        ),
+        Need(
+            f"reply\\.{c}\\.pidbox",
+            f"reply.{ctl}.pidbox",
+            f"reply.{ctl}.pidbox",
+            f"workers answer remote control through this exchange; {dies}",
+        ),
+        Need(
+            f".+@.+\\.{c}\\.pidbox",
+            f"{SAMPLE_NODE}.{ctl}.pidbox",
+            f"<node>.{ctl}.pidbox",
+            f"each worker declares, binds and reads its own control queue; {dies}",
+        ),
+        Need(
+            f"{UUID}\\.reply\\.{c}\\.pidbox",
+            f"{SAMPLE_UUID}.reply.{ctl}.pidbox",
+            f"<uuid>.reply.{ctl}.pidbox",
+            f"each remote control caller declares, binds and reads its own reply queue; {dies}",
+        ),
     ]
     if names.rpc_results:
         # Declared without a binding (kombu binds only to a named exchange): no write needed,
         # but the measured set grants it, so the generated one does too.
-        needs.append(Need(UUID, SAMPLE_UUID, "<uuid>", "the rpc result backend declares and reads one reply queue "
-                          "per app thread, named by a bare UUID; without it result.get() fails",
-                          required=("configure", "read")))
+        needs.append(
+            Need(
+                UUID,
+                SAMPLE_UUID,
+                "<uuid>",
+                "the rpc result backend declares and reads one reply queue "
+                "per app thread, named by a bare UUID; without it result.get() fails",
+                required=("configure", "read"),
+            )
+        )
     if names.delayed_delivery:
         needs += [
-            Need(f"celery_delayed_{DELAYED_LEVEL}", "celery_delayed_27", "celery_delayed_<0-27>",
-                 "countdown, ETA and retry() on a quorum queue go through these 28 delay levels (exchange and "
-                 "queue each), which the worker declares and chains at start; without them such a task is refused "
-                 "at publish or waits in the worker's memory"),
-            Need("celery_delayed_delivery", "celery_delayed_delivery", "celery_delayed_delivery",
-                 "the last delay level hands a task back through this exchange, which the worker binds to the "
-                 "app's exchange; without it a delayed task never comes back"),
+            Need(
+                f"celery_delayed_{DELAYED_LEVEL}",
+                "celery_delayed_27",
+                "celery_delayed_<0-27>",
+                "countdown, ETA and retry() on a quorum queue go through these 28 delay levels (exchange and "
+                "queue each), which the worker declares and chains at start; without them such a task is refused "
+                "at publish or waits in the worker's memory",
+            ),
+            Need(
+                "celery_delayed_delivery",
+                "celery_delayed_delivery",
+                "celery_delayed_delivery",
+                "the last delay level hands a task back through this exchange, which the worker binds to the "
+                "app's exchange; without it a delayed task never comes back",
+            ),
         ]
     # Write only: RabbitMQ refuses to declare `amq.*` and nothing binds to the default exchange.
-    needs.append(Need("amq\\.default", "amq.default", "amq.default", "Celery publishes tasks through the default "
-                      "exchange; without it apply_async silently drops tasks", required=("write",), granted=("write",)))
+    needs.append(
+        Need(
+            "amq\\.default",
+            "amq.default",
+            "amq.default",
+            "Celery publishes tasks through the default exchange; without it apply_async silently drops tasks",
+            required=("write",),
+            granted=("write",),
+        )
+    )
     return tuple(needs)
 
 
@@ -186,8 +242,9 @@ def missing_for_celery(
     return warnings
 
 
-def monitor_regex(control_exchange: str = "celery", event_exchange: str = "celeryev", *,
-                  event_queue_prefix: str = "celeryev") -> str:
+def monitor_regex(
+    control_exchange: str = "celery", event_exchange: str = "celeryev", *, event_queue_prefix: str = "celeryev"
+) -> str:
     """Exactly the exchanges and queues a Celery monitor declares, binds and reads."""
     c, e, q = re.escape(control_exchange), re.escape(event_exchange), re.escape(event_queue_prefix)
     return _anchored([e, f"{q}\\.{UUID}", f"{c}\\.pidbox", f"reply\\.{c}\\.pidbox", f"{UUID}\\.reply\\.{c}\\.pidbox"])

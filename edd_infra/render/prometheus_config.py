@@ -36,8 +36,9 @@ def _job_name(target: dict, path: str) -> str:
     return f"edd-{product}" if leaf == "metrics" else f"edd-{product}-{leaf}"
 
 
-def scrape_jobs(targets: list[dict], ca_files: dict[str, str] | None = None,
-                basic_auth: BasicAuth | None = None) -> list[dict]:
+def scrape_jobs(
+    targets: list[dict], ca_files: dict[str, str] | None = None, basic_auth: BasicAuth | None = None
+) -> list[dict]:
     """One scrape job per (product, scheme, path, query, login): the addresses are its targets.
 
     `ca_files` maps what a target names in `caFile` (a config key, e.g. `broker.tls.caFile`) to
@@ -80,14 +81,22 @@ def scrape_jobs(targets: list[dict], ca_files: dict[str, str] | None = None,
     return list(jobs.values())
 
 
-def render_prometheus_config(targets: list[dict], rule_files: list[str], ca_files: dict[str, str] | None = None,
-                             basic_auth: BasicAuth | None = None, scrape_interval: str = "30s",
-                             evaluation_interval: str = "30s") -> str:
+def render_prometheus_config(
+    targets: list[dict],
+    rule_files: list[str],
+    ca_files: dict[str, str] | None = None,
+    basic_auth: BasicAuth | None = None,
+    scrape_interval: str = "30s",
+    evaluation_interval: str = "30s",
+) -> str:
     """prometheus.yml (2.x): global intervals, `rule_files`, one scrape job per kind of target.
     No alertmanager: alerts are read from Prometheus's own API (`/api/v1/alerts`)."""
     config = {
-        "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
-                   "evaluation_interval": evaluation_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+        },
         "rule_files": list(rule_files),
         "scrape_configs": scrape_jobs(targets, ca_files, basic_auth),
     }

@@ -31,14 +31,19 @@ class TlsListeners:
     key_path: str = f"{TLS_DIR}/key.pem"
 
 
-def _tls_lines(tls: TlsListeners, amqp_listeners: Iterable[str], management_address: str,
-               prometheus_address: str) -> list[str]:
+def _tls_lines(
+    tls: TlsListeners, amqp_listeners: Iterable[str], management_address: str, prometheus_address: str
+) -> list[str]:
     files = {"cacertfile": tls.ca_path, "certfile": tls.cert_path, "keyfile": tls.key_path}
     lines = [f"listeners.ssl.{i} = {_listener(a, tls.amqp_port)}" for i, a in enumerate(amqp_listeners, 1)]
     lines += [f"ssl_options.{k} = {v}" for k, v in files.items()]
     # Clients authenticate with passwords; they check the server, the server does not ask for theirs.
-    lines += ["ssl_options.verify = verify_none", "ssl_options.fail_if_no_peer_cert = false",
-              f"management.ssl.ip = {management_address}", f"management.ssl.port = {tls.management_port}"]
+    lines += [
+        "ssl_options.verify = verify_none",
+        "ssl_options.fail_if_no_peer_cert = false",
+        f"management.ssl.ip = {management_address}",
+        f"management.ssl.port = {tls.management_port}",
+    ]
     lines += [f"management.ssl.{k} = {v}" for k, v in files.items()]
     if tls.prometheus_port is not None:
         lines += [f"prometheus.ssl.ip = {prometheus_address}", f"prometheus.ssl.port = {tls.prometheus_port}"]
@@ -91,12 +96,15 @@ def render_rabbitmq_conf(
     ]
     prometheus_address = prometheus_address or management_address
     if prometheus_port is not None:
-        lines += [f"prometheus.tcp.ip = {LOOPBACK if tls else prometheus_address}",
-                  f"prometheus.tcp.port = {prometheus_port}"]
+        lines += [
+            f"prometheus.tcp.ip = {LOOPBACK if tls else prometheus_address}",
+            f"prometheus.tcp.port = {prometheus_port}",
+        ]
     for user in loopback_users:
         if not KEY_WORD.fullmatch(user):
-            raise ValueError(f"loopback_users.{user}: a user name in a rabbitmq.conf key may hold only letters, "
-                             "digits, '_' and '-'")
+            raise ValueError(
+                f"loopback_users.{user}: a user name in a rabbitmq.conf key may hold only letters, digits, '_' and '-'"
+            )
         lines.append(f"loopback_users.{user} = true")
     # Password mechanisms only (RabbitMQ 4 also offers ANONYMOUS, a login without one).
     lines += ["auth_mechanisms.1 = PLAIN", "auth_mechanisms.2 = AMQPLAIN"]
@@ -107,8 +115,10 @@ def render_rabbitmq_conf(
         # RabbitMQ's production checklist: the node blocks publishers at this share of the
         # host's memory, and at a free disk below as much (not the 50 MB default), so a node
         # that must page its messages out to disk still has room to.
-        lines += [f"vm_memory_high_watermark.relative = {memory_high_watermark}",
-                  f"disk_free_limit.relative = {memory_high_watermark}"]
+        lines += [
+            f"vm_memory_high_watermark.relative = {memory_high_watermark}",
+            f"disk_free_limit.relative = {memory_high_watermark}",
+        ]
     if clustered:
         # A node cut off from the majority pauses instead of serving a split cluster.
         lines.append("cluster_partition_handling = pause_minority")
@@ -124,8 +134,7 @@ def render_rabbitmq4_conf() -> str:
     """Settings only RabbitMQ 4.0+ knows (3.x refuses to boot on an unknown key): the
     ANONYMOUS mechanism's user, so no login without a password exists even if a later
     auth_mechanisms list brought the mechanism back."""
-    return ("# Written by edd-infra: RabbitMQ 4.0 and newer only.\n"
-            "anonymous_login_user = none\n")
+    return "# Written by edd-infra: RabbitMQ 4.0 and newer only.\nanonymous_login_user = none\n"
 
 
 def render_enabled_plugins(plugins: Iterable[str] = ("rabbitmq_management", "rabbitmq_prometheus")) -> str:
@@ -168,12 +177,19 @@ def render_inter_node_tls(tls: TlsListeners) -> str:
     (`verify_peer` as client and server, `fail_if_no_peer_cert` as server). As client, Erlang
     also checks that the certificate names the host part of the node name it dials
     (`rabbit@<address>`) as a DNS name (config_errors.inter_node_certificate_problems)."""
-    files = [f"{{cacertfile, {_erlang_string(tls.ca_path)}}}", f"{{certfile, {_erlang_string(tls.cert_path)}}}",
-             f"{{keyfile, {_erlang_string(tls.key_path)}}}", "{secure_renegotiate, true}", "{verify, verify_peer}"]
+    files = [
+        f"{{cacertfile, {_erlang_string(tls.ca_path)}}}",
+        f"{{certfile, {_erlang_string(tls.cert_path)}}}",
+        f"{{keyfile, {_erlang_string(tls.key_path)}}}",
+        "{secure_renegotiate, true}",
+        "{verify, verify_peer}",
+    ]
     server = ",\n    ".join([*files, "{fail_if_no_peer_cert, true}"])
     client = ",\n    ".join(files)
-    return ("%% Written by edd-infra: Erlang distribution over TLS (rabbitmq-env.conf names this file).\n"
-            f"[{{server, [\n    {server}\n  ]}},\n {{client, [\n    {client}\n  ]}}].\n")
+    return (
+        "%% Written by edd-infra: Erlang distribution over TLS (rabbitmq-env.conf names this file).\n"
+        f"[{{server, [\n    {server}\n  ]}},\n {{client, [\n    {client}\n  ]}}].\n"
+    )
 
 
 def _epmd_addresses(node_address: str) -> list[str]:

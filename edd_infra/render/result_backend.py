@@ -31,12 +31,15 @@ _USER = re.compile(rf"(?:[{_UNRESERVED_SUBDELIMS}]|{_PCT})+")
 _PASSWORD = re.compile(rf"(?:[{_UNRESERVED_SUBDELIMS}:]|{_PCT})*")
 _DATABASE = re.compile(rf"(?:[{_UNRESERVED_SUBDELIMS}:]|{_PCT})+")
 _QUERY = re.compile(rf"(?:[{_UNRESERVED_SUBDELIMS}:/?]|{_PCT})*")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,40}")
 
 
-def postgresql_url(*, user: str, password: str, host: str, database: str, port: int = 5432,
-                   scheme: str = "db+postgresql") -> str:
+def postgresql_url(
+    *, user: str, password: str, host: str, database: str, port: int = 5432, scheme: str = "db+postgresql"
+) -> str:
     """`db+postgresql://USER:PASS@HOST:PORT/DB` with user, password and database quoted
     with safe="", so SQLAlchemy's parser gives back exactly these strings."""
     if scheme not in POSTGRESQL_SCHEMES:
@@ -46,8 +49,7 @@ def postgresql_url(*, user: str, password: str, host: str, database: str, port: 
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError("port: must be a number from 1 to 65535")
     host_part = f"[{host}]" if ":" in host else host
-    return (f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@{host_part}:{port}/{quote(database, safe='')}")
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host_part}:{port}/{quote(database, safe='')}"
 
 
 def result_backend_problems(value: str, key: str) -> list[str]:
@@ -70,8 +72,10 @@ def result_backend_problems(value: str, key: str) -> list[str]:
         return [f"{key}: rpc:// takes nothing after the scheme (it uses the broker connection)"]
     if scheme not in POSTGRESQL_SCHEMES:
         hint = " (Celery needs the db+ prefix: db+postgresql://)" if scheme in ("postgresql", "postgres") else ""
-        return [f"{key}: scheme {scheme!r} is not supported{hint}; use {_ALLOWED};"
-                f" PostgreSQL schemes: {', '.join(POSTGRESQL_SCHEMES)}"]
+        return [
+            f"{key}: scheme {scheme!r} is not supported{hint}; use {_ALLOWED};"
+            f" PostgreSQL schemes: {', '.join(POSTGRESQL_SCHEMES)}"
+        ]
     return [f"{key}: {problem}" for problem in _postgresql_problems(rest)]
 
 
@@ -131,8 +135,9 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def result_backend_grants(role: str, *, database: str, schema: str = "public",
-                          worker_creates_tables: bool = False) -> str:
+def result_backend_grants(
+    role: str, *, database: str, schema: str = "public", worker_creates_tables: bool = False
+) -> str:
     """The SQL a database owner runs so Celery's role can store and read results.
 
     Celery 5.7 looks for its tables each time it sets up the backend and creates missing

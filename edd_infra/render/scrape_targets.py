@@ -33,20 +33,33 @@ def scrape_targets(settings: StackSettings, node_addresses: list[tuple[str, str]
     for node, address in node_addresses:
         base = _base(broker, address)
         targets += [
-            {"url": f"{base}/metrics", "what": f"RabbitMQ {node}: node metrics, alarms, totals",
-             "basicAuth": False, **verify},
-            {"url": f"{base}{detailed_path(settings.vhost)}",
-             "what": f"RabbitMQ {node}: the {settings.vhost} vhost's queues (messages, ready, unacked, consumers)",
-             "basicAuth": False, **verify},
+            {
+                "url": f"{base}/metrics",
+                "what": f"RabbitMQ {node}: node metrics, alarms, totals",
+                "basicAuth": False,
+                **verify,
+            },
+            {
+                "url": f"{base}{detailed_path(settings.vhost)}",
+                "what": f"RabbitMQ {node}: the {settings.vhost} vhost's queues (messages, ready, unacked, consumers)",
+                "basicAuth": False,
+                **verify,
+            },
         ]
     flower = settings.flower
     if flower.enabled:
         host = f"[{flower.address}]" if ":" in flower.address else flower.address
         prefix = f"/{flower.url_prefix}" if flower.url_prefix else ""
-        flower_verify = ({"caFile": "flower.tls.caFile" if flower.tls.ca_file else "broker.tls.caFile"}
-                         if flower.tls else {})
+        flower_verify = (
+            {"caFile": "flower.tls.caFile" if flower.tls.ca_file else "broker.tls.caFile"} if flower.tls else {}
+        )
         # Flower 2.2 serves /metrics without its basic auth (measured by the hosts tier).
-        targets.append({"url": f"{flower.scheme}://{host}:{flower.port}{prefix}/metrics",
-                        "what": "Flower: Celery workers online, task events and runtimes", "basicAuth": False,
-                        **flower_verify})
+        targets.append(
+            {
+                "url": f"{flower.scheme}://{host}:{flower.port}{prefix}/metrics",
+                "what": "Flower: Celery workers online, task events and runtimes",
+                "basicAuth": False,
+                **flower_verify,
+            }
+        )
     return targets

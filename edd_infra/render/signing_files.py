@@ -25,8 +25,14 @@ def signing_paths(service: str) -> tuple[str, str, str, str]:
     return f"{base}/key.pem", f"{base}/cert.pem", f"{base}/store/cert.pem", f"{base}/store/previous.pem"
 
 
-def signing_files(service: str, group: str, key_pem: Optional[str], cert_pem: str,
-                  previous_pem: Optional[str] = None, private: bool = False) -> tuple[list[FileSpec], dict[str, str]]:
+def signing_files(
+    service: str,
+    group: str,
+    key_pem: Optional[str],
+    cert_pem: str,
+    previous_pem: Optional[str] = None,
+    private: bool = False,
+) -> tuple[list[FileSpec], dict[str, str]]:
     """(files for the secret bundle, environment entries) for one service; `previous_pem`: the
     certificate of the key signed with before a rotation, while it is still trusted.
 
@@ -56,11 +62,11 @@ def untrusted_paths(service: str, previous_pem: Optional[str], key: bool = True)
     return paths + ([] if key else [signing_paths(service)[0]])
 
 
-
-
 def previous_certificate_warning(trusted_until: datetime) -> str:
     """What `up` and `preview` say once celerySigning.previousTrustedUntil has passed."""
-    return (f"celerySigning.previousTrustedUntil ({trusted_until:%Y-%m-%dT%H:%M:%SZ}) has passed: the previous signing "
-            "certificate is no longer trusted (up removes it from every service's store, which restarts them; tasks "
-            "signed with the old key are refused); remove celerySigning.previousCertFile and "
-            "celerySigning.previousTrustedUntil from the stack config")
+    return (
+        f"celerySigning.previousTrustedUntil ({trusted_until:%Y-%m-%dT%H:%M:%SZ}) has passed: the previous signing "
+        "certificate is no longer trusted (up removes it from every service's store, which restarts them; tasks "
+        "signed with the old key are refused); remove celerySigning.previousCertFile and "
+        "celerySigning.previousTrustedUntil from the stack config"
+    )

@@ -68,16 +68,18 @@ elif os.environ.get("CELERY_SECURITY_CERT_STORE"):
         accept_content=["auth"],
         result_accept_content=["json"],
     )
-    _verifier = SecureSerializer(cert_store=FSCertStore(app.conf.security_cert_store),
-                                 digest=app.conf.security_digest)
+    _verifier = SecureSerializer(cert_store=FSCertStore(app.conf.security_cert_store), digest=app.conf.security_digest)
 
     def _cannot_sign(_body):
-        raise SecurityError("no signing key (CELERY_SECURITY_KEY): this process verifies signed messages "
-                            "but cannot send tasks (edd-infra: flower.canSendTasks)")
+        raise SecurityError(
+            "no signing key (CELERY_SECURITY_KEY): this process verifies signed messages "
+            "but cannot send tasks (edd-infra: flower.canSendTasks)"
+        )
 
     disable_insecure_serializers(None)  # as setup_security() does; `auth` is enabled below
-    registry.register("auth", _cannot_sign, _verifier.deserialize, content_type="application/data",
-                      content_encoding="utf-8")
+    registry.register(
+        "auth", _cannot_sign, _verifier.deserialize, content_type="application/data", content_encoding="utf-8"
+    )
     # Remote control (Flower's wake-up call when it starts capturing events, inspect, revoke,
     # shutdown) goes out unsigned: the workers refuse it (they accept only signed messages), and
     # events, which workers send by themselves, keep Flower's dashboard current. Left signed,

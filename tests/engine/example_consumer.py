@@ -37,8 +37,10 @@ def example_problem() -> Optional[str]:
     if problem:
         return problem
     if language_host() is None:
-        return (f"Python language host {LANGUAGE_HOST} not found on PATH or beside the pulumi CLI (a Pulumi "
-                "program in its own directory runs through it; it ships with the official pulumi install)")
+        return (
+            f"Python language host {LANGUAGE_HOST} not found on PATH or beside the pulumi CLI (a Pulumi "
+            "program in its own directory runs through it; it ships with the official pulumi install)"
+        )
     return None
 
 
@@ -70,8 +72,13 @@ def example_venv() -> tuple[Path, float | None]:
             subprocess.run([*pip, "-r", "requirements.txt"], cwd=EXAMPLE, check=True, capture_output=True, text=True)
             took = time.monotonic() - started
         elif have["code"] != code:
-            subprocess.run([*pip, "--no-deps", "--force-reinstall", "../.."], cwd=EXAMPLE, check=True,
-                           capture_output=True, text=True)
+            subprocess.run(
+                [*pip, "--no-deps", "--force-reinstall", "../.."],
+                cwd=EXAMPLE,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             took = None
         else:
             return VENV, None
@@ -92,19 +99,31 @@ class ExampleStack:
         backend.mkdir()
         host = language_host()
         self.name = f"t{uuid.uuid4().hex[:8]}"
-        self.env = dict(os.environ, PULUMI_BACKEND_URL=f"file://{backend}", PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
-                        PULUMI_SKIP_UPDATE_CHECK="true",
-                        PATH=os.pathsep.join([str(host.parent) if host else "", str(cli_dir()), os.environ["PATH"]]))
+        self.env = dict(
+            os.environ,
+            PULUMI_BACKEND_URL=f"file://{backend}",
+            PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
+            PULUMI_SKIP_UPDATE_CHECK="true",
+            PATH=os.pathsep.join([str(host.parent) if host else "", str(cli_dir()), os.environ["PATH"]]),
+        )
         self.run("stack", "init", self.name, "--secrets-provider", "passphrase")
         for key, value in config.items():
             self.run("config", "set", f"{PROJECT}:{key}", value)
         for key, value in secrets.items():
             self.run("config", "set", "--secret", f"{PROJECT}:{key}", stdin=value)
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True,
-            timeout: float = 900) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(cli_dir() / "pulumi"), *args, "--non-interactive"], cwd=self.dir, env=self.env,
-                                input=stdin, capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(cli_dir() / "pulumi"), *args, "--non-interactive"],
+            cwd=self.dir,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"pulumi {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result

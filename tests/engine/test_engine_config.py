@@ -14,12 +14,14 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_bad_config_fails_preview_with_every_message_and_registers_nothing(new_stack):
-    stack = new_stack({
-        "hosts": {"q": {"address": "bad host!", "port": 0}},
-        "broker": {"host": "nowhere"},
-        "workers": [{"name": "w", "host": "q", "concurrency": 0}],
-        "flower": {"host": "q", "workingDirectory": "/x", "virtualenv": "/y"},
-    })
+    stack = new_stack(
+        {
+            "hosts": {"q": {"address": "bad host!", "port": 0}},
+            "broker": {"host": "nowhere"},
+            "workers": [{"name": "w", "host": "q", "concurrency": 0}],
+            "flower": {"host": "q", "workingDirectory": "/x", "virtualenv": "/y"},
+        }
+    )
     for key in ("adminPassword", "appPassword", "flowerBrokerPassword"):
         stack.set_secret(key, "s3cret value")
     stack.set_secret("flowerUiPassword", "")
@@ -68,14 +70,31 @@ def test_committed_stacks_decrypt_with_the_documented_passphrase(pulumi_cli, tmp
     # committed files must not be touched by `stack init`.
     for name in ("Pulumi.yaml", "Pulumi.prod.yaml", "Pulumi.dev.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PULUMI_BACKEND_URL": f"file://{tmp_path}",
-           "PULUMI_CONFIG_PASSPHRASE": "edd-infra-example", "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PULUMI_BACKEND_URL": f"file://{tmp_path}",
+        "PULUMI_CONFIG_PASSPHRASE": "edd-infra-example",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+    }
     for name in ("prod", "dev"):
+
         def cli(*args, name=name):  # bound now: called in this iteration only
-            return subprocess.run([str(pulumi_cli / "pulumi"), *args, "--stack", name, "--non-interactive"],
-                                  cwd=tmp_path, capture_output=True, text=True, env=env)
-        init = subprocess.run([str(pulumi_cli / "pulumi"), "stack", "init", name, "--non-interactive"],
-                              cwd=tmp_path, capture_output=True, text=True, env=env)
+            return subprocess.run(
+                [str(pulumi_cli / "pulumi"), *args, "--stack", name, "--non-interactive"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+
+        init = subprocess.run(
+            [str(pulumi_cli / "pulumi"), "stack", "init", name, "--non-interactive"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert init.returncode == 0, init.stderr
         out = cli("config", "--show-secrets", "--json")
         assert out.returncode == 0, out.stderr

@@ -11,8 +11,11 @@ from tests.engine.example_consumer import ExampleStack, example_problem, example
 
 pytestmark = pytest.mark.engine
 
-SECRETS = {"adminPassword": "adm1n p@ss:/;#%,'\"\\", "appPassword": "app p@ss:/;#%,'\"\\ x",
-           "flowerPassword": "flw p@ss:/;#%,'\"\\ y"}
+SECRETS = {
+    "adminPassword": "adm1n p@ss:/;#%,'\"\\",
+    "appPassword": "app p@ss:/;#%,'\"\\ x",
+    "flowerPassword": "flw p@ss:/;#%,'\"\\ y",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +28,15 @@ def example_ready():
 def test_the_example_consumer_previews_the_components_it_composes(example_ready, tmp_path):
     venv, install_seconds = example_venv()
     if install_seconds is not None:
-        print(f"\nexample virtualenv: fresh `pip install -r examples/consumer/requirements.txt` took {install_seconds:.0f} s")
-    stack = ExampleStack(tmp_path, venv, {"address": "192.0.2.10", "workingDirectory": "/srv/edd",
-                                          "virtualenv": "/srv/edd/venv"}, SECRETS)
+        print(
+            f"\nexample virtualenv: fresh `pip install -r examples/consumer/requirements.txt` took {install_seconds:.0f} s"
+        )
+    stack = ExampleStack(
+        tmp_path,
+        venv,
+        {"address": "192.0.2.10", "workingDirectory": "/srv/edd", "virtualenv": "/srv/edd/venv"},
+        SECRETS,
+    )
     steps = stack.preview()
     print("\nresources planned by `pulumi preview` of examples/consumer:")
     for op, type_, name in steps:

@@ -20,8 +20,12 @@ from tests.unit.samples import sample_raw
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
-SECRETS = {"adminPassword": "adm1n r3al", "appPassword": "app r3al", "flowerBrokerPassword": "flw r3al",
-           "flowerUiPassword": "ui r3al"}
+SECRETS = {
+    "adminPassword": "adm1n r3al",
+    "appPassword": "app r3al",
+    "flowerBrokerPassword": "flw r3al",
+    "flowerUiPassword": "ui r3al",
+}
 REFUSAL = "its secrets are encrypted with the published example passphrase 'edd-infra-example'"
 
 
@@ -116,6 +120,9 @@ def test_the_published_digests_are_the_committed_stacks_secrets(pulumi_cli, tmp_
     work = project_copy(tmp_path)
     for name, published in EXAMPLE_SECRETS.items():
         values = json.loads(stack_in(work, name).cli_run("config", "--show-secrets", "--json").stdout)
-        held = {key.split(":", 1)[1]: hashlib.sha256(entry["value"].encode()).hexdigest()[:16]
-                for key, entry in values.items() if entry.get("secret")}
+        held = {
+            key.split(":", 1)[1]: hashlib.sha256(entry["value"].encode()).hexdigest()[:16]
+            for key, entry in values.items()
+            if entry.get("secret")
+        }
         assert held == published, f"Pulumi.{name}.yaml's secrets changed: update EXAMPLE_SECRETS"

@@ -40,27 +40,35 @@ def debian_deb(rootfs: Path) -> Path:
 
 
 def deb_version(deb: Path) -> str:
-    return subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def _repackage(base: Path, version: str, broken: bool, out: Path, work: Path) -> None:
     tree = work / version
     subprocess.run(["dpkg-deb", "-R", str(base), str(tree)], check=True)
     control = tree / "DEBIAN" / "control"
-    control.write_text("".join(f"Version: {version}\n" if line.startswith("Version:") else line
-                               for line in control.read_text().splitlines(keepends=True)))
+    control.write_text(
+        "".join(
+            f"Version: {version}\n" if line.startswith("Version:") else line
+            for line in control.read_text().splitlines(keepends=True)
+        )
+    )
     if broken:
         (tree / "usr/lib/rabbitmq/bin/rabbitmq-server").write_text(BROKEN_SERVER)
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(tree), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(tree), str(out)], check=True, capture_output=True
+    )
     shutil.rmtree(tree)
 
 
 def _release(dists: Path) -> str:
-    lines = [f"Origin: edd-infra-test\nLabel: edd-infra-test\nSuite: {SUITE}\nCodename: {SUITE}\n"
-             f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\n"
-             "Architectures: amd64 all\nComponents: main\nSHA256:\n"]
+    lines = [
+        f"Origin: edd-infra-test\nLabel: edd-infra-test\nSuite: {SUITE}\nCodename: {SUITE}\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\n"
+        "Architectures: amd64 all\nComponents: main\nSHA256:\n"
+    ]
     for path in sorted(p for p in dists.rglob("Packages*") if p.is_file()):
         data = path.read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {path.relative_to(dists)}\n")
@@ -78,17 +86,24 @@ def build_repo(base: Path, versions: dict[str, bool], work: Path) -> tuple[Path,
         _repackage(base, version, broken, pool / f"rabbitmq-server_{version}_all.deb", work)
     binary = repo / "dists" / SUITE / "main" / "binary-amd64"
     binary.mkdir(parents=True)
-    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", "pool"], cwd=repo, capture_output=True,
-                              check=True).stdout
+    packages = subprocess.run(
+        ["dpkg-scanpackages", "--multiversion", "pool"], cwd=repo, capture_output=True, check=True
+    ).stdout
     (binary / "Packages").write_bytes(packages)
     (binary / "Packages.gz").write_bytes(gzip.compress(packages))
     dists = repo / "dists" / SUITE
     (dists / "Release").write_text(_release(dists))
     gpg = ["gpg", "--homedir", str(gnupg), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "edd-infra test repository <repo@sandbox.invalid>", "ed25519", "sign",
-                    "never"], check=True, capture_output=True)
-    subprocess.run([*gpg, "--yes", "--clearsign", "-o", str(dists / "InRelease"), str(dists / "Release")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*gpg, "--quick-gen-key", "edd-infra test repository <repo@sandbox.invalid>", "ed25519", "sign", "never"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*gpg, "--yes", "--clearsign", "-o", str(dists / "InRelease"), str(dists / "Release")],
+        check=True,
+        capture_output=True,
+    )
     key = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True, text=True).stdout
     # gpg-agent was started for this home only: stop it (by its own command, not by a signal).
     subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], capture_output=True)

@@ -84,6 +84,7 @@ def _factory(booted: dict):
             for name, host in zip(new, sandbox_hosts_api.boot([_real_name(n) for n in new], debian=debian)):
                 booted[name] = host
         return [booted[n] for n in names]
+
     return get
 
 

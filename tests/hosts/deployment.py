@@ -127,8 +127,15 @@ def secret_forms(secrets: dict[str, str]) -> set[str]:
             continue
         once = json.dumps(value)[1:-1]
         go = once.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-        forms |= {value, quote(value, safe=""), base64.b64encode(value.encode()).decode(), once,
-                  json.dumps(once)[1:-1], go, json.dumps(go)[1:-1]}
+        forms |= {
+            value,
+            quote(value, safe=""),
+            base64.b64encode(value.encode()).decode(),
+            once,
+            json.dumps(once)[1:-1],
+            go,
+            json.dumps(go)[1:-1],
+        }
     return forms
 
 
@@ -199,7 +206,8 @@ class Producer:
             f"(set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:$PYTHONPATH "
             f"nohup {VENV}/bin/python {self.dir}/producer.py {total} {self.prefix} {self.dir}/ids {pace} "
             f"{'' if work_seconds is None else work_seconds} "
-            f"> {self.dir}/out 2> {self.dir}/err < /dev/null & echo $!)").strip()
+            f"> {self.dir}/out 2> {self.dir}/err < /dev/null & echo $!)"
+        ).strip()
 
     def published(self) -> int:
         return int(self.d.sh(f"cat {self.dir}/ids 2>/dev/null | wc -l").strip())
@@ -214,7 +222,9 @@ class Producer:
         """Wait until it exits; return its stdout (`published N retries R`); fail if it did not publish all."""
         deadline = time.monotonic() + timeout
         while self.running():
-            assert time.monotonic() < deadline, f"producer still running after {timeout:.0f} s:\n{self.output()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"producer still running after {timeout:.0f} s:\n{self.output()[-2000:]}"
+            )
             time.sleep(1)
         out = self.d.sh(f"cat {self.dir}/out").strip()
         assert out.startswith(f"published {self.total} "), f"producer failed:\n{self.output()[-2000:]}"
@@ -224,7 +234,9 @@ class Producer:
         """Block until `count` tasks are published: the flow is under way."""
         deadline = time.monotonic() + timeout
         while self.published() < count:
-            assert time.monotonic() < deadline, f"{count} tasks not published in {timeout:.0f} s:\n{self.output()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"{count} tasks not published in {timeout:.0f} s:\n{self.output()[-2000:]}"
+            )
             time.sleep(0.5)
 
     def all_ids(self, timeout: float = 600) -> set[str]:
@@ -262,9 +274,11 @@ def wait_all_completed(d: Deployment, ids: set[str], prefix: str, timeout: float
         if time.monotonic() - started > timeout:
             missing = sorted(ids - done)
             suppressed = d.sh("journalctl --no-pager -o cat | grep -i 'suppressed' | tail -3 || true")
-            raise AssertionError(f"{len(missing)} of {len(ids)} tasks never completed (e.g. {missing[:5]}); "
-                                 f"queue: {stats.get('messages')} messages, "
-                                 f"{stats.get('messages_unacknowledged')} unacked; journald: {suppressed}")
+            raise AssertionError(
+                f"{len(missing)} of {len(ids)} tasks never completed (e.g. {missing[:5]}); "
+                f"queue: {stats.get('messages')} messages, "
+                f"{stats.get('messages_unacknowledged')} unacked; journald: {suppressed}"
+            )
         time.sleep(3)
 
 
@@ -276,8 +290,9 @@ LONG_TASK_SECONDS = 30
 def start_long_task(d, seconds: int = LONG_TASK_SECONDS, ignore_result: bool = False) -> str:
     """Send `edd.work(seconds)` and wait until the worker runs it; return its id."""
     task_id = f"long-{uuid.uuid4().hex[:8]}"
-    code = (f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r}, "
-            f"ignore_result={ignore_result})")
+    code = (
+        f"from edd import work; work.apply_async(args=({seconds},), task_id={task_id!r}, ignore_result={ignore_result})"
+    )
     d.sh(f"set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
     deadline = time.monotonic() + 60
     while f"edd.work[{task_id}] received" not in d.sh(f"journalctl -u {WORKER_UNIT} -o cat --no-pager | tail -200"):

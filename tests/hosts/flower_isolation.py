@@ -97,8 +97,9 @@ def check_private_database(d) -> None:
 def flower_request(d, path: str, auth: bool = True, data: dict | None = None, cafile: str | None = "stack"):
     """(status, body) of Flower's `path` over its URL (https), verified against the stack's CA."""
     url = f"https://{d.host.address}:5555/{path}"
-    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
-                                     method="POST" if data is not None else "GET")
+    request = urllib.request.Request(
+        url, data=json.dumps(data).encode() if data is not None else None, method="POST" if data is not None else "GET"
+    )
     if auth:
         token = base64.b64encode(f"admin:{d.secrets['flowerUiPassword']}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -141,8 +142,11 @@ SIGN = "import edd; from kombu.serialization import dumps; dumps({'x': 1}, seria
 def flower_signs(d) -> tuple[bool, str]:
     """Whether Flower's app, in Flower's environment and as its user, can sign a message."""
     result = sandbox_hosts.run(
-        d.host, f"set -a; . {FLOWER_ENV}; set +a; cd /opt/edd-sandbox/app && "
-                f"runuser -u flower -- /opt/edd-sandbox/venv/bin/python -c {shlex.quote(SIGN)}", timeout=120)
+        d.host,
+        f"set -a; . {FLOWER_ENV}; set +a; cd /opt/edd-sandbox/app && "
+        f"runuser -u flower -- /opt/edd-sandbox/venv/bin/python -c {shlex.quote(SIGN)}",
+        timeout=120,
+    )
     return result.returncode == 0 and result.stdout.strip() == "signed", result.stdout + result.stderr
 
 
@@ -172,7 +176,14 @@ def check_dashboard_sees_the_worker_online(d, timeout: float = 90) -> None:
 
 def check_all(d) -> None:
     """Every check, in an order that leaves the deployment as it was (the database check restarts Flower)."""
-    for check in (check_own_account, check_workers_files_refused_to_flower, check_flowers_files_refused_to_workers,
-                  check_no_signing_key, check_https_from_the_stack_ca, check_cannot_sign_tasks,
-                  check_dashboard_sees_the_worker_online, check_private_database):
+    for check in (
+        check_own_account,
+        check_workers_files_refused_to_flower,
+        check_flowers_files_refused_to_workers,
+        check_no_signing_key,
+        check_https_from_the_stack_ca,
+        check_cannot_sign_tasks,
+        check_dashboard_sees_the_worker_online,
+        check_private_database,
+    ):
         check(d)

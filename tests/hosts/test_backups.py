@@ -71,8 +71,10 @@ def test_a_broker_whose_data_is_destroyed_comes_back_from_the_latest_backup(depl
     `edd-infra-restore` brings back every user with its password, the vhost, the queues and
     the policy; the next `up` then changes nothing, and tasks flow again."""
     d = deployed
-    d.sh("systemctl stop rabbitmq-server && rm -rf /var/lib/rabbitmq/mnesia && systemctl start rabbitmq-server",
-         timeout=300)
+    d.sh(
+        "systemctl stop rabbitmq-server && rm -rf /var/lib/rabbitmq/mnesia && systemctl start rabbitmq-server",
+        timeout=300,
+    )
     assert "guest" in d.sh("rabbitmqctl -q list_users --no-table-headers")
     assert "edd_user" not in d.sh("rabbitmqctl -q list_users --no-table-headers")
     started = time.monotonic()

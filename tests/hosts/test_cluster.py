@@ -35,8 +35,14 @@ def cluster(plugins_ready, sandbox_hosts, tmp_path_factory, request):
     seed, *others = sandbox_hosts(SEED, *NODES, *WORKER_HOSTS)
     nodes, workers = others[:2], others[2:]
     try:
-        with deployment(seed, tmp_path_factory.mktemp("cluster"), prefix="cl", hardened=True,
-                        broker_nodes=tuple(nodes), worker_hosts=tuple(workers)) as d:
+        with deployment(
+            seed,
+            tmp_path_factory.mktemp("cluster"),
+            prefix="cl",
+            hardened=True,
+            broker_nodes=tuple(nodes),
+            worker_hosts=tuple(workers),
+        ) as d:
             d.nodes, d.worker_hosts = nodes, workers
             FIGURES["fresh up, 3 nodes + 2 worker hosts"] = d.fresh_up_seconds
             yield d
@@ -109,7 +115,8 @@ def test_tasks_round_trip_through_the_workers_on_every_host(cluster):
     env = sh(d.worker_hosts[0], "cat /etc/edd-infra/celery-edd-worker-2.env")
     url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL="))
     assert [part.split("@")[1].split("/")[0] for part in url.split(";")] == [
-        f"{h.address}:5671" for h in (d.host, *d.nodes)]
+        f"{h.address}:5671" for h in (d.host, *d.nodes)
+    ]
 
 
 # countdown, ETA and retry() from the app's own producer (the worker's environment file: the
@@ -142,8 +149,11 @@ def test_countdown_eta_and_retry_run_on_time_through_the_quorum_queue_with_least
     before = {h.name: broker_logs_since(h) for h in nodes}
     env = "/etc/edd-infra/celery-edd-worker-1.env"
     code = DELAYED.replace("DELAY", str(DELAY))
-    out = sh(d.host, f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && "
-                     f"/opt/edd-sandbox/venv/bin/python -c {shlex.quote(code)}", timeout=200)
+    out = sh(
+        d.host,
+        f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && /opt/edd-sandbox/venv/bin/python -c {shlex.quote(code)}",
+        timeout=200,
+    )
     results = json.loads(out.splitlines()[-1])
     assert {kind: value for kind, (value, _) in results.items()} == {"countdown": 3, "eta": 5, "retry": 7}
     for kind, (_, seconds) in results.items():
@@ -153,13 +163,20 @@ def test_countdown_eta_and_retry_run_on_time_through_the_quorum_queue_with_least
     delayed = {q["name"]: q["type"] for q in levels if q["name"].startswith("celery_delayed_")}
     assert delayed == {f"celery_delayed_{i}": "quorum" for i in range(28)}
     for host in nodes:
-        refusals = [line for log in broker_logs_since(host, before[host.name]).values()
-                    for line in log.splitlines() if "refused" in line.lower()]
+        refusals = [
+            line
+            for log in broker_logs_since(host, before[host.name]).values()
+            for line in log.splitlines()
+            if "refused" in line.lower()
+        ]
         assert refusals == [], (host.name, refusals[:5])
     for worker, index in WORKERS.items():
         journal = sh((d.host, *d.worker_hosts)[index], f"journalctl -u celery-{worker} -o cat --no-pager")
-        trouble = [line for line in journal.lower().splitlines()
-                   if "delayed delivery" in line and ("fail" in line or "retrying" in line)]
+        trouble = [
+            line
+            for line in journal.lower().splitlines()
+            if "delayed delivery" in line and ("fail" in line or "retrying" in line)
+        ]
         assert trouble == [], (worker, trouble[:5])
 
 
@@ -170,8 +187,12 @@ def test_the_erlang_cookie_is_only_in_its_two_root_or_rabbitmq_files(cluster):
     cookie = d.secrets["erlangCookie"]
     nodes = (d.host, *d.nodes)
     for host in (*nodes, *d.worker_hosts):
-        found = sandbox_hosts.run(host, "grep -rlF -f - /etc /var/lib /var/log /tmp /root /opt 2>/dev/null || true",
-                                  input=cookie + "\n", timeout=300).stdout.split()
+        found = sandbox_hosts.run(
+            host,
+            "grep -rlF -f - /etc /var/lib /var/log /tmp /root /opt 2>/dev/null || true",
+            input=cookie + "\n",
+            timeout=300,
+        ).stdout.split()
         expected = ["/var/lib/edd-infra/erlang.cookie", "/var/lib/rabbitmq/.erlang.cookie"] if host in nodes else []
         assert sorted(found) == expected, (host.name, found)
     for host in nodes:
@@ -210,8 +231,11 @@ def test_a_poison_task_is_dead_lettered_after_the_delivery_limit_not_dropped(clu
         sh(host, f"systemctl stop {unit}")
     try:
         env = "/etc/edd-infra/celery-edd-worker-1.env"
-        out = sh(d.host, f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && "
-                         f"/opt/edd-sandbox/venv/bin/python -c {shlex.quote(POISON)}")
+        out = sh(
+            d.host,
+            f"set -a; . {env}; set +a; cd /opt/edd-sandbox/app && "
+            f"/opt/edd-sandbox/venv/bin/python -c {shlex.quote(POISON)}",
+        )
         deliveries = int(out.split()[-1])
         # At-least-once dead-lettering moves the message in the background: wait for it.
         deadline = time.monotonic() + 60
@@ -263,8 +287,13 @@ def test_a_node_stopped_while_tasks_flow_loses_no_task_and_rejoins(cluster):
         wait_succeeded(d, ids, producer.prefix)
         FIGURES["node stop: all 1000 tasks done after"] = time.monotonic() - stopped
         FIGURES["node stop: producer retries"] = producer.retries()
-        assert sh(d.nodes[0], "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers"
-                              " | awk '$1 == \"edd\" {print $2}'").strip() == "0"
+        assert (
+            sh(
+                d.nodes[0],
+                "rabbitmqctl -q list_queues -p /edd name messages --no-table-headers | awk '$1 == \"edd\" {print $2}'",
+            ).strip()
+            == "0"
+        )
     finally:
         producer.stop()
         sandbox_hosts.run(d.host, "systemctl start rabbitmq-server", timeout=300)

@@ -43,8 +43,9 @@ TABLE_GONE: dict[str, str] = {}
 def cluster(plugins_ready, sandbox_hosts, tmp_path_factory, request):
     seed, *nodes, outsider = sandbox_hosts(SEED, *NODES, OUTSIDER)
     try:
-        with deployment(seed, tmp_path_factory.mktemp("cluster-tls"), prefix="ct", hardened=True,
-                        broker_nodes=tuple(nodes)) as d:
+        with deployment(
+            seed, tmp_path_factory.mktemp("cluster-tls"), prefix="ct", hardened=True, broker_nodes=tuple(nodes)
+        ) as d:
             d.nodes, d.outsider = nodes, outsider
             FIGURES["fresh up, 3 nodes with inter-node TLS"] = d.fresh_up_seconds
             yield d
@@ -89,8 +90,11 @@ def test_the_cluster_forms_and_the_quorum_queue_replicates_over_tls_distribution
         # The node itself runs distribution over TLS.
         proto = sh(host, "rabbitmqctl -q eval 'init:get_argument(proto_dist).'").strip()
         assert proto == '{ok,[["inet_tls"]]}', (host.name, proto)
-    queue = next(q for q in json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name type members "
-                                                  "--formatter json")) if q["name"] == "edd")
+    queue = next(
+        q
+        for q in json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name type members --formatter json"))
+        if q["name"] == "edd"
+    )
     assert (queue["type"], sorted(queue["members"])) == ("quorum", everyone)
 
 
@@ -140,14 +144,19 @@ def test_erlang_ports_are_dropped_for_a_fourth_host_and_open_to_the_other_nodes(
     peers = {h.name: sorted(n.address for n in nodes if n is not h) for h in nodes}
     for host in nodes:
         table = sh(host, "nft -j list table inet edd_infra")
-        elements = [item["set"].get("elem", []) for item in json.loads(table)["nftables"]
-                    if "set" in item and item["set"]["name"] == "peers_v4"][0]
+        elements = [
+            item["set"].get("elem", [])
+            for item in json.loads(table)["nftables"]
+            if "set" in item and item["set"]["name"] == "peers_v4"
+        ][0]
         assert sorted(elements) == peers[host.name], (host.name, elements)
     # Something listens on 35672 on every node, so "open" there means the firewall let it through.
     listeners = {}
     try:
         for host in nodes:
-            listeners[host.name] = sh(host, f"nohup python3 -c {shlex.quote(LISTENER)} >/dev/null 2>&1 & echo $!").strip()
+            listeners[host.name] = sh(
+                host, f"nohup python3 -c {shlex.quote(LISTENER)} >/dev/null 2>&1 & echo $!"
+            ).strip()
         time.sleep(1)
         targets = [(h.address, port) for h in nodes for port in (*ERLANG_PORTS, 5671)]
         outside = probe(d.outsider, targets)
@@ -261,9 +270,11 @@ def test_the_replication_stream_between_the_nodes_is_tls(cluster, tmp_path, requ
     try:
         loopback = Capture(tmp_path, "loopback", ["lo"], [5672], netns_pid=d.host.leader_pid)
         try:
-            out = sh(d.host, f"cd /tmp && {VENV}/bin/python -c {shlex.quote(PUBLISH)} {shlex.quote(marker)} "
-               f"{AppUser().name}",
-                     input=d.secrets["appPassword"])
+            out = sh(
+                d.host,
+                f"cd /tmp && {VENV}/bin/python -c {shlex.quote(PUBLISH)} {shlex.quote(marker)} {AppUser().name}",
+                input=d.secrets["appPassword"],
+            )
             assert out.strip().endswith("confirmed")
             # A fresh distribution connection crosses a link: a CLI tool on the seed talking to
             # node 2 (TLS handshake from the seed's address to node 2's distribution port).
@@ -283,13 +294,22 @@ def test_the_replication_stream_between_the_nodes_is_tls(cluster, tmp_path, requ
     assert leaks == [], f"the marker crossed a node link in plaintext: {leaks}"
     records = [s for s in between if bytes.fromhex(s["data"]).startswith(TLS_APPLICATION_DATA)]
     assert records, "no TLS application data record seen on the distribution port"
-    handshakes = [s for s in between if bytes.fromhex(s["data"]).startswith(TLS_HANDSHAKE)
-                  and s["src"] == d.host.address and s["dst"] == d.nodes[0].address and s["dport"] == 25672]
+    handshakes = [
+        s
+        for s in between
+        if bytes.fromhex(s["data"]).startswith(TLS_HANDSHAKE)
+        and s["src"] == d.host.address
+        and s["dst"] == d.nodes[0].address
+        and s["dport"] == 25672
+    ]
     assert handshakes, "no TLS handshake from the seed's CLI tool to node 2's distribution port"
     size = sum(len(s["data"]) // 2 for s in between)
-    print_line(request, f"cluster-tls capture: {len(between)} segments, {size} payload bytes on the nodes' links "
-                        f"(port 25672, {len(link_streams)} flows), {len(records)} starting a TLS application data "
-                        f"record, {len(handshakes)} handshake; loopback control {len(plain)} segments, marker seen")
+    print_line(
+        request,
+        f"cluster-tls capture: {len(between)} segments, {size} payload bytes on the nodes' links "
+        f"(port 25672, {len(link_streams)} flows), {len(records)} starting a TLS application data "
+        f"record, {len(handshakes)} handshake; loopback control {len(plain)} segments, marker seen",
+    )
 
 
 def test_turning_inter_node_tls_off_on_the_running_cluster_is_refused_before_anything_changes(cluster):
@@ -343,8 +363,11 @@ def test_the_runbook_switches_it_off_and_on_again_with_every_node_stopped_first(
             for host in nodes:
                 assert running_nodes(host) == everyone, host.name
                 assert sh(host, "rabbitmqctl -q eval 'init:get_argument(proto_dist).'").strip() == proto, host.name
-            queue = next(q for q in json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name members "
-                                                          "--formatter json")) if q["name"] == "edd")
+            queue = next(
+                q
+                for q in json.loads(sh(d.host, "rabbitmqctl -q list_queues -p /edd name members --formatter json"))
+                if q["name"] == "edd"
+            )
             assert sorted(queue["members"]) == everyone
     finally:
         d.stack.set_plain({"broker": broker})

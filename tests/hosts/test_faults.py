@@ -28,9 +28,23 @@ from edd_infra.workspace import ROOT
 from sandbox import hosts as sandbox_hosts
 from sandbox.deploy import configure, send_task
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (LONG_TASK_SECONDS, UNITS, WORKER_UNIT, Deployment, Producer, deployment,
-                                    host_now, journal_times, print_figures, queue_stats, secret_forms,
-                                    start_long_task, task_journal, wait_all_completed, wait_long_task)
+from tests.hosts.deployment import (
+    LONG_TASK_SECONDS,
+    UNITS,
+    WORKER_UNIT,
+    Deployment,
+    Producer,
+    deployment,
+    host_now,
+    journal_times,
+    print_figures,
+    queue_stats,
+    secret_forms,
+    start_long_task,
+    task_journal,
+    wait_all_completed,
+    wait_long_task,
+)
 
 pytestmark = pytest.mark.hosts
 HOST = "edd-faults"
@@ -50,6 +64,7 @@ def deployed(plugins_ready, sandbox_hosts, tmp_path_factory, request):
 
 
 # --- the host seen from this machine, without SSH -----------------------------------------
+
 
 def host_processes(host: sandbox_hosts.SandboxHost) -> list[tuple[int, str, str]]:
     """(PID as this machine sees it, comm, argv joined by spaces) of every process on the host."""
@@ -102,15 +117,18 @@ def wait_for(probe, timeout: float, what: str, every: float = 0.2):
 
 # --- what the host holds -------------------------------------------------------------------
 
+
 def inventory(d: Deployment) -> dict[str, list[str]]:
     """Accounts, units and files a stack could duplicate or leave behind, in host order."""
     return {
         "users": d.sh("getent passwd | cut -d: -f1").split(),
         "groups": d.sh("getent group | cut -d: -f1").split(),
-        "units": d.sh("systemctl list-unit-files --no-legend --plain 'celery-*' 'flower*' 'rabbitmq*' "
-                      "| cut -d' ' -f1").split(),
-        "files": d.sh("find /etc/edd-infra /etc/systemd/system /etc/rabbitmq /var/lib/edd-infra -xdev "
-                      "2>/dev/null | sort").split(),
+        "units": d.sh(
+            "systemctl list-unit-files --no-legend --plain 'celery-*' 'flower*' 'rabbitmq*' | cut -d' ' -f1"
+        ).split(),
+        "files": d.sh(
+            "find /etc/edd-infra /etc/systemd/system /etc/rabbitmq /var/lib/edd-infra -xdev 2>/dev/null | sort"
+        ).split(),
     }
 
 
@@ -126,6 +144,7 @@ def worker_main_processes(d: Deployment) -> int:
 
 # --- the faults ----------------------------------------------------------------------------
 
+
 def test_ssh_cut_in_the_middle_of_up_fails_clearly_and_a_rerun_converges(deployed):
     """A worker change is being applied when the host's sshd dies and its sessions drop: `up`
     fails naming the resource, with no secret in its text; with sshd back, a rerun waits for the
@@ -137,17 +156,27 @@ def test_ssh_cut_in_the_middle_of_up_fails_clearly_and_a_rerun_converges(deploye
     # The cut `up` runs in a process of its own, as `pulumi up` does: when the engine fails,
     # nothing of that run (its inline program, its SDK state) lingers in this process.
     log = d.stack.work_dir / "cut-up.log"
-    code = ("import sys; from edd_infra.workspace import ProjectStack; "
-            "s = ProjectStack(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]); "
-            "s.stack.up(on_output=print, color='never')")
+    code = (
+        "import sys; from edd_infra.workspace import ProjectStack; "
+        "s = ProjectStack(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]); "
+        "s.stack.up(on_output=print, color='never')"
+    )
     backend = d.stack.env["PULUMI_BACKEND_URL"]
     with open(log, "w") as out:
-        cut_up = subprocess.Popen([sys.executable, "-c", code, d.stack.name, str(d.stack.work_dir), backend, PASSPHRASE],
-                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cut_up = subprocess.Popen(
+            [sys.executable, "-c", code, d.stack.name, str(d.stack.work_dir), backend, PASSPHRASE],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         # The worker's script runs on the host (it names the unit it writes): cut now.
-        wait_for(lambda: any(is_worker_script(comm, args) for _, comm, args in host_processes(d.host)),
-                 600, "the worker's script to run on the host")
+        wait_for(
+            lambda: any(is_worker_script(comm, args) for _, comm, args in host_processes(d.host)),
+            600,
+            "the worker's script to run on the host",
+        )
         cut_at = time.monotonic()
         killed = cut_ssh(d.host)
         assert killed, "no SSH session was open: the cut hit nothing"
@@ -270,8 +299,11 @@ def test_broker_restart_while_tasks_flow_loses_no_task(deployed):
 
         assert d.main_pid(WORKER_UNIT) == worker_pid, "the worker was restarted, not reconnected"
         journal = d.sh(f"journalctl -u {WORKER_UNIT} -o short-unix --no-pager --since=@{int(restart_at)}")
-        connected = [float(line.split()[0]) for line in journal.splitlines()
-                     if "Connected to amqp://" in line and float(line.split()[0]) > restart_at]
+        connected = [
+            float(line.split()[0])
+            for line in journal.splitlines()
+            if "Connected to amqp://" in line and float(line.split()[0]) > restart_at
+        ]
         assert connected, f"the worker never reconnected:\n{journal[-2000:]}"
         RECOVERY["broker restart: worker consuming again after"] = connected[0] - restart_at
         stats = queue_stats(d)
@@ -282,6 +314,7 @@ def test_broker_restart_while_tasks_flow_loses_no_task(deployed):
 
 
 # --- a long task in flight through a fault -------------------------------------------------
+
 
 def succeeded_counts(d: Deployment, prefix: str) -> Counter:
     """How many times each task id with `prefix` succeeded, by the worker's journal (all boots)."""
@@ -305,7 +338,9 @@ def test_a_tasks_change_that_restarts_the_worker_lets_a_long_task_in_flight_fini
         assert result.summary.result == "succeeded"
         RECOVERY["tasks change: up with a 30 s task running"] = seconds
         assert d.main_pid(WORKER_UNIT) != pid, "the change did not restart the worker: nothing was tested"
-        assert "task_soft_time_limit = 3000" in d.sh(f"cat /etc/edd-infra/celery/{WORKER_UNIT}/edd_infra_celeryconfig.py")
+        assert "task_soft_time_limit = 3000" in d.sh(
+            f"cat /etc/edd-infra/celery/{WORKER_UNIT}/edd_infra_celeryconfig.py"
+        )
 
         assert wait_long_task(d, task_id, LONG_TASK_SECONDS * 4) == 1
         journal = task_journal(d, task_id)
@@ -406,13 +441,17 @@ def test_a_reboot_forced_past_its_job_timeout_cuts_a_long_task_which_runs_again_
     d = deployed
     dropin = "/run/systemd/system/reboot.target.d/50-edd-infra-test.conf"
     assert d.sh("systemctl show -p JobTimeoutUSec -p JobTimeoutAction --value reboot.target").split() == [
-        "30min", "reboot-force"]
+        "30min",
+        "reboot-force",
+    ]
     since = host_now(d)
     boot_id = d.sh("cat /proc/sys/kernel/random/boot_id").strip()
     rebooted = False
     try:
-        d.sh(f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Unit]\\nJobTimeoutSec=10s\\n' > {dropin} "
-             "&& systemctl daemon-reload")
+        d.sh(
+            f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Unit]\\nJobTimeoutSec=10s\\n' > {dropin} "
+            "&& systemctl daemon-reload"
+        )
         assert d.sh("systemctl show -p JobTimeoutUSec --value reboot.target").strip() == "10s"
         task_id = start_long_task(d, ignore_result=True)
         started = time.monotonic()
@@ -430,7 +469,9 @@ def test_a_reboot_forced_past_its_job_timeout_cuts_a_long_task_which_runs_again_
         previous = d.sh(f"journalctl -b -1 -u {WORKER_UNIT} -o cat --no-pager --since=@{int(since)}")
         assert f"edd.work[{task_id}] succeeded" not in previous, previous[-2000:]  # the first run was cut
         # It was the reboot's job timeout that cut it (systemd's words in the old boot's journal).
-        shutdown = d.sh(f"journalctl -b -1 -o cat --no-pager --since=@{int(since)} | grep -Ei 'timed out|forcibl' || true")
+        shutdown = d.sh(
+            f"journalctl -b -1 -o cat --no-pager --since=@{int(since)} | grep -Ei 'timed out|forcibl' || true"
+        )
         assert "Forcibly rebooting: job timed out" in shutdown, shutdown
         queue_drained(d)
     finally:
@@ -440,6 +481,7 @@ def test_a_reboot_forced_past_its_job_timeout_cuts_a_long_task_which_runs_again_
 
 
 # --- a disk alarm while producers publish --------------------------------------------------
+
 
 def disk_alarm_raised(d: Deployment) -> bool:
     """The broker's own word: a resource alarm for free disk on this node."""
@@ -492,8 +534,12 @@ def test_a_disk_alarm_blocks_publishers_and_loses_no_task(deployed):
             time.sleep(2)  # publishes the broker had read before the alarm get their confirms
             before = producer.published()
             assert before < total
-            states = wait_for(lambda: [s for s in connection_states(d, producer.pid) if s == "blocked"],
-                              30, "the producer's connection to be blocked", every=1)
+            states = wait_for(
+                lambda: [s for s in connection_states(d, producer.pid) if s == "blocked"],
+                30,
+                "the producer's connection to be blocked",
+                every=1,
+            )
             print(f"\nthe producer's connections during the alarm: {states}")
             samples = []
             while time.monotonic() - alarm_at < hold:

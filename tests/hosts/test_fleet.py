@@ -85,8 +85,9 @@ def test_scaling_the_fleet_changes_only_the_added_and_removed_workers(fleet):
     rabbit = sh(broker, "systemctl show -p MainPID --value rabbitmq-server").strip()
     base = json.loads(stack.stack.get_config("edd-infra:workers").value)
     hosts = json.loads(stack.stack.get_config("edd-infra:hosts").value)
-    grown_hosts = dict(hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key}
-                                 for w in more})
+    grown_hosts = dict(
+        hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key} for w in more}
+    )
     grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(more, 3)]
     added = changes(stack, {"hosts": grown_hosts, "workers": grown})
     # Updated: the broker's command (the alert rules expect more workers) and the health probe.
@@ -126,8 +127,10 @@ def test_a_rotation_restarts_the_fleet_one_worker_at_a_time_and_the_queue_keeps_
     stack, broker, workers = fleet
     base = json.loads(stack.stack.get_config("edd-infra:workers").value)
     hosts = json.loads(stack.stack.get_config("edd-infra:hosts").value)
-    grown_hosts = dict(hosts, **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key}
-                                 for w in workers[1:]})
+    grown_hosts = dict(
+        hosts,
+        **{w.name: {"address": w.address, "user": w.user, "port": w.port, "hostKey": w.host_key} for w in workers[1:]},
+    )
     grown = base + [dict(base[-1], name=f"edd-worker-{i}", host=w.name) for i, w in enumerate(workers[1:], 3)]
     stack.set_plain({"hosts": grown_hosts, "workers": grown})
     assert stack.stack.up(color="never").summary.result == "succeeded"
@@ -158,9 +161,15 @@ def test_a_rotation_restarts_the_fleet_one_worker_at_a_time_and_the_queue_keeps_
     assert sorted(runs) == sorted(ids), "a task ran twice"
     # In turn: each worker began to stop only once the one before it was running again (the
     # hosts share one kernel, so their monotonic clocks compare).
-    times = [dict(line.split("=", 1) for line in sh(
-        host, f"systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic {unit}").split())
-        for host, unit in units]
+    times = [
+        dict(
+            line.split("=", 1)
+            for line in sh(
+                host, f"systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic {unit}"
+            ).split()
+        )
+        for host, unit in units
+    ]
     entered = [int(t["ActiveEnterTimestampMonotonic"]) for t in times]
     left = [int(t["ActiveExitTimestampMonotonic"]) for t in times]
     assert all(left[i + 1] >= entered[i] for i in range(len(units) - 1)), times

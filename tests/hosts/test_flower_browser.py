@@ -44,8 +44,15 @@ HOSTS = {13: "edd-fb13", 12: "edd-fb12"}
 CHROMIUM_BINARIES = ("/usr/lib/chromium/chromium-headless-shell", "/usr/lib/chromium/chromium")
 INSTALL = "apt-get install --no-install-recommends chromium-headless-shell"
 # On top of Playwright's own defaults (which hold most of them): nothing in the background.
-QUIET_ARGS = ["--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--no-first-run", "--disable-domain-reliability", "--no-pings", "--disable-default-apps"]
+QUIET_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-domain-reliability",
+    "--no-pings",
+    "--disable-default-apps",
+]
 TABLE_DEADLINE = 120.0  # s: Flower hears of the worker from its events (2 cores, other tests running)
 FIGURES: dict[str, float] = {}
 SHOTS: list[str] = []
@@ -159,11 +166,15 @@ def plain(value):
 def page_on(browser, origin: str, credentials: tuple[str, str] | None):
     """(page, elsewhere): a page in a fresh context (no cookies, no cache); requests outside
     `origin` are aborted and listed in `elsewhere`."""
-    auth = {"http_credentials": {"username": credentials[0], "password": credentials[1], "origin": origin}} \
-        if credentials else {}
+    auth = (
+        {"http_credentials": {"username": credentials[0], "password": credentials[1], "origin": origin}}
+        if credentials
+        else {}
+    )
     # Chromium cannot be told the stack's CA: the tests verify Flower's certificate themselves.
-    context = browser.chromium.new_context(viewport={"width": 1280, "height": 800},
-                                           ignore_https_errors=origin.startswith("https:"), **auth)
+    context = browser.chromium.new_context(
+        viewport={"width": 1280, "height": 800}, ignore_https_errors=origin.startswith("https:"), **auth
+    )
     elsewhere: list[str] = []
 
     def guard(route):
@@ -216,11 +227,15 @@ def test_dashboard_shows_every_worker_online(deployed, browser, request, tmp_pat
         page.wait_for_function(
             f"""nodes => {{ const rows = ({ROWS_JS})();
                 return nodes.every(n => rows.some(r => r.name === n && r.status === 'Online')); }}""",
-            arg=d.worker_nodes, timeout=TABLE_DEADLINE * 1000, polling=250)
+            arg=d.worker_nodes,
+            timeout=TABLE_DEADLINE * 1000,
+            polling=250,
+        )
         FIGURES[f"time to workers table, all online, {d.host.name}"] = time.monotonic() - started
         rows = page.evaluate(ROWS_JS)
-        assert {r["name"]: r["status"] for r in rows if r["name"] in d.worker_nodes} == \
-            dict.fromkeys(d.worker_nodes, "Online"), rows
+        assert {r["name"]: r["status"] for r in rows if r["name"] in d.worker_nodes} == dict.fromkeys(
+            d.worker_nodes, "Online"
+        ), rows
         shot = tmp_path / f"flower-dashboard-{d.host.name}.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -94,8 +94,10 @@ def test_scrape_targets_name_every_endpoint_and_no_secret(deployed):
     d = deployed
     address = d.host.address
     assert [t["url"].split("?")[0] for t in d.targets] == [
-        f"https://{address}:15691/metrics", f"https://{address}:15691/metrics/detailed",
-        f"https://{address}:5555/metrics"]
+        f"https://{address}:15691/metrics",
+        f"https://{address}:15691/metrics/detailed",
+        f"https://{address}:5555/metrics",
+    ]
     assert not any(form in json.dumps(d.targets) for form in secret_forms(d.secrets))
     assert d.stack.stack.outputs()["alertRules"].value == {"host": d.host.name, "path": RULES_PATH}
 
@@ -121,14 +123,26 @@ def test_edd_queue_depth_and_consumers_per_object(deployed):
         d.sh(f"set -a; . {WORKER_ENV}; set +a; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(code)}")
         # The EddQueueWithoutConsumers condition, as RabbitMQ reports it (stats every 5 s).
         started = time.monotonic()
-        wait_for(lambda: queue_sample(d, "rabbitmq_detailed_queue_messages") == 3
-                 and queue_sample(d, "rabbitmq_detailed_queue_consumers") == 0, 60, "3 tasks and no consumer")
+        wait_for(
+            lambda: (
+                queue_sample(d, "rabbitmq_detailed_queue_messages") == 3
+                and queue_sample(d, "rabbitmq_detailed_queue_consumers") == 0
+            ),
+            60,
+            "3 tasks and no consumer",
+        )
         FIGURES[f"queue depth seen in metrics, {d.host.name}"] = time.monotonic() - started
         assert queue_sample(d, "rabbitmq_detailed_queue_messages_ready") == 3
     finally:
         d.sh(f"systemctl start {WORKER_UNIT}")
-    wait_for(lambda: queue_sample(d, "rabbitmq_detailed_queue_messages") == 0
-             and (queue_sample(d, "rabbitmq_detailed_queue_consumers") or 0) >= 1, 90, "the queue drained")
+    wait_for(
+        lambda: (
+            queue_sample(d, "rabbitmq_detailed_queue_messages") == 0
+            and (queue_sample(d, "rabbitmq_detailed_queue_consumers") or 0) >= 1
+        ),
+        90,
+        "the queue drained",
+    )
     assert queue_sample(d, "rabbitmq_detailed_queue_messages", "edd.dead-letter") == 0
 
 

@@ -25,8 +25,16 @@ from sandbox.tls import make_broker_certificates
 from edd_infra.render.broker_migration import MIGRATION_USER, shovel_password
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
-from tests.hosts.deployment import (WORKER_ENV, WORKER_UNIT, Deployment, Producer, completed_tasks, destroy,
-                                   print_figures, secret_forms)
+from tests.hosts.deployment import (
+    WORKER_ENV,
+    WORKER_UNIT,
+    Deployment,
+    Producer,
+    completed_tasks,
+    destroy,
+    print_figures,
+    secret_forms,
+)
 
 pytestmark = pytest.mark.hosts
 OLD_DEBIAN, NEW_DEBIAN = 12, 13
@@ -52,7 +60,9 @@ def succeeded(d: Deployment, prefix: str, task: str = "edd.add") -> list[str]:
 
 def wait_completed(d: Deployment, ids: set[str], prefix: str, started: float) -> None:
     while not ids <= completed_tasks(d, prefix) or queued(d):
-        assert time.monotonic() - started < 600, f"{len(ids - completed_tasks(d, prefix))} tasks never ran on {d.host.name}"
+        assert time.monotonic() - started < 600, (
+            f"{len(ids - completed_tasks(d, prefix))} tasks never ran on {d.host.name}"
+        )
         time.sleep(2)
 
 

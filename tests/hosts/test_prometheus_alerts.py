@@ -39,7 +39,9 @@ MESSAGES = 'rabbitmq_detailed_queue_messages{vhost="/edd",queue="edd"}'
 
 @pytest.fixture(scope="module")
 def prom(request, plugins_ready, sandbox_hosts, tmp_path_factory):
-    problem = prometheus.missing() or (None if shutil.which("promtool") else "missing: promtool (apt-get install prometheus)")
+    problem = prometheus.missing() or (
+        None if shutil.which("promtool") else "missing: promtool (apt-get install prometheus)"
+    )
     if problem:
         pytest.skip(f"sandbox Prometheus: {problem}")
     (host,) = sandbox_hosts(HOST, debian=13)
@@ -84,15 +86,17 @@ def test_prometheus_scrapes_the_stack_from_the_host_network_only(prom):
     active = prometheus.api(server, "targets?state=active")["activeTargets"]
     assert sorted(normalized(t["scrapeUrl"]) for t in active) == sorted(normalized(t["url"]) for t in d.targets)
     # What it listens on and talks to, as the host's network sees it.
-    ss = subprocess.run(["nsenter", "-t", str(d.host.leader_pid), "--net", "ss", "-tanpH"],
-                        capture_output=True, text=True, check=True).stdout
+    ss = subprocess.run(
+        ["nsenter", "-t", str(d.host.leader_pid), "--net", "ss", "-tanpH"], capture_output=True, text=True, check=True
+    ).stdout
     mine = [line.split() for line in ss.splitlines() if f"pid={server.pid}," in line]
     assert [f[3] for f in mine if f[0] == "LISTEN"] == [f"{d.host.address}:{prometheus.PORT}"]
     peers = [f[4].rsplit(":", 1)[0] for f in mine if f[0] == "ESTAB"]
     assert peers and all(sandbox_or_loopback(p) for p in peers), peers
     # The config as running passes promtool (it loads the rules file read back from the host).
-    check = subprocess.run(["promtool", "check", "config", f"{server.work_dir}/prometheus.yml"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["promtool", "check", "config", f"{server.work_dir}/prometheus.yml"], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -117,8 +121,10 @@ def wait_alert(d, present: bool, timeout: float, seen: dict[str, float]) -> floa
             seen.setdefault(f"{name} {alert['state']}", now)
         if (alerts.get(ALERT, {}).get("state") == "firing") if present else ALERT not in alerts:
             return now
-        assert now < deadline, (f"{ALERT} not {'firing' if present else 'resolved'} after {timeout:.0f} s: "
-                                f"{alerts}; {prometheus.log_tail(d.prometheus)}")
+        assert now < deadline, (
+            f"{ALERT} not {'firing' if present else 'resolved'} after {timeout:.0f} s: "
+            f"{alerts}; {prometheus.log_tail(d.prometheus)}"
+        )
         time.sleep(0.5)
 
 
@@ -141,21 +147,24 @@ def test_no_consumer_alert_fires_with_tasks_queued_and_resolves_after_restart(pr
         d.sh(f"systemctl start {WORKER_UNIT}")
     resolved = wait_alert(d, False, 90, seen)
     active_at = datetime.fromisoformat(alert["activeAt"].replace("Z", "+00:00")).timestamp()
-    FIGURES.update({
-        "rule's for:": for_seconds,
-        "worker stopped -> alert pending (activeAt)": active_at - stopped_wall,
-        "worker stopped -> alert firing": firing - stopped,
-        "pending -> firing": firing - stopped - (active_at - stopped_wall),
-        "worker started -> alert resolved": resolved - restarted,
-    })
+    FIGURES.update(
+        {
+            "rule's for:": for_seconds,
+            "worker stopped -> alert pending (activeAt)": active_at - stopped_wall,
+            "worker stopped -> alert firing": firing - stopped,
+            "pending -> firing": firing - stopped - (active_at - stopped_wall),
+            "worker started -> alert resolved": resolved - restarted,
+        }
+    )
     for name, when in sorted(seen.items(), key=lambda kv: kv[1]):
         if name != f"{ALERT} firing" and name.endswith("firing"):
             FIGURES[f"(also) {name} after stop"] = when - stopped
     # None lost: every published task ran (the worker's journal), and the queue is empty.
     deadline = time.monotonic() + 180
     while not (ids <= completed_tasks(d, producer.prefix) and query(d, f"{MESSAGES} == 0")):
-        assert time.monotonic() < deadline, (f"{len(ids - completed_tasks(d, producer.prefix))} of {TASKS} tasks "
-                                             f"not run; queue {query(d, MESSAGES)}")
+        assert time.monotonic() < deadline, (
+            f"{len(ids - completed_tasks(d, producer.prefix))} of {TASKS} tasks not run; queue {query(d, MESSAGES)}"
+        )
         time.sleep(2)
     FIGURES[f"worker started -> {TASKS} queued tasks run"] = time.monotonic() - restarted
 

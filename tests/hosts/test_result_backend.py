@@ -69,16 +69,22 @@ def install_postgresql(host) -> None:
     """Debian's postgresql from the image's apt cache (the host has no route to a registry),
     as broker_install installs rabbitmq-server; the package starts cluster <version>/main."""
     sh(host, "export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q postgresql </dev/null", timeout=600)
-    sh(host, "for i in $(seq 60); do pg_isready -q -h /var/run/postgresql && exit 0; sleep 1; done; "
-             "pg_lsclusters; exit 1", timeout=120)
+    sh(
+        host,
+        "for i in $(seq 60); do pg_isready -q -h /var/run/postgresql && exit 0; sleep 1; done; pg_lsclusters; exit 1",
+        timeout=120,
+    )
 
 
 def prepare_database(host, password: str) -> None:
     """Role, database, Celery's tables (made by the owner) and the role's grants."""
-    psql(host, f"CREATE ROLE {ROLE} LOGIN PASSWORD '{scram_verifier(password)}';\n"
-               f"CREATE DATABASE {DATABASE} OWNER postgres;\n"
-               # Without this, PUBLIC's default CONNECT would make the grant below moot.
-               f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;\n")
+    psql(
+        host,
+        f"CREATE ROLE {ROLE} LOGIN PASSWORD '{scram_verifier(password)}';\n"
+        f"CREATE DATABASE {DATABASE} OWNER postgres;\n"
+        # Without this, PUBLIC's default CONNECT would make the grant below moot.
+        f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;\n",
+    )
     # The owner makes the tables the way a worker does at backend setup (Celery's own models),
     # with postgres's URL: peer authentication on the socket, no password anywhere.
     owner_url = f"db+postgresql://postgres@/{DATABASE}?host=/var/run/postgresql"
@@ -129,7 +135,9 @@ def test_postgresql_runs_from_the_offline_cache_with_least_privilege(deployed):
     (version,) = sh(host, "ls /etc/postgresql").split()  # the release's one PostgreSQL
     assert sh(host, f"systemctl is-active postgresql@{version}-main").strip() == "active"
     # Tables owned by postgres; the role may use rows and sequences, may not create anything.
-    checks = psql(host, f"""
+    checks = psql(
+        host,
+        f"""
         SELECT string_agg(tableowner, ',' ORDER BY tablename) FROM pg_tables
           WHERE tablename IN ('celery_taskmeta', 'celery_tasksetmeta');
         SELECT has_database_privilege('{ROLE}', '{DATABASE}', 'CONNECT'),
@@ -138,7 +146,9 @@ def test_postgresql_runs_from_the_offline_cache_with_least_privilege(deployed):
                has_sequence_privilege('{ROLE}', 'task_id_sequence', 'USAGE'),
                has_database_privilege('{ROLE}', '{DATABASE}', 'CREATE');
         SELECT rolpassword LIKE 'SCRAM-SHA-256$4096:%' FROM pg_authid WHERE rolname = '{ROLE}';
-        """, database=DATABASE).split()
+        """,
+        database=DATABASE,
+    ).split()
     assert checks == ["postgres,postgres", "t|f|t|t|f", "t"], checks
 
 
@@ -167,8 +177,10 @@ def on_host_python(code: str, *args: str, broker: str | None = None) -> str:
     """The venv's python in the app directory with the worker's env file loaded (so no
     secret is on a command line); `broker` overrides CELERY_BROKER_URL."""
     override = f"CELERY_BROKER_URL={shlex.quote(broker)}; " if broker else ""
-    return (f"set -a; . {ENV_FILE}; {override}set +a; cd {APP_TARGET} && "
-            f"{VENV}/bin/python -c {shlex.quote(code)} {shlex.join(args)}")
+    return (
+        f"set -a; . {ENV_FILE}; {override}set +a; cd {APP_TARGET} && "
+        f"{VENV}/bin/python -c {shlex.quote(code)} {shlex.join(args)}"
+    )
 
 
 def test_task_result_lands_in_postgresql_and_another_process_reads_it(deployed):
@@ -179,19 +191,24 @@ def test_task_result_lands_in_postgresql_and_another_process_reads_it(deployed):
     TIMINGS["two task round trips"] = time.monotonic() - started
     assert value == "42"
     task_id = str(uuid.UUID(task_id))  # a plain UUID: safe to put in SQL below
-    row = psql(host, f"SELECT status, convert_from(result, 'UTF8') FROM celery_taskmeta "
-                     f"WHERE task_id = '{task_id}';", database=DATABASE).strip()
+    row = psql(
+        host,
+        f"SELECT status, convert_from(result, 'UTF8') FROM celery_taskmeta WHERE task_id = '{task_id}';",
+        database=DATABASE,
+    ).strip()
     assert row == "SUCCESS|42", row
-    assert int(psql(host, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS';",
-                    database=DATABASE)) >= 2
+    assert int(psql(host, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS';", database=DATABASE)) >= 2
     read = sh(host, on_host_python(READ, task_id, broker="amqp://nobody:nothing@127.0.0.1:9//"), timeout=120)
     assert read.split() == ["DatabaseBackend", "SUCCESS", "42"], read
 
 
 def test_password_on_no_command_line_and_in_no_log(deployed):
     host, password = deployed["host"], deployed["password"]
-    forms = {"plain": password, "percent-quoted": quote(password, safe=""),
-             "random part": password[: -len(PRINTABLE_ASCII)]}
+    forms = {
+        "plain": password,
+        "percent-quoted": quote(password, safe=""),
+        "random part": password[: -len(PRINTABLE_ASCII)],
+    }
     ps = sh(host, "ps -eo args")
     assert "celery -A edd worker" in ps  # the worker is running while we look
     places = {

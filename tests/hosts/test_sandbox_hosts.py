@@ -45,7 +45,9 @@ def test_pid1_is_systemd_with_no_failed_unit(sandbox_hosts):
         assert sh(host, "cat /proc/1/comm") == "systemd"
         state = hosts.run(host, "systemctl is-system-running --wait").stdout.strip()
         failed = sh(host, "systemctl list-units --failed --no-legend --plain")
-        details = hosts.run(host, "systemctl status --no-pager --failed; journalctl -b -p warning --no-pager | tail -30")
+        details = hosts.run(
+            host, "systemctl status --no-pager --failed; journalctl -b -p warning --no-pager | tail -30"
+        )
         assert (state, failed) == ("running", ""), f"{host.name}: {state}\n{details.stdout}"
 
 
@@ -67,8 +69,9 @@ def test_wrong_host_key_is_refused(sandbox_hosts, tmp_path):
     other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"{host.address} {other}\n")
-    done = subprocess.run([*host.ssh_command(known_hosts=known_hosts), "true"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*host.ssh_command(known_hosts=known_hosts), "true"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 255
     assert "Host key verification failed" in done.stderr
 
@@ -101,21 +104,29 @@ def test_each_host_has_its_own_cgroup_tree(sandbox_hosts):
 def test_edd_app_is_baked_with_pinned_celery_and_flower(sandbox_hosts):
     host, _ = sandbox_hosts(*PAIR)
     # The app leaves queue and confirms to the program's config module (none here: Celery's defaults).
-    probe = ("import celery, flower, edd; c = edd.app.conf; "
-             "print(celery.__version__, flower.__version__, c.task_default_queue, "
-             "c.broker_transport_options, sorted(t for t in edd.app.tasks if t.startswith('edd.')))")
-    out = sh(host, f"cd {APP} && {VENV}/bin/python -c \"{probe}\"")
+    probe = (
+        "import celery, flower, edd; c = edd.app.conf; "
+        "print(celery.__version__, flower.__version__, c.task_default_queue, "
+        "c.broker_transport_options, sorted(t for t in edd.app.tasks if t.startswith('edd.')))"
+    )
+    out = sh(host, f'cd {APP} && {VENV}/bin/python -c "{probe}"')
     assert out == "5.7.0 2.2.0 celery {} ['edd.add', 'edd.retry_once', 'edd.work']"
     report = sh(host, f"cd {APP} && {VENV}/bin/celery -A edd report")  # the CLI finds the app by -A edd
     # The app sets no reliability setting of its own: late acks come from the program's module.
     assert "celery:5.7.0" in report and "task_acks_late" not in report
 
+
 def test_running_host_is_reused_and_visible_to_other_processes(sandbox_hosts):
     first, _ = sandbox_hosts(*PAIR)
     again = hosts.boot([first.name])[0]
     assert again == first
-    status = subprocess.run([sys.executable, "-m", "sandbox", "status"], capture_output=True, text=True,
-                            check=True, cwd=Path(hosts.__file__).parents[1])
+    status = subprocess.run(
+        [sys.executable, "-m", "sandbox", "status"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(hosts.__file__).parents[1],
+    )
     rows = {row["name"]: row for row in json.loads(status.stdout)}
     assert rows[first.name]["alive"] and rows[first.name]["pid"] == first.pid
 
@@ -126,9 +137,13 @@ def test_rabbitmq_installs_offline_and_a_worker_runs_edd_add(throwaway_hosts):
     assert "Need to get 0 B" in install, "rabbitmq-server must come from the baked apt cache"
     assert sh(host, "systemctl is-active rabbitmq-server") == "active"
     sh(host, f"systemd-run --unit edd-worker -p WorkingDirectory={APP} {WORKER}")
-    sh(host, f"cd {APP} && for i in $(seq 60); do "
-             f"{VENV}/bin/celery -A edd inspect ping -d edd-worker-1@$(hostname) >/dev/null 2>&1 && exit 0; "
-             "sleep 1; done; exit 1", timeout=120)
+    sh(
+        host,
+        f"cd {APP} && for i in $(seq 60); do "
+        f"{VENV}/bin/celery -A edd inspect ping -d edd-worker-1@$(hostname) >/dev/null 2>&1 && exit 0; "
+        "sleep 1; done; exit 1",
+        timeout=120,
+    )
     assert "edd.add" in sh(host, f"cd {APP} && {VENV}/bin/celery -A edd inspect registered")
     assert sh(host, f"cd {APP} && {VENV}/bin/python -c 'import edd; print(edd.add.delay(2, 3).get(timeout=30))'") == "5"
 

@@ -91,8 +91,11 @@ def test_tasks_queued_under_the_old_key_run_after_the_rotation(deployed):
     tls = tls_dir(d.stack)
     new = make_signing_certificate(project / ".pulumi-state" / f"rotated-{uuid.uuid4().hex[:6]}")
     d.stack.set_secret("celerySigningKey", new["signing.key"].read_text())
-    ROTATION.update(certFile=str(new["signing.pem"].relative_to(project)), previousCertFile=f"{tls}/signing.pem",
-                    previousTrustedUntil=utc(datetime.now(timezone.utc) + timedelta(days=1)))
+    ROTATION.update(
+        certFile=str(new["signing.pem"].relative_to(project)),
+        previousCertFile=f"{tls}/signing.pem",
+        previousTrustedUntil=utc(datetime.now(timezone.utc) + timedelta(days=1)),
+    )
     set_signing(d, **ROTATION)
     since = d.sh("date +%s").strip()
     result, seconds = d.up()
@@ -114,7 +117,8 @@ def test_tasks_queued_under_the_old_key_run_after_the_rotation(deployed):
     while not ids <= completed_tasks(d, producer.prefix) or queued(d):
         assert time.monotonic() - started < 180, (
             f"{len(ids - completed_tasks(d, producer.prefix))} of {QUEUED} old-key tasks never ran; "
-            f"journal: {journal_since(d, since)[-3000:]}")
+            f"journal: {journal_since(d, since)[-3000:]}"
+        )
         time.sleep(2)
     FIGURES[f"{QUEUED} old-key tasks run"] = time.monotonic() - started
     journal = journal_since(d, since)
@@ -136,7 +140,9 @@ def test_past_its_time_the_old_certificate_leaves_the_stores_and_old_key_tasks_a
     FIGURES["up past previousTrustedUntil"] = seconds
     assert result.summary.result == "succeeded", result.summary
     shown = "".join(d.output)
-    assert "previousTrustedUntil" in shown and "has passed" in shown and "remove celerySigning.previousCertFile" in shown
+    assert (
+        "previousTrustedUntil" in shown and "has passed" in shown and "remove celerySigning.previousCertFile" in shown
+    )
 
     # The previous certificate is gone from every store, and the worker restarted on that.
     for service in (WORKER_UNIT, "flower"):
@@ -147,8 +153,10 @@ def test_past_its_time_the_old_certificate_leaves_the_stores_and_old_key_tasks_a
     # Celery drops what it cannot verify, which is what the overlap was for).
     since = d.sh("date +%s").strip()
     task_id = f"old-{uuid.uuid4().hex[:8]}"
-    env = (f"set -a; . {WORKER_ENV}; CELERY_SECURITY_KEY={OLD}/key.pem; CELERY_SECURITY_CERTIFICATE={OLD}/cert.pem; "
-           f"CELERY_SECURITY_CERT_STORE='{OLD}/store/*.pem'; set +a")
+    env = (
+        f"set -a; . {WORKER_ENV}; CELERY_SECURITY_KEY={OLD}/key.pem; CELERY_SECURITY_CERTIFICATE={OLD}/cert.pem; "
+        f"CELERY_SECURITY_CERT_STORE='{OLD}/store/*.pem'; set +a"
+    )
     d.sh(f"{env}; cd {APP_TARGET} && {VENV}/bin/python -c {shlex.quote(OLD_KEY_TASK.format(task_id=task_id))}")
     deadline = time.monotonic() + 60
     while task_id not in (journal := journal_since(d, since)):

@@ -29,8 +29,18 @@ from sandbox.image import ensure_image
 from edd_infra.workspace import ProjectStack
 from tests.engine.conftest import PASSPHRASE
 from tests.hosts import apt_repo
-from tests.hosts.deployment import (LONG_TASK_SECONDS, UNITS, WORKER_UNIT, Deployment, Producer, destroy,
-                                   print_figures, start_long_task, wait_all_completed, wait_long_task)
+from tests.hosts.deployment import (
+    LONG_TASK_SECONDS,
+    UNITS,
+    WORKER_UNIT,
+    Deployment,
+    Producer,
+    destroy,
+    print_figures,
+    start_long_task,
+    wait_all_completed,
+    wait_long_task,
+)
 
 pytestmark = pytest.mark.hosts
 DEBIAN = 13
@@ -129,7 +139,9 @@ def test_an_upgrade_under_load_loses_no_confirmed_task(upgradable):
         producer.wait(600)
         ids = producer.ids()
         assert len(ids) == total
-        FIGURES["all tasks done after up"] = wait_all_completed(d, ids, producer.prefix) + time.monotonic() - started - seconds
+        FIGURES["all tasks done after up"] = (
+            wait_all_completed(d, ids, producer.prefix) + time.monotonic() - started - seconds
+        )
         FIGURES["producer retries"] = producer.retries()
     finally:
         producer.stop()
@@ -174,8 +186,11 @@ def test_a_jump_rabbitmq_does_not_support_is_refused_before_anything_changes(upg
             with pytest.raises(auto.CommandError) as refused:
                 attempt()
             text = str(refused.value)
-            assert re.search(r"edd-infra:broker\.packageVersion: \S+ -> 4\.3\.6-1 skips a release series: RabbitMQ "
-                             r"upgrades one minor series at a time \(4\.0 -> 4\.1\)", text), text[-2000:]
+            assert re.search(
+                r"edd-infra:broker\.packageVersion: \S+ -> 4\.3\.6-1 skips a release series: RabbitMQ "
+                r"upgrades one minor series at a time \(4\.0 -> 4\.1\)",
+                text,
+            ), text[-2000:]
         assert d.main_pid("rabbitmq-server") == pid and installed(d) == d.versions["good"]
     finally:
         d.pin(d.versions["good"])

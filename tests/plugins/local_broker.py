@@ -45,8 +45,15 @@ class LocalBroker:
         )
 
     def ctl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "rabbitmqctl"), *args], input=stdin, capture_output=True, text=True,
-                              env=self.env(), check=check, timeout=60)
+        return subprocess.run(
+            [str(BIN / "rabbitmqctl"), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            check=check,
+            timeout=60,
+        )
 
     def start(self) -> "LocalBroker":
         for sub in ("home", "mnesia", "log"):
@@ -58,8 +65,14 @@ class LocalBroker:
         )
         (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
         log = open(self.base / "server.out", "w")
-        self.process = subprocess.Popen([str(BIN / "rabbitmq-server")], env=self.env(), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            [str(BIN / "rabbitmq-server")],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -32,21 +32,43 @@ def program_for(broker, out_dir):
     def program():
         config = pulumi.Config()
         app_password = config.require_secret("appPassword")
-        provider = rabbitmq.Provider("provider", endpoint=management_endpoint("127.0.0.1", broker.management_port),
-                                     username=ADMIN, password=config.require_secret("adminPassword"))
-        EddVhost("edd", vhost="/edd", app_user=AppUser(), flower_user=FlowerBrokerUser(), app_queue=AppQueue(),
-                 app_password=app_password, flower_password=config.require_secret("flowerPassword"),
-                 provider=provider)
+        provider = rabbitmq.Provider(
+            "provider",
+            endpoint=management_endpoint("127.0.0.1", broker.management_port),
+            username=ADMIN,
+            password=config.require_secret("adminPassword"),
+        )
+        EddVhost(
+            "edd",
+            vhost="/edd",
+            app_user=AppUser(),
+            flower_user=FlowerBrokerUser(),
+            app_queue=AppQueue(),
+            app_password=app_password,
+            flower_password=config.require_secret("flowerPassword"),
+            provider=provider,
+        )
         env_path = f"{out_dir}/worker.env"
         me = __import__("getpass").getuser()
         HostTarget("local", Host(connection="local")).run(
             "env-file",
             create=host_scripts.script(host_scripts.READ_SECRET_FILES),
             delete=f"rm -f {env_path}",
-            stdin=app_password.apply(lambda pw: host_scripts.secret_bundle(
-                [FileSpec(env_path, f"URL={amqp_url('edd_user', pw, '127.0.0.1', broker.amqp_port, '/edd')}\n",
-                          "0600", me, me)])),
+            stdin=app_password.apply(
+                lambda pw: host_scripts.secret_bundle(
+                    [
+                        FileSpec(
+                            env_path,
+                            f"URL={amqp_url('edd_user', pw, '127.0.0.1', broker.amqp_port, '/edd')}\n",
+                            "0600",
+                            me,
+                            me,
+                        )
+                    ]
+                )
+            ),
         )
+
     return program
 
 
@@ -74,8 +96,14 @@ def plugin_stack(broker, tmp_path):
         broker.ctl("set_user_tags", ADMIN, "administrator")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    stack = ProjectStack(f"p{uuid.uuid4().hex[:8]}", tmp_path, f"file://{tmp_path}", PASSPHRASE,
-                         program=program_for(broker, out_dir), project="edd-infra-plugins-test")
+    stack = ProjectStack(
+        f"p{uuid.uuid4().hex[:8]}",
+        tmp_path,
+        f"file://{tmp_path}",
+        PASSPHRASE,
+        program=program_for(broker, out_dir),
+        project="edd-infra-plugins-test",
+    )
     for key, value in {"adminPassword": ADMIN_PASSWORD, "appPassword": HOSTILE, "flowerPassword": "fl0wer pw"}.items():
         stack.set_secret(key, value)
     return stack, out_dir
@@ -99,7 +127,7 @@ def test_vhost_users_and_secret_command_round_trip(local_broker, tmp_path):
     again = stack.stack.up(on_output=engine_output.append)
     assert again.summary.resource_changes == {"same": again.summary.resource_changes.get("same", 0)}
 
-    new_password = "n3w;p@ss %41 \"q\""
+    new_password = 'n3w;p@ss %41 "q"'
     stack.set_secret("appPassword", new_password)
     rotated = stack.stack.up(on_output=engine_output.append)
     assert rotated.summary.resource_changes.get("update") == 2  # the user and the env file
@@ -129,6 +157,7 @@ def test_an_older_stacks_queue_is_kept_and_a_rejected_task_is_dead_lettered(loca
     on RabbitMQ 3.10 before this change) sees no change to the protected queue; a task
     rejected without requeue lands in the kept dead-letter queue, not nowhere."""
     from edd_infra.components import edd_vhost
+
     broker = local_broker
     stack, _ = plugin_stack(broker, tmp_path)
     with monkeypatch.context() as old_program:  # the program before: no type, no dead-letter objects

@@ -44,8 +44,10 @@ def policy_problem() -> Optional[str]:
     if problem:
         return problem
     if language_host() is None:
-        return (f"Python language host {LANGUAGE_HOST} not found on PATH or beside the pulumi CLI "
-                "(policy packs run through it; it ships with the official pulumi install)")
+        return (
+            f"Python language host {LANGUAGE_HOST} not found on PATH or beside the pulumi CLI "
+            "(policy packs run through it; it ships with the official pulumi install)"
+        )
     if importlib.util.find_spec("pulumi_policy") is None:
         return "pulumi-policy not installed in the virtualenv (make toolchain)"
     return None
@@ -86,8 +88,14 @@ class Preview:
         return [message for p, _, _, message in self.violations if p == policy]
 
 
-def preview_inline(tmp_path: Path, stack_name: str, program: Callable[[], None], secrets: dict[str, str],
-                   project: str = "edd-infra-policy-test", config: Optional[dict] = None) -> Preview:
+def preview_inline(
+    tmp_path: Path,
+    stack_name: str,
+    program: Callable[[], None],
+    secrets: dict[str, str],
+    project: str = "edd-infra-policy-test",
+    config: Optional[dict] = None,
+) -> Preview:
     """`preview --policy-pack policy` of an inline program in a throw-away backend."""
     work = tmp_path / f"{stack_name}-{uuid.uuid4().hex[:6]}"
     work.mkdir()
@@ -98,17 +106,28 @@ def preview_inline(tmp_path: Path, stack_name: str, program: Callable[[], None],
         stack.set_secret(key, value)
     events, output = [], []
     try:
-        stack.stack.preview(policy_packs=[str(POLICY_PACK)], on_event=events.append, on_output=output.append,
-                            color="never")
+        stack.stack.preview(
+            policy_packs=[str(POLICY_PACK)], on_event=events.append, on_output=output.append, color="never"
+        )
         succeeded = True
     except auto.CommandError as err:
         succeeded, output = False, output + [str(err)]
-    violations = [(e.policy_event.policy_name, e.policy_event.enforcement_level,
-                   e.policy_event.resource_urn.rsplit("::", 1)[-1], e.policy_event.message)
-                  for e in events if e.policy_event]
+    violations = [
+        (
+            e.policy_event.policy_name,
+            e.policy_event.enforcement_level,
+            e.policy_event.resource_urn.rsplit("::", 1)[-1],
+            e.policy_event.message,
+        )
+        for e in events
+        if e.policy_event
+    ]
     texts = output + [repr(e.diagnostic_event.message) for e in events if e.diagnostic_event]
-    resources = {e.resource_pre_event.metadata.urn.rsplit("::", 1)[-1]: e.resource_pre_event.metadata.type
-                 for e in events if e.resource_pre_event}
+    resources = {
+        e.resource_pre_event.metadata.urn.rsplit("::", 1)[-1]: e.resource_pre_event.metadata.type
+        for e in events
+        if e.resource_pre_event
+    }
     return Preview(succeeded, violations, "\n".join(output + texts + [v[3] for v in violations]), resources)
 
 
@@ -125,15 +144,20 @@ def isolation_problem() -> Optional[str]:
         return "unshare or ip not installed (util-linux, iproute2)"
     probe = subprocess.run(ISOLATE + ["true"], capture_output=True, text=True)
     if probe.returncode != 0:
-        return f"no network namespace for a loopback-only preview (unshare --net needs root): {probe.stderr.strip()[:120]}"
+        return (
+            f"no network namespace for a loopback-only preview (unshare --net needs root): {probe.stderr.strip()[:120]}"
+        )
     return None
 
 
-def run_isolated(argv: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_isolated(
+    argv: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run `argv` in a fresh network namespace holding only loopback: a preview that dialled
     an SSH host or a broker there would fail instead of reaching it."""
-    return subprocess.run(ISOLATE + argv, cwd=cwd, env=dict(os.environ, **env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ISOLATE + argv, cwd=cwd, env=dict(os.environ, **env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cli_preview(result: subprocess.CompletedProcess) -> Preview:

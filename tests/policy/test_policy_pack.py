@@ -46,16 +46,20 @@ def pack_policies() -> dict[str, str]:
 def conf_script(lines: list[str]) -> str:
     """A script that writes rabbitmq.conf from a quoted heredoc, as the program's do."""
     body = "\n".join(lines)
-    return (f"tmp=$(mktemp)\ncat > \"$tmp\" <<'EOF_CONF'\n{body}\nEOF_CONF\n"
-            "install -m 0644 \"$tmp\" /etc/rabbitmq/rabbitmq.conf\n")
+    return (
+        f"tmp=$(mktemp)\ncat > \"$tmp\" <<'EOF_CONF'\n{body}\nEOF_CONF\n"
+        'install -m 0644 "$tmp" /etc/rabbitmq/rabbitmq.conf\n'
+    )
 
 
 def flower_unit(*extra: str) -> str:
     argv = " ".join(["/opt/edd/venv/bin/celery", "-A", "edd", "flower", *extra])
-    return ("tmp=$(mktemp)\ncat > \"$tmp\" <<'EOF_UNIT'\n[Service]\nUser=celery\n"
-            f"ExecStart={argv}\nEOF_UNIT\ninstall -m 0644 \"$tmp\" /etc/systemd/system/flower.service\n"
-            "while IFS=' ' read -r mode owner group path on_failure data; do printf '%s' \"$data\" | base64 -d > \"$path\"; "
-            "done\n")
+    return (
+        "tmp=$(mktemp)\ncat > \"$tmp\" <<'EOF_UNIT'\n[Service]\nUser=celery\n"
+        f'ExecStart={argv}\nEOF_UNIT\ninstall -m 0644 "$tmp" /etc/systemd/system/flower.service\n'
+        "while IFS=' ' read -r mode owner group path on_failure data; do printf '%s' \"$data\" | base64 -d > \"$path\"; "
+        "done\n"
+    )
 
 
 def flower_bundle(address: str, password: str | None) -> str:
@@ -81,37 +85,82 @@ def good_program() -> None:
     rabbitmq.User("admin-user", name=ADMIN, password=password, tags=["administrator"], opts=on_broker)
     rabbitmq.User("monitor-user", name="bunny", password=password, tags=["monitoring"], opts=on_broker)
     # broker-listeners-loopback-or-tls, management-listener-tls.
-    local.Command("conf-loopback", create=conf_script([
-        "listeners.tcp.1 = 127.0.0.1:5672", "listeners.tcp.2 = ::1:5672",
-        "management.tcp.ip = 127.0.0.1", "management.tcp.port = 15672", "loopback_users.guest = true"]))
-    local.Command("conf-tls", create=conf_script([
-        "listeners.tcp = none", "listeners.ssl.1 = 0.0.0.0:5671",
-        "management.tcp.ip = 127.0.0.1", "management.tcp.port = 15672",
-        "management.ssl.ip = 0.0.0.0", "management.ssl.port = 15671"]))
+    local.Command(
+        "conf-loopback",
+        create=conf_script(
+            [
+                "listeners.tcp.1 = 127.0.0.1:5672",
+                "listeners.tcp.2 = ::1:5672",
+                "management.tcp.ip = 127.0.0.1",
+                "management.tcp.port = 15672",
+                "loopback_users.guest = true",
+            ]
+        ),
+    )
+    local.Command(
+        "conf-tls",
+        create=conf_script(
+            [
+                "listeners.tcp = none",
+                "listeners.ssl.1 = 0.0.0.0:5671",
+                "management.tcp.ip = 127.0.0.1",
+                "management.tcp.port = 15672",
+                "management.ssl.ip = 0.0.0.0",
+                "management.ssl.port = 15671",
+            ]
+        ),
+    )
     # flower-not-public-without-auth: public with basic auth (config on stdin); loopback without.
-    local.Command("flower-public-with-auth", create=flower_unit(f"--conf={FLOWER_CONF}"),
-                  stdin=ui.apply(lambda pw: flower_bundle("0.0.0.0", pw)), **QUIET, opts=quiet)
+    local.Command(
+        "flower-public-with-auth",
+        create=flower_unit(f"--conf={FLOWER_CONF}"),
+        stdin=ui.apply(lambda pw: flower_bundle("0.0.0.0", pw)),
+        **QUIET,
+        opts=quiet,
+    )
     local.Command("flower-loopback", create=flower_unit("--address=127.0.0.1"))
     # stdin-commands-log-nothing, no-credentials-in-command-text.
-    local.Command("password-on-stdin", create="head -n 1 | rabbitmqctl -q add_user app >/dev/null",
-                  stdin=password, **QUIET, opts=quiet)
+    local.Command(
+        "password-on-stdin",
+        create="head -n 1 | rabbitmqctl -q add_user app >/dev/null",
+        stdin=password,
+        **QUIET,
+        opts=quiet,
+    )
     # command-delete-before-replace(-manual): set where the delete undoes the create; not
     # needed where it does not.
-    local.Command("file-with-triggers", create="install -m 0644 /dev/null /etc/edd-policy-test.conf",
-                  delete="rm -f /etc/edd-policy-test.conf", triggers=["1"], opts=dbr)
-    local.Command("user-without-triggers", create="useradd --system edd-policy-test",
-                  delete="userdel edd-policy-test", opts=dbr)
-    local.Command("delete-unrelated", create="touch /tmp/edd-policy-created",
-                  delete="logger edd-policy-test deleted", triggers=["1"])
+    local.Command(
+        "file-with-triggers",
+        create="install -m 0644 /dev/null /etc/edd-policy-test.conf",
+        delete="rm -f /etc/edd-policy-test.conf",
+        triggers=["1"],
+        opts=dbr,
+    )
+    local.Command(
+        "user-without-triggers", create="useradd --system edd-policy-test", delete="userdel edd-policy-test", opts=dbr
+    )
+    local.Command(
+        "delete-unrelated",
+        create="touch /tmp/edd-policy-created",
+        delete="logger edd-policy-test deleted",
+        triggers=["1"],
+    )
     # prod-host-key-checking (preview never dials the host).
-    remote.Command("remote-pinned", connection=remote.ConnectionArgs(host="127.0.0.1", port=1, host_key=HOST_KEY),
-                   create="true")
+    remote.Command(
+        "remote-pinned", connection=remote.ConnectionArgs(host="127.0.0.1", port=1, host_key=HOST_KEY), create="true"
+    )
     # queues-and-exchanges-protected.
     protected = pulumi.ResourceOptions.merge(on_broker, pulumi.ResourceOptions(protect=True))
-    rabbitmq.Queue("edd-queue", name="edd", vhost="/edd",
-                   settings=rabbitmq.QueueSettingsArgs(durable=True), opts=protected)
-    rabbitmq.Exchange("edd-exchange", name="edd", vhost="/edd",
-                      settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True), opts=protected)
+    rabbitmq.Queue(
+        "edd-queue", name="edd", vhost="/edd", settings=rabbitmq.QueueSettingsArgs(durable=True), opts=protected
+    )
+    rabbitmq.Exchange(
+        "edd-exchange",
+        name="edd",
+        vhost="/edd",
+        settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True),
+        opts=protected,
+    )
 
 
 def bad_program() -> None:
@@ -120,31 +169,60 @@ def bad_program() -> None:
     on_broker = pulumi.ResourceOptions(provider=provider(password))
     quiet = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
     rabbitmq.User("guest-user", name="guest", password=password, tags=[], opts=on_broker)
-    local.Command("guest-by-command", create="head -n 1 | rabbitmqctl -q add_user guest >/dev/null",
-                  stdin=password, **QUIET, opts=quiet)
-    rabbitmq.User("flower-admin", name="bunny", password=password, tags=["monitoring", "administrator"],
-                  opts=on_broker)
-    local.Command("conf-public", create=conf_script([
-        "listeners.tcp.1 = 0.0.0.0:5672", "management.tcp.ip = 0.0.0.0", "management.tcp.port = 15672"]))
+    local.Command(
+        "guest-by-command",
+        create="head -n 1 | rabbitmqctl -q add_user guest >/dev/null",
+        stdin=password,
+        **QUIET,
+        opts=quiet,
+    )
+    rabbitmq.User("flower-admin", name="bunny", password=password, tags=["monitoring", "administrator"], opts=on_broker)
+    local.Command(
+        "conf-public",
+        create=conf_script(
+            ["listeners.tcp.1 = 0.0.0.0:5672", "management.tcp.ip = 0.0.0.0", "management.tcp.port = 15672"]
+        ),
+    )
     local.Command("conf-defaults", create=conf_script(["loopback_users.guest = true"]))
-    local.Command("conf-private-management", create=conf_script([
-        "listeners.tcp.1 = 127.0.0.1:5672", "management.tcp.ip = 10.20.30.40", "management.tcp.port = 15672"]))
+    local.Command(
+        "conf-private-management",
+        create=conf_script(
+            ["listeners.tcp.1 = 127.0.0.1:5672", "management.tcp.ip = 10.20.30.40", "management.tcp.port = 15672"]
+        ),
+    )
     rabbitmq.Provider("plain-remote-api", endpoint="http://10.20.30.40:15672", username=ADMIN, password=password)
-    local.Command("flower-public-no-auth", create=flower_unit(f"--conf={FLOWER_CONF}"),
-                  stdin=flower_bundle("0.0.0.0", None), **QUIET, opts=quiet)
+    local.Command(
+        "flower-public-no-auth",
+        create=flower_unit(f"--conf={FLOWER_CONF}"),
+        stdin=flower_bundle("0.0.0.0", None),
+        **QUIET,
+        opts=quiet,
+    )
     local.Command("flower-no-address", create=flower_unit())
     local.Command("loud-stdin", create="head -n 1 | rabbitmqctl -q add_user app >/dev/null", stdin=password)
-    local.Command("password-in-text", create="rabbitmqctl add_user app2 hunter2-on-argv\n"
-                  "curl -fsS http://app2:hunter2-on-argv@127.0.0.1:15672/api/whoami")
-    local.Command("file-with-triggers", create="install -m 0644 /dev/null /etc/edd-policy-test.conf",
-                  delete="rm -f /etc/edd-policy-test.conf", triggers=["1"])
-    local.Command("user-without-triggers", create="useradd --system edd-policy-test",
-                  delete="userdel edd-policy-test")
+    local.Command(
+        "password-in-text",
+        create="rabbitmqctl add_user app2 hunter2-on-argv\n"
+        "curl -fsS http://app2:hunter2-on-argv@127.0.0.1:15672/api/whoami",
+    )
+    local.Command(
+        "file-with-triggers",
+        create="install -m 0644 /dev/null /etc/edd-policy-test.conf",
+        delete="rm -f /etc/edd-policy-test.conf",
+        triggers=["1"],
+    )
+    local.Command("user-without-triggers", create="useradd --system edd-policy-test", delete="userdel edd-policy-test")
     remote.Command("remote-unpinned", connection=remote.ConnectionArgs(host="127.0.0.1", port=1), create="true")
-    rabbitmq.Queue("edd-queue", name="edd", vhost="/edd", settings=rabbitmq.QueueSettingsArgs(durable=True),
-                   opts=on_broker)
-    rabbitmq.Exchange("edd-exchange", name="edd", vhost="/edd",
-                      settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True), opts=on_broker)
+    rabbitmq.Queue(
+        "edd-queue", name="edd", vhost="/edd", settings=rabbitmq.QueueSettingsArgs(durable=True), opts=on_broker
+    )
+    rabbitmq.Exchange(
+        "edd-exchange",
+        name="edd",
+        vhost="/edd",
+        settings=rabbitmq.ExchangeSettingsArgs(type="fanout", durable=True),
+        opts=on_broker,
+    )
 
 
 # What BAD must make each policy flag, and words its message must hold.
@@ -152,21 +230,25 @@ VIOLATIONS = {
     "no-guest-user": ({"guest-user", "guest-by-command"}, ["guest"]),
     "administrator-only-broker-admin": ({"flower-admin"}, ["'bunny'", f"'{ADMIN}'", "administrator"]),
     "broker-listeners-loopback-or-tls": ({"conf-public", "conf-defaults"}, ["0.0.0.0", "every interface"]),
-    "management-listener-tls": ({"conf-private-management", "plain-remote-api"},
-                                ["10.20.30.40", "http://10.20.30.40:15672", "'prod'", "broker.tls"]),
+    "management-listener-tls": (
+        {"conf-private-management", "plain-remote-api"},
+        ["10.20.30.40", "http://10.20.30.40:15672", "'prod'", "broker.tls"],
+    ),
     # Checked in the staging preview (below): the same resources, advisory outside prod.
-    "management-listener-tls-outside-prod": ({"conf-private-management", "plain-remote-api"},
-                                             ["10.20.30.40", "mandatory in prod stacks", "broker.tls"]),
-    "flower-not-public-without-auth": ({"flower-public-no-auth", "flower-no-address"},
-                                       [f"address in {FLOWER_CONF}", "every interface", "basic_auth"]),
+    "management-listener-tls-outside-prod": (
+        {"conf-private-management", "plain-remote-api"},
+        ["10.20.30.40", "mandatory in prod stacks", "broker.tls"],
+    ),
+    "flower-not-public-without-auth": (
+        {"flower-public-no-auth", "flower-no-address"},
+        [f"address in {FLOWER_CONF}", "every interface", "basic_auth"],
+    ),
     "stdin-commands-log-nothing": ({"loud-stdin"}, ['not "none"', "lacks stdout and stderr"]),
     "no-credentials-in-command-text": ({"password-in-text"}, ["user:password@", "rabbitmqctl add_user"]),
     "command-delete-before-replace": ({"file-with-triggers"}, ["file /etc/edd-policy-test.conf", "triggers"]),
-    "command-delete-before-replace-manual": ({"user-without-triggers"}, ["system user edd-policy-test",
-                                                                         "--replace"]),
+    "command-delete-before-replace-manual": ({"user-without-triggers"}, ["system user edd-policy-test", "--replace"]),
     "prod-host-key-checking": ({"remote-unpinned"}, ["127.0.0.1", "'prod'", "hostKey"]),
-    "queues-and-exchanges-protected": ({"edd-queue", "edd-exchange"}, ["protect=True", "queue edd",
-                                                                       "exchange edd"]),
+    "queues-and-exchanges-protected": ({"edd-queue", "edd-exchange"}, ["protect=True", "queue edd", "exchange edd"]),
 }
 
 

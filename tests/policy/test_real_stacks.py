@@ -38,8 +38,12 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     (home / "plugins").symlink_to(Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "plugins")
     backend = tmp_path / "state"
     backend.mkdir()
-    return {**run_env(), "PULUMI_HOME": str(home), "PULUMI_BACKEND_URL": f"file://{backend}",
-            "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
+    return {
+        **run_env(),
+        "PULUMI_HOME": str(home),
+        "PULUMI_BACKEND_URL": f"file://{backend}",
+        "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+    }
 
 
 SANDBOX_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPolicyTestPolicyTestPolicyTestPolicyTest00"
@@ -49,8 +53,16 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIV
 def sandbox_host():
     from sandbox.hosts import SandboxHost
 
-    return SandboxHost(name="edd-sandbox", address="10.57.250.2", user="root", port=22,
-                       private_key_path="/nonexistent", host_key=SANDBOX_HOST_KEY, pid=0, leader_pid=0)
+    return SandboxHost(
+        name="edd-sandbox",
+        address="10.57.250.2",
+        user="root",
+        port=22,
+        private_key_path="/nonexistent",
+        host_key=SANDBOX_HOST_KEY,
+        pid=0,
+        leader_pid=0,
+    )
 
 
 def sandbox_like(**overrides) -> dict:
@@ -64,7 +76,9 @@ def sandbox_like(**overrides) -> dict:
 
 
 def without_host_key(config: dict) -> dict:
-    config["hosts"] = {name: {k: v for k, v in host.items() if k != "hostKey"} for name, host in config["hosts"].items()}
+    config["hosts"] = {
+        name: {k: v for k, v in host.items() if k != "hostKey"} for name, host in config["hosts"].items()
+    }
     return config
 
 
@@ -99,14 +113,30 @@ def test_sandbox_config_passes(isolated, tmp_path):
     env = cli_env(tmp_path)
     stack = ProjectStack("sandbox", project, env["PULUMI_BACKEND_URL"], PASSPHRASE)
     configure(stack, sandbox_host(), hardened=True)
-    secrets = {key: json.loads(stack.cli_run("config", "get", f"edd-infra:{key}", "--json").stdout)["value"]
-               for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")}
+    secrets = {
+        key: json.loads(stack.cli_run("config", "get", f"edd-infra:{key}", "--json").stdout)["value"]
+        for key in ("adminPassword", "appPassword", "flowerBrokerPassword", "flowerUiPassword")
+    }
     assert all(secrets.values())
     # The CLI path (the language host runs __main__.py), as the PR workflow's preview.
     shutil.copy(ROOT / "__main__.py", project / "__main__.py")
     (project / "edd_infra").symlink_to(ROOT / "edd_infra")
-    result = run_isolated([str(ROOT / "scripts" / "pulumi"), "preview", "--diff", "--policy-pack", str(POLICY_PACK),
-                           "--non-interactive", "--color", "never", "-s", "sandbox"], env, cwd=project)
+    result = run_isolated(
+        [
+            str(ROOT / "scripts" / "pulumi"),
+            "preview",
+            "--diff",
+            "--policy-pack",
+            str(POLICY_PACK),
+            "--non-interactive",
+            "--color",
+            "never",
+            "-s",
+            "sandbox",
+        ],
+        env,
+        cwd=project,
+    )
     preview = cli_preview(result)
     assert_passes(preview, "sandbox")
     # Flower listens on the host's private address: the pack found its basic_auth on stdin.
@@ -118,18 +148,34 @@ def test_sandbox_config_passes(isolated, tmp_path):
 
 # Config the program accepts but the pack refuses: (stack, config, policy, resources it flags).
 REFUSED = {
-    "flower-user-administrator": ("sandbox", lambda: sandbox_like(flowerBrokerUser={"profile": "administrator"}),
-                                  "administrator-only-broker-admin", {"edd-flower-user"}),
+    "flower-user-administrator": (
+        "sandbox",
+        lambda: sandbox_like(flowerBrokerUser={"profile": "administrator"}),
+        "administrator-only-broker-admin",
+        {"edd-flower-user"},
+    ),
     # Plain AMQP on the host's own (private) address, besides loopback.
-    "plain-amqp-off-loopback": ("sandbox", lambda: sandbox_like(broker={"amqpListeners": ["127.0.0.1", "10.57.250.2"]}),
-                                "broker-listeners-loopback-or-tls", {"broker-server"}),
+    "plain-amqp-off-loopback": (
+        "sandbox",
+        lambda: sandbox_like(broker={"amqpListeners": ["127.0.0.1", "10.57.250.2"]}),
+        "broker-listeners-loopback-or-tls",
+        {"broker-server"},
+    ),
     # The management API on loopback, so only the host-key policy speaks.
-    "prod-without-host-keys": ("prod", lambda: without_host_key(sandbox_like(
-        requireHostKeys=False, broker={"managementAddress": "127.0.0.1"})), "prod-host-key-checking",
-        "every remote command"),
+    "prod-without-host-keys": (
+        "prod",
+        lambda: without_host_key(sandbox_like(requireHostKeys=False, broker={"managementAddress": "127.0.0.1"})),
+        "prod-host-key-checking",
+        "every remote command",
+    ),
     # The sandbox's plain config (no broker.tls) as a prod stack: the management API is plain HTTP on
     # the host's private address, in rabbitmq.conf and in the provider's endpoint.
-    "prod-plain-management-api": ("prod", sandbox_like, "management-listener-tls", {"broker-server", "broker-provider"}),
+    "prod-plain-management-api": (
+        "prod",
+        sandbox_like,
+        "management-listener-tls",
+        {"broker-server", "broker-provider"},
+    ),
 }
 
 

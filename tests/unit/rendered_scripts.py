@@ -20,9 +20,16 @@ SIGNING_KEY = "-----BEGIN PRIVATE KEY-----\nsigning key\n-----END PRIVATE KEY---
 def _host(name: str, address: str):
     from sandbox.hosts import SandboxHost
 
-    return SandboxHost(name=name, address=address, user="root", port=22, private_key_path="/dev/null",
-                       host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0gZ0NsSUjXXVSjXQ0ha4k0Tq9kUdQTvFT1kUTgLQRg",
-                       pid=0, leader_pid=0)
+    return SandboxHost(
+        name=name,
+        address=address,
+        user="root",
+        port=22,
+        private_key_path="/dev/null",
+        host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0gZ0NsSUjXXVSjXQ0ha4k0Tq9kUdQTvFT1kUTgLQRg",
+        pid=0,
+        leader_pid=0,
+    )
 
 
 def sandbox_configs(tls_dir: Path) -> dict[str, tuple[dict, list[str]]]:

@@ -19,6 +19,7 @@ def with_changes(raw, changes):
             target[path[-1]] = value
     return raw
 
+
 HOSTILE_PASSWORDS = [
     "plain",
     "p@ss:w/rd",
@@ -39,8 +40,16 @@ def sample_raw(**overrides):
     raw = {
         "hosts": {"queue": {"address": "192.0.2.10", "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"}},
         "broker": {"host": "queue"},
-        "workers": [{"name": "edd-worker-1", "host": "queue", "workingDirectory": "/opt/edd/code",
-                     "virtualenv": "/opt/edd/venv", "autoscale": "10,1", "extraGroups": ["www-data"]}],
+        "workers": [
+            {
+                "name": "edd-worker-1",
+                "host": "queue",
+                "workingDirectory": "/opt/edd/code",
+                "virtualenv": "/opt/edd/venv",
+                "autoscale": "10,1",
+                "extraGroups": ["www-data"],
+            }
+        ],
         "flower": {"host": "queue", "workingDirectory": "/opt/edd/code", "virtualenv": "/opt/edd/venv"},
     }
     raw.update(overrides)

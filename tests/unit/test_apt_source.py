@@ -7,7 +7,11 @@ from edd_infra.render.apt_source import render_apt_preferences, render_apt_sourc
 from tests.unit.samples import sample_raw, with_changes
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGx\n-----END PGP PUBLIC KEY BLOCK-----\n"
-SOURCE = {"url": "https://deb1.rabbitmq.com/rabbitmq-server/debian/trixie", "suite": "trixie", "keyFile": "rabbitmq.asc"}
+SOURCE = {
+    "url": "https://deb1.rabbitmq.com/rabbitmq-server/debian/trixie",
+    "suite": "trixie",
+    "keyFile": "rabbitmq.asc",
+}
 
 
 def deb822(text: str) -> list[dict[str, str]]:
@@ -22,8 +26,13 @@ def deb822(text: str) -> list[dict[str, str]]:
 
 def test_the_source_trusts_only_its_own_key():
     (source,) = deb822(render_apt_sources(SOURCE["url"], "trixie", "main"))
-    assert source == {"Types": "deb", "URIs": SOURCE["url"], "Suites": "trixie", "Components": "main",
-                      "Signed-By": "/etc/apt/keyrings/edd-infra-rabbitmq.asc"}
+    assert source == {
+        "Types": "deb",
+        "URIs": SOURCE["url"],
+        "Suites": "trixie",
+        "Components": "main",
+        "Signed-By": "/etc/apt/keyrings/edd-infra-rabbitmq.asc",
+    }
 
 
 def test_rabbitmq_is_pinned_to_the_version_and_erlang_prefers_the_source():
@@ -47,7 +56,8 @@ def test_a_source_with_its_key_and_a_version_is_valid(tmp_path):
 def test_a_source_needs_the_version_it_pins(tmp_path):
     assert problems(tmp_path, {"aptSource": SOURCE}) == [
         "edd-infra:broker.packageVersion: required with broker.aptSource (the version it pins, "
-        "e.g. from `apt-cache policy rabbitmq-server` on a host with the source)"]
+        "e.g. from `apt-cache policy rabbitmq-server` on a host with the source)"
+    ]
 
 
 def test_the_key_must_be_an_armored_public_key(tmp_path):

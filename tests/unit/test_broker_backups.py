@@ -37,7 +37,7 @@ esac""",
         "systemctl": "exit 0",
         "chown": "exit 0",
         "date": f"n=$(cat {tmp_path}/clock 2>/dev/null || echo 0); echo $((n + 1)) > {tmp_path}/clock; "
-                "echo 20261206T0000$(printf %02d $n)Z",
+        "echo 20261206T0000$(printf %02d $n)Z",
     }
     for name, body in tools.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -46,8 +46,11 @@ esac""",
 
 
 def run(text: str, tmp_path, env, *args: str) -> subprocess.CompletedProcess:
-    text = (text.replace(BACKUP_DIR, str(tmp_path / "backups")).replace(NODE_COPY, str(tmp_path / "node-copy"))
-            .replace(MANIFEST_DIR, str(tmp_path / "manifests")))
+    text = (
+        text.replace(BACKUP_DIR, str(tmp_path / "backups"))
+        .replace(NODE_COPY, str(tmp_path / "node-copy"))
+        .replace(MANIFEST_DIR, str(tmp_path / "manifests"))
+    )
     return subprocess.run(["sh", "-c", text, "sh", *args], capture_output=True, text=True, env=env)
 
 
@@ -70,8 +73,10 @@ def test_a_backup_is_root_only_named_by_time_and_deployment_and_only_the_newest_
         result = run(script, tmp_path, env)
         assert result.returncode == 0, result.stderr
         assert "(2 bindings of transient queues left out)" in result.stdout
-    assert backups(tmp_path) == [f"definitions-20261206T000001Z-{digest}.json",
-                                 f"definitions-20261206T000002Z-{digest}.json"]
+    assert backups(tmp_path) == [
+        f"definitions-20261206T000001Z-{digest}.json",
+        f"definitions-20261206T000002Z-{digest}.json",
+    ]
     newest = tmp_path / "backups" / backups(tmp_path)[-1]
     assert newest.read_text().strip() == EXPORT
     assert stat.S_IMODE(newest.stat().st_mode) == 0o600
@@ -95,8 +100,10 @@ def test_restore_imports_the_newest_backup_and_deletes_guest(tmp_path, guest, de
     env = fake_tools(tmp_path, users="guest\t[administrator]" if guest else "edd-infra-admin\t[]")
     (tmp_path / "backups").mkdir()
     digest = deployed(tmp_path)
-    for name, text in ((f"definitions-20261201T000000Z-{digest}.json", "old"),
-                       (f"definitions-20261205T000000Z-{digest}.json", "new")):
+    for name, text in (
+        (f"definitions-20261201T000000Z-{digest}.json", "old"),
+        (f"definitions-20261205T000000Z-{digest}.json", "new"),
+    ):
         (tmp_path / "backups" / name).write_text(text)
     result = run(restore_script(**RESTORE), tmp_path, env)
     assert result.returncode == 0, result.stderr
@@ -126,11 +133,16 @@ def test_restore_without_a_backup_fails_before_touching_the_node(tmp_path):
 def test_the_timer_catches_up_after_downtime_and_the_scripts_are_root_only():
     timer = backup_timer("*-*-* 03:00")
     assert "OnCalendar=*-*-* 03:00" in timer and "Persistent=true" in timer
-    files = {f.path: f for f in broker_backups.backup_files(schedule="daily", keep=3, vhost="/edd", queue="edd",
-                                                            start_timeout=10)}
+    files = {
+        f.path: f
+        for f in broker_backups.backup_files(schedule="daily", keep=3, vhost="/edd", queue="edd", start_timeout=10)
+    }
     assert {p: f.mode for p, f in files.items()} == {
-        "/usr/local/sbin/edd-infra-backup": "0700", "/usr/local/sbin/edd-infra-restore": "0700",
-        "/etc/systemd/system/edd-infra-backup.service": "0644", "/etc/systemd/system/edd-infra-backup.timer": "0644"}
+        "/usr/local/sbin/edd-infra-backup": "0700",
+        "/usr/local/sbin/edd-infra-restore": "0700",
+        "/etc/systemd/system/edd-infra-backup.service": "0644",
+        "/etc/systemd/system/edd-infra-backup.timer": "0644",
+    }
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed (apt-get install shellcheck)")

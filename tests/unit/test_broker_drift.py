@@ -26,8 +26,9 @@ def test_known_rabbitmq_hash():
     salt = bytes.fromhex("cafebabe")
     expected = base64.b64encode(salt + hashlib.sha256(salt + b"test12").digest()).decode()
     assert password_matches(expected, "test12")
-    assert password_matches(hash_password("test12", salt, "rabbit_password_hashing_sha512"), "test12",
-                            "rabbit_password_hashing_sha512")
+    assert password_matches(
+        hash_password("test12", salt, "rabbit_password_hashing_sha512"), "test12", "rabbit_password_hashing_sha512"
+    )
 
 
 @pytest.mark.parametrize("stored", ["", "not base64!", base64.b64encode(b"abc").decode()])
@@ -73,8 +74,12 @@ def api():
 
 
 def user(name, password):
-    return {"name": name, "password_hash": hash_password(password, os.urandom(4)),
-            "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}
+    return {
+        "name": name,
+        "password_hash": hash_password(password, os.urandom(4)),
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": [],
+    }
 
 
 def test_in_sync_broker(api):
@@ -106,8 +111,16 @@ def test_unreachable_broker_is_unknown():
     assert drift == broker_drift.NOT_CHECKED and drift.admin_token() is None
 
 
-@pytest.mark.parametrize("endpoint", ["http://192.0.2.10:15672", "http://10.0.0.5:15672", "HTTP://edd-queue:15672",
-                                      "http://[2001:db8::1]:15672", "http://0.0.0.0:15672"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://192.0.2.10:15672",
+        "http://10.0.0.5:15672",
+        "HTTP://edd-queue:15672",
+        "http://[2001:db8::1]:15672",
+        "http://0.0.0.0:15672",
+    ],
+)
 def test_the_probe_refuses_plain_http_off_loopback_before_dialling(monkeypatch, endpoint):
     def dial(*args, **kwargs):
         raise AssertionError("the probe dialled a plain-HTTP management API off loopback")
@@ -120,8 +133,16 @@ def test_the_probe_refuses_plain_http_off_loopback_before_dialling(monkeypatch, 
     assert "adm pw" not in message
 
 
-@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:15672", "http://[::1]:15672", "http://localhost:15672",
-                                      "https://192.0.2.10:15671", "https://edd-queue:15671"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:15672",
+        "http://[::1]:15672",
+        "http://localhost:15672",
+        "https://192.0.2.10:15671",
+        "https://edd-queue:15671",
+    ],
+)
 def test_the_probe_dials_loopback_and_https(endpoint):
     assert broker_drift.plain_http_problem(endpoint) is None
 
@@ -166,7 +187,16 @@ def test_the_program_and_the_policy_pack_agree_on_prod_stacks():
     from edd_infra.settings import PROD_STACKS, is_prod_stack
 
     tree = ast.parse((Path(__file__).resolve().parents[2] / "policy" / "__main__.py").read_text())
-    pack = next(ast.literal_eval(n.value) for n in tree.body
-                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PROD_STACKS")
+    pack = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PROD_STACKS"
+    )
     assert pack == PROD_STACKS
-    assert [is_prod_stack(s) for s in ("prod", "prod-eu", "production", "dev", "staging")] == [True, True, False, False, False]
+    assert [is_prod_stack(s) for s in ("prod", "prod-eu", "production", "dev", "staging")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]

@@ -23,8 +23,15 @@ from tests.unit.samples import HOSTILE_PASSWORDS
 # What `rabbitmqctl export_definitions` printed on a 3.10 broker running the stack, cut down.
 EXPORTED = {
     "rabbit_version": "3.10.8",
-    "users": [{"name": "edd_user", "password_hash": "h4sh", "hashing_algorithm": "rabbit_password_hashing_sha256",
-               "tags": [], "limits": {}}],
+    "users": [
+        {
+            "name": "edd_user",
+            "password_hash": "h4sh",
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": [],
+            "limits": {},
+        }
+    ],
     "vhosts": [{"name": "/edd", "limits": [], "metadata": {"description": "", "tags": ""}}],
     "permissions": [{"user": "edd_user", "vhost": "/edd", "configure": "^$", "write": "^edd$", "read": "^edd$"}],
     "topic_permissions": [],
@@ -38,8 +45,13 @@ EXPORTED = {
     "exchanges": [{"name": "edd", "vhost": "/edd", "type": "direct", "durable": True, "auto_delete": False}],
     "bindings": [
         {"source": "edd", "vhost": "/edd", "destination": "edd", "destination_type": "queue", "routing_key": "edd"},
-        {"source": "celeryev", "vhost": "/edd", "destination": "celeryev.1", "destination_type": "queue",
-         "routing_key": "#"},
+        {
+            "source": "celeryev",
+            "vhost": "/edd",
+            "destination": "celeryev.1",
+            "destination_type": "queue",
+            "routing_key": "#",
+        },
     ],
 }
 
@@ -63,7 +75,8 @@ def test_the_shovel_dials_the_new_broker_over_tls_with_any_password(password):
 
 def test_the_shovel_acks_on_the_old_broker_only_after_the_new_one_confirmed():
     (parameter,) = json.loads(shovel_definitions(vhost="/edd", queue="edd", exchange="edd", dest_uri="amqps://x"))[
-        "parameters"]
+        "parameters"
+    ]
     value = parameter["value"]
     assert (parameter["component"], parameter["vhost"], parameter["name"]) == ("shovel", "/edd", SHOVEL_NAME)
     assert value["src-uri"] == "amqp:///%2Fedd" and value["src-queue"] == "edd"
@@ -102,15 +115,25 @@ def host(tmp_path):
     """Run a script with the stand-ins first on PATH; chown and rabbitmq-plugins do nothing."""
     state, bin_dir = tmp_path / "state", tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in [("rabbitmqctl", FAKE_RABBITMQCTL), ("systemctl", FAKE_SYSTEMCTL),
-                       ("chown", "#!/bin/sh\n"), ("rabbitmq-plugins", "#!/bin/sh\necho \"plugins $*\" >> {state}.log\n")]:
+    for name, text in [
+        ("rabbitmqctl", FAKE_RABBITMQCTL),
+        ("systemctl", FAKE_SYSTEMCTL),
+        ("chown", "#!/bin/sh\n"),
+        ("rabbitmq-plugins", '#!/bin/sh\necho "plugins $*" >> {state}.log\n'),
+    ]:
         (bin_dir / name).write_text(text.format(state=state))
         (bin_dir / name).chmod(0o755)
 
     def run(script, stdin="", counts=()):
         (tmp_path / "state.counts").write_text("".join(f"{c}\n" for c in counts))
-        result = subprocess.run(["sh", "-c", script], input=stdin, capture_output=True, text=True, timeout=60,
-                                env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+        result = subprocess.run(
+            ["sh", "-c", script],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+        )
         log = (tmp_path / "state.log").read_text() if (tmp_path / "state.log").exists() else ""
         return result, log
 
@@ -119,8 +142,9 @@ def host(tmp_path):
 
 
 def test_import_takes_the_definitions_and_gives_the_shovel_a_publish_only_account(host):
-    text = host_scripts.definitions_import(user=MIGRATION_USER, vhost="/edd", queue="edd", exchange="edd",
-                                           start_timeout=10)
+    text = host_scripts.definitions_import(
+        user=MIGRATION_USER, vhost="/edd", queue="edd", exchange="edd", start_timeout=10
+    )
     definitions = copied_definitions(json.dumps(EXPORTED))
     result, log = host(text, stdin=f"s3cret pw\n{definitions}\n", counts=["0"])
     assert result.returncode == 0, result.stderr
@@ -131,10 +155,14 @@ def test_import_takes_the_definitions_and_gives_the_shovel_a_publish_only_accoun
 
 
 def test_up_waits_until_the_shovel_emptied_the_old_queue(host):
-    text = host_scripts.shovel_start(ca=FileSpec(str(host.path("ca.pem")), "CA\n"), vhost="/edd", queue="edd",
-                                     drain_timeout=30, start_timeout=10)
-    result, log = host(text, stdin=shovel_definitions(vhost="/edd", queue="edd", exchange="edd", dest_uri="x"),
-                       counts=["2000", "12", "0"])
+    text = host_scripts.shovel_start(
+        ca=FileSpec(str(host.path("ca.pem")), "CA\n"), vhost="/edd", queue="edd", drain_timeout=30, start_timeout=10
+    )
+    result, log = host(
+        text,
+        stdin=shovel_definitions(vhost="/edd", queue="edd", exchange="edd", dest_uri="x"),
+        counts=["2000", "12", "0"],
+    )
     assert result.returncode == 0, result.stderr
     assert "plugins -q enable rabbitmq_shovel" in log and "import_definitions" in log
     assert "the old edd queue was empty after 4 s" in result.stdout
@@ -142,18 +170,22 @@ def test_up_waits_until_the_shovel_emptied_the_old_queue(host):
 
 
 def test_a_broker_that_stops_answering_is_not_taken_for_an_empty_queue(host):
-    text = host_scripts.shovel_start(ca=FileSpec(str(host.path("ca.pem")), "CA\n"), vhost="/edd", queue="edd",
-                                     drain_timeout=2, start_timeout=10)
+    text = host_scripts.shovel_start(
+        ca=FileSpec(str(host.path("ca.pem")), "CA\n"), vhost="/edd", queue="edd", drain_timeout=2, start_timeout=10
+    )
     result, _ = host(text, stdin="{}", counts=["5"])  # then list_queues fails
     assert result.returncode == 1
-    assert "unknown messages still in edd on the old broker after 2 s (broker.migrateFrom.drainTimeout)" in result.stderr
+    assert (
+        "unknown messages still in edd on the old broker after 2 s (broker.migrateFrom.drainTimeout)" in result.stderr
+    )
 
 
 @pytest.mark.parametrize("left, code", [("3", 1), ("0", 0), ("none", 0)])
 def test_retiring_refuses_while_the_old_queue_holds_messages_then_stops_the_old_services(host, left, code):
     host.path("active").write_text("")
-    result, log = host(host_scripts.shovel_retire(vhost="/edd", queue="edd", units=["celery-edd-worker-1", "flower"]),
-                       counts=[left])
+    result, log = host(
+        host_scripts.shovel_retire(vhost="/edd", queue="edd", units=["celery-edd-worker-1", "flower"]), counts=[left]
+    )
     assert result.returncode == code, result.stderr
     if code:
         assert "3 messages still in edd on the old broker" in result.stderr and "disable" not in log

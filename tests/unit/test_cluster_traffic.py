@@ -10,11 +10,21 @@ import subprocess
 import pytest
 
 from edd_infra.config_errors import inter_node_certificate_problems, validate
-from edd_infra.render.cluster_firewall import (RULES_PATH, TABLE_NAME, UNIT_NAME, render_cluster_table,
-                                               render_firewall_unit)
+from edd_infra.render.cluster_firewall import (
+    RULES_PATH,
+    TABLE_NAME,
+    UNIT_NAME,
+    render_cluster_table,
+    render_firewall_unit,
+)
 from edd_infra.render.host_scripts import FileSpec, distribution_mode_guard, firewall_install, firewall_remove
-from edd_infra.render.rabbitmq_conf import (INTER_NODE_TLS_MARK, INTER_NODE_TLS_PATH, TlsListeners,
-                                            render_inter_node_tls, render_rabbitmq_env)
+from edd_infra.render.rabbitmq_conf import (
+    INTER_NODE_TLS_MARK,
+    INTER_NODE_TLS_PATH,
+    TlsListeners,
+    render_inter_node_tls,
+    render_rabbitmq_env,
+)
 from edd_infra.settings import Broker
 from tests.unit.certificates import server_certificate_pem
 from tests.unit.samples import sample_raw, with_changes
@@ -26,8 +36,12 @@ def test_inter_node_tls_options_verify_the_peer_both_ways_with_the_brokers_files
     text = render_inter_node_tls(TLS)
     server, client = text.split("{client,")
     for section in (server, client):
-        for option in ('{cacertfile, "/etc/rabbitmq/tls/ca.pem"}', '{certfile, "/etc/rabbitmq/tls/cert.pem"}',
-                       '{keyfile, "/etc/rabbitmq/tls/key.pem"}', "{verify, verify_peer}"):
+        for option in (
+            '{cacertfile, "/etc/rabbitmq/tls/ca.pem"}',
+            '{certfile, "/etc/rabbitmq/tls/cert.pem"}',
+            '{keyfile, "/etc/rabbitmq/tls/key.pem"}',
+            "{verify, verify_peer}",
+        ):
             assert option in section, (option, section)
     # Only a server can require the peer's certificate; a client always gets the server's.
     assert "{fail_if_no_peer_cert, true}" in server and "fail_if_no_peer_cert" not in client
@@ -40,9 +54,18 @@ def test_inter_node_tls_options_verify_the_peer_both_ways_with_the_brokers_files
 def test_inter_node_tls_options_are_an_erlang_term_file(tmp_path):
     path = tmp_path / "inter_node_tls.config"
     path.write_text(render_inter_node_tls(TLS))
-    result = subprocess.run(["erl", "-noshell", "-eval", f'{{ok, [Opts]}} = file:consult("{path}"), '
-                             'io:format("~p~n", [[K || {K, _} <- Opts]]), halt().'],
-                            capture_output=True, text=True, timeout=60, env=dict(os.environ, HOME=str(tmp_path)))
+    result = subprocess.run(
+        [
+            "erl",
+            "-noshell",
+            "-eval",
+            f'{{ok, [Opts]}} = file:consult("{path}"), io:format("~p~n", [[K || {{K, _}} <- Opts]]), halt().',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
     assert result.stdout.strip() == "[server,client]", result.stderr
 
 
@@ -51,8 +74,12 @@ def test_the_env_file_turns_tls_distribution_on_for_the_node_and_every_cli_tool(
     assert INTER_NODE_TLS_MARK not in plain
     text = render_rabbitmq_env("rabbit@10.0.0.2", INTER_NODE_TLS_PATH)
     args = f"-proto_dist inet_tls -ssl_dist_optfile {INTER_NODE_TLS_PATH}"
-    assert text.splitlines()[1:] == ["NODENAME=rabbit@10.0.0.2", "USE_LONGNAME=true",
-                                     f'SERVER_ADDITIONAL_ERL_ARGS="{args}"', f'CTL_ERL_ARGS="{args}"']
+    assert text.splitlines()[1:] == [
+        "NODENAME=rabbit@10.0.0.2",
+        "USE_LONGNAME=true",
+        f'SERVER_ADDITIONAL_ERL_ARGS="{args}"',
+        f'CTL_ERL_ARGS="{args}"',
+    ]
     with pytest.raises(ValueError):
         render_rabbitmq_env("rabbit@10.0.0.2", "/etc/x y")
 
@@ -64,9 +91,15 @@ def test_the_table_lets_only_the_peers_and_loopback_reach_the_erlang_ports():
     assert lines[2:5] == [f"table inet {TABLE_NAME}", f"delete table inet {TABLE_NAME}", f"table inet {TABLE_NAME} {{"]
     assert "elements = { 10.0.0.3, 10.0.0.4 }" in lines
     assert "tcp dport { 4369, 25672, 35672-35682 } jump erlang_ports" in lines
-    chain = lines[lines.index("chain erlang_ports {") + 1:]
-    assert chain[:6] == ["ct state established,related accept", 'iif "lo" accept', "ip saddr @peers_v4 accept",
-                         "ip6 saddr @peers_v6 accept", "drop", "}"]
+    chain = lines[lines.index("chain erlang_ports {") + 1 :]
+    assert chain[:6] == [
+        "ct state established,related accept",
+        'iif "lo" accept',
+        "ip saddr @peers_v4 accept",
+        "ip6 saddr @peers_v6 accept",
+        "drop",
+        "}",
+    ]
     # Nothing else is filtered and nothing of a site's own is touched.
     assert "policy accept;" in text and "flush" not in text and text.count("table inet") == 3
 
@@ -101,10 +134,12 @@ def test_the_firewall_script_installs_nftables_checks_then_reloads_and_its_delet
 def test_the_new_scripts_pass_shellcheck(tmp_path):
     rules = FileSpec(RULES_PATH, render_cluster_table(["10.0.0.3"], [4369]))
     for name, text in {
-        "firewall": firewall_install(rules=rules, unit=FileSpec("/etc/u.service", "u"), unit_name=UNIT_NAME,
-                                     nft="/usr/sbin/nft"),
-        "guard": distribution_mode_guard(env_path="/etc/rabbitmq/rabbitmq-env.conf", mark=INTER_NODE_TLS_MARK,
-                                         inter_node_tls=True),
+        "firewall": firewall_install(
+            rules=rules, unit=FileSpec("/etc/u.service", "u"), unit_name=UNIT_NAME, nft="/usr/sbin/nft"
+        ),
+        "guard": distribution_mode_guard(
+            env_path="/etc/rabbitmq/rabbitmq-env.conf", mark=INTER_NODE_TLS_MARK, inter_node_tls=True
+        ),
     }.items():
         (tmp_path / name).write_text(text)
         result = subprocess.run(["shellcheck", "-s", "sh", str(tmp_path / name)], capture_output=True, text=True)
@@ -113,11 +148,11 @@ def test_the_new_scripts_pass_shellcheck(tmp_path):
 
 # (wanted interNodeTls, installed env file: None = absent, node running) -> refused
 GUARD_CASES = [
-    (True, None, True, False),            # a fresh node
-    (True, "plain", False, False),        # every node stopped first: the runbook
-    (True, "plain", True, True),          # running without: cannot roll
-    (True, "tls", True, False),           # already on: a no-op
-    (False, "tls", True, True),           # turning it off while running
+    (True, None, True, False),  # a fresh node
+    (True, "plain", False, False),  # every node stopped first: the runbook
+    (True, "plain", True, True),  # running without: cannot roll
+    (True, "tls", True, False),  # already on: a no-op
+    (False, "tls", True, True),  # turning it off while running
     (False, "plain", True, False),
 ]
 
@@ -132,8 +167,12 @@ def test_the_mode_guard_refuses_only_a_switch_on_a_running_node(tmp_path, want, 
     (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexit {0 if running else 3}\n")
     (bin_dir / "systemctl").chmod(0o755)
     guard = distribution_mode_guard(env_path=str(env), mark=INTER_NODE_TLS_MARK, inter_node_tls=want)
-    result = subprocess.run(["sh", "-c", f"set -eu\n{guard}\necho went-on"], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", f"set -eu\n{guard}\necho went-on"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     if refused:
         assert result.returncode == 1 and "went-on" not in result.stdout
         assert "cannot roll" in result.stderr and "Stop rabbitmq-server on every cluster node" in result.stderr
@@ -161,9 +200,15 @@ def test_the_erlang_ports_follow_the_amqp_port():
 def node_broker(tmp_path, pem: str) -> Broker:
     (tmp_path / "ca.pem").write_text(pem)
     (tmp_path / "server.pem").write_text(pem)
-    return Broker(host="queue", tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
-                  amqp_listeners=["127.0.0.1", "10.0.0.2"], node_address="10.0.0.2", node_name="rabbit@10.0.0.2",
-                  cluster_nodes=[{"host": "n2", "address": "10.0.0.3"}], inter_node_tls=True)
+    return Broker(
+        host="queue",
+        tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
+        amqp_listeners=["127.0.0.1", "10.0.0.2"],
+        node_address="10.0.0.2",
+        node_name="rabbit@10.0.0.2",
+        cluster_nodes=[{"host": "n2", "address": "10.0.0.3"}],
+        inter_node_tls=True,
+    )
 
 
 def test_a_node_certificate_must_name_every_node_address_as_dns_and_ip(tmp_path):
@@ -181,8 +226,10 @@ def test_a_node_certificate_for_servers_only_is_refused(tmp_path):
     names = dict(dns=("10.0.0.2", "10.0.0.3"), ips=("10.0.0.2", "10.0.0.3"))
     server_only = server_certificate_pem(**names, usages=("serverAuth",))
     problems = inter_node_certificate_problems(node_broker(tmp_path, server_only), tmp_path)
-    assert problems == ["edd-infra:broker.tls.certFile: with broker.interNodeTls each node uses the certificate as "
-                        "TLS server and as client; its extended key usage lacks clientAuth"]
+    assert problems == [
+        "edd-infra:broker.tls.certFile: with broker.interNodeTls each node uses the certificate as "
+        "TLS server and as client; its extended key usage lacks clientAuth"
+    ]
     both = server_certificate_pem(**names, usages=("serverAuth", "clientAuth"))
     assert inter_node_certificate_problems(node_broker(tmp_path, both), tmp_path) == []
 
@@ -195,7 +242,7 @@ def test_sample_without_the_keys_is_unchanged():
 # (what `rabbitmqctl enable_feature_flag all` answers, its exit status, clustered) -> the script fails (1) or not (0)
 FLAG_CASES = [
     ("", 0, True, 0),
-    ("Error:\nmissing_clustered_nodes", 69, True, 0),   # a node back before its peers (the runbook)
+    ("Error:\nmissing_clustered_nodes", 69, True, 0),  # a node back before its peers (the runbook)
     ("Error:\nsomething else", 69, True, 1),
     ("Error:\nmissing_clustered_nodes", 69, False, 1),  # a single node has no peers to wait for
 ]
@@ -209,8 +256,12 @@ def test_feature_flags_wait_for_the_last_node_only_when_peers_are_down(tmp_path,
     bin_dir.mkdir()
     (bin_dir / "rabbitmqctl").write_text(f"#!/bin/sh\nprintf '%s\\n' '{answer}'\nexit {status}\n")
     (bin_dir / "rabbitmqctl").chmod(0o755)
-    result = subprocess.run(["sh", "-c", f"set -eu\n{enable_feature_flags(clustered)}"], capture_output=True,
-                            text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", f"set -eu\n{enable_feature_flags(clustered)}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     assert (result.returncode != 0) == (expected != 0), (result.returncode, result.stderr)
     if expected == 0 and status:
         assert "the last node to start enables them" in result.stderr

@@ -30,17 +30,31 @@ CASES = [
     (("workers", 0, "concurrency"), 0, "edd-infra:workers[0].concurrency: Input should be greater than or equal to 1"),
     (("hosts", "queue", "address"), "bad host!", "edd-infra:hosts.queue.address:"),
     (("hosts", "queue", "port"), 70000, "edd-infra:hosts.queue.port: Input should be less than or equal to 65535"),
-    (("hosts", "queue", "serviceManager"), "upstart", "edd-infra:hosts.queue.serviceManager: Input should be 'systemd' or 'launchd'"),
+    (
+        ("hosts", "queue", "serviceManager"),
+        "upstart",
+        "edd-infra:hosts.queue.serviceManager: Input should be 'systemd' or 'launchd'",
+    ),
     (("vhost",), "edd", "edd-infra:vhost: must match ^/"),
-    (("appUser",), {"permissions": {"read": "(unclosed"}}, "edd-infra:appUser.permissions.read: must be a regular expression that compiles"),
+    (
+        ("appUser",),
+        {"permissions": {"read": "(unclosed"}},
+        "edd-infra:appUser.permissions.read: must be a regular expression that compiles",
+    ),
     (("broker", "amqpListeners"), ["localhost"], "edd-infra:broker.amqpListeners[0]: must be an IPv4 or IPv6 address"),
     (("broker",), KeyError, "edd-infra:broker: required, not set"),
     (("flower", "port"), "5555", "edd-infra:flower.port: Input should be a valid integer"),
     # A bad host name is reported at its own key, not at a pydantic "[key]" marker.
-    (("hosts", "Queue_1"), {"address": "192.0.2.11", "hostKey": "ssh-ed25519 AAAA"},
-     "edd-infra:hosts.Queue_1: the name must match ^[a-z][a-z0-9-]{0,62}$ (got 'Queue_1')"),
-    (("hosts", "queue", "adress"), "192.0.2.10",
-     "edd-infra:hosts.queue.adress: unknown key; allowed here: address, connection, hostKey, port, serviceManager"),
+    (
+        ("hosts", "Queue_1"),
+        {"address": "192.0.2.11", "hostKey": "ssh-ed25519 AAAA"},
+        "edd-infra:hosts.Queue_1: the name must match ^[a-z][a-z0-9-]{0,62}$ (got 'Queue_1')",
+    ),
+    (
+        ("hosts", "queue", "adress"),
+        "192.0.2.10",
+        "edd-infra:hosts.queue.adress: unknown key; allowed here: address, connection, hostKey, port, serviceManager",
+    ),
     (("hosts", "queue", "address"), "192.0.2.300", "edd-infra:hosts.queue.address: must be a DNS host name or an IP"),
     (("hosts", "queue", "address"), "192.0.2", "edd-infra:hosts.queue.address: must be a DNS host name or an IP"),
     (("broker", "managementUrl"), "http://127.0.0.1:156720", "edd-infra:broker.managementUrl: must be http(s)://host"),
@@ -48,14 +62,27 @@ CASES = [
     (("broker", "managementUrl"), "http://:15672", "edd-infra:broker.managementUrl: must be http(s)://host"),
     (("broker", "managementUrl"), "http://mq_1:15672", "edd-infra:broker.managementUrl: must be http(s)://host"),
     (("flower", "urlPrefix"), "/flower", "edd-infra:flower.urlPrefix: must match"),
-    (("broker", "managementPort"), 5672,
-     "edd-infra:broker.managementPort: 127.0.0.1:5672 is also edd-infra:broker.amqpListeners[0]"),
-    (("broker", "amqpListeners"), ["::1", "::1"],
-     "edd-infra:broker.amqpListeners[1]: [::1]:5672 is also edd-infra:broker.amqpListeners[0]"),
+    (
+        ("broker", "managementPort"),
+        5672,
+        "edd-infra:broker.managementPort: 127.0.0.1:5672 is also edd-infra:broker.amqpListeners[0]",
+    ),
+    (
+        ("broker", "amqpListeners"),
+        ["::1", "::1"],
+        "edd-infra:broker.amqpListeners[1]: [::1]:5672 is also edd-infra:broker.amqpListeners[0]",
+    ),
     (("flower", "port"), 15672, "edd-infra:flower.port: 127.0.0.1:15672 is also edd-infra:broker.managementPort"),
-    (("eddSettings",), {"host": "queue", "restartUnits": ["edd web"]}, "edd-infra:eddSettings.restartUnits[0]: must match"),
-    (("tasks",), {"softTimeLimit": 600, "timeLimit": 600},
-     "edd-infra:tasks: softTimeLimit (600 s) must be below timeLimit (600 s)"),
+    (
+        ("eddSettings",),
+        {"host": "queue", "restartUnits": ["edd web"]},
+        "edd-infra:eddSettings.restartUnits[0]: must match",
+    ),
+    (
+        ("tasks",),
+        {"softTimeLimit": 600, "timeLimit": 600},
+        "edd-infra:tasks: softTimeLimit (600 s) must be below timeLimit (600 s)",
+    ),
     (("tasks",), {"timeLimit": 0}, "edd-infra:tasks.timeLimit: Input should be greater than or equal to 2"),
 ]
 
@@ -126,7 +153,8 @@ def test_secret_problems_name_key_never_value():
 def test_flower_ui_password_must_be_ascii_but_broker_passwords_need_not():
     values = dict(GOOD, flowerUiPassword="ünïcødé", appPassword="ünïcødé-密码")
     assert secret_problems(values, ALL_SECRET) == [
-        "edd-infra:flowerUiPassword: printable ASCII only (Flower 2.2's basic auth fails on other characters)"]
+        "edd-infra:flowerUiPassword: printable ASCII only (Flower 2.2's basic auth fails on other characters)"
+    ]
 
 
 def test_missing_secret_says_how_to_set_it():
@@ -150,16 +178,19 @@ def test_managed_broker_needs_systemd():
     assert problems_for(raw) == []
 
 
-@pytest.mark.parametrize("path,value", [
-    (("hosts", "queue", "address"), "queue.example.org"),
-    (("hosts", "queue", "address"), "1.example.org"),
-    (("hosts", "queue", "address"), "2001:db8::10"),
-    (("broker", "managementUrl"), "http://mq.example.org"),
-    (("broker", "managementUrl"), "https://[::1]:15671"),
-    (("flower", "urlPrefix"), "flower/v1"),
-    # Same port, different addresses: no clash.
-    (("flower", "address"), "127.0.0.2"),
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        (("hosts", "queue", "address"), "queue.example.org"),
+        (("hosts", "queue", "address"), "1.example.org"),
+        (("hosts", "queue", "address"), "2001:db8::10"),
+        (("broker", "managementUrl"), "http://mq.example.org"),
+        (("broker", "managementUrl"), "https://[::1]:15671"),
+        (("flower", "urlPrefix"), "flower/v1"),
+        # Same port, different addresses: no clash.
+        (("flower", "address"), "127.0.0.2"),
+    ],
+)
 def test_good_values_next_to_the_refused_ones_are_accepted(path, value):
     raw = mutate(path, value)
     if path[-1] == "address" and path[0] == "flower":
@@ -172,8 +203,10 @@ def test_listener_clashes_follow_addresses():
     # Off loopback Flower needs TLS (checked below); its files are read later, at load.
     flower_tls = {"certFile": "flower.pem", "caFile": "ca.pem"}
     raw["flower"].update(address="::", port=15672, tls=flower_tls)
-    assert problems_for(raw) == ["edd-infra:flower.port: [::]:15672 is also edd-infra:broker.managementPort; "
-                                 "each listener needs its own address and port"]
+    assert problems_for(raw) == [
+        "edd-infra:flower.port: [::]:15672 is also edd-infra:broker.managementPort; "
+        "each listener needs its own address and port"
+    ]
     raw["flower"]["enabled"] = False
     assert problems_for(raw) == []
     raw = sample_raw()
@@ -184,29 +217,38 @@ def test_listener_clashes_follow_addresses():
     assert problems_for(raw) == []
 
 
-
 def test_listener_clashes_with_tls_follow_where_rabbitmq_listens():
     # With broker.tls, plain AMQP stays on the loopback listeners and plain management on
     # 127.0.0.1; the TLS listeners take amqpListeners and managementAddress.
     raw = sample_raw()
-    raw["broker"].update(tls={"caFile": "ca.pem", "certFile": "server.pem"}, managementAddress="192.0.2.10",
-                         amqpListeners=["127.0.0.1", "192.0.2.10"])
+    raw["broker"].update(
+        tls={"caFile": "ca.pem", "certFile": "server.pem"},
+        managementAddress="192.0.2.10",
+        amqpListeners=["127.0.0.1", "192.0.2.10"],
+    )
     raw["flower"].update(address="192.0.2.10", port=15672, tls={"certFile": "flower.pem"})
     assert problems_for(raw) == []
     raw["flower"]["port"] = 15671
-    assert problems_for(raw) == ["edd-infra:flower.port: 192.0.2.10:15671 is also edd-infra:broker.tls.managementPort; "
-                                 "each listener needs its own address and port"]
+    assert problems_for(raw) == [
+        "edd-infra:flower.port: 192.0.2.10:15671 is also edd-infra:broker.tls.managementPort; "
+        "each listener needs its own address and port"
+    ]
     raw["flower"]["port"] = 5555
     raw["broker"]["tls"]["amqpPort"] = 5672
-    assert problems_for(raw) == ["edd-infra:broker.tls.amqpPort: 127.0.0.1:5672 is also "
-                                 "edd-infra:broker.amqpListeners[0]; each listener needs its own address and port"]
+    assert problems_for(raw) == [
+        "edd-infra:broker.tls.amqpPort: 127.0.0.1:5672 is also "
+        "edd-infra:broker.amqpListeners[0]; each listener needs its own address and port"
+    ]
 
 
-@pytest.mark.parametrize("cookie, refused", [
-    ("QWERTYUIOPASDFGHJKLZ", "looks like the cookie Debian's rabbitmq-server generates"),  # Debian's shape
-    ("c00kie" * 6, None),
-    ("short", "20 to 255 letters and digits"),
-])
+@pytest.mark.parametrize(
+    "cookie, refused",
+    [
+        ("QWERTYUIOPASDFGHJKLZ", "looks like the cookie Debian's rabbitmq-server generates"),  # Debian's shape
+        ("c00kie" * 6, None),
+        ("short", "20 to 255 letters and digits"),
+    ],
+)
 def test_an_erlang_cookie_debian_made_is_refused_without_showing_it(cookie, refused):
     problems = secret_problems(dict(GOOD, erlangCookie=cookie), dict(ALL_SECRET, erlangCookie=True))
     if refused is None:
@@ -221,9 +263,14 @@ def test_flower_has_its_own_account_by_default_and_an_explicit_user_keeps_its_ol
     assert (settings.flower.user, settings.flower.group) == ("flower", "flower")
     assert (settings.workers[0].user, settings.workers[0].group) == ("celery", "celery")
     assert not settings.flower.can_send_tasks and settings.flower.tls is None
-    for flower, account in [({"user": "celery"}, ("celery", "celery")), ({"user": "bob"}, ("bob", "celery")),
-                            ({"user": "bob", "group": "bob"}, ("bob", "bob")), ({"group": "mon"}, ("flower", "mon")),
-                            ({"user": "flower"}, ("flower", "flower")), ({"tls": {}}, ("flower", "flower"))]:
+    for flower, account in [
+        ({"user": "celery"}, ("celery", "celery")),
+        ({"user": "bob"}, ("bob", "celery")),
+        ({"user": "bob", "group": "bob"}, ("bob", "bob")),
+        ({"group": "mon"}, ("flower", "mon")),
+        ({"user": "flower"}, ("flower", "flower")),
+        ({"tls": {}}, ("flower", "flower")),
+    ]:
         raw = sample_raw()
         raw["flower"].update(flower)
         settings, problems = validate(raw)
@@ -240,8 +287,10 @@ def test_flower_off_loopback_without_tls_is_refused_naming_the_keys():
     raw["flower"]["enabled"] = False
     assert problems_for(raw) == []
     raw["flower"].update(enabled=True, tls={"certFile": "flower.pem"})
-    assert problems_for(raw) == ["edd-infra:flower.tls.caFile: required without broker.tls (the CA that issued "
-                                 "flower.tls.certFile: Flower's health check and scrapers verify it)"]
+    assert problems_for(raw) == [
+        "edd-infra:flower.tls.caFile: required without broker.tls (the CA that issued "
+        "flower.tls.certFile: Flower's health check and scrapers verify it)"
+    ]
     raw["flower"]["tls"]["caFile"] = "ca.pem"
     assert problems_for(raw) == []
     for loopback in ("127.0.0.1", "::1"):  # TLS stays optional on loopback
@@ -253,5 +302,7 @@ def test_flower_off_loopback_without_tls_is_refused_naming_the_keys():
 
 def test_a_flower_tls_key_must_be_a_private_key_and_secret():
     problems = secret_problems(dict(GOOD, flowerTlsKey="not a key"), dict(ALL_SECRET, flowerTlsKey=False))
-    assert problems == ["edd-infra:flowerTlsKey: stored in plaintext; set it with `pulumi config set --secret flowerTlsKey`",
-                        "edd-infra:flowerTlsKey: must be an OpenSSH or PEM private key"]
+    assert problems == [
+        "edd-infra:flowerTlsKey: stored in plaintext; set it with `pulumi config set --secret flowerTlsKey`",
+        "edd-infra:flowerTlsKey: must be an OpenSSH or PEM private key",
+    ]

@@ -19,8 +19,16 @@ INI_PASSWORDS = [p for p in PASSWORDS if p == p.strip()] + [ALL_PRINTABLE_ASCII_
 
 
 def settings(password, user="edd_user"):
-    return edd_rabbitmq_settings(hostname="localhost", edd_user=user, edd_pass=password, edd_vhost="/edd",
-                                 port=5672, mgmt_user="bunny", mgmt_pass=password[::-1], mgmt_port=15672)
+    return edd_rabbitmq_settings(
+        hostname="localhost",
+        edd_user=user,
+        edd_pass=password,
+        edd_vhost="/edd",
+        port=5672,
+        mgmt_user="bunny",
+        mgmt_pass=password[::-1],
+        mgmt_port=15672,
+    )
 
 
 def test_keys_are_edds_server_cfg_keys_in_order():
@@ -75,16 +83,25 @@ def test_env_reads_back_in_sh(tmp_path, password):
     path = tmp_path / "edd-rabbitmq.env"
     path.write_text(render_edd_settings(settings(password, user=password), "env"), encoding="utf-8")
     names = " ".join(f'"$RABBITMQ_{key.upper()}"' for key in KEYS)
-    out = subprocess.run(["sh", "-c", f". \"$1\"; printf '%s\\0' {names}", "sh", str(path)],
-                         capture_output=True, check=True)
+    out = subprocess.run(
+        ["sh", "-c", f". \"$1\"; printf '%s\\0' {names}", "sh", str(path)], capture_output=True, check=True
+    )
     assert out.stdout.decode().split("\0")[:-1] == list(settings(password, user=password).values())
 
 
 @pytest.mark.parametrize("key", ["hostname", "edd_user", "edd_pass", "edd_vhost", "mgmt_user", "mgmt_pass"])
 @pytest.mark.parametrize("bad", ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u200b"])
 def test_non_printable_characters_are_refused_naming_the_setting(key, bad):
-    kwargs = dict(hostname="localhost", edd_user="edd_user", edd_pass="pw", edd_vhost="/edd", port=5672,
-                  mgmt_user="bunny", mgmt_pass="pw", mgmt_port=15672)
+    kwargs = dict(
+        hostname="localhost",
+        edd_user="edd_user",
+        edd_pass="pw",
+        edd_vhost="/edd",
+        port=5672,
+        mgmt_user="bunny",
+        mgmt_pass="pw",
+        mgmt_port=15672,
+    )
     kwargs[key] = f"secret{bad}value"
     with pytest.raises(ValueError, match=f"^{key}: holds a non-printable character") as info:
         edd_rabbitmq_settings(**kwargs)
@@ -103,8 +120,16 @@ def test_render_checks_a_dict_from_elsewhere_too(file_format):
 @pytest.mark.parametrize("port", [0, 65536, -1, True, "5672"])
 def test_bad_ports_are_refused_naming_the_setting(port):
     with pytest.raises(ValueError, match="^mgmt_port: must be a port number"):
-        edd_rabbitmq_settings(hostname="h", edd_user="u", edd_pass="p", edd_vhost="/edd", port=5672,
-                              mgmt_user="m", mgmt_pass="p", mgmt_port=port)
+        edd_rabbitmq_settings(
+            hostname="h",
+            edd_user="u",
+            edd_pass="p",
+            edd_vhost="/edd",
+            port=5672,
+            mgmt_user="m",
+            mgmt_pass="p",
+            mgmt_port=port,
+        )
 
 
 def test_unknown_format_is_refused():

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edd_infra.example_passphrase import (EXAMPLE_PASSPHRASE, EXAMPLE_SECRETS, digest, example_passphrase_problem,
-                                          is_example_stack, is_sandbox, keyed_with)
+from edd_infra.example_passphrase import (
+    EXAMPLE_PASSPHRASE,
+    EXAMPLE_SECRETS,
+    digest,
+    example_passphrase_problem,
+    is_example_stack,
+    is_sandbox,
+    keyed_with,
+)
 from edd_infra.settings import Host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +54,12 @@ def test_a_stack_keyed_with_the_example_passphrase_is_refused_unless_example_or_
     assert example_passphrase_problem("sandbox", prod, {"appPassword": "random"}, SANDBOX) is None
     assert example_passphrase_problem("e2e1a2b3c", prod, {"appPassword": "random"}, SANDBOX) is None
     # A real team's stack, a renamed copy of prod, prod with one real secret set, and one more secret.
-    for stack, secrets in [("production", {"appPassword": "r3al-s3cret"}), ("prod-eu", example_values("prod")),
-                           ("prod", {**example_values("prod"), "appPassword": "r3al-s3cret"}),
-                           ("prod", {**example_values("prod"), "resultBackend": "db+postgresql://u:p@h/d"})]:
+    for stack, secrets in [
+        ("production", {"appPassword": "r3al-s3cret"}),
+        ("prod-eu", example_values("prod")),
+        ("prod", {**example_values("prod"), "appPassword": "r3al-s3cret"}),
+        ("prod", {**example_values("prod"), "resultBackend": "db+postgresql://u:p@h/d"}),
+    ]:
         problem = example_passphrase_problem(stack, prod, secrets, REAL)
         assert problem and f"stack {stack!r}" in problem and "edd-infra-example" in problem
         assert "stack change-secrets-provider" in problem and "rotate every secret" in problem

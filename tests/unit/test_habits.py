@@ -43,3 +43,9 @@ def test_mypy_finds_no_type_error_in_the_package():
 
     result = run(tool("mypy"), "--cache-dir", str(CACHE / "mypy"), "--no-error-summary")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_leaves_every_file_as_it_is():
+    # The style (120 columns, double quotes): pyproject.toml, [tool.ruff.format].
+    result = run(tool("ruff"), "format", "--no-cache", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr + "\n(run `ruff format .`)"

@@ -14,10 +14,11 @@ from tests.http_serving import serving
 
 pytestmark = pytest.mark.unit
 
-CLUSTER = ('{"running_nodes":["rabbit@n1","rabbit@n2"],"disk_nodes":["rabbit@n1","rabbit@n2","rabbit@n3"],'
-           '"alarms":[]}')
-QUEUES = ('[{"name":"edd","messages":12,"consumers":0},{"name":"w1@n1.celery.pidbox","messages":0,"consumers":1},'
-          '{"name":"w2@n2.celery.pidbox","messages":0,"consumers":0},{"name":"edd.dead-letter","messages":1,"consumers":0}]')
+CLUSTER = '{"running_nodes":["rabbit@n1","rabbit@n2"],"disk_nodes":["rabbit@n1","rabbit@n2","rabbit@n3"],"alarms":[]}'
+QUEUES = (
+    '[{"name":"edd","messages":12,"consumers":0},{"name":"w1@n1.celery.pidbox","messages":0,"consumers":1},'
+    '{"name":"w2@n2.celery.pidbox","messages":0,"consumers":0},{"name":"edd.dead-letter","messages":1,"consumers":0}]'
+)
 
 
 def probe(*lines: str) -> str:
@@ -25,18 +26,27 @@ def probe(*lines: str) -> str:
 
 
 def test_a_cluster_with_a_node_down_and_no_consumer_is_reported_as_measured():
-    report = broker_report(probe("checkedAt 2026-12-06T22:00:01Z", "version 4.0.5", f"cluster {CLUSTER}",
-                                 f"queues {QUEUES}"), "edd", 3)
-    assert report == {"checkedAt": "2026-12-06T22:00:01Z", "version": "4.0.5", "nodesRunning": ["rabbit@n1", "rabbit@n2"],
-                      "nodesConfigured": 3, "queue": {"name": "edd", "consumers": 0, "messages": 12},
-                      "workersConnected": ["w1@n1"]}
+    report = broker_report(
+        probe("checkedAt 2026-12-06T22:00:01Z", "version 4.0.5", f"cluster {CLUSTER}", f"queues {QUEUES}"), "edd", 3
+    )
+    assert report == {
+        "checkedAt": "2026-12-06T22:00:01Z",
+        "version": "4.0.5",
+        "nodesRunning": ["rabbit@n1", "rabbit@n2"],
+        "nodesConfigured": 3,
+        "queue": {"name": "edd", "consumers": 0, "messages": 12},
+        "workersConnected": ["w1@n1"],
+    }
 
 
-@pytest.mark.parametrize("stdout", [
-    "",  # the probe printed nothing
-    probe("checkedAt yesterday", "version $(reboot)", "cluster {not json", "queues 42"),
-    probe("version 4.0.5", 'cluster {"running_nodes": "rabbit@n1"}', 'queues [{"name":"edd","consumers":-1}]'),
-])
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        "",  # the probe printed nothing
+        probe("checkedAt yesterday", "version $(reboot)", "cluster {not json", "queues 42"),
+        probe("version 4.0.5", 'cluster {"running_nodes": "rabbit@n1"}', 'queues [{"name":"edd","consumers":-1}]'),
+    ],
+)
 def test_what_the_probe_could_not_measure_is_none_not_a_guess(stdout):
     report = broker_report(stdout, "edd", 1)
     assert report["checkedAt"] is None and report["nodesRunning"] == [] and report["workersConnected"] == []
@@ -47,19 +57,30 @@ def test_what_the_probe_could_not_measure_is_none_not_a_guess(stdout):
 SECRET = "s3cr3t-password"
 
 
-@pytest.mark.parametrize("stdout, expected", [
-    (f"amqp://edd_user:{SECRET}@h//edd\nedd-infra-health "
-     '{"node": "w1@h", "waitedSeconds": 1, "checkedAt": "2026-12-06T22:00:00Z"}\n',
-     {"answered": "w1@h", "waitedSeconds": 1, "checkedAt": "2026-12-06T22:00:00Z"}),
-    # Only the patterns are kept: a node or time that is not one is dropped, never passed on.
-    (f'edd-infra-health {{"node": "w1@h {SECRET}", "waitedSeconds": 1}}\n',
-     {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"}),
-    (f'edd-infra-health {{"node": "w1@h", "waitedSeconds": "{SECRET}", "checkedAt": "{SECRET}"}}\n',
-     {"answered": "w1@h", "waitedSeconds": None, "checkedAt": None}),
-    ("edd-infra-health not json\n", {"answered": None,
-                                     "why": "no health check recorded (launchd, or not run since this version)"}),
-    (None, {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"}),
-])
+@pytest.mark.parametrize(
+    "stdout, expected",
+    [
+        (
+            f"amqp://edd_user:{SECRET}@h//edd\nedd-infra-health "
+            '{"node": "w1@h", "waitedSeconds": 1, "checkedAt": "2026-12-06T22:00:00Z"}\n',
+            {"answered": "w1@h", "waitedSeconds": 1, "checkedAt": "2026-12-06T22:00:00Z"},
+        ),
+        # Only the patterns are kept: a node or time that is not one is dropped, never passed on.
+        (
+            f'edd-infra-health {{"node": "w1@h {SECRET}", "waitedSeconds": 1}}\n',
+            {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"},
+        ),
+        (
+            f'edd-infra-health {{"node": "w1@h", "waitedSeconds": "{SECRET}", "checkedAt": "{SECRET}"}}\n',
+            {"answered": "w1@h", "waitedSeconds": None, "checkedAt": None},
+        ),
+        (
+            "edd-infra-health not json\n",
+            {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"},
+        ),
+        (None, {"answered": None, "why": "no health check recorded (launchd, or not run since this version)"}),
+    ],
+)
 def test_a_worker_report_keeps_only_its_answer(stdout, expected):
     assert worker_report(stdout) == expected
 
@@ -71,9 +92,12 @@ def test_a_flower_report_drops_a_body_that_is_not_a_plain_word():
 
 def test_an_external_broker_and_no_flower_say_so():
     health = stack_health(None, {"celery-w1": {"answered": "w1@h"}, "celery-w2": {"answered": None}}, None)
-    assert health == {"broker": {"measured": False, "why": "external broker"},
-                      "workers": {"celery-w1": {"answered": "w1@h"}, "celery-w2": {"answered": None}},
-                      "workersAnswered": 1, "flower": "off"}
+    assert health == {
+        "broker": {"measured": False, "why": "external broker"},
+        "workers": {"celery-w1": {"answered": "w1@h"}, "celery-w2": {"answered": None}},
+        "workersAnswered": 1,
+        "flower": "off",
+    }
 
 
 class Healthcheck(http.server.BaseHTTPRequestHandler):

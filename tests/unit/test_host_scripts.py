@@ -12,6 +12,7 @@ import pytest
 from edd_infra.health_report import worker_report
 from edd_infra.render import host_scripts
 from edd_infra.render.host_scripts import FileSpec
+from tests.conftest import ROOT
 from tests.unit.samples import HOSTILE_PASSWORDS
 
 me = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
@@ -19,7 +20,9 @@ grp = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip
 
 
 def run(script, stdin=""):
-    return subprocess.run(["sh", "-c", script + '\necho "changed=$changed"'], input=stdin, capture_output=True, text=True)
+    return subprocess.run(
+        ["sh", "-c", script + '\necho "changed=$changed"'], input=stdin, capture_output=True, text=True
+    )
 
 
 def test_write_file_is_idempotent(tmp_path):
@@ -35,8 +38,10 @@ def test_write_file_is_idempotent(tmp_path):
 
 @pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
 def test_secret_bundle_round_trip(tmp_path, password):
-    files = [FileSpec(str(tmp_path / "s.env"), f"K={password}\n", "0600", me, grp),
-             FileSpec(str(tmp_path / "t.py"), f"p = {password!r}\n", "0640", me, grp)]
+    files = [
+        FileSpec(str(tmp_path / "s.env"), f"K={password}\n", "0600", me, grp),
+        FileSpec(str(tmp_path / "t.py"), f"p = {password!r}\n", "0640", me, grp),
+    ]
     script = host_scripts.script(host_scripts.READ_SECRET_FILES)
     assert password not in script
     result = run(script, host_scripts.secret_bundle(files))
@@ -100,8 +105,13 @@ def test_admin_password_reaches_rabbitmqctl_on_stdin_under_rabbitmq_4s_argument_
     (bin_dir / "rabbitmqctl").chmod(0o755)
     text = host_scripts.broker_admin(user="edd-infra-admin", start_timeout=60)
     password = "pässwörd ünïcode"
-    result = subprocess.run(["sh", "-c", text], input=password + "\nrepair-token\n", capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", text],
+        input=password + "\nrepair-token\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     assert result.returncode == 0, result.stderr
     verb = "change_password" if existing else "add_user"
     calls = log.read_text().splitlines()
@@ -116,7 +126,11 @@ UPGRADES = [
     ("3.10.8-1.1+deb12u1", "3.11.28-1", None),
     ("3.13.7-1", "4.0.5-6+deb13u2", None),
     ("4.0.5-6+deb13u2", "4.1.4-1", None),
-    ("3.10.8-1.1+deb12u1", "4.0.5-6+deb13u2", "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)"),
+    (
+        "3.10.8-1.1+deb12u1",
+        "4.0.5-6+deb13u2",
+        "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)",
+    ),
     ("3.12.1-1", "3.13.7-1", None),
     ("4.0.5-6+deb13u2", "4.3.6-1", "skips a release series: RabbitMQ upgrades one minor series at a time (4.0 -> 4.1)"),
     ("4.0.5-6+deb13u2", "3.10.8-1.1+deb12u1", "is a downgrade"),
@@ -126,8 +140,11 @@ UPGRADES = [
 
 @pytest.mark.parametrize("installed, target, refused", UPGRADES)
 def test_a_version_change_is_refused_unless_rabbitmq_supports_that_upgrade(installed, target, refused):
-    result = subprocess.run(["sh", "-euc", f"installed='{installed}'; target='{target}'\n{host_scripts.UPGRADE_PATH}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["sh", "-euc", f"installed='{installed}'; target='{target}'\n{host_scripts.UPGRADE_PATH}"],
+        capture_output=True,
+        text=True,
+    )
     if refused:
         assert result.returncode == 1 and refused in result.stderr, result.stderr
     else:
@@ -139,8 +156,12 @@ def test_a_failing_script_puts_the_previous_files_back(tmp_path):
     assert run(host_scripts.script(host_scripts.write_file(old))).returncode == 0
     new = FileSpec(old.path, "broken\n", "0640", me, grp)
     fresh = FileSpec(str(tmp_path / "new.env"), "x\n", "0600", me, grp)
-    failing = host_scripts.script(host_scripts.write_file(new), host_scripts.write_file(fresh),
-                                  f"on_rollback='echo rolled back > {tmp_path}/rb'", "false")
+    failing = host_scripts.script(
+        host_scripts.write_file(new),
+        host_scripts.write_file(fresh),
+        f"on_rollback='echo rolled back > {tmp_path}/rb'",
+        "false",
+    )
     result = run(failing)
     assert result.returncode != 0 and "rolled back to the previous files" in result.stderr
     assert open(old.path).read() == "good\n" and oct(os.stat(old.path).st_mode & 0o777) == "0o640"
@@ -153,12 +174,16 @@ def test_a_failing_script_keeps_the_new_broker_password_and_puts_the_rest_back(t
     """A rotation whose health check fails: the broker already has the new password, so the
     env file keeps it (the old one would lock the service out); the unit goes back."""
     env, unit = str(tmp_path / "w.env"), str(tmp_path / "w.service")
-    bundle = [FileSpec(env, "URL=amqp://u:old@h\n", "0640", me, grp, keep_on_failure=True),
-              FileSpec(unit, "ExecStart=good\n", "0644", me, grp)]
+    bundle = [
+        FileSpec(env, "URL=amqp://u:old@h\n", "0640", me, grp, keep_on_failure=True),
+        FileSpec(unit, "ExecStart=good\n", "0644", me, grp),
+    ]
     first = run(host_scripts.script(host_scripts.READ_SECRET_FILES), host_scripts.secret_bundle(bundle))
     assert first.returncode == 0, first.stderr
-    bundle = [FileSpec(env, "URL=amqp://u:new@h\n", "0640", me, grp, keep_on_failure=True),
-              FileSpec(unit, "ExecStart=broken\n", "0644", me, grp)]
+    bundle = [
+        FileSpec(env, "URL=amqp://u:new@h\n", "0640", me, grp, keep_on_failure=True),
+        FileSpec(unit, "ExecStart=broken\n", "0644", me, grp),
+    ]
     result = run(host_scripts.script(host_scripts.READ_SECRET_FILES, "false"), host_scripts.secret_bundle(bundle))
     assert result.returncode != 0 and "rolled back to the previous files" in result.stderr
     assert open(env).read() == "URL=amqp://u:new@h\n" and open(unit).read() == "ExecStart=good\n"
@@ -175,16 +200,25 @@ def test_a_succeeding_script_leaves_no_backup(tmp_path):
 DELIVERED = {"broker_transport_options": {"confirm_publish": True}, "task_acks_late": True, "task_time_limit": 3600}
 
 
-@pytest.mark.parametrize("reply, exit_code, message", [
-    ({"w1@h": DELIVERED}, 0, ""),
-    ({"w1@h": {}}, 1, "worker w1 runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE"),
-    ({"w1@h": DELIVERED | {"broker_transport_options": {"visibility_timeout": 60}}}, 1,
-     "worker w1 runs without publisher confirms"),
-    # An app that sets its own acks (early) or a shorter time limit is named setting by setting.
-    ({"w1@h": DELIVERED | {"task_acks_late": False, "task_time_limit": 60}}, 1,
-     "worker w1 runs without the program's Celery settings task_acks_late task_time_limit: its app overrides them"),
-    (None, 1, "worker w1 did not answer ping (inspect conf)"),
-])
+@pytest.mark.parametrize(
+    "reply, exit_code, message",
+    [
+        ({"w1@h": DELIVERED}, 0, ""),
+        ({"w1@h": {}}, 1, "worker w1 runs without publisher confirms: its app does not load CELERY_CONFIG_MODULE"),
+        (
+            {"w1@h": DELIVERED | {"broker_transport_options": {"visibility_timeout": 60}}},
+            1,
+            "worker w1 runs without publisher confirms",
+        ),
+        # An app that sets its own acks (early) or a shorter time limit is named setting by setting.
+        (
+            {"w1@h": DELIVERED | {"task_acks_late": False, "task_time_limit": 60}},
+            1,
+            "worker w1 runs without the program's Celery settings task_acks_late task_time_limit: its app overrides them",
+        ),
+        (None, 1, "worker w1 did not answer ping (inspect conf)"),
+    ],
+)
 def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, exit_code, message):
     """The health check of a worker unit, with `celery` and `runuser` stood in for: an answer
     with confirms passes, one without fails naming the worker, no answer fails after retries."""
@@ -197,12 +231,22 @@ def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, 
     for tool in (bin_dir / "celery", tmp_path / "runuser"):
         tool.chmod(0o755)
     (tmp_path / "worker.env").write_text("CELERY_BROKER_URL='amqp://u:p@h//edd'\n")
-    check = host_scripts.worker_ping(env_file=str(tmp_path / "worker.env"), user="celery",
-                                     working_directory=str(tmp_path), virtualenv=str(tmp_path / "venv"), app="edd",
-                                     node="w1", attempts=2, required={"broker_transport_options.confirm_publish": True,
-                                                                      "task_acks_late": True, "task_time_limit": 3600})
-    result = subprocess.run(["sh", "-euc", check], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
+    check = host_scripts.worker_ping(
+        env_file=str(tmp_path / "worker.env"),
+        user="celery",
+        working_directory=str(tmp_path),
+        virtualenv=str(tmp_path / "venv"),
+        app="edd",
+        node="w1",
+        attempts=2,
+        required={"broker_transport_options.confirm_publish": True, "task_acks_late": True, "task_time_limit": 3600},
+    )
+    result = subprocess.run(
+        ["sh", "-euc", check],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"),
+    )
     assert result.returncode == exit_code and result.stderr.strip().startswith(message), result.stderr
     # A worker that answered with the settings says so for the `health` output; one that did not, nothing.
     report = worker_report(result.stdout)
@@ -215,8 +259,8 @@ FAKE_TOOLS = {
     "dpkg-query": 'cat "$FAKE/installed" 2>/dev/null || true',
     "apt-cache": 'echo "  Candidate: 4.0.5-1"',
     "apt-get": 'echo "apt-get $*" >> "$FAKE/calls"\n'
-               'case "$*" in *"rabbitmq-server=$FAKE_BROKEN"*) exit 100 ;; *rabbitmq-server=*) '
-               'v=${*##*rabbitmq-server=}; echo "hold ok installed ${v%% *}" > "$FAKE/installed" ;; esac',
+    'case "$*" in *"rabbitmq-server=$FAKE_BROKEN"*) exit 100 ;; *rabbitmq-server=*) '
+    'v=${*##*rabbitmq-server=}; echo "hold ok installed ${v%% *}" > "$FAKE/installed" ;; esac',
     "apt-mark": "exit 0",
     "systemctl": 'echo "systemctl $*" >> "$FAKE/calls"',
     "rabbitmqctl": 'echo "rabbitmqctl $*" >> "$FAKE/calls"',
@@ -224,18 +268,43 @@ FAKE_TOOLS = {
 
 BROKER_CASES = [
     # before (dpkg status), packageVersion, broken build, exit code, installed after, calls that must appear
-    ("", None, "", 0, "4.0.5-1", ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"]),
+    (
+        "",
+        None,
+        "",
+        0,
+        "4.0.5-1",
+        ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"],
+    ),
     ("hold ok installed 4.0.5-1", None, "", 0, "4.0.5-1", ["rabbitmqctl -q enable_feature_flag all"]),
-    ("hold ok installed 4.0.5-1", "4.0.5-2", "", 0, "4.0.5-2", ["rabbitmqctl -q enable_feature_flag all",
-                                                               "apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-2"]),
-    ("hold ok installed 4.0.5-1", "4.0.5-2", "4.0.5-2", 100, "4.0.5-1",
-     ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"]),
+    (
+        "hold ok installed 4.0.5-1",
+        "4.0.5-2",
+        "",
+        0,
+        "4.0.5-2",
+        [
+            "rabbitmqctl -q enable_feature_flag all",
+            "apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-2",
+        ],
+    ),
+    (
+        "hold ok installed 4.0.5-1",
+        "4.0.5-2",
+        "4.0.5-2",
+        100,
+        "4.0.5-1",
+        ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"],
+    ),
     ("hold ok installed 4.0.5-1", "4.2.0-1", "", 1, "4.0.5-1", []),
 ]
 
 
-@pytest.mark.parametrize("before, version, broken, code, after, calls", BROKER_CASES,
-                         ids=["fresh host", "no-op", "upgrade", "failed upgrade rolls back", "refused jump"])
+@pytest.mark.parametrize(
+    "before, version, broken, code, after, calls",
+    BROKER_CASES,
+    ids=["fresh host", "no-op", "upgrade", "failed upgrade rolls back", "refused jump"],
+)
 def test_broker_install_cases(tmp_path, before, version, broken, code, after, calls):
     """The broker script on a fresh host, a no-op rerun, an upgrade, an upgrade whose package
     fails (the old one is put back) and a jump RabbitMQ refuses (nothing installed). A held
@@ -248,9 +317,12 @@ def test_broker_install_cases(tmp_path, before, version, broken, code, after, ca
     if before:
         (tmp_path / "installed").write_text(before + "\n")
     text = host_scripts.broker_install(files=[], package_version=version, start_timeout=2)
-    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(tmp_path),
-                                     FAKE_BROKEN=broken or "none"))
+    result = subprocess.run(
+        ["sh", "-c", text],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(tmp_path), FAKE_BROKEN=broken or "none"),
+    )
     assert result.returncode == code, result.stderr
     assert (tmp_path / "installed").read_text().split()[-1] == after
     logged = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
@@ -260,25 +332,28 @@ def test_broker_install_cases(tmp_path, before, version, broken, code, after, ca
         assert not [c for c in logged if c.startswith("apt-get install")], logged
 
 
-@pytest.mark.parametrize("answer, resets", [
-    # What `rabbitmqctl eval 'rabbit_nodes:all().'` prints (Erlang quotes atoms with @ and .).
-    ("['rabbit@10.0.0.3']", True),                      # a node on its own: joins
-    ("['rabbit@10.0.0.2','rabbit@10.0.0.3']", False),   # a member already: left alone
-    (None, False),                                 # the CLI failed: never taken for "not a member"
-])
+@pytest.mark.parametrize(
+    "answer, resets",
+    [
+        # What `rabbitmqctl eval 'rabbit_nodes:all().'` prints (Erlang quotes atoms with @ and .).
+        ("['rabbit@10.0.0.3']", True),  # a node on its own: joins
+        ("['rabbit@10.0.0.2','rabbit@10.0.0.3']", False),  # a member already: left alone
+        (None, False),  # the CLI failed: never taken for "not a member"
+    ],
+)
 def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, answer, resets):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls"
     eval_reply = f"echo {shlex.quote(answer)}" if answer else "exit 69"
-    (bin_dir / "rabbitmqctl").write_text(
-        f"#!/bin/sh\necho \"$*\" >> {log}\ncase \"$*\" in *eval*) {eval_reply} ;; esac\n")
+    (bin_dir / "rabbitmqctl").write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *eval*) {eval_reply} ;; esac\n')
     (bin_dir / "rabbitmq-queues").write_text("#!/bin/sh\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     text = host_scripts.cluster_join(seed="rabbit@10.0.0.2", node="rabbit@10.0.0.3", start_timeout=10)
-    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    )
     calls = log.read_text()
     assert ("-q reset" in calls) is resets, calls
     if answer is None:
@@ -287,28 +362,33 @@ def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, 
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("changed, quorum_ok, expected", [
-    (True, True, ["await_online_quorum_plus_one", "drain", "restart rabbitmq-server"]),
-    (False, True, []),  # nothing to restart: no drain
-    (True, False, ["await_online_quorum_plus_one"]),  # a peer is not back: refused, no stop
-])
-def test_a_cluster_node_restarts_only_drained_and_only_while_its_peers_hold_quorum(tmp_path, changed, quorum_ok,
-                                                                                   expected):
+@pytest.mark.parametrize(
+    "changed, quorum_ok, expected",
+    [
+        (True, True, ["await_online_quorum_plus_one", "drain", "restart rabbitmq-server"]),
+        (False, True, []),  # nothing to restart: no drain
+        (True, False, ["await_online_quorum_plus_one"]),  # a peer is not back: refused, no stop
+    ],
+)
+def test_a_cluster_node_restarts_only_drained_and_only_while_its_peers_hold_quorum(
+    tmp_path, changed, quorum_ok, expected
+):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls"
     tools = {
         "rabbitmq-upgrade": f"echo \"$*\" | awk '{{print $NF}}' >> {log}; "
-                            f"case \"$*\" in *await*) exit {0 if quorum_ok else 1} ;; esac",
-        "systemctl": f"case \"$*\" in restart*|stop*) echo \"$*\" >> {log} ;; esac",
+        f'case "$*" in *await*) exit {0 if quorum_ok else 1} ;; esac',
+        "systemctl": f'case "$*" in restart*|stop*) echo "$*" >> {log} ;; esac',
     }
     for tool, body in tools.items():
         (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / tool).chmod(0o755)
-    step = host_scripts.drain_before_stop(30) + "\nif [ \"$changed\" = 1 ]; then systemctl restart rabbitmq-server; fi"
+    step = host_scripts.drain_before_stop(30) + '\nif [ "$changed" = 1 ]; then systemctl restart rabbitmq-server; fi'
     text = host_scripts.script(f"changed={int(changed)}; installed=3.10.8; target=3.10.8", step)
-    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    )
     assert (result.returncode == 0) is quorum_ok, result.stderr
     calls = log.read_text().splitlines() if log.exists() else []
     assert calls == expected
@@ -322,8 +402,11 @@ def test_only_a_clustered_node_is_drained():
 
     assert "rabbitmq-upgrade" not in install(False)
     text = install(True)
-    assert text.index("rabbitmq-upgrade -q drain") < text.index('install_version "$target"') < text.index(
-        "then systemctl restart rabbitmq-server; fi")
+    assert (
+        text.index("rabbitmq-upgrade -q drain")
+        < text.index('install_version "$target"')
+        < text.index("then systemctl restart rabbitmq-server; fi")
+    )
 
 
 @pytest.mark.parametrize("content, restarts", [("new password\n", True), ("same\n", False)])
@@ -332,26 +415,38 @@ def test_edds_units_restart_only_when_its_settings_file_changed(tmp_path, conten
     path.write_text("same\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\n")
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n')
     (bin_dir / "systemctl").chmod(0o755)
     text = host_scripts.secret_files_install(["edd-web.service", "edd-producer@1.service"])
-    result = subprocess.run(["sh", "-c", text], input=host_scripts.secret_bundle([FileSpec(str(path), content, "0640", me, grp)]),
-                            capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", text],
+        input=host_scripts.secret_bundle([FileSpec(str(path), content, "0640", me, grp)]),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
     assert ("try-restart edd-web.service edd-producer@1.service" in calls) is restarts, calls
 
 
 @pytest.mark.parametrize("free_bytes, refused", [(10 * 2**40, False), (2**20, True)])
-def test_a_host_without_the_free_disk_the_broker_needs_is_refused_before_anything_changes(tmp_path, free_bytes, refused):
+def test_a_host_without_the_free_disk_the_broker_needs_is_refused_before_anything_changes(
+    tmp_path, free_bytes, refused
+):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "df").write_text(f"#!/bin/sh\necho 'Filesystem 1-blocks Used Available Capacity Mounted'\n"
-                                f"echo '/dev/x 1 1 {free_bytes} 1% /'\n")
+    (bin_dir / "df").write_text(
+        f"#!/bin/sh\necho 'Filesystem 1-blocks Used Available Capacity Mounted'\necho '/dev/x 1 1 {free_bytes} 1% /'\n"
+    )
     (bin_dir / "df").chmod(0o755)
     text = host_scripts.disk_check(0.4) + "\necho checked"
-    result = subprocess.run(["sh", "-euc", text], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-euc", text],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     if refused:
         assert result.returncode == 1 and "checked" not in result.stdout
         assert "1 MiB free on /var/lib" in result.stderr and "edd-infra:broker.memoryHighWatermark" in result.stderr
@@ -363,8 +458,12 @@ def test_the_policy_pack_reads_the_bundle_format_the_program_writes():
     """policy/rules.py reads Flower's config out of the secret bundle; both sides must agree."""
     from policy import rules
 
-    bundle = host_scripts.secret_bundle([FileSpec("/etc/a.env", "A=1\n", "0640", keep_on_failure=True),
-                                         FileSpec("/etc/edd-infra/flowerconfig.py", "port = 5555\n", "0640")])
+    bundle = host_scripts.secret_bundle(
+        [
+            FileSpec("/etc/a.env", "A=1\n", "0640", keep_on_failure=True),
+            FileSpec("/etc/edd-infra/flowerconfig.py", "port = 5555\n", "0640"),
+        ]
+    )
     assert rules.bundle_file(bundle, "/etc/edd-infra/flowerconfig.py") == "port = 5555\n"
     assert rules.bundle_file(bundle, "/etc/missing") is None
 
@@ -375,28 +474,31 @@ def test_a_rolled_back_unit_that_crash_looped_is_started_again(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "systemctl").write_text(
-        f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\n"
-        f"case \"$1\" in is-active) exit 0 ;; reset-failed) touch {tmp_path}/reset ;; "
-        f"restart) [ -f {tmp_path}/reset ] || {{ echo 'Start request repeated too quickly.' >&2; exit 1; }} ;; esac\n")
+        f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
+        f'case "$1" in is-active) exit 0 ;; reset-failed) touch {tmp_path}/reset ;; '
+        f"restart) [ -f {tmp_path}/reset ] || {{ echo 'Start request repeated too quickly.' >&2; exit 1; }} ;; esac\n"
+    )
     (bin_dir / "systemctl").chmod(0o755)
     unit = FileSpec(str(tmp_path / "w.service"), "[Service]\nExecStart=/bad\n", "0644", me, grp)
     text = host_scripts.script(host_scripts.write_file(unit), host_scripts.activate("systemd", "w"), "false")
-    result = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    result = subprocess.run(
+        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    )
     assert result.returncode != 0
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[-2:] == ["reset-failed w", "restart w"], calls
 
 
-@pytest.mark.parametrize("written, waits", [({}, "900"), ({"celery-a": "4530", "celery-b": "700"}, "4530"),
-                                            ({"celery-a": "junk"}, "900")])
+@pytest.mark.parametrize(
+    "written, waits", [({}, "900"), ({"celery-a": "4530", "celery-b": "700"}, "4530"), ({"celery-a": "junk"}, "900")]
+)
 def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path, written, waits):
     """A worker's restart waits for its running tasks (up to the hard time limit), holding the
     host lock: every other script on the host waits that long for it, not 15 min."""
     waits_dir = tmp_path / "lock-wait"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "flock").write_text(f"#!/bin/sh\necho \"$2\" > {tmp_path}/waited\n")
+    (bin_dir / "flock").write_text(f'#!/bin/sh\necho "$2" > {tmp_path}/waited\n')
     (bin_dir / "flock").chmod(0o755)
     text = host_scripts.service_install(manager="systemd", name="celery-a", definition="", lock_wait=4530)
     assert f"echo 4530 > {host_scripts.LOCK_WAIT}/celery-a" in text
@@ -404,10 +506,17 @@ def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path
         waits_dir.mkdir()
         for name, value in written.items():
             (waits_dir / name).write_text(value + "\n")
-    prelude = host_scripts.script("true").replace(host_scripts.LOCK_WAIT, str(waits_dir)).replace(
-        "/var/run/edd-infra.lock", str(tmp_path / "lock"))
-    result = subprocess.run(["sh", "-c", prelude], capture_output=True, text=True,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    prelude = (
+        host_scripts.script("true")
+        .replace(host_scripts.LOCK_WAIT, str(waits_dir))
+        .replace("/var/run/edd-infra.lock", str(tmp_path / "lock"))
+    )
+    result = subprocess.run(
+        ["sh", "-c", prelude],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "waited").read_text().strip() == waits
 
@@ -430,11 +539,23 @@ def test_private_files_takes_group_and_other_bits_from_an_old_database_and_no_ma
     (tmp_path / "flower.db.dat").write_text("x")
     for f in tmp_path.iterdir():
         f.chmod(0o644)
-    run = subprocess.run(["sh", "-eu", "-c", host_scripts.private_files(f"{tmp_path}/flower.db*") + "\n"
-                          + host_scripts.private_files(f"{tmp_path}/none.db*")], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            "sh",
+            "-eu",
+            "-c",
+            host_scripts.private_files(f"{tmp_path}/flower.db*")
+            + "\n"
+            + host_scripts.private_files(f"{tmp_path}/none.db*"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
-    assert {f.name: oct(f.stat().st_mode & 0o777) for f in tmp_path.iterdir()} == {"flower.db": "0o600",
-                                                                                     "flower.db.dat": "0o600"}
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in tmp_path.iterdir()} == {
+        "flower.db": "0o600",
+        "flower.db.dat": "0o600",
+    }
 
 
 def test_http_probe_verifies_https_against_the_given_ca():
@@ -442,4 +563,34 @@ def test_http_probe_verifies_https_against_the_given_ca():
     assert " https://10.0.0.2:5555/healthcheck /etc/ca.pem 2>&1)" in text and "create_default_context(cafile=" in text
     assert "tail -n 1 >&2" in text  # the last error (why a certificate was refused) is shown
     assert " http://127.0.0.1:5555/healthcheck 2>&1)" in host_scripts.http_ok(
-        virtualenv="/v", url="http://127.0.0.1:5555/healthcheck")
+        virtualenv="/v", url="http://127.0.0.1:5555/healthcheck"
+    )
+
+
+def test_rendered_scripts_are_the_same_in_every_process():
+    """Each `pulumi up` is a new Python process with its own hash seed: a script whose text
+    followed set order would differ from one run to the next, and every run would be a change.
+    (The broker's removal list: two of its directories tie on depth and length.)"""
+    paths = [
+        "/etc/systemd/system/rabbitmq-server.service.d/a.conf",
+        "/etc/systemd/system/epmd.socket.d/a.conf",
+        "/etc/rabbitmq/conf.d/a.conf",
+        "/etc/systemd/system/x.service",
+        "/var/lib/edd-infra/a",
+        "/var/lib/rabbitmq/.erlang.cookie",
+        "/etc/rabbitmq/tls/ca.pem",
+        "/etc/rabbitmq/rabbitmq.conf",
+    ]
+    code = f"from edd_infra.render import host_scripts; print(host_scripts.remove_files({paths!r}))"
+    texts = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONHASHSEED=str(seed)),
+        ).stdout
+        for seed in range(8)
+    }
+    assert len(texts) == 1, texts

@@ -23,7 +23,10 @@ def pins(lines) -> dict[str, str]:
 
 def test_the_package_pins_what_requirements_txt_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lock = pins((ROOT / "requirements.txt").read_text().splitlines() + (ROOT / "policy/requirements.txt").read_text().splitlines())
+    lock = pins(
+        (ROOT / "requirements.txt").read_text().splitlines()
+        + (ROOT / "policy/requirements.txt").read_text().splitlines()
+    )
     runtime, test = pins(project["dependencies"]), pins(project["optional-dependencies"]["test"])
     assert runtime and all(lock.get(name) == version for name, version in runtime.items()), (runtime, lock)
     assert test and all(lock.get(name) == version for name, version in test.items()), (test, lock)

@@ -13,9 +13,11 @@ import re
 import pytest
 from celery import Celery
 from kombu import Exchange, Queue
-from kombu.transport.native_delayed_delivery import (bind_queue_to_native_delayed_delivery_exchange,
-                                                     calculate_routing_key,
-                                                     declare_native_delayed_delivery_exchanges_and_queues)
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    calculate_routing_key,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from edd_infra.render.permissions import (
     SAMPLE_NODE,
@@ -34,10 +36,14 @@ from edd_infra.settings import Permissions
 PERMS = ("configure", "write", "read")
 
 # The set measured against a real worker (field-facts.md, "What Celery 5.7 really needs").
-MEASURED = (r"edd|celeryev|celeryev\.UUID|celery\.pidbox|reply\.celery\.pidbox|.+@.+\.celery\.pidbox"
-            r"|UUID\.reply\.celery\.pidbox|UUID").replace("UUID", UUID)
-AMQ_DEFAULT_WARNING = ("appUser.permissions.write does not allow 'amq.default': Celery publishes tasks through the "
-                       "default exchange; without it apply_async silently drops tasks")
+MEASURED = (
+    r"edd|celeryev|celeryev\.UUID|celery\.pidbox|reply\.celery\.pidbox|.+@.+\.celery\.pidbox"
+    r"|UUID\.reply\.celery\.pidbox|UUID"
+).replace("UUID", UUID)
+AMQ_DEFAULT_WARNING = (
+    "appUser.permissions.write does not allow 'amq.default': Celery publishes tasks through the "
+    "default exchange; without it apply_async silently drops tasks"
+)
 
 
 class Traffic:
@@ -79,26 +85,46 @@ SCENARIOS = {
     # The seed: `-Q edd`, Celery creates queue and direct exchange `edd`, rpc results.
     "seed": (CeleryNames(queues=["edd"]), None),
     # EDD's router: queue `edd` bound to the fanout exchange `edd`.
-    "edd-fanout": (CeleryNames(queues=["edd"], exchanges=["edd"]),
-                   [Queue("edd", Exchange("edd", type="fanout"), routing_key="edd")]),
+    "edd-fanout": (
+        CeleryNames(queues=["edd"], exchanges=["edd"]),
+        [Queue("edd", Exchange("edd", type="fanout"), routing_key="edd")],
+    ),
     # Everything renamed, a second queue on its own fanout exchange, no rpc backend.
-    "renamed": (CeleryNames(queues=["edd", "edd-bulk"], exchanges=["edd-broadcast"], control_exchange="edd",
-                            event_exchange="edd.events", event_queue_prefix="edd.ev", rpc_results=False),
-                [Queue("edd", Exchange("edd"), routing_key="edd"),
-                 Queue("edd-bulk", Exchange("edd-broadcast", type="fanout"), routing_key="edd-bulk")]),
+    "renamed": (
+        CeleryNames(
+            queues=["edd", "edd-bulk"],
+            exchanges=["edd-broadcast"],
+            control_exchange="edd",
+            event_exchange="edd.events",
+            event_queue_prefix="edd.ev",
+            rpc_results=False,
+        ),
+        [
+            Queue("edd", Exchange("edd"), routing_key="edd"),
+            Queue("edd-bulk", Exchange("edd-broadcast", type="fanout"), routing_key="edd-bulk"),
+        ],
+    ),
     # The cluster topology: EDD's fanout, a quorum queue, countdown/ETA/retry by native delayed delivery.
-    "quorum-delayed": (CeleryNames(queues=["edd"], exchanges=["edd"], delayed_delivery=True),
-                       [Queue("edd", Exchange("edd", type="fanout"), routing_key="edd",
-                              queue_arguments={"x-queue-type": "quorum"})]),
+    "quorum-delayed": (
+        CeleryNames(queues=["edd"], exchanges=["edd"], delayed_delivery=True),
+        [Queue("edd", Exchange("edd", type="fanout"), routing_key="edd", queue_arguments={"x-queue-type": "quorum"})],
+    ),
 }
 
 
 def celery_traffic(names, task_queues):
     """What a worker, a producer, an event monitor and a remote-control caller of this app do on the broker."""
-    app = Celery("edd", set_as_current=False, broker="amqp://u:p@127.0.0.1:1//edd",
-                 backend="rpc://" if names.rpc_results else None)
-    app.conf.update(control_exchange=names.control_exchange, event_exchange=names.event_exchange,
-                    event_queue_prefix=names.event_queue_prefix)
+    app = Celery(
+        "edd",
+        set_as_current=False,
+        broker="amqp://u:p@127.0.0.1:1//edd",
+        backend="rpc://" if names.rpc_results else None,
+    )
+    app.conf.update(
+        control_exchange=names.control_exchange,
+        event_exchange=names.event_exchange,
+        event_queue_prefix=names.event_queue_prefix,
+    )
     if task_queues:
         app.conf.task_queues = task_queues
     t = Traffic()
@@ -120,8 +146,7 @@ def celery_traffic(names, task_queues):
             bind_queue_to_native_delayed_delivery_exchange(t, app.amqp.queues[queue])
         # Celery.send_task with a countdown on a quorum queue drops the queue (nothing declared)
         # and publishes to the top level with kombu's routing key.
-        t.publish(exchange=Exchange("celery_delayed_27", type="topic"),
-                  routing_key=calculate_routing_key(30, "edd"))
+        t.publish(exchange=Exchange("celery_delayed_27", type="topic"), routing_key=calculate_routing_key(30, "edd"))
     if names.rpc_results:
         t.consume(app.backend.binding)  # result.get()
         t.publish(exchange=app.backend.exchange.name)  # the worker stores a result
@@ -136,8 +161,11 @@ def as_checked(kind, name):
 def test_every_access_celery_makes_is_allowed(scenario):
     names, task_queues = SCENARIOS[scenario]
     perms = least_privilege(names)
-    refused = [(p, kind, name) for p, kind, name in celery_traffic(names, task_queues)
-               if not rabbitmq_allows(getattr(perms, p), name, exchange=kind == "exchange")]
+    refused = [
+        (p, kind, name)
+        for p, kind, name in celery_traffic(names, task_queues)
+        if not rabbitmq_allows(getattr(perms, p), name, exchange=kind == "exchange")
+    ]
     assert refused == []
 
 
@@ -147,19 +175,25 @@ def test_needs_are_exactly_what_celery_does(scenario):
     traffic = {(p, as_checked(kind, name)) for p, kind, name in celery_traffic(names, task_queues)}
     needs = celery_needs(names)
     # Every check is named by a need, so a custom set that lacks it gets a warning...
-    unnamed = [(p, name) for p, name in traffic
-               if not any(p in n.required and re.fullmatch(n.pattern, name) for n in needs)]
+    unnamed = [
+        (p, name) for p, name in traffic if not any(p in n.required and re.fullmatch(n.pattern, name) for n in needs)
+    ]
     assert unnamed == []
     # ...and every required permission is one Celery really uses: no warning for nothing.
-    unused = [(p, n.shown) for n in needs for p in n.required
-              if not any(q == p and re.fullmatch(n.pattern, name) for q, name in traffic)]
+    unused = [
+        (p, n.shown)
+        for n in needs
+        for p in n.required
+        if not any(q == p and re.fullmatch(n.pattern, name) for q, name in traffic)
+    ]
     assert unused == []
 
 
 def test_seed_defaults_generate_the_measured_set():
     for names in (CeleryNames(queues=["edd"]), CeleryNames(queues=["edd"], exchanges=["edd"])):
         assert least_privilege(names) == PermissionRegexes(
-            configure=f"^({MEASURED})$", write=f"^({MEASURED}|amq\\.default)$", read=f"^({MEASURED})$")
+            configure=f"^({MEASURED})$", write=f"^({MEASURED}|amq\\.default)$", read=f"^({MEASURED})$"
+        )
 
 
 def test_samples_are_names_celery_would_use():
@@ -173,12 +207,32 @@ def test_samples_are_names_celery_would_use():
 
 REFUSED_EVERYWHERE = [
     "celery",  # Celery's default queue: not this app's
-    "other-app", "edd2", "xedd", "edd.bulk", "edd.", "EDD",
-    "amq.topic", "amq.direct", "amq.fanout", "amq.headers", "amq.rabbitmq.trace",
-    "celeryevil", "celeryev.", "celeryev.not-a-uuid", f"celeryev.{SAMPLE_UUID.upper()}", f"celeryev.{SAMPLE_UUID}x",
-    "celery.pidbox.x", "xcelery.pidbox", "reply.celery.pidbox2", "no-host.celery.pidbox", "@.celery.pidbox",
-    f"{SAMPLE_UUID}.reply.celery.pidbox.x", f"{SAMPLE_UUID}x", SAMPLE_UUID[:-1],
-    "edd.pidbox", "reply.edd.pidbox",
+    "other-app",
+    "edd2",
+    "xedd",
+    "edd.bulk",
+    "edd.",
+    "EDD",
+    "amq.topic",
+    "amq.direct",
+    "amq.fanout",
+    "amq.headers",
+    "amq.rabbitmq.trace",
+    "celeryevil",
+    "celeryev.",
+    "celeryev.not-a-uuid",
+    f"celeryev.{SAMPLE_UUID.upper()}",
+    f"celeryev.{SAMPLE_UUID}x",
+    "celery.pidbox.x",
+    "xcelery.pidbox",
+    "reply.celery.pidbox2",
+    "no-host.celery.pidbox",
+    "@.celery.pidbox",
+    f"{SAMPLE_UUID}.reply.celery.pidbox.x",
+    f"{SAMPLE_UUID}x",
+    SAMPLE_UUID[:-1],
+    "edd.pidbox",
+    "reply.edd.pidbox",
 ]
 
 
@@ -195,12 +249,26 @@ def test_default_exchange_is_write_only():
 
 
 def test_renamed_control_and_event_settings_move_the_set():
-    perms = least_privilege(CeleryNames(queues=["edd"], control_exchange="edd", event_exchange="edd.events",
-                                        event_queue_prefix="edd.ev"))
-    allowed = ["edd.pidbox", "reply.edd.pidbox", "edd-worker-1@queue.edd.pidbox", f"{SAMPLE_UUID}.reply.edd.pidbox",
-               "edd.events", f"edd.ev.{SAMPLE_UUID}"]
-    refused = ["celery.pidbox", "reply.celery.pidbox", "edd-worker-1@queue.celery.pidbox", "celeryev",
-               f"celeryev.{SAMPLE_UUID}", f"edd.events.{SAMPLE_UUID}", "edd.ev"]
+    perms = least_privilege(
+        CeleryNames(queues=["edd"], control_exchange="edd", event_exchange="edd.events", event_queue_prefix="edd.ev")
+    )
+    allowed = [
+        "edd.pidbox",
+        "reply.edd.pidbox",
+        "edd-worker-1@queue.edd.pidbox",
+        f"{SAMPLE_UUID}.reply.edd.pidbox",
+        "edd.events",
+        f"edd.ev.{SAMPLE_UUID}",
+    ]
+    refused = [
+        "celery.pidbox",
+        "reply.celery.pidbox",
+        "edd-worker-1@queue.celery.pidbox",
+        "celeryev",
+        f"celeryev.{SAMPLE_UUID}",
+        f"edd.events.{SAMPLE_UUID}",
+        "edd.ev",
+    ]
     for p in PERMS:
         assert [n for n in allowed if not rabbitmq_allows(getattr(perms, p), n)] == [], p
         assert [n for n in refused if rabbitmq_allows(getattr(perms, p), n)] == [], p
@@ -243,8 +311,9 @@ def test_seed_and_generated_sets_need_no_warning(scenario):
 def test_write_without_the_default_exchange_warns_about_lost_tasks():
     names = CeleryNames(queues=["edd"])
     perms = least_privilege(names)
-    custom = PermissionRegexes(configure=perms.configure, write=perms.write.replace("|amq\\.default", ""),
-                               read=perms.read)
+    custom = PermissionRegexes(
+        configure=perms.configure, write=perms.write.replace("|amq\\.default", ""), read=perms.read
+    )
     assert missing_for_celery(custom, names) == [AMQ_DEFAULT_WARNING]
 
 
@@ -253,16 +322,24 @@ def test_unanchored_custom_set_is_judged_as_rabbitmq_would():
     # only what does not contain it is missing.
     celery_anywhere = custom("celery", "celery", "celery")
     assert lacks(missing_for_celery(celery_anywhere, CeleryNames(queues=["edd"]))) == [
-        ("configure", "edd"), ("configure", "<uuid>"),
-        ("write", "edd"), ("write", "amq.default"),
-        ("read", "edd"), ("read", "<uuid>"),
+        ("configure", "edd"),
+        ("configure", "<uuid>"),
+        ("write", "edd"),
+        ("write", "amq.default"),
+        ("read", "edd"),
+        ("read", "<uuid>"),
     ]
 
 
 def test_empty_regex_allows_nothing():
     assert lacks(missing_for_celery(custom(write=""), CeleryNames(queues=["edd"], rpc_results=False))) == [
-        ("write", "edd"), ("write", "celeryev"), ("write", "celeryev.<uuid>"), ("write", "celery.pidbox"),
-        ("write", "reply.celery.pidbox"), ("write", "<node>.celery.pidbox"), ("write", "<uuid>.reply.celery.pidbox"),
+        ("write", "edd"),
+        ("write", "celeryev"),
+        ("write", "celeryev.<uuid>"),
+        ("write", "celery.pidbox"),
+        ("write", "reply.celery.pidbox"),
+        ("write", "<node>.celery.pidbox"),
+        ("write", "<uuid>.reply.celery.pidbox"),
         ("write", "amq.default"),
     ]
 
@@ -271,14 +348,16 @@ def test_renaming_without_new_regexes_names_the_new_objects():
     renamed = CeleryNames(queues=["edd"], control_exchange="edd", event_queue_prefix="edd.ev")
     stale = least_privilege(CeleryNames(queues=["edd"]))
     assert lacks(missing_for_celery(stale, renamed)) == [
-        (p, name) for p in PERMS
+        (p, name)
+        for p in PERMS
         for name in ("edd.ev.<uuid>", "edd.pidbox", "reply.edd.pidbox", "<node>.edd.pidbox", "<uuid>.reply.edd.pidbox")
     ]
 
 
 def test_warnings_name_the_config_key_and_the_consequence():
-    [warning] = missing_for_celery(custom(write="^(?!amq\\.default$)"), CeleryNames(queues=["edd"]),
-                                   where="edd-infra:appUser.permissions")
+    [warning] = missing_for_celery(
+        custom(write="^(?!amq\\.default$)"), CeleryNames(queues=["edd"]), where="edd-infra:appUser.permissions"
+    )
     assert warning == "edd-infra:" + AMQ_DEFAULT_WARNING
 
 
@@ -292,9 +371,15 @@ def test_names_must_not_be_empty():
 def test_monitor_regex_is_what_a_monitor_uses():
     app = Celery("edd", set_as_current=False, broker="amqp://u:p@127.0.0.1:1//edd")
     regex = monitor_regex()
-    used = [app.events.Receiver(None).queue.name, app.conf.event_exchange, app.control.mailbox.exchange.name,
-            app.control.mailbox.reply_exchange.name, app.control.mailbox.reply_queue.name]
+    used = [
+        app.events.Receiver(None).queue.name,
+        app.conf.event_exchange,
+        app.control.mailbox.exchange.name,
+        app.control.mailbox.reply_exchange.name,
+        app.control.mailbox.reply_queue.name,
+    ]
     assert [n for n in used if not rabbitmq_allows(regex, n)] == []
-    assert [n for n in ("edd", "amq.default", "edd-worker-1@queue.celery.pidbox", SAMPLE_UUID)
-            if rabbitmq_allows(regex, n)] == []
+    assert [
+        n for n in ("edd", "amq.default", "edd-worker-1@queue.celery.pidbox", SAMPLE_UUID) if rabbitmq_allows(regex, n)
+    ] == []
     assert rabbitmq_allows(monitor_regex(event_queue_prefix="mon"), f"mon.{SAMPLE_UUID}")

@@ -38,12 +38,12 @@ OLD_DEFINITIONS = {"users": [{"name": "edd_user", "password_hash": "0ld-h4sh"}],
 # and a worker's check); a worker's stdout may hold anything else, such as a URL with its password.
 SAID = {
     "health-probe": "checkedAt 2026-12-06T22:00:01Z\nversion 4.0.5\n"
-                    'cluster {"running_nodes":["rabbit@edd-queue"],"disk_nodes":["rabbit@edd-queue"]}\n'
-                    'queues [{"name":"edd","messages":3,"consumers":1},'
-                    '{"name":"edd-worker-1@edd-queue.celery.pidbox","messages":0,"consumers":1}]\n',
+    'cluster {"running_nodes":["rabbit@edd-queue"],"disk_nodes":["rabbit@edd-queue"]}\n'
+    'queues [{"name":"edd","messages":3,"consumers":1},'
+    '{"name":"edd-worker-1@edd-queue.celery.pidbox","messages":0,"consumers":1}]\n',
     "edd-worker-1-service": f"amqp://edd_user:{SECRETS['appPassword']}@127.0.0.1//edd\n"
-                            'edd-infra-health {"node": "edd-worker-1@edd-queue", "waitedSeconds": 2, '
-                            '"checkedAt": "2026-12-06T22:00:00Z"}\n',
+    'edd-infra-health {"node": "edd-worker-1@edd-queue", "waitedSeconds": 2, '
+    '"checkedAt": "2026-12-06T22:00:00Z"}\n',
     "flower-service": 'edd-infra-health {"status": 200, "body": "OK", "checkedAt": "2026-12-06T22:00:00Z"}\n',
 }
 
@@ -78,26 +78,34 @@ def run(config, secret_keys=None, drift=None, edited=None):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_mocks(Recorder(), project="edd-infra", stack="test", preview=False)
-    pulumi.runtime.set_all_config(config, secret_keys if secret_keys is not None else [f"edd-infra:{k}" for k in SECRETS])
+    pulumi.runtime.set_all_config(
+        config, secret_keys if secret_keys is not None else [f"edd-infra:{k}" for k in SECRETS]
+    )
     recorded = []
     pulumi.runtime.register_stack_transformation(lambda args: recorded.append(args) or None)
     if drift is None:
         outputs = loop.run_until_complete(deploy(check_drift=False, project_dir=str(ROOT)))
     else:
+
         async def observed(*_):
             return drift
 
         async def edits(*_):
             return edited or {}
+
         real = program.observe_drift, program.observe_edits
         program.observe_drift, program.observe_edits = observed, edits
         try:
             outputs = loop.run_until_complete(deploy(project_dir=str(ROOT)))
         finally:
             program.observe_drift, program.observe_edits = real
-    resolved = {key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()}
-    props = [(a.type_, a.name, a.props, a.opts, {k: loop.run_until_complete(_secretness(v)) for k, v in a.props.items()})
-             for a in recorded]
+    resolved = {
+        key: loop.run_until_complete(pulumi.Output.from_input(value).future()) for key, value in outputs.items()
+    }
+    props = [
+        (a.type_, a.name, a.props, a.opts, {k: loop.run_until_complete(_secretness(v)) for k, v in a.props.items()})
+        for a in recorded
+    ]
     return resolved, props, loop
 
 
@@ -117,45 +125,49 @@ def prod():
 def test_prod_graph_and_type_tokens(prod):
     _, resources, _ = prod
     graph = sorted((t, n) for t, n, *_ in resources)
-    assert graph == sorted([
-        ("edd:infra:RabbitBroker", "broker"),
-        ("command:remote:Command", "broker-server"),
-        ("command:remote:Command", "broker-server-repair"),
-        ("command:remote:Command", "broker-admin"),
-        ("command:remote:Command", "broker-app-user-password"),
-        ("command:remote:Command", "broker-flower-user-password"),
-        ("pulumi:providers:rabbitmq", "broker-provider"),
-        ("edd:infra:EddVhost", "edd"),
-        ("rabbitmq:index/vHost:VHost", "edd-vhost"),
-        ("rabbitmq:index/exchange:Exchange", "edd-exchange"),
-        ("rabbitmq:index/queue:Queue", "edd-queue"),
-        ("rabbitmq:index/binding:Binding", "edd-binding"),
-        ("rabbitmq:index/exchange:Exchange", "edd-dead-letter-exchange"),
-        ("rabbitmq:index/queue:Queue", "edd-dead-letter-queue"),
-        ("rabbitmq:index/binding:Binding", "edd-dead-letter-binding"),
-        ("rabbitmq:index/policy:Policy", "edd-app-queue-policy"),
-        ("rabbitmq:index/user:User", "edd-app-user"),
-        ("rabbitmq:index/permissions:Permissions", "edd-app-user-vhost-permissions"),
-        ("rabbitmq:index/user:User", "edd-flower-user"),
-        ("rabbitmq:index/permissions:Permissions", "edd-flower-user-vhost-permissions"),
-        ("edd:infra:ServiceAccount", "edd-queue-celery"),
-        ("command:remote:Command", "edd-queue-celery-account"),
-        ("edd:infra:ServiceAccount", "edd-queue-flower"),
-        ("command:remote:Command", "edd-queue-flower-account"),
-        ("edd:infra:CeleryWorkerService", "edd-worker-1"),
-        ("command:remote:Command", "edd-worker-1-service"),
-        ("command:remote:Command", "edd-worker-1-service-repair"),
-        ("edd:infra:FlowerService", "flower"),
-        ("command:remote:Command", "flower-service"),
-        ("command:remote:Command", "flower-service-repair"),
-        ("edd:infra:BrokerBackups", "broker-backups"),
-        ("command:remote:Command", "broker-backups"),
-        ("command:remote:Command", "broker-backups-repair"),
-        ("edd:infra:StackHealth", "health"),
-        ("command:remote:Command", "health-probe"),
-    ])
-    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {"edd:infra:EddSettingsFile",
-                                                                                              "edd:infra:BrokerMigration"}
+    assert graph == sorted(
+        [
+            ("edd:infra:RabbitBroker", "broker"),
+            ("command:remote:Command", "broker-server"),
+            ("command:remote:Command", "broker-server-repair"),
+            ("command:remote:Command", "broker-admin"),
+            ("command:remote:Command", "broker-app-user-password"),
+            ("command:remote:Command", "broker-flower-user-password"),
+            ("pulumi:providers:rabbitmq", "broker-provider"),
+            ("edd:infra:EddVhost", "edd"),
+            ("rabbitmq:index/vHost:VHost", "edd-vhost"),
+            ("rabbitmq:index/exchange:Exchange", "edd-exchange"),
+            ("rabbitmq:index/queue:Queue", "edd-queue"),
+            ("rabbitmq:index/binding:Binding", "edd-binding"),
+            ("rabbitmq:index/exchange:Exchange", "edd-dead-letter-exchange"),
+            ("rabbitmq:index/queue:Queue", "edd-dead-letter-queue"),
+            ("rabbitmq:index/binding:Binding", "edd-dead-letter-binding"),
+            ("rabbitmq:index/policy:Policy", "edd-app-queue-policy"),
+            ("rabbitmq:index/user:User", "edd-app-user"),
+            ("rabbitmq:index/permissions:Permissions", "edd-app-user-vhost-permissions"),
+            ("rabbitmq:index/user:User", "edd-flower-user"),
+            ("rabbitmq:index/permissions:Permissions", "edd-flower-user-vhost-permissions"),
+            ("edd:infra:ServiceAccount", "edd-queue-celery"),
+            ("command:remote:Command", "edd-queue-celery-account"),
+            ("edd:infra:ServiceAccount", "edd-queue-flower"),
+            ("command:remote:Command", "edd-queue-flower-account"),
+            ("edd:infra:CeleryWorkerService", "edd-worker-1"),
+            ("command:remote:Command", "edd-worker-1-service"),
+            ("command:remote:Command", "edd-worker-1-service-repair"),
+            ("edd:infra:FlowerService", "flower"),
+            ("command:remote:Command", "flower-service"),
+            ("command:remote:Command", "flower-service-repair"),
+            ("edd:infra:BrokerBackups", "broker-backups"),
+            ("command:remote:Command", "broker-backups"),
+            ("command:remote:Command", "broker-backups-repair"),
+            ("edd:infra:StackHealth", "health"),
+            ("command:remote:Command", "health-probe"),
+        ]
+    )
+    assert {t for t, *_ in resources if t.startswith("edd:")} == set(TYPE_TOKENS.values()) - {
+        "edd:infra:EddSettingsFile",
+        "edd:infra:BrokerMigration",
+    }
 
 
 def test_type_tokens_are_pinned():
@@ -214,26 +226,45 @@ def test_outputs(prod):
     outputs, _, _ = prod
     assert set(outputs) == set(OUTPUT_NAMES)
     # prod turns on broker.tls for its management API; AMQP stays on loopback (plain and TLS).
-    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqp://[::1]:5672//edd",
-                                          "amqps://127.0.0.1:5671//edd", "amqps://[::1]:5671//edd"]
+    assert outputs["brokerEndpoints"] == [
+        "amqp://127.0.0.1:5672//edd",
+        "amqp://[::1]:5672//edd",
+        "amqps://127.0.0.1:5671//edd",
+        "amqps://[::1]:5671//edd",
+    ]
     assert outputs["managementEndpoint"] == "https://192.0.2.10:15671"
     assert outputs["flowerUrl"] == "http://127.0.0.1:5555/"
     assert outputs["workerUnits"] == {"celery-edd-worker-1": "edd-queue"}
     # prod's management API (so its metrics) is on 192.0.2.10 over TLS; no target carries a login.
     assert [(t["url"], t["basicAuth"]) for t in outputs["scrapeTargets"]] == [
         ("https://192.0.2.10:15691/metrics", False),
-        ("https://192.0.2.10:15691/metrics/detailed?vhost=%2Fedd&family=queue_coarse_metrics"
-         "&family=queue_consumer_count", False),
-        ("http://127.0.0.1:5555/metrics", False)]
+        (
+            "https://192.0.2.10:15691/metrics/detailed?vhost=%2Fedd&family=queue_coarse_metrics"
+            "&family=queue_consumer_count",
+            False,
+        ),
+        ("http://127.0.0.1:5555/metrics", False),
+    ]
     assert outputs["alertRules"] == {"host": "edd-queue", "path": "/etc/edd-infra/prometheus/edd-infra.rules.yml"}
     assert outputs["health"] == {
-        "broker": {"checkedAt": "2026-12-06T22:00:01Z", "version": "4.0.5", "nodesRunning": ["rabbit@edd-queue"],
-                   "nodesConfigured": 1, "queue": {"name": "edd", "consumers": 1, "messages": 3},
-                   "workersConnected": ["edd-worker-1@edd-queue"]},
-        "workers": {"celery-edd-worker-1": {"answered": "edd-worker-1@edd-queue", "waitedSeconds": 2,
-                                            "checkedAt": "2026-12-06T22:00:00Z"}},
+        "broker": {
+            "checkedAt": "2026-12-06T22:00:01Z",
+            "version": "4.0.5",
+            "nodesRunning": ["rabbit@edd-queue"],
+            "nodesConfigured": 1,
+            "queue": {"name": "edd", "consumers": 1, "messages": 3},
+            "workersConnected": ["edd-worker-1@edd-queue"],
+        },
+        "workers": {
+            "celery-edd-worker-1": {
+                "answered": "edd-worker-1@edd-queue",
+                "waitedSeconds": 2,
+                "checkedAt": "2026-12-06T22:00:00Z",
+            }
+        },
         "workersAnswered": 1,
-        "flower": {"healthcheck": 200, "body": "OK", "checkedAt": "2026-12-06T22:00:00Z"}}
+        "flower": {"healthcheck": 200, "body": "OK", "checkedAt": "2026-12-06T22:00:00Z"},
+    }
     assert not any(v in json.dumps(outputs) for v in SECRETS.values())
 
 
@@ -248,8 +279,12 @@ def test_health_is_measured_after_every_service_and_again_when_any_of_them_runs(
     assert "rabbitmqctl -q list_queues -p /edd" in plain(loop, props["create"]) and not props.get("triggers")
     assert plain(loop, props["stdin"]) == plain(loop, rerun_digest([Followed(by_name[n][0]) for n in followed]))
     changed = dict(by_name["edd-worker-1-service"][0], create="another script")
-    assert plain(loop, props["stdin"]) != plain(loop, rerun_digest(
-        [Followed(by_name["broker-server"][0]), Followed(changed), Followed(by_name["flower-service"][0])]))
+    assert plain(loop, props["stdin"]) != plain(
+        loop,
+        rerun_digest(
+            [Followed(by_name["broker-server"][0]), Followed(changed), Followed(by_name["flower-service"][0])]
+        ),
+    )
 
 
 class Followed:
@@ -354,8 +389,11 @@ def tls_config(tmp_path, with_key=True):
     (tmp_path / "server.pem").write_text("-----BEGIN CERTIFICATE-----\nsrv\n-----END CERTIFICATE-----\n")
     config = stack_config("prod")
     broker = json.loads(config["edd-infra:broker"])
-    broker.update(tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
-                  managementAddress="10.0.0.2", amqpListeners=["127.0.0.1", "10.0.0.2"])
+    broker.update(
+        tls={"caFile": str(tmp_path / "ca.pem"), "certFile": str(tmp_path / "server.pem")},
+        managementAddress="10.0.0.2",
+        amqpListeners=["127.0.0.1", "10.0.0.2"],
+    )
     config["edd-infra:broker"] = json.dumps(broker)
     keys = [f"edd-infra:{k}" for k in SECRETS if k != "brokerTlsKey"]
     config.pop("edd-infra:brokerTlsKey")
@@ -371,15 +409,21 @@ def test_tls_wires_provider_ca_broker_files_and_key_on_stdin(tmp_path):
     by_name = {n: (p, s) for t, n, p, o, s in resources}
     provider, _ = by_name["broker-provider"]
     assert plain(loop, provider["endpoint"]) == "https://10.0.0.2:15671"
-    assert plain(loop, provider["cacert_file"] if "cacert_file" in provider else provider.get("cacertFile")) == str(tmp_path / "ca.pem")
+    assert plain(loop, provider["cacert_file"] if "cacert_file" in provider else provider.get("cacertFile")) == str(
+        tmp_path / "ca.pem"
+    )
     server, secret = by_name["broker-server"]
     create = plain(loop, server["create"])
     assert "listeners.ssl.2 = 10.0.0.2:5671" in create and "-----BEGIN CERTIFICATE-----\nsrv" in create
     assert "k3y-s3cr3t" not in create and secret["stdin"]
     assert bundle_files(plain(loop, server["stdin"])) == {
-        "/etc/rabbitmq/tls/key.pem": ("0640", "root", "rabbitmq", config["edd-infra:brokerTlsKey"])}
-    assert outputs["brokerEndpoints"] == ["amqp://127.0.0.1:5672//edd", "amqps://127.0.0.1:5671//edd",
-                                          "amqps://10.0.0.2:5671//edd"]
+        "/etc/rabbitmq/tls/key.pem": ("0640", "root", "rabbitmq", config["edd-infra:brokerTlsKey"])
+    }
+    assert outputs["brokerEndpoints"] == [
+        "amqp://127.0.0.1:5672//edd",
+        "amqps://127.0.0.1:5671//edd",
+        "amqps://10.0.0.2:5671//edd",
+    ]
     (flower, _) = by_name["flower-service"]
     flower_config = bundle_files(plain(loop, flower["stdin"]))["/etc/edd-infra/flowerconfig.py"][3]
     assert "broker_api = 'http://127.0.0.1:15672/api/'" in flower_config
@@ -406,7 +450,9 @@ def test_signing_puts_key_certificate_and_store_beside_each_service(tmp_path):
         env = [text for path, (*_, text) in files.items() if path.endswith(".env")][0]
         assert f"CELERY_SECURITY_CERT_STORE='{base}/store/*.pem'" in env
         assert f"CELERY_SECURITY_CERTIFICATE={base}/cert.pem\n" in env
-        assert files[f"{base}/store/cert.pem"][3] == files[f"{base}/cert.pem"][3] == (tmp_path / "signing.pem").read_text()
+        assert (
+            files[f"{base}/store/cert.pem"][3] == files[f"{base}/cert.pem"][3] == (tmp_path / "signing.pem").read_text()
+        )
         assert "sign1ng-k3y" not in plain(loop, props["create"]) + plain(loop, props["delete"])
         assert f"{base}/key.pem" in plain(loop, props["delete"])
     worker = bundle_files(plain(loop, by_name["edd-worker-1-service"]["stdin"]))
@@ -451,23 +497,27 @@ def test_flower_runs_as_its_own_account_and_its_files_are_its_groups_only():
     create = plain(loop, props["create"])
     assert "User=flower\nGroup=flower\n" in create and "SupplementaryGroups" not in create.split("flower.service")[0]
     assert "StateDirectory=flower\nStateDirectoryMode=0700\nUMask=0077\n" in create
-    assert "chmod go= \"$f\"" in create  # a database written before the umask becomes 0600
+    assert 'chmod go= "$f"' in create  # a database written before the umask becomes 0600
     files = bundle_files(plain(loop, props["stdin"]))
     assert {path: f[:3] for path, f in files.items() if not path.endswith("celeryconfig.py")} == {
         "/etc/edd-infra/flowerconfig.py": ("0640", "root", "flower"),
-        "/etc/edd-infra/flower.env": ("0640", "root", "flower")}
+        "/etc/edd-infra/flower.env": ("0640", "root", "flower"),
+    }
     worker = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))
     assert worker["/etc/edd-infra/celery-edd-worker-1.env"][:3] == ("0640", "root", "celery")
     # The workers' account is not Flower's: no group in common.
     assert "flower" not in plain(loop, by_name["edd-queue-celery-account"][0]["create"])
 
 
-@pytest.mark.parametrize("flower, warned", [
-    ({"user": "celery"}, "flower.user: Flower runs as workers[0]'s user 'celery'"),
-    ({"user": "flowerd"}, "flower.group: Flower's group 'celery' is also workers[0]'s"),
-    ({"user": "flowerd", "group": "flowerd"}, None),
-    ({"user": "flower"}, None),
-])
+@pytest.mark.parametrize(
+    "flower, warned",
+    [
+        ({"user": "celery"}, "flower.user: Flower runs as workers[0]'s user 'celery'"),
+        ({"user": "flowerd"}, "flower.group: Flower's group 'celery' is also workers[0]'s"),
+        ({"user": "flowerd", "group": "flowerd"}, None),
+        ({"user": "flower"}, None),
+    ],
+)
 def test_a_stack_that_set_flower_user_keeps_its_account_and_is_warned_when_shared(monkeypatch, flower, warned):
     config = stack_config("prod")
     config["edd-infra:flower"] = json.dumps({**json.loads(config["edd-infra:flower"]), **flower})
@@ -492,8 +542,13 @@ def flower_tls_config(tmp_path, address="10.0.0.2", with_key=True, ca_for=None, 
         cert = ca_and_server_pems(ca_for, ca_name="another CA")[1]
     (tmp_path / "ca.pem").write_text(ca)
     (tmp_path / "flower.pem").write_text(cert)
-    config["edd-infra:flower"] = json.dumps({**json.loads(config["edd-infra:flower"]), "address": address,
-                                             "tls": {"certFile": str(tmp_path / "flower.pem")}})
+    config["edd-infra:flower"] = json.dumps(
+        {
+            **json.loads(config["edd-infra:flower"]),
+            "address": address,
+            "tls": {"certFile": str(tmp_path / "flower.pem")},
+        }
+    )
     if with_key:
         config["edd-infra:flowerTlsKey"] = key
         keys.append("edd-infra:flowerTlsKey")
@@ -515,19 +570,30 @@ def test_flower_off_loopback_serves_https_from_the_stacks_ca(tmp_path):
     assert "PRIVATE KEY" not in create and "https://10.0.0.2:5555/healthcheck" in create
     assert f"{tls}/ca.pem" in create  # the health check verifies Flower against the CA
     assert outputs["flowerUrl"] == "https://10.0.0.2:5555/"
-    assert outputs["scrapeTargets"][-1] == {"url": "https://10.0.0.2:5555/metrics", "basicAuth": False,
-                                            "caFile": "broker.tls.caFile",
-                                            "what": "Flower: Celery workers online, task events and runtimes"}
+    assert outputs["scrapeTargets"][-1] == {
+        "url": "https://10.0.0.2:5555/metrics",
+        "basicAuth": False,
+        "caFile": "broker.tls.caFile",
+        "what": "Flower: Celery workers online, task events and runtimes",
+    }
 
 
-@pytest.mark.parametrize("change, problem", [
-    ({"tls": None}, "edd-infra:flower.address: 10.0.0.2 is not loopback, so flower.tls is required"),
-    ({"with_key": False}, "edd-infra:flowerTlsKey: required when flower.tls is set"),
-    ({"ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: not issued by broker.tls.caFile"),
-    ({"address": "10.0.0.3", "ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: the certificate is not for "
-                                                    "flower.address 10.0.0.3"),
-    ({"ca_key_usage": False}, "edd-infra:broker.tls.caFile: the CA certificate has no key usage allowing it to sign"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"tls": None}, "edd-infra:flower.address: 10.0.0.2 is not loopback, so flower.tls is required"),
+        ({"with_key": False}, "edd-infra:flowerTlsKey: required when flower.tls is set"),
+        ({"ca_for": "10.0.0.2"}, "edd-infra:flower.tls.certFile: not issued by broker.tls.caFile"),
+        (
+            {"address": "10.0.0.3", "ca_for": "10.0.0.2"},
+            "edd-infra:flower.tls.certFile: the certificate is not for flower.address 10.0.0.3",
+        ),
+        (
+            {"ca_key_usage": False},
+            "edd-infra:broker.tls.caFile: the CA certificate has no key usage allowing it to sign",
+        ),
+    ],
+)
 def test_flower_tls_that_cannot_work_is_refused_before_any_resource(tmp_path, change, problem):
     change = dict(change)
     drop_tls = change.pop("tls", "keep") is None
@@ -557,8 +623,13 @@ def rotation_config(tmp_path, until):
     (tmp_path / "new.pem").write_text(certificate_pem(serial=2))
     (tmp_path / "old.pem").write_text(certificate_pem(serial=1))
     config = stack_config("prod")
-    config["edd-infra:celerySigning"] = json.dumps({"certFile": str(tmp_path / "new.pem"), "previousTrustedUntil": until,
-                                                    "previousCertFile": str(tmp_path / "old.pem")})
+    config["edd-infra:celerySigning"] = json.dumps(
+        {
+            "certFile": str(tmp_path / "new.pem"),
+            "previousTrustedUntil": until,
+            "previousCertFile": str(tmp_path / "old.pem"),
+        }
+    )
     config["edd-infra:celerySigningKey"] = "-----BEGIN PRIVATE KEY-----\nsign1ng-k3y\n-----END PRIVATE KEY-----\n"
     return config, [f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:celerySigningKey"]
 
@@ -593,13 +664,16 @@ def test_past_its_time_the_previous_certificate_leaves_every_store_with_a_warnin
     for resource, service in SIGNED_SERVICES:
         store = f"/etc/edd-infra/signing/{service}/store"
         assert not [p for p in bundle_files(plain(loop, by_name[resource]["stdin"])) if p.endswith("previous.pem")]
-        assert f"mv -f {store}/previous.pem {store}/previous.pem.edd-infra-old" in plain(loop, by_name[resource]["create"])
+        assert f"mv -f {store}/previous.pem {store}/previous.pem.edd-infra-old" in plain(
+            loop, by_name[resource]["create"]
+        )
     assert warnings == [previous_certificate_warning(datetime(2020, 1, 1, tzinfo=timezone.utc))]
 
 
 def test_edited_unit_reruns_only_that_services_repair_twin():
-    _, resources, loop = run(stack_config("prod"), drift=BrokerDrift(admin="ok"),
-                             edited={"edd-queue": {"edd-worker-1-service"}})
+    _, resources, loop = run(
+        stack_config("prod"), drift=BrokerDrift(admin="ok"), edited={"edd-queue": {"edd-worker-1-service"}}
+    )
     by_name = {n: (p, o) for t, n, p, o, _ in resources}
     props, opts = by_name["edd-worker-1-service-repair"]
     assert opts.ignore_changes == [] and "\n# repair edited-" in plain(loop, props["stdin"])
@@ -626,17 +700,29 @@ def test_edd_settings_file_and_output_carry_the_passwords_secretly():
     config = stack_config("prod")
     config["edd-infra:eddSettings"] = json.dumps({"host": "edd-queue", "format": "env"})
     config["edd-infra:resultBackend"] = "db+postgresql://edd:p%40ss@db.example.org:5432/edd"
-    outputs, resources, loop = run(config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:resultBackend"])
+    outputs, resources, loop = run(
+        config, secret_keys=[f"edd-infra:{k}" for k in SECRETS] + ["edd-infra:resultBackend"]
+    )
     assert outputs["eddSettings"] == {
-        "hostname": "127.0.0.1", "edd_user": "edd_user", "edd_pass": SECRETS["appPassword"], "edd_vhost": "/edd",
-        "port": "5672", "mgmt_user": "bunny", "mgmt_pass": SECRETS["flowerBrokerPassword"], "mgmt_port": "15672"}
+        "hostname": "127.0.0.1",
+        "edd_user": "edd_user",
+        "edd_pass": SECRETS["appPassword"],
+        "edd_vhost": "/edd",
+        "port": "5672",
+        "mgmt_user": "bunny",
+        "mgmt_pass": SECRETS["flowerBrokerPassword"],
+        "mgmt_port": "15672",
+    }
     by_name = {n: (p, s) for t, n, p, o, s in resources}
     props, secret = by_name["edd-settings-file"]
-    (path, (mode, owner, group, text)), = bundle_files(plain(loop, props["stdin"])).items()
+    ((path, (mode, owner, group, text)),) = bundle_files(plain(loop, props["stdin"])).items()
     assert (path, mode, owner, group) == ("/etc/edd-infra/edd-rabbitmq.json", "0640", "root", "www-data")
     assert "RABBITMQ_EDD_PASS=" in text and secret["stdin"]
-    worker_env = [t for p, (*_, t) in bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"])).items()
-                  if p.endswith(".env")][0]
+    worker_env = [
+        t
+        for p, (*_, t) in bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"])).items()
+        if p.endswith(".env")
+    ][0]
     assert "CELERY_RESULT_BACKEND=db+postgresql://edd:p%40ss@db.example.org:5432/edd\n" in worker_env
 
 
@@ -669,8 +755,9 @@ def test_full_profile_is_the_seeds_and_custom_is_checked(monkeypatch):
     assert permissions_of(loop, resources, "edd-app-user-vhost-permissions") == (".*", ".*", ".*")
     warnings = []
     monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
-    config["edd-infra:appUser"] = json.dumps({"permissionProfile": "custom",
-                                              "permissions": {"configure": ".*", "write": "^edd$", "read": ".*"}})
+    config["edd-infra:appUser"] = json.dumps(
+        {"permissionProfile": "custom", "permissions": {"configure": ".*", "write": "^edd$", "read": ".*"}}
+    )
     _, resources, loop = run(config)
     assert permissions_of(loop, resources, "edd-app-user-vhost-permissions") == (".*", "^edd$", ".*")
     assert any("edd-infra:appUser.permissions.write does not allow 'amq.default'" in w for w in warnings), warnings
@@ -691,7 +778,9 @@ def test_worker_on_another_host_dials_the_broker_over_tls(tmp_path):
     assert "CELERY_BROKER_URL=amqps://edd_user:" in env and "@10.0.0.2:5671//edd" in env
     assert "CELERY_BROKER_CA_FILE=/etc/edd-infra/tls/celery-edd-worker-2/ca.pem" in env
     assert files["/etc/edd-infra/tls/celery-edd-worker-2/ca.pem"][3].startswith("-----BEGIN CERTIFICATE-----")
-    local_env = bundle_files(plain(loop, by_name["edd-worker-1-service"]["stdin"]))["/etc/edd-infra/celery-edd-worker-1.env"][3]
+    local_env = bundle_files(plain(loop, by_name["edd-worker-1-service"]["stdin"]))[
+        "/etc/edd-infra/celery-edd-worker-1.env"
+    ][3]
     assert "@127.0.0.1:5672//edd" in local_env and "CELERY_BROKER_CA_FILE" not in local_env
     # The app user may now log in from other hosts; guest stays loopback-only.
     conf = plain(loop, by_name["broker-server"]["create"])
@@ -736,7 +825,10 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
     assert "/var/lib/edd-infra/erlang.cookie" in bundle_files(plain(loop, by_name["broker-server"][0]["stdin"]))
     # Nodes restart one at a time, drained first: each node's command waits for the one before.
     chain = [{d._name for d in by_name[n][1].depends_on} for n in ("broker-node-edd-node2", "broker-node-edd-node3")]
-    assert chain == [{"broker-server", "broker-node-edd-node2-firewall"}, {"broker-node-edd-node2", "broker-node-edd-node3-firewall"}]
+    assert chain == [
+        {"broker-server", "broker-node-edd-node2-firewall"},
+        {"broker-node-edd-node2", "broker-node-edd-node3-firewall"},
+    ]
     for name in ("broker-server", "broker-node-edd-node2"):
         assert "await_online_quorum_plus_one" in plain(loop, by_name[name][0]["create"])
     provider_deps = {d._name for d in by_name["broker-provider"][1].depends_on}
@@ -744,31 +836,48 @@ def test_cluster_nodes_join_the_seed_before_the_queue_and_workers_fail_over(tmp_
     queue = by_name["edd-queue"][0]["settings"]
     assert plain(loop, queue.arguments) == {"x-queue-type": "quorum"}
     assert plain(loop, by_name["edd-app-queue-policy"][0]["policy"]).definition == {
-        "dead-letter-exchange": "edd.dead-letter", "delivery-limit": "20", "dead-letter-strategy": "at-least-once",
-        "overflow": "reject-publish"}
+        "dead-letter-exchange": "edd.dead-letter",
+        "delivery-limit": "20",
+        "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish",
+    }
     # Every worker, on the broker host too, fails over between all three nodes over TLS.
-    env = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))["/etc/edd-infra/celery-edd-worker-1.env"][3]
+    env = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))[
+        "/etc/edd-infra/celery-edd-worker-1.env"
+    ][3]
     url = next(line for line in env.splitlines() if line.startswith("CELERY_BROKER_URL="))
     assert [u.split("@")[1] for u in url.strip("'").split(";")] == [
-        "10.0.0.2:5671//edd", "10.0.0.3:5671//edd", "10.0.0.4:5671//edd"]
+        "10.0.0.2:5671//edd",
+        "10.0.0.3:5671//edd",
+        "10.0.0.4:5671//edd",
+    ]
     assert "CELERY_BROKER_CA_FILE=" in env
     config_module = bundle_files(plain(loop, by_name["edd-worker-1-service"][0]["stdin"]))[
-        "/etc/edd-infra/celery/celery-edd-worker-1/edd_infra_celeryconfig.py"][3]
+        "/etc/edd-infra/celery/celery-edd-worker-1/edd_infra_celeryconfig.py"
+    ][3]
     assert "task_default_queue_type = 'quorum'" in config_module
     assert outputs["brokerEndpoints"][-2:] == ["amqps://10.0.0.3:5671//edd", "amqps://10.0.0.4:5671//edd"]
     # Every node serves its metrics over TLS where a site's Prometheus reaches it; the rules count 3 nodes.
     assert "prometheus.ssl.ip = 10.0.0.3" in plain(loop, by_name["broker-node-edd-node2"][0]["create"])
     assert "edd-infra.rules.yml" not in plain(loop, by_name["broker-node-edd-node2"][0]["create"])
     assert [t["url"] for t in outputs["scrapeTargets"] if t["url"].endswith("/metrics")][:3] == [
-        "https://10.0.0.2:15691/metrics", "https://10.0.0.3:15691/metrics", "https://10.0.0.4:15691/metrics"]
+        "https://10.0.0.2:15691/metrics",
+        "https://10.0.0.3:15691/metrics",
+        "https://10.0.0.4:15691/metrics",
+    ]
     assert "< 3" in plain(loop, by_name["broker-server"][0]["create"])
 
 
 def test_removing_a_cluster_node_removes_only_its_resources(tmp_path):
     three = {n for _, n, *_ in run(*cluster_config(tmp_path))[1]}
     two = {n for _, n, *_ in run(*cluster_config(tmp_path, nodes=("edd-node2",)))[1]}
-    assert three - two == {"broker-node-edd-node3", "broker-node-edd-node3-repair", "broker-node-edd-node3-join",
-                           "broker-node-edd-node3-firewall", "broker-node-edd-node3-firewall-repair"}
+    assert three - two == {
+        "broker-node-edd-node3",
+        "broker-node-edd-node3-repair",
+        "broker-node-edd-node3-join",
+        "broker-node-edd-node3-firewall",
+        "broker-node-edd-node3-firewall-repair",
+    }
     assert two <= three
 
 
@@ -836,13 +945,20 @@ def test_poison_tasks_go_to_a_kept_dead_letter_queue_after_the_delivery_limit():
     assert by_name["edd-dead-letter-exchange"][1].protect
 
 
-@pytest.mark.parametrize("deployed, wanted, refused", [
-    (None, "4.0.5-1", None),                   # first deploy with a pin
-    ("4.0.5-1", "4.0.5-2", None),              # a patch release
-    ("3.13.7-1", "4.0.5-1", None),             # the next series
-    ("3.10.8-1.1+deb12u1", "4.0.5-6+deb13u2", "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)"),
-    ("4.1.0-1", "4.0.5-1", "is a downgrade"),
-])
+@pytest.mark.parametrize(
+    "deployed, wanted, refused",
+    [
+        (None, "4.0.5-1", None),  # first deploy with a pin
+        ("4.0.5-1", "4.0.5-2", None),  # a patch release
+        ("3.13.7-1", "4.0.5-1", None),  # the next series
+        (
+            "3.10.8-1.1+deb12u1",
+            "4.0.5-6+deb13u2",
+            "skips a release series: RabbitMQ upgrades one minor series at a time (3.10 -> 3.11)",
+        ),
+        ("4.1.0-1", "4.0.5-1", "is a downgrade"),
+    ],
+)
 def test_preview_refuses_a_version_change_rabbitmq_cannot_upgrade(monkeypatch, deployed, wanted, refused):
     """The version a stack deployed last comes back through its reference to itself; a new
     pin that skips a series or goes back fails before any resource is registered."""
@@ -868,8 +984,9 @@ def migration_config(tmp_path, **migrate_from):
     hosts["edd-old"] = dict(next(iter(hosts.values())), address="10.0.0.9")
     config["edd-infra:hosts"] = json.dumps(hosts)
     broker = json.loads(config["edd-infra:broker"])
-    config["edd-infra:broker"] = json.dumps(dict(broker, migrateFrom={"host": "edd-old", **migrate_from},
-                                                 packageVersion="4.0.5-6+deb13u2"))
+    config["edd-infra:broker"] = json.dumps(
+        dict(broker, migrateFrom={"host": "edd-old", **migrate_from}, packageVersion="4.0.5-6+deb13u2")
+    )
     return config, keys
 
 
@@ -880,8 +997,11 @@ def test_a_migration_copies_definitions_then_shovels_the_old_queue_before_the_pr
     _, resources, loop = run(config, secret_keys=keys)
     by_name = {n: (p, o, s) for t, n, p, o, s in resources}
     hosts = {n: plain(loop, p["connection"].host) for n, (p, *_) in by_name.items() if "connection" in p}
-    assert [hosts[f"broker-migration-{step}"] for step in ("export", "import", "shovel")] == \
-        ["10.0.0.9", hosts["broker-server"], "10.0.0.9"]
+    assert [hosts[f"broker-migration-{step}"] for step in ("export", "import", "shovel")] == [
+        "10.0.0.9",
+        hosts["broker-server"],
+        "10.0.0.9",
+    ]
     export, export_opts, _ = by_name["broker-migration-export"]
     assert export["logging"] == "none" and {"stdout", "stderr"} <= set(export_opts.additional_secret_outputs)
     assert [d._name for d in by_name["broker-provider"][1].depends_on] == ["broker-admin", "broker-migration-import"]
@@ -903,12 +1023,18 @@ def test_without_migrate_from_there_is_no_migration_and_the_admin_ignores_the_ho
     assert next(o for _, n, _, o, _ in resources if n == "broker-admin").ignore_changes
 
 
-@pytest.mark.parametrize("change, problem", [
-    ({"host": "edd-queue"}, "edd-infra:broker.migrateFrom.host: the host the broker moves away from, not broker.host"),
-    ({"host": "gone"}, "edd-infra:broker.migrateFrom.host: host 'gone' is not in edd-infra:hosts"),
-    ({"drainTimeout": 5}, "edd-infra:broker.migrateFrom.drainTimeout: Input should be greater than or equal to 30"),
-    ({"plain": True}, "edd-infra:broker.migrateFrom: needs broker.tls and a non-loopback address"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (
+            {"host": "edd-queue"},
+            "edd-infra:broker.migrateFrom.host: the host the broker moves away from, not broker.host",
+        ),
+        ({"host": "gone"}, "edd-infra:broker.migrateFrom.host: host 'gone' is not in edd-infra:hosts"),
+        ({"drainTimeout": 5}, "edd-infra:broker.migrateFrom.drainTimeout: Input should be greater than or equal to 30"),
+        ({"plain": True}, "edd-infra:broker.migrateFrom: needs broker.tls and a non-loopback address"),
+    ],
+)
 def test_a_migration_that_cannot_work_is_refused_naming_the_key(tmp_path, change, problem):
     config, keys = migration_config(tmp_path)
     broker = json.loads(config["edd-infra:broker"])

@@ -18,11 +18,21 @@ from edd_infra.settings import StackSettings
 from tests.unit.samples import sample_raw
 
 TLS_CLUSTER = {
-    "broker": {"host": "queue", "managementAddress": "10.0.0.2", "nodeAddress": "10.0.0.2",
-               "nodeName": "rabbit@10.0.0.2", "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
-               "clusterNodes": [{"host": "n2", "address": "10.0.0.3"}]},
-    "flower": {"host": "queue", "workingDirectory": "/opt/edd/code", "virtualenv": "/opt/edd/venv",
-               "address": "::1", "urlPrefix": "flower"},
+    "broker": {
+        "host": "queue",
+        "managementAddress": "10.0.0.2",
+        "nodeAddress": "10.0.0.2",
+        "nodeName": "rabbit@10.0.0.2",
+        "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
+        "clusterNodes": [{"host": "n2", "address": "10.0.0.3"}],
+    },
+    "flower": {
+        "host": "queue",
+        "workingDirectory": "/opt/edd/code",
+        "virtualenv": "/opt/edd/venv",
+        "address": "::1",
+        "urlPrefix": "flower",
+    },
 }
 
 
@@ -37,19 +47,29 @@ def targets(s: StackSettings) -> list[dict]:
 def test_default_targets_make_three_jobs_on_loopback():
     jobs = {j["job_name"]: j for j in scrape_jobs(targets(settings()))}
     assert list(jobs) == ["edd-rabbitmq", "edd-rabbitmq-detailed", "edd-flower"]
-    assert jobs["edd-rabbitmq"] == {"job_name": "edd-rabbitmq", "scheme": "http", "metrics_path": "/metrics",
-                                    "static_configs": [{"targets": ["127.0.0.1:15692"]}]}
+    assert jobs["edd-rabbitmq"] == {
+        "job_name": "edd-rabbitmq",
+        "scheme": "http",
+        "metrics_path": "/metrics",
+        "static_configs": [{"targets": ["127.0.0.1:15692"]}],
+    }
     assert jobs["edd-rabbitmq-detailed"]["metrics_path"] == "/metrics/detailed"
     # The query as Prometheus sends it again: the vhost unquoted, both families in order.
-    assert jobs["edd-rabbitmq-detailed"]["params"] == {"vhost": ["/edd"],
-                                                       "family": ["queue_coarse_metrics", "queue_consumer_count"]}
+    assert jobs["edd-rabbitmq-detailed"]["params"] == {
+        "vhost": ["/edd"],
+        "family": ["queue_coarse_metrics", "queue_consumer_count"],
+    }
     assert jobs["edd-flower"]["static_configs"] == [{"targets": ["127.0.0.1:5555"]}]
     assert not any("tls_config" in j or "basic_auth" in j for j in jobs.values())
 
 
 def test_tls_cluster_nodes_share_a_job_verified_by_the_ca():
-    jobs = {j["job_name"]: j for j in scrape_jobs(targets(settings(**TLS_CLUSTER)),
-                                                  ca_files={"broker.tls.caFile": "/etc/prometheus/edd-ca.pem"})}
+    jobs = {
+        j["job_name"]: j
+        for j in scrape_jobs(
+            targets(settings(**TLS_CLUSTER)), ca_files={"broker.tls.caFile": "/etc/prometheus/edd-ca.pem"}
+        )
+    }
     for name in ("edd-rabbitmq", "edd-rabbitmq-detailed"):
         assert jobs[name]["scheme"] == "https"
         assert jobs[name]["tls_config"] == {"ca_file": "/etc/prometheus/edd-ca.pem"}
@@ -69,8 +89,10 @@ def test_a_target_that_needs_a_ca_or_login_not_given_is_refused():
 
 
 def test_basic_auth_goes_by_password_file_only():
-    login = [{"url": "http://127.0.0.1:5555/metrics", "what": "Flower: workers", "basicAuth": True},
-             {"url": "http://127.0.0.1:15692/metrics", "what": "RabbitMQ rabbit@x: node", "basicAuth": False}]
+    login = [
+        {"url": "http://127.0.0.1:5555/metrics", "what": "Flower: workers", "basicAuth": True},
+        {"url": "http://127.0.0.1:15692/metrics", "what": "RabbitMQ rabbit@x: node", "basicAuth": False},
+    ]
     jobs = {j["job_name"]: j for j in scrape_jobs(login, basic_auth=BasicAuth("admin", "/run/flower.pw"))}
     assert jobs["edd-flower"]["basic_auth"] == {"username": "admin", "password_file": "/run/flower.pw"}
     assert "basic_auth" not in jobs["edd-rabbitmq"]
@@ -90,19 +112,21 @@ def test_promtool_checks_the_rendered_config(shape, tmp_path):
     (tmp_path / "rules.yml").write_text(render_alert_rules(s))
     (tmp_path / "ca.pem").write_text("")
     (tmp_path / "flower.pw").write_text("x")
-    found = targets(s) + [{"url": "http://127.0.0.1:5556/metrics", "what": "Flower: behind a login",
-                           "basicAuth": True}]
-    text = render_prometheus_config(found, [str(tmp_path / "rules.yml")],
-                                    ca_files={"broker.tls.caFile": str(tmp_path / "ca.pem")},
-                                    basic_auth=BasicAuth("admin", str(tmp_path / "flower.pw")),
-                                    scrape_interval="5s", evaluation_interval="5s")
+    found = targets(s) + [{"url": "http://127.0.0.1:5556/metrics", "what": "Flower: behind a login", "basicAuth": True}]
+    text = render_prometheus_config(
+        found,
+        [str(tmp_path / "rules.yml")],
+        ca_files={"broker.tls.caFile": str(tmp_path / "ca.pem")},
+        basic_auth=BasicAuth("admin", str(tmp_path / "flower.pw")),
+        scrape_interval="5s",
+        evaluation_interval="5s",
+    )
     config = yaml.safe_load(text)
     assert config["global"] == {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "5s"}
     assert config["rule_files"] == [str(tmp_path / "rules.yml")]
     names = [j["job_name"] for j in config["scrape_configs"]]
     assert len(names) == len(set(names)) == 4  # the login's Flower job named apart from the other
     (tmp_path / "prometheus.yml").write_text(text)
-    check = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")],
-                           capture_output=True, text=True)
+    check = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 1 rule files found" in check.stdout + check.stderr

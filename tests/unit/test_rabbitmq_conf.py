@@ -24,9 +24,15 @@ def parse_conf(text):
 
 def seed_conf():
     return render_rabbitmq_conf(
-        amqp_listeners=["127.0.0.1", "::1"], amqp_port=5672, management_address="127.0.0.1",
-        management_port=15672, node_address="127.0.0.1", loopback_users=["guest", "edd_user"],
-        consumer_timeout_ms=Tasks().consumer_timeout_ms, memory_high_watermark=0.4, prometheus_port=15692,
+        amqp_listeners=["127.0.0.1", "::1"],
+        amqp_port=5672,
+        management_address="127.0.0.1",
+        management_port=15672,
+        node_address="127.0.0.1",
+        loopback_users=["guest", "edd_user"],
+        consumer_timeout_ms=Tasks().consumer_timeout_ms,
+        memory_high_watermark=0.4,
+        prometheus_port=15692,
     )
 
 
@@ -59,8 +65,11 @@ def test_golden():
 
 
 def test_epmd_socket_brackets_ipv6():
-    assert epmd_socket_listen("::1") == [("ListenStream", ""), ("ListenStream", "127.0.0.1:4369"),
-                                         ("ListenStream", "[::1]:4369")]
+    assert epmd_socket_listen("::1") == [
+        ("ListenStream", ""),
+        ("ListenStream", "127.0.0.1:4369"),
+        ("ListenStream", "[::1]:4369"),
+    ]
     assert epmd_socket_listen("127.0.0.1") == [("ListenStream", ""), ("ListenStream", "127.0.0.1:4369")]
 
 
@@ -76,32 +85,53 @@ def test_plugins_and_epmd():
 
 def test_tls_moves_plain_listeners_to_loopback_and_adds_tls_ones():
     conf = render_rabbitmq_conf(
-        amqp_listeners=["127.0.0.1", "::1", "10.0.0.2"], amqp_port=5672, management_address="10.0.0.2",
-        management_port=15672, node_address="127.0.0.1", loopback_users=["guest"],
-        tls=TlsListeners(amqp_port=5671, management_port=15671, prometheus_port=15691), prometheus_port=15692,
+        amqp_listeners=["127.0.0.1", "::1", "10.0.0.2"],
+        amqp_port=5672,
+        management_address="10.0.0.2",
+        management_port=15672,
+        node_address="127.0.0.1",
+        loopback_users=["guest"],
+        tls=TlsListeners(amqp_port=5671, management_port=15671, prometheus_port=15691),
+        prometheus_port=15692,
     )
     lines = conf.splitlines()
     assert [line for line in lines if line.startswith("listeners.tcp.")] == [
-        "listeners.tcp.1 = 127.0.0.1:5672", "listeners.tcp.2 = ::1:5672"]
+        "listeners.tcp.1 = 127.0.0.1:5672",
+        "listeners.tcp.2 = ::1:5672",
+    ]
     assert [line for line in lines if line.startswith("listeners.ssl.")] == [
-        "listeners.ssl.1 = 127.0.0.1:5671", "listeners.ssl.2 = ::1:5671", "listeners.ssl.3 = 10.0.0.2:5671"]
+        "listeners.ssl.1 = 127.0.0.1:5671",
+        "listeners.ssl.2 = ::1:5671",
+        "listeners.ssl.3 = 10.0.0.2:5671",
+    ]
     assert "management.tcp.ip = 127.0.0.1" in lines and "management.ssl.ip = 10.0.0.2" in lines
     assert "management.ssl.port = 15671" in lines
     assert "ssl_options.keyfile = /etc/rabbitmq/tls/key.pem" in lines
     assert "management.ssl.certfile = /etc/rabbitmq/tls/cert.pem" in lines
     # Metrics like the management API: plain on loopback, HTTPS with the stack's certificate outside.
     assert [line for line in lines if line.startswith("prometheus.")] == [
-        "prometheus.tcp.ip = 127.0.0.1", "prometheus.tcp.port = 15692",
-        "prometheus.ssl.ip = 10.0.0.2", "prometheus.ssl.port = 15691",
-        "prometheus.ssl.cacertfile = /etc/rabbitmq/tls/ca.pem", "prometheus.ssl.certfile = /etc/rabbitmq/tls/cert.pem",
-        "prometheus.ssl.keyfile = /etc/rabbitmq/tls/key.pem"]
+        "prometheus.tcp.ip = 127.0.0.1",
+        "prometheus.tcp.port = 15692",
+        "prometheus.ssl.ip = 10.0.0.2",
+        "prometheus.ssl.port = 15691",
+        "prometheus.ssl.cacertfile = /etc/rabbitmq/tls/ca.pem",
+        "prometheus.ssl.certfile = /etc/rabbitmq/tls/cert.pem",
+        "prometheus.ssl.keyfile = /etc/rabbitmq/tls/key.pem",
+    ]
 
 
 def test_cluster_member_serves_metrics_on_its_node_address():
     conf = render_rabbitmq_conf(
-        amqp_listeners=["127.0.0.1", "10.0.0.3"], amqp_port=5672, management_address="127.0.0.1",
-        management_port=15672, node_address="10.0.0.3", loopback_users=["guest"],
-        tls=TlsListeners(5671, 15671, 15691), prometheus_port=15692, prometheus_address="10.0.0.3")
+        amqp_listeners=["127.0.0.1", "10.0.0.3"],
+        amqp_port=5672,
+        management_address="127.0.0.1",
+        management_port=15672,
+        node_address="10.0.0.3",
+        loopback_users=["guest"],
+        tls=TlsListeners(5671, 15671, 15691),
+        prometheus_port=15692,
+        prometheus_address="10.0.0.3",
+    )
     lines = conf.splitlines()
     assert "management.ssl.ip = 127.0.0.1" in lines
     assert "prometheus.tcp.ip = 127.0.0.1" in lines and "prometheus.ssl.ip = 10.0.0.3" in lines
@@ -109,8 +139,14 @@ def test_cluster_member_serves_metrics_on_its_node_address():
 
 def test_tls_with_only_public_listeners_turns_plain_amqp_off():
     conf = render_rabbitmq_conf(
-        amqp_listeners=["10.0.0.2"], amqp_port=5672, management_address="10.0.0.2", management_port=15672,
-        node_address="127.0.0.1", loopback_users=[], tls=TlsListeners(5671, 15671))
+        amqp_listeners=["10.0.0.2"],
+        amqp_port=5672,
+        management_address="10.0.0.2",
+        management_port=15672,
+        node_address="127.0.0.1",
+        loopback_users=[],
+        tls=TlsListeners(5671, 15671),
+    )
     assert "listeners.tcp = none" in conf.splitlines()
 
 
@@ -150,5 +186,11 @@ def test_a_name_that_is_no_key_word_is_refused_before_rendering():
         with pytest.raises(ValidationError, match="loopback_users.<name>"):
             AppUser(name=name)
         with pytest.raises(ValueError, match="may hold only letters"):
-            render_rabbitmq_conf(amqp_listeners=["127.0.0.1"], amqp_port=5672, management_address="127.0.0.1",
-                                 management_port=15672, node_address="127.0.0.1", loopback_users=["guest", name])
+            render_rabbitmq_conf(
+                amqp_listeners=["127.0.0.1"],
+                amqp_port=5672,
+                management_address="127.0.0.1",
+                management_port=15672,
+                node_address="127.0.0.1",
+                loopback_users=["guest", name],
+            )

@@ -12,7 +12,12 @@ from celery.backends.rpc import RPCBackend
 from sqlalchemy.engine import make_url
 
 from edd_infra.render.result_backend import (
-    NONE, POSTGRESQL_SCHEMES, RPC, postgresql_url, result_backend_grants, result_backend_problems,
+    NONE,
+    POSTGRESQL_SCHEMES,
+    RPC,
+    postgresql_url,
+    result_backend_grants,
+    result_backend_problems,
 )
 from tests.unit.samples import HOSTILE_PASSWORDS
 
@@ -23,8 +28,9 @@ PASSWORDS = HOSTILE_PASSWORDS + [ALL_PRINTABLE_ASCII]
 
 @pytest.mark.parametrize("password", PASSWORDS)
 def test_url_round_trips_through_celerys_loader_and_sqlalchemy(password):
-    url = postgresql_url(user=f"cel:ery/{password}", password=password, host="db.example.org", port=5433,
-                         database=f"edd {password}")
+    url = postgresql_url(
+        user=f"cel:ery/{password}", password=password, host="db.example.org", port=5433, database=f"edd {password}"
+    )
     assert result_backend_problems(url, KEY) == []
     backend_cls, sa_url = by_url(url)
     assert backend_cls is DatabaseBackend
@@ -71,32 +77,35 @@ def test_raw_at_and_space_are_among_the_refused():
 GOOD = "db+postgresql://celery:pw@db.example.org:5432/edd"
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("db+postgresql://celery:pw@:5432/edd", "has no host"),
-    ("db+postgresql://celery:pw@/edd", "has no host"),
-    ("db+postgresql://celery:pw@db.example.org:0/edd", "port must be a number from 1 to 65535"),
-    ("db+postgresql://celery:pw@db.example.org:65536/edd", "port must be a number from 1 to 65535"),
-    ("db+postgresql://celery:pw@db.example.org:5x32/edd", "port must be a number from 1 to 65535"),
-    ("db+postgresql://celery:pw@[::1/edd", "not a valid [IPv6] address"),
-    ("db+postgresql://celery:pw@[db.example.org]:5432/edd", "not a valid [IPv6] address"),
-    ("db+postgresql://celery:pw@db.example.org:5432", "has no database"),
-    ("db+postgresql://celery:pw@db.example.org:5432/", "has no database"),
-    ("db+postgresql://db.example.org:5432/edd", "has no USER@ part"),
-    ("db+postgresql://:pw@db.example.org:5432/edd", "the user is empty"),
-    ("db+postgresql://celery:p@w@db.example.org/edd", "raw '@'"),
-    ("db+postgresql://celery:p#w@db.example.org/edd", "must be percent-quoted"),
-    ("db+postgresql://celery:p%zzw@db.example.org/edd", "must be percent-quoted"),
-    ("db+postgresql://celery:p%0Aw@db.example.org/edd", "decodes to a newline"),
-    ("db+postgresql://celery:pw@db.example.org/ed d", "database name holds a character"),
-    ("db+postgresql://celery:pw@db.example.org/edd?ssl mode=x", "query"),
-    ("redis://h:6379/0", "scheme 'redis' is not supported"),
-    ("postgresql://celery:pw@db.example.org/edd", "needs the db+ prefix"),
-    ("db+mysql://celery:pw@db.example.org/edd", "scheme 'db+mysql' is not supported"),
-    ("rpc://db.example.org", "rpc:// takes nothing"),
-    ("", "is not a URL"),
-    ("None", "is not a URL"),
-    (GOOD + "\n", "non-printable"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("db+postgresql://celery:pw@:5432/edd", "has no host"),
+        ("db+postgresql://celery:pw@/edd", "has no host"),
+        ("db+postgresql://celery:pw@db.example.org:0/edd", "port must be a number from 1 to 65535"),
+        ("db+postgresql://celery:pw@db.example.org:65536/edd", "port must be a number from 1 to 65535"),
+        ("db+postgresql://celery:pw@db.example.org:5x32/edd", "port must be a number from 1 to 65535"),
+        ("db+postgresql://celery:pw@[::1/edd", "not a valid [IPv6] address"),
+        ("db+postgresql://celery:pw@[db.example.org]:5432/edd", "not a valid [IPv6] address"),
+        ("db+postgresql://celery:pw@db.example.org:5432", "has no database"),
+        ("db+postgresql://celery:pw@db.example.org:5432/", "has no database"),
+        ("db+postgresql://db.example.org:5432/edd", "has no USER@ part"),
+        ("db+postgresql://:pw@db.example.org:5432/edd", "the user is empty"),
+        ("db+postgresql://celery:p@w@db.example.org/edd", "raw '@'"),
+        ("db+postgresql://celery:p#w@db.example.org/edd", "must be percent-quoted"),
+        ("db+postgresql://celery:p%zzw@db.example.org/edd", "must be percent-quoted"),
+        ("db+postgresql://celery:p%0Aw@db.example.org/edd", "decodes to a newline"),
+        ("db+postgresql://celery:pw@db.example.org/ed d", "database name holds a character"),
+        ("db+postgresql://celery:pw@db.example.org/edd?ssl mode=x", "query"),
+        ("redis://h:6379/0", "scheme 'redis' is not supported"),
+        ("postgresql://celery:pw@db.example.org/edd", "needs the db+ prefix"),
+        ("db+mysql://celery:pw@db.example.org/edd", "scheme 'db+mysql' is not supported"),
+        ("rpc://db.example.org", "rpc:// takes nothing"),
+        ("", "is not a URL"),
+        ("None", "is not a URL"),
+        (GOOD + "\n", "non-printable"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key_and_what_is_allowed(value, expected):
     problems = result_backend_problems(value, KEY)
     assert problems and all(p.startswith(f"{KEY}: ") for p in problems), problems
@@ -127,8 +136,12 @@ def test_builder_refuses_what_cannot_be_a_postgresql_url():
 
 def _celery_tables_and_sequences():
     tables = sorted(ResultModelBase.metadata.tables)
-    sequences = sorted(col.default.name for table in ResultModelBase.metadata.tables.values()
-                       for col in table.columns if isinstance(col.default, sa.Sequence))
+    sequences = sorted(
+        col.default.name
+        for table in ResultModelBase.metadata.tables.values()
+        for col in table.columns
+        if isinstance(col.default, sa.Sequence)
+    )
     return tables, sequences
 
 
@@ -139,7 +152,9 @@ def test_grants_cover_every_table_and_sequence_of_celerys_database_backend():
     sql = result_backend_grants("celery", database="edd")
     assert 'GRANT CONNECT ON DATABASE "edd" TO "celery";' in sql
     assert 'GRANT USAGE ON SCHEMA "public" TO "celery";' in sql
-    table_grant = next(line for line in sql.splitlines() if line.startswith("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE"))
+    table_grant = next(
+        line for line in sql.splitlines() if line.startswith("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE")
+    )
     sequence_grant = next(line for line in sql.splitlines() if line.startswith("GRANT USAGE ON SEQUENCE"))
     assert all(f'"public"."{t}"' in table_grant for t in tables)
     assert all(f'"public"."{s}"' in sequence_grant for s in sequences)
@@ -155,7 +170,9 @@ def test_grants_when_the_worker_creates_the_tables():
 def test_grant_identifiers_are_quoted_and_every_line_is_sql_or_a_comment():
     sql = result_backend_grants('we"ird role', database="edd; DROP DATABASE edd")
     assert '"we""ird role"' in sql and '"edd; DROP DATABASE edd"' in sql
-    assert all(line.startswith(("GRANT ", "-- ")) and (line.startswith("--") or line.endswith(";"))
-               for line in sql.splitlines())
+    assert all(
+        line.startswith(("GRANT ", "-- ")) and (line.startswith("--") or line.endswith(";"))
+        for line in sql.splitlines()
+    )
     with pytest.raises(ValueError):
         result_backend_grants("celery\nDROP", database="edd")

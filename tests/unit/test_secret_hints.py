@@ -67,34 +67,51 @@ def argv_secrets(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("hint", [
-    'pulumi config set --secret erlangCookie "$(openssl rand -hex 32)"',
-    "scripts/pulumi config set --secret -s prod appPassword hunter2",
-    "pulumi config set appPassword hunter2",
-    "pulumi config set --secret --path edd-infra:adminPassword 's3cret'",
-    "rabbitmqctl add_user edd_user hunter2",
-    "rabbitmqctl change_password -n rabbit@x edd_user hunter2",
-])
+@pytest.mark.parametrize(
+    "hint",
+    [
+        'pulumi config set --secret erlangCookie "$(openssl rand -hex 32)"',
+        "scripts/pulumi config set --secret -s prod appPassword hunter2",
+        "pulumi config set appPassword hunter2",
+        "pulumi config set --secret --path edd-infra:adminPassword 's3cret'",
+        "rabbitmqctl add_user edd_user hunter2",
+        "rabbitmqctl change_password -n rabbit@x edd_user hunter2",
+    ],
+)
 def test_the_scanner_finds_a_secret_on_argv(hint):
     assert argv_secrets(f"set it: `{hint}` then up") != []
 
 
-@pytest.mark.parametrize("hint", [
-    "openssl rand -hex 32 | pulumi config set --secret erlangCookie",
-    'printf %s "$PW" | scripts/pulumi config set --secret -s prod appPassword',
-    "scripts/pulumi config set --secret -s prod brokerTlsKey < server.key",
-    "(pulumi config set --secret {key})",
-    "pulumi config set --path -s prod celerySigning.previousCertFile signing-old.pem",
-    "rabbitmqctl add_user edd-infra-admin",
-    'head -n 1 | rabbitmqctl -q add_user "$user" >/dev/null',
-])
+@pytest.mark.parametrize(
+    "hint",
+    [
+        "openssl rand -hex 32 | pulumi config set --secret erlangCookie",
+        'printf %s "$PW" | scripts/pulumi config set --secret -s prod appPassword',
+        "scripts/pulumi config set --secret -s prod brokerTlsKey < server.key",
+        "(pulumi config set --secret {key})",
+        "pulumi config set --path -s prod celerySigning.previousCertFile signing-old.pem",
+        "rabbitmqctl add_user edd-infra-admin",
+        'head -n 1 | rabbitmqctl -q add_user "$user" >/dev/null',
+    ],
+)
 def test_the_scanner_passes_stdin_and_prompt_forms(hint):
     assert argv_secrets(hint) == []
 
 
 def shipped_texts() -> dict[str, str]:
-    patterns = ["edd_infra/**/*.py", "policy/*.py", "policy/*.yaml", "sandbox/*.py", "scripts/*", "Makefile",
-                "Pulumi*.yaml", "README.md", "docs/*.md", ".github/workflows/*.yml", ".ci/*"]
+    patterns = [
+        "edd_infra/**/*.py",
+        "policy/*.py",
+        "policy/*.yaml",
+        "sandbox/*.py",
+        "scripts/*",
+        "Makefile",
+        "Pulumi*.yaml",
+        "README.md",
+        "docs/*.md",
+        ".github/workflows/*.yml",
+        ".ci/*",
+    ]
     files = {p for pattern in patterns for p in ROOT.glob(pattern) if p.is_file()}
     return {str(p.relative_to(ROOT)): p.read_text() for p in sorted(files)}
 
@@ -106,8 +123,11 @@ REFUSED_FORMS = {("README.md", "add_user NAME PASSWORD")}
 def test_no_shipped_text_suggests_a_secret_on_argv():
     texts = shipped_texts()
     assert {"README.md", "Pulumi.yaml", "edd_infra/config_errors.py", "Makefile"} <= set(texts)
-    offenders = {name: found for name, text in texts.items()
-                 if (found := [f for f in argv_secrets(text) if (name, f) not in REFUSED_FORMS])}
+    offenders = {
+        name: found
+        for name, text in texts.items()
+        if (found := [f for f in argv_secrets(text) if (name, f) not in REFUSED_FORMS])
+    }
     assert offenders == {}
 
 
@@ -115,12 +135,22 @@ def every_secret_message() -> list[str]:
     """What config_errors says about each secret: missing, in plaintext, malformed, and required by a feature."""
     messages = secret_problems({}, {})
     messages += secret_problems(dict.fromkeys(SECRET_KEYS, "x"), {})
-    messages += secret_problems(dict.fromkeys(SECRET_KEYS, "AAAAAAAAAAAAAAAAAAAAAAAA"), dict.fromkeys(SECRET_KEYS, True))
-    settings = StackSettings.model_validate(sample_raw(
-        broker={"host": "queue", "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
-                "amqpListeners": ["127.0.0.1", "192.0.2.10"], "nodeAddress": "192.0.2.10",
-                "nodeName": "rabbit@192.0.2.10", "clusterNodes": [{"host": "node2", "address": "192.0.2.12"}]},
-        celerySigning={"certFile": "signing.pem"}))
+    messages += secret_problems(
+        dict.fromkeys(SECRET_KEYS, "AAAAAAAAAAAAAAAAAAAAAAAA"), dict.fromkeys(SECRET_KEYS, True)
+    )
+    settings = StackSettings.model_validate(
+        sample_raw(
+            broker={
+                "host": "queue",
+                "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
+                "amqpListeners": ["127.0.0.1", "192.0.2.10"],
+                "nodeAddress": "192.0.2.10",
+                "nodeName": "rabbit@192.0.2.10",
+                "clusterNodes": [{"host": "node2", "address": "192.0.2.12"}],
+            },
+            celerySigning={"certFile": "signing.pem"},
+        )
+    )
     messages += file_problems(settings, {}, ROOT)
     return messages
 

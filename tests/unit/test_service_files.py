@@ -15,22 +15,55 @@ from edd_infra.settings import Tasks
 from tests.unit.golden import assert_golden
 from tests.unit.samples import HOSTILE_PASSWORDS
 
-ARGV = worker_argv(virtualenv="/opt/edd/venv", app="edd", name="edd-worker-1", queues=["edd"], concurrency=None,
-                   autoscale="10,1", log_level="info", events=True)
+ARGV = worker_argv(
+    virtualenv="/opt/edd/venv",
+    app="edd",
+    name="edd-worker-1",
+    queues=["edd"],
+    concurrency=None,
+    autoscale="10,1",
+    log_level="info",
+    events=True,
+)
 
 
 def unit():
     return render_service_unit(
-        description="Celery worker edd-worker-1 (edd-infra)", argv=ARGV, user="celery", group="celery",
-        working_directory="/opt/edd/code", environment_file="/etc/edd-infra/celery-edd-worker-1.env",
-        supplementary_groups=["www-data"], stop_timeout=Tasks().stop_timeout, graceful_children=True,
+        description="Celery worker edd-worker-1 (edd-infra)",
+        argv=ARGV,
+        user="celery",
+        group="celery",
+        working_directory="/opt/edd/code",
+        environment_file="/etc/edd-infra/celery-edd-worker-1.env",
+        supplementary_groups=["www-data"],
+        stop_timeout=Tasks().stop_timeout,
+        graceful_children=True,
     )
 
 
 def test_worker_argv_matches_seed_and_keeps_secrets_out():
-    assert ARGV == ["/opt/edd/venv/bin/celery", "-A", "edd", "worker", "-Q", "edd", "-n", "edd-worker-1@%h",
-                    "--loglevel", "INFO", "--autoscale", "10,1", "-E"]
-    assert flower_argv(virtualenv="/v", app="edd", config_path="/etc/f.py") == ["/v/bin/celery", "-A", "edd", "flower", "--conf=/etc/f.py"]
+    assert ARGV == [
+        "/opt/edd/venv/bin/celery",
+        "-A",
+        "edd",
+        "worker",
+        "-Q",
+        "edd",
+        "-n",
+        "edd-worker-1@%h",
+        "--loglevel",
+        "INFO",
+        "--autoscale",
+        "10,1",
+        "-E",
+    ]
+    assert flower_argv(virtualenv="/v", app="edd", config_path="/etc/f.py") == [
+        "/v/bin/celery",
+        "-A",
+        "edd",
+        "flower",
+        "--conf=/etc/f.py",
+    ]
 
 
 def test_unit_parses_and_escapes_percent():
@@ -73,9 +106,16 @@ def test_env_file_refuses_newline():
 
 @pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
 def test_flower_config_executes_to_the_configured_values(password):
-    text = render_flower_config(address="127.0.0.1", port=5555, url_prefix="", basic_auth_user="admin",
-                                basic_auth_password=password, broker_api="http://b:p@127.0.0.1:15672/api/",
-                                persistent=True, db_path="/var/lib/flower/flower.db")
+    text = render_flower_config(
+        address="127.0.0.1",
+        port=5555,
+        url_prefix="",
+        basic_auth_user="admin",
+        basic_auth_password=password,
+        broker_api="http://b:p@127.0.0.1:15672/api/",
+        persistent=True,
+        db_path="/var/lib/flower/flower.db",
+    )
     namespace = {}
     exec(compile(text, "flowerconfig.py", "exec"), namespace)
     assert namespace["basic_auth"] == [f"admin:{password}"]
@@ -83,13 +123,27 @@ def test_flower_config_executes_to_the_configured_values(password):
 
 
 def test_flower_config_with_tls_serves_https_and_needs_both_files():
-    common = dict(address="10.0.0.2", port=5555, url_prefix="", basic_auth_user="admin", basic_auth_password="pw",
-                  broker_api="http://127.0.0.1:15672/api/", persistent=True, db_path="/var/lib/flower/flower.db")
+    common = dict(
+        address="10.0.0.2",
+        port=5555,
+        url_prefix="",
+        basic_auth_user="admin",
+        basic_auth_password="pw",
+        broker_api="http://127.0.0.1:15672/api/",
+        persistent=True,
+        db_path="/var/lib/flower/flower.db",
+    )
     namespace = {}
-    exec(render_flower_config(**common, certfile="/etc/edd-infra/tls/flower/cert.pem",
-                              keyfile="/etc/edd-infra/tls/flower/key.pem"), namespace)
-    assert (namespace["certfile"], namespace["keyfile"]) == ("/etc/edd-infra/tls/flower/cert.pem",
-                                                             "/etc/edd-infra/tls/flower/key.pem")
+    exec(
+        render_flower_config(
+            **common, certfile="/etc/edd-infra/tls/flower/cert.pem", keyfile="/etc/edd-infra/tls/flower/key.pem"
+        ),
+        namespace,
+    )
+    assert (namespace["certfile"], namespace["keyfile"]) == (
+        "/etc/edd-infra/tls/flower/cert.pem",
+        "/etc/edd-infra/tls/flower/key.pem",
+    )
     assert "ca_certs" not in namespace  # no client certificates: logins are basic auth
     plain = {}
     exec(render_flower_config(**common), plain)
@@ -99,9 +153,16 @@ def test_flower_config_with_tls_serves_https_and_needs_both_files():
 
 
 def test_flower_unit_keeps_its_database_private():
-    text = render_service_unit(description="Flower", argv=["/v/bin/celery", "flower"], user="flower", group="flower",
-                               working_directory="/opt/edd/code", environment_file="/etc/edd-infra/flower.env",
-                               state_directory="flower", private_state=True)
+    text = render_service_unit(
+        description="Flower",
+        argv=["/v/bin/celery", "flower"],
+        user="flower",
+        group="flower",
+        working_directory="/opt/edd/code",
+        environment_file="/etc/edd-infra/flower.env",
+        state_directory="flower",
+        private_state=True,
+    )
     parser = configparser.ConfigParser(interpolation=None, strict=True)
     parser.optionxform = str
     parser.read_string(text)
@@ -109,16 +170,31 @@ def test_flower_unit_keeps_its_database_private():
     assert (service["User"], service["Group"]) == ("flower", "flower")
     assert (service["StateDirectory"], service["StateDirectoryMode"], service["UMask"]) == ("flower", "0700", "0077")
     assert "UMask" not in unit()  # workers keep systemd's default
-    job = plistlib.loads(render_daemon_plist(label="org.celeryq.flower", argv=["/v/bin/celery"], user="flower",
-                                             group="flower", working_directory="/", environment_file=None,
-                                             log_path="/var/log/celery/flower.log", umask=0o077).encode())
+    job = plistlib.loads(
+        render_daemon_plist(
+            label="org.celeryq.flower",
+            argv=["/v/bin/celery"],
+            user="flower",
+            group="flower",
+            working_directory="/",
+            environment_file=None,
+            log_path="/var/log/celery/flower.log",
+            umask=0o077,
+        ).encode()
+    )
     assert job["Umask"] == 0o077
 
 
 def test_plist_loads_with_absolute_paths_and_no_secret():
-    text = render_daemon_plist(label="org.celeryq.edd-worker-1", argv=ARGV, user="celery", group="celery",
-                               working_directory="/opt/edd/code", environment_file="/etc/edd-infra/w.env",
-                               log_path="/var/log/celery/edd-worker-1.log")
+    text = render_daemon_plist(
+        label="org.celeryq.edd-worker-1",
+        argv=ARGV,
+        user="celery",
+        group="celery",
+        working_directory="/opt/edd/code",
+        environment_file="/etc/edd-infra/w.env",
+        log_path="/var/log/celery/edd-worker-1.log",
+    )
     job = plistlib.loads(text.encode())
     assert job["Label"] == "org.celeryq.edd-worker-1" and job["KeepAlive"] and job["RunAtLoad"]
     shell = job["ProgramArguments"]

@@ -27,12 +27,12 @@ from edd_infra.render.host_scripts import FileSpec
 CASES = sorted((Path(__file__).parent / "fixtures" / "service_install").glob("*.json"))
 
 STAND_INS = {
-    "systemctl": '''echo "$*" >> "$FAKE/calls"
+    "systemctl": """echo "$*" >> "$FAKE/calls"
 case "$1" in
   is-active) [ -e "$FAKE/active" ] ;;
   restart) touch "$FAKE/active" ;;
   *) exit 0 ;;
-esac''',
+esac""",
     # install -m MODE -o OWNER -g GROUP SRC DST: the copy and the mode (owners need root).
     "install": '''while [ $# -gt 2 ]; do case "$1" in -m) mode=$2; shift 2 ;; -o|-g) shift 2 ;; *) break ;; esac; done
 cp "$1" "$2" && chmod "$mode" "$2"''',
@@ -63,16 +63,24 @@ def test_service_install_case(case_file, tmp_path):
         (fake / "healthy").touch()
 
     args = case["args"]
-    text = host_scripts.service_install(manager="systemd", name=args["name"], definition=args["definition"],
-                                        health=args.get("health", ""))
+    text = host_scripts.service_install(
+        manager="systemd", name=args["name"], definition=args["definition"], health=args.get("health", "")
+    )
     # The host's absolute paths, under the temp dir.
     moved = "|".join(re.escape(p) for p in ("/etc/systemd/system/", host_scripts.LOCK_WAIT, "/var/run"))
     text = re.sub(f"(?<![\\w/])({moved})", lambda m: f"{root}{m[1]}", text)
     (root / "var" / "run").mkdir(parents=True)
-    bundle = host_scripts.secret_bundle([FileSpec(f["path"], f["text"], f.get("mode", "0640"))
-                                         for f in case["secret_files"]])
-    result = subprocess.run(["sh", "-c", text], input=bundle, capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(fake)))
+    bundle = host_scripts.secret_bundle(
+        [FileSpec(f["path"], f["text"], f.get("mode", "0640")) for f in case["secret_files"]]
+    )
+    result = subprocess.run(
+        ["sh", "-c", text],
+        input=bundle,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(fake)),
+    )
 
     expect = case["expect"]
     assert result.returncode == expect["exit"], f"{case['description']}\n{result.stderr}"

@@ -33,11 +33,17 @@ def test_every_rendered_script_passes_shellcheck(scripts, tmp_path):
         path = tmp_path / f"{i:03d}-{where[0].replace(':', '-')}.sh"
         path.write_text(text)
         files[str(path)] = where
-    result = subprocess.run([shellcheck, "--shell=sh", "--severity=style", "--format=json1", *files],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [shellcheck, "--shell=sh", "--severity=style", "--format=json1", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     findings = json.loads(result.stdout)["comments"]
-    print(f"\nshellcheck {subprocess.run([shellcheck, '--version'], capture_output=True, text=True).stdout.split()[4]}: "
-          f"{len(files)} distinct scripts ({sum(len(w) for w in files.values())} renderings), {len(findings)} findings")
+    print(
+        f"\nshellcheck {subprocess.run([shellcheck, '--version'], capture_output=True, text=True).stdout.split()[4]}: "
+        f"{len(files)} distinct scripts ({sum(len(w) for w in files.values())} renderings), {len(findings)} findings"
+    )
     assert len(files) >= 40, "fewer scripts than the program renders: is the collection broken?"
     report = [f"{files[f['file']][0]} line {f['line']}: SC{f['code']} ({f['level']}) {f['message']}" for f in findings]
     assert not report, "\n".join(report)
@@ -49,4 +55,6 @@ def test_every_shellcheck_directive_in_a_rendered_script_says_why(scripts):
             match = DIRECTIVE.search(line)
             if match and not line.lstrip().startswith(("echo", "printf")):
                 # `disable=SC2034 # reason` or `source=/dev/null # reason`
-                assert re.search(r"#\s*\S.{9,}", match[2]), f"{where[0]}: a shellcheck directive without its reason: {line}"
+                assert re.search(r"#\s*\S.{9,}", match[2]), (
+                    f"{where[0]}: a shellcheck directive without its reason: {line}"
+                )

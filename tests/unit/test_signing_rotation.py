@@ -27,37 +27,60 @@ def signing_problems(value):
     return validate(with_changes(sample_raw(), [(("celerySigning",), value)]))[1]
 
 
-@pytest.mark.parametrize("text, instant", [
-    ("2099-01-01", AFTER),
-    ("2099-01-01T00:00:00Z", AFTER),
-    ("2099-01-01T00:00Z", AFTER),
-    ("2099-01-01T00:00:00+00:00", AFTER),
-    ("2098-12-31T23:59:59.5Z", datetime(2098, 12, 31, 23, 59, 59, 500000, tzinfo=timezone.utc)),
-])
+@pytest.mark.parametrize(
+    "text, instant",
+    [
+        ("2099-01-01", AFTER),
+        ("2099-01-01T00:00:00Z", AFTER),
+        ("2099-01-01T00:00Z", AFTER),
+        ("2099-01-01T00:00:00+00:00", AFTER),
+        ("2098-12-31T23:59:59.5Z", datetime(2098, 12, 31, 23, 59, 59, 500000, tzinfo=timezone.utc)),
+    ],
+)
 def test_previous_trusted_until_takes_an_iso_date_or_a_utc_date_time(text, instant):
-    signing = CelerySigning.model_validate({"certFile": "new.pem", "previousCertFile": "old.pem",
-                                            "previousTrustedUntil": text})
+    signing = CelerySigning.model_validate(
+        {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": text}
+    )
     assert signing.previous_trusted_until == instant
 
 
-@pytest.mark.parametrize("value, problem", [
-    ({"certFile": "new.pem", "previousCertFile": "old.pem"},
-     "edd-infra:celerySigning: previousTrustedUntil is required with previousCertFile: the UTC date or date-time"),
-    ({"certFile": "new.pem", "previousTrustedUntil": UNTIL},
-     "edd-infra:celerySigning: previousTrustedUntil is used only with previousCertFile"),
-    ({"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-01-01T00:00:00"},
-     "edd-infra:celerySigning.previousTrustedUntil: must be in UTC (end it with Z or +00:00), e.g. 2027-01-31"),
-    ({"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-01-01T01:00:00+01:00"},
-     "edd-infra:celerySigning.previousTrustedUntil: must be in UTC"),
-    ({"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "next monday"},
-     "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time, e.g. 2027-01-31"),
-    ({"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-02-30"},
-     "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time"),
-    ({"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": 20990101},
-     "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time as a string"),
-    ({"certFile": "new.pem", "previousCertFile": "old pem", "previousTrustedUntil": UNTIL},
-     "edd-infra:celerySigning.previousCertFile: must match"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem"},
+            "edd-infra:celerySigning: previousTrustedUntil is required with previousCertFile: the UTC date or date-time",
+        ),
+        (
+            {"certFile": "new.pem", "previousTrustedUntil": UNTIL},
+            "edd-infra:celerySigning: previousTrustedUntil is used only with previousCertFile",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-01-01T00:00:00"},
+            "edd-infra:celerySigning.previousTrustedUntil: must be in UTC (end it with Z or +00:00), e.g. 2027-01-31",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-01-01T01:00:00+01:00"},
+            "edd-infra:celerySigning.previousTrustedUntil: must be in UTC",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "next monday"},
+            "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time, e.g. 2027-01-31",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": "2099-02-30"},
+            "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old.pem", "previousTrustedUntil": 20990101},
+            "edd-infra:celerySigning.previousTrustedUntil: must be an ISO-8601 UTC date or date-time as a string",
+        ),
+        (
+            {"certFile": "new.pem", "previousCertFile": "old pem", "previousTrustedUntil": UNTIL},
+            "edd-infra:celerySigning.previousCertFile: must match",
+        ),
+    ],
+)
 def test_bad_rotation_keys_are_named_with_what_is_allowed(value, problem):
     problems = signing_problems(value)
     assert len(problems) == 1 and problems[0].startswith(problem), problems
@@ -96,21 +119,46 @@ def test_a_previous_certificate_the_store_accepts_beside_the_new_one_passes(cert
     assert check(certs, "old.pem") == []
 
 
-@pytest.mark.parametrize("previous, cert, problem", [
-    ("missing.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: cannot read '{dir}/missing.pem' "
-                               "(FileNotFoundError); a PEM certificate file"),
-    ("garbage.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: '{dir}/garbage.pem' holds no PEM "
-                               "certificate that can be read"),
-    ("new.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: is the same certificate as "
-                           "celerySigning.certFile"),
-    ("same-id.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: has the same issuer and serial number as "
-                               "celerySigning.certFile ('edd-infra test signing 2'); Celery's store refuses duplicates"),
-    ("short.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: the certificate expires at "
-                             "2098-06-01T00:00:00Z, before celerySigning.previousTrustedUntil (2099-01-01T00:00:00Z)"),
-    ("ec.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: must be an RSA certificate"),
-    ("old.pem", "garbage.pem", "edd-infra:celerySigning.certFile: holds no PEM certificate that can be read, "
-                               "so previousCertFile cannot be checked"),
-])
+@pytest.mark.parametrize(
+    "previous, cert, problem",
+    [
+        (
+            "missing.pem",
+            "new.pem",
+            "edd-infra:celerySigning.previousCertFile: cannot read '{dir}/missing.pem' "
+            "(FileNotFoundError); a PEM certificate file",
+        ),
+        (
+            "garbage.pem",
+            "new.pem",
+            "edd-infra:celerySigning.previousCertFile: '{dir}/garbage.pem' holds no PEM certificate that can be read",
+        ),
+        (
+            "new.pem",
+            "new.pem",
+            "edd-infra:celerySigning.previousCertFile: is the same certificate as celerySigning.certFile",
+        ),
+        (
+            "same-id.pem",
+            "new.pem",
+            "edd-infra:celerySigning.previousCertFile: has the same issuer and serial number as "
+            "celerySigning.certFile ('edd-infra test signing 2'); Celery's store refuses duplicates",
+        ),
+        (
+            "short.pem",
+            "new.pem",
+            "edd-infra:celerySigning.previousCertFile: the certificate expires at "
+            "2098-06-01T00:00:00Z, before celerySigning.previousTrustedUntil (2099-01-01T00:00:00Z)",
+        ),
+        ("ec.pem", "new.pem", "edd-infra:celerySigning.previousCertFile: must be an RSA certificate"),
+        (
+            "old.pem",
+            "garbage.pem",
+            "edd-infra:celerySigning.certFile: holds no PEM certificate that can be read, "
+            "so previousCertFile cannot be checked",
+        ),
+    ],
+)
 def test_a_previous_certificate_that_would_stop_the_worker_is_refused(certs, previous, cert, problem):
     problems = check(certs, previous, cert)
     assert len(problems) == 1 and problems[0].startswith(problem.replace("{dir}", str(certs))), problems
@@ -125,10 +173,12 @@ def test_the_store_holds_the_previous_certificate_beside_the_current_one():
     files, env = signing_files("celery-w", "celery", "KEY", "NEW", "OLD")
     by_path = {f.path: (f.mode, f.owner, f.group, f.text) for f in files}
     base = "/etc/edd-infra/signing/celery-w"
-    assert by_path == {f"{base}/key.pem": ("0640", "root", "celery", "KEY"),
-                       f"{base}/cert.pem": ("0644", "root", "root", "NEW"),
-                       f"{base}/store/cert.pem": ("0644", "root", "root", "NEW"),
-                       f"{base}/store/previous.pem": ("0644", "root", "root", "OLD")}
+    assert by_path == {
+        f"{base}/key.pem": ("0640", "root", "celery", "KEY"),
+        f"{base}/cert.pem": ("0644", "root", "root", "NEW"),
+        f"{base}/store/cert.pem": ("0644", "root", "root", "NEW"),
+        f"{base}/store/previous.pem": ("0644", "root", "root", "OLD"),
+    }
     # Celery loads every file the glob matches: the store is the directory, not one file.
     assert env["CELERY_SECURITY_CERT_STORE"] == f"{base}/store/*.pem"
     assert untrusted_paths("celery-w", "OLD") == []
@@ -148,8 +198,12 @@ def test_a_service_that_only_verifies_gets_certificate_and_store_and_no_key():
     assert {f.path: (f.mode, f.owner, f.group, f.text) for f in files} == {
         f"{base}/cert.pem": ("0640", "root", "flower", "NEW"),
         f"{base}/store/cert.pem": ("0640", "root", "flower", "NEW"),
-        f"{base}/store/previous.pem": ("0640", "root", "flower", "OLD")}
-    assert env == {"CELERY_SECURITY_CERTIFICATE": f"{base}/cert.pem", "CELERY_SECURITY_CERT_STORE": f"{base}/store/*.pem"}
+        f"{base}/store/previous.pem": ("0640", "root", "flower", "OLD"),
+    }
+    assert env == {
+        "CELERY_SECURITY_CERTIFICATE": f"{base}/cert.pem",
+        "CELERY_SECURITY_CERT_STORE": f"{base}/store/*.pem",
+    }
     assert untrusted_paths("flower", "OLD", key=False) == [f"{base}/key.pem"]
     assert untrusted_paths("flower", None, key=False) == [f"{base}/store/previous.pem", f"{base}/key.pem"]
 
@@ -181,8 +235,9 @@ def test_removing_the_previous_certificate_is_a_change_and_is_put_back_on_failur
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
 def test_the_service_script_that_removes_the_previous_certificate_passes_shellcheck(tmp_path):
-    text = host_scripts.service_install(manager="systemd", name="celery-w", definition="[Unit]\n",
-                                        absent=untrusted_paths("celery-w", None))
+    text = host_scripts.service_install(
+        manager="systemd", name="celery-w", definition="[Unit]\n", absent=untrusted_paths("celery-w", None)
+    )
     (tmp_path / "s.sh").write_text(text)
     result = subprocess.run(["shellcheck", "-s", "sh", str(tmp_path / "s.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

@@ -42,7 +42,7 @@ def make_targets() -> dict[str, str]:
 
 def committed_stacks() -> set[str]:
     ignored = set((ROOT / ".gitignore").read_text().split())
-    return {p.name[len("Pulumi."):-len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml") if p.name not in ignored}
+    return {p.name[len("Pulumi.") : -len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml") if p.name not in ignored}
 
 
 @pytest.mark.parametrize("name", ["preview.yml", "test.yml"])
@@ -106,25 +106,33 @@ def door_problems(document: dict) -> list[str]:
     for trigger in PRIVILEGED_TRIGGERS & set(triggers):
         problems.append(f"triggered by {trigger}: runs with the base repository's secrets and token")
     if _secrets(document.get("env")):
-        problems.append(f"workflow-level env holds secrets {sorted(_secrets(document.get('env')))}: every job gets them")
+        problems.append(
+            f"workflow-level env holds secrets {sorted(_secrets(document.get('env')))}: every job gets them"
+        )
     if document.get("permissions") != {}:
         problems.append("workflow-level permissions are not {}: every job inherits them")
     for name, job in document["jobs"].items():
         used = _secrets({k: v for k, v in job.items() if k != "if"})
-        runs_code = any("run" in step or step.get("uses", "").startswith("actions/checkout")
-                        for step in job.get("steps", []))
+        runs_code = any(
+            "run" in step or step.get("uses", "").startswith("actions/checkout") for step in job.get("steps", [])
+        )
         for step in job.get("steps", []):
             ref = str((step.get("with") or {}).get("ref", ""))
             if step.get("uses", "").startswith("actions/checkout") and "head" in ref:
                 problems.append(f"{name}: checks out the pull request's head ({ref})")
-            if step.get("uses", "").startswith("actions/checkout") and used and \
-                    (step.get("with") or {}).get("persist-credentials") is not False:
+            if (
+                step.get("uses", "").startswith("actions/checkout")
+                and used
+                and (step.get("with") or {}).get("persist-credentials") is not False
+            ):
                 problems.append(f"{name}: checkout leaves the token in .git/config for the code it runs")
         if not used:
             continue
         if _environment(job) != PROTECTED_ENVIRONMENT:
-            problems.append(f"{name}: uses secrets {sorted(used)} outside the protected environment "
-                            f"{PROTECTED_ENVIRONMENT!r} (environment: {_environment(job)!r})")
+            problems.append(
+                f"{name}: uses secrets {sorted(used)} outside the protected environment "
+                f"{PROTECTED_ENVIRONMENT!r} (environment: {_environment(job)!r})"
+            )
         if SAME_REPOSITORY not in str(job.get("if", "")):
             problems.append(f"{name}: uses secrets and runs for forks too (no `if: {SAME_REPOSITORY}`)")
         writes = {k: v for k, v in (job.get("permissions") or {"*": "inherited"}).items() if v != "read"}
@@ -158,17 +166,22 @@ def test_preview_workflow_keeps_pull_request_code_away_from_unreviewed_secrets()
 REOPENED = {
     "pull_request_target with the head checked out": lambda d: (
         d.__setitem__("on", {"pull_request_target": None}),
-        d["jobs"]["preview"]["steps"][0].setdefault("with", {}).__setitem__(
-            "ref", "${{ github.event.pull_request.head.sha }}")),
+        d["jobs"]["preview"]["steps"][0]
+        .setdefault("with", {})
+        .__setitem__("ref", "${{ github.event.pull_request.head.sha }}"),
+    ),
     "secrets in a job without the environment": lambda d: d["jobs"]["preview"].pop("environment"),
     "another environment": lambda d: d["jobs"]["preview"].__setitem__("environment", "ci"),
     "forks allowed": lambda d: d["jobs"]["preview"].pop("if"),
     "secrets in the comment job": lambda d: d["jobs"]["comment"].__setitem__(
-        "env", {"PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"}),
+        "env", {"PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"}
+    ),
     "secrets at workflow level": lambda d: d.__setitem__(
-        "env", {"PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}"}),
+        "env", {"PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}"}
+    ),
     "write token beside the secrets": lambda d: d["jobs"]["preview"]["permissions"].__setitem__(
-        "pull-requests", "write"),
+        "pull-requests", "write"
+    ),
     "token left in .git/config": lambda d: d["jobs"]["preview"]["steps"][0].pop("with"),
     "default permissions": lambda d: d.pop("permissions"),
 }
