@@ -268,7 +268,10 @@ def wait_all_completed(d: Deployment, ids: set[str], prefix: str, timeout: float
     started = time.monotonic()
     while True:
         done = completed_tasks(d, prefix)
-        stats = queue_stats(d)
+        try:
+            stats = queue_stats(d)
+        except urllib.error.URLError:  # the management listener comes up a little after the node
+            stats = {}
         if ids <= done and stats.get("messages", 1) == 0:
             return time.monotonic() - started
         if time.monotonic() - started > timeout:

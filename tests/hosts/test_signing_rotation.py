@@ -50,6 +50,11 @@ def utc(instant: datetime) -> str:
     return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Flower's files are its own (0640 root:flower, issue 20); the worker's store is world-readable
+# certificates only.
+STORE_MODES = {WORKER_UNIT: "644 root root", "flower": "640 root flower"}
+
+
 def store(d, service: str) -> dict[str, str]:
     """The files in a service's certificate store: name -> 'mode owner group'."""
     directory = signing_paths(service)[2].rsplit("/", 1)[0]
@@ -105,7 +110,8 @@ def test_tasks_queued_under_the_old_key_run_after_the_rotation(deployed):
     # Every store holds both certificates; the key and certificate are the new ones.
     old_cert = (project / tls / "signing.pem").read_text()
     for service in (WORKER_UNIT, "flower"):
-        assert store(d, service) == {"cert.pem": "644 root root", "previous.pem": "644 root root"}, service
+        mode = STORE_MODES[service]
+        assert store(d, service) == {"cert.pem": mode, "previous.pem": mode}, service
         stored = signing_paths(service)
         assert d.sh(f"cat {stored[3]}") == old_cert
         assert d.sh(f"cat {stored[1]}") == d.sh(f"cat {stored[2]}") == new["signing.pem"].read_text()
@@ -146,7 +152,7 @@ def test_past_its_time_the_old_certificate_leaves_the_stores_and_old_key_tasks_a
 
     # The previous certificate is gone from every store, and the worker restarted on that.
     for service in (WORKER_UNIT, "flower"):
-        assert store(d, service) == {"cert.pem": "644 root root"}, service
+        assert store(d, service) == {"cert.pem": STORE_MODES[service]}, service
     assert d.main_pid(WORKER_UNIT) != worker_pid
 
     # A producer still signing with the old key: the worker refuses its task (and acks it:
