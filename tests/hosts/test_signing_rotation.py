@@ -130,7 +130,9 @@ def test_tasks_queued_under_the_old_key_run_after_the_rotation(deployed):
     journal = journal_since(d, since)
     # No task dropped: a refused task would log "Can't decode message body" for its signed type.
     # The workers also refuse the keyless Flower's unsigned (JSON) control broadcasts: by design.
-    refused = [line for line in journal.splitlines() if "decode message body" in line and "application/json" not in line]
+    refused = [
+        line for line in journal.splitlines() if "decode message body" in line and "application/json" not in line
+    ]
     assert not refused and "Unknown certificate" not in journal, journal[-3000:]
     # And the new key signs: the producer's environment file was rewritten with it.
     assert send_task(d.host, 5, 6) == "11"
