@@ -35,25 +35,14 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     ):
         return files
     # keyUsage: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a CA without it.
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "30",
-        "-subj",
-        "/CN=edd-infra sandbox CA",
+    _self_signed(
+        directory,
+        "edd-infra sandbox CA",
+        "ca",
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=directory,
     )
     _openssl(
         "req",
@@ -93,6 +82,14 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
     return files
 
 
+def _self_signed(directory: Path, common_name: str, stem: str, *extensions: str) -> None:
+    """<stem>.pem and <stem>.key in `directory`: a self-signed RSA certificate for 30 days."""
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", f"/CN={common_name}",
+        *extensions, "-keyout", f"{stem}.key", "-out", f"{stem}.pem", cwd=directory,
+    )  # fmt: skip
+
+
 def _has_key_usage(cert: Path) -> bool:
     result = subprocess.run(
         ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "keyUsage"], capture_output=True, text=True
@@ -113,22 +110,7 @@ def make_signing_certificate(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     files = {"signing.pem": directory / "signing.pem", "signing.key": directory / "signing.key"}
     if not all(p.exists() for p in files.values()):
-        _openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=edd-infra sandbox signing",
-            "-keyout",
-            "signing.key",
-            "-out",
-            "signing.pem",
-            cwd=directory,
-        )
+        _self_signed(directory, "edd-infra sandbox signing", "signing")
         files["signing.key"].chmod(0o600)
     return files
 
