@@ -100,12 +100,25 @@ def broker_report(stdout: Optional[str], queue: str, expected_nodes: int) -> dic
     )
     return {
         "checkedAt": _stamp(sections.get("checkedAt")),
-        "version": _safe(sections.get("version")),
+        "version": _versions(cluster) or _safe(sections.get("version")),
         "nodesRunning": running,
         "nodesConfigured": expected_nodes,
         "queue": {"name": queue, "consumers": _count(app.get("consumers")), "messages": _count(app.get("messages"))},
         "workersConnected": connected,
     }
+
+
+def _versions(cluster: Any) -> Optional[str]:
+    """The RabbitMQ version the running nodes report (`cluster_status`'s `versions`); during a
+    rolling upgrade, each one, joined by `+` (`3.13.7+4.0.5`)."""
+    versions = cluster.get("versions") if isinstance(cluster, dict) else None
+    found = (
+        {v.get("rabbitmq_version") for v in versions.values() if isinstance(v, dict)}
+        if isinstance(versions, dict)
+        else set()
+    )
+    safe = sorted(v for v in found if isinstance(v, str) and _safe(v))
+    return "+".join(safe) or None
 
 
 def _json(text: Optional[str], empty: Any) -> Any:

@@ -36,7 +36,6 @@ import base64
 import json
 import os
 import platform
-import re
 import secrets
 import ssl
 import statistics
@@ -55,6 +54,8 @@ from edd_infra.render.celery_config import CONFIG_MODULE, celery_settings, rende
 from edd_infra.settings import Tasks
 from edd_infra.workspace import ProjectStack, engine_problem
 from sandbox import hosts as sandbox_hosts
+from sandbox import deploy_timeline
+from sandbox.bench_throughput import RUNS, TASKS, Producer, breakdown, measure_throughput, prepare, sh, summary
 from sandbox.deploy import PASSPHRASE, WORKER, configure, phase, random_secrets, tls_dir
 from sandbox.probes import ConsumerSampler
 from sandbox.image import APP_TARGET, VENV, cache_dir, release
@@ -63,9 +64,7 @@ REPORT = Path(__file__).resolve().parents[1] / "docs" / "bench.txt"
 HOST, RAW_HOST = "edd-bench", "edd-benchraw"  # host names are at most 12 characters
 FLEET_HOSTS = [f"edd-bw{i}" for i in range(1, 9)]
 CLUSTER_HOSTS = ["edd-bc1", "edd-bc2", "edd-bc3"]
-TASKS = 2000
 ROTATION_PACE = 0.02  # s between publishes: the rotation's tasks span ~40 s, longer than its `up`
-RUNS = 3
 APP_USER, FLOWER_USER, ADMIN_USER = "edd_user", "bunny", "edd-infra-admin"
 # The raw steps hand the app the same Celery settings the program does (queue edd, confirms).
 RAW_CONFIG_DIR = "/etc/edd-bench/celery"
@@ -81,43 +80,37 @@ class Row:
     note: str = ""
 
 
-def sh(host: sandbox_hosts.SandboxHost, command: str, input: str | None = None, timeout: float = 900) -> str:
-    result = sandbox_hosts.run(host, command, input=input, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{host.name}: `{command.splitlines()[0][:80]}` exited {result.returncode}: {result.stderr.strip()[-800:]}"
-        )
-    return result.stdout
-
-
 def timed(action, *args, **kwargs) -> tuple[object, float]:
     started = time.monotonic()
     result = action(*args, **kwargs)
     return result, time.monotonic() - started
 
 
-class CommandCounter:
-    """`on_event` for up/preview: counts remote commands the engine ran (any op but `same`)."""
+class UpEvents:
+    """`on_event` for up/preview: counts remote commands the engine ran (any op but `same`) and
+    notes when each resource's step started and ended (this machine's clock)."""
 
     def __init__(self):
         self.ran = 0
+        self.starts: dict[str, float] = {}
+        self.ends: dict[str, float] = {}
 
     def __call__(self, event: EngineEvent) -> None:
-        pre = event.resource_pre_event
-        if (
-            pre
-            and not pre.planning
-            and pre.metadata.type == "command:remote:Command"
-            and pre.metadata.op != OpType.SAME
-        ):
-            self.ran += 1
+        now = time.monotonic()
+        pre, done = event.resource_pre_event, event.res_outputs_event
+        if pre and not pre.planning and pre.metadata.op != OpType.SAME:
+            self.starts.setdefault(pre.metadata.urn, now)
+            if pre.metadata.type == "command:remote:Command":
+                self.ran += 1
+        if done and not done.planning:
+            self.ends[done.metadata.urn] = now
 
 
-def up(stack: ProjectStack) -> tuple[float, int, dict]:
+def up(stack: ProjectStack, events: UpEvents | None = None) -> tuple[float, int, dict]:
     """One `up`: (seconds, remote commands run, resource changes)."""
-    counter = CommandCounter()
-    result, seconds = timed(stack.stack.up, color="never", on_event=counter)
-    return seconds, counter.ran, dict(result.summary.resource_changes or {})
+    events = events or UpEvents()
+    result, seconds = timed(stack.stack.up, color="never", on_event=events)
+    return seconds, events.ran, dict(result.summary.resource_changes or {})
 
 
 # --- 1. fresh deploy vs the raw floor -------------------------------------------------------
@@ -286,23 +279,73 @@ def raw_floor(raw: sandbox_hosts.SandboxHost, concurrency: int) -> list[Row]:
 
 def fresh_deploy(stack: ProjectStack, host: sandbox_hosts.SandboxHost, floor: list[Row]) -> list[Row]:
     phase(f"fresh `up` of the sandbox stack on {host.name}")
-    seconds, ran, changes = up(stack)
+    events = UpEvents()
+    began = time.monotonic()
+    seconds, ran, changes = up(stack, events)
     total = sum(float(r.value) for r in floor)
-    return floor + [
+    return (
+        floor
+        + [
+            Row(
+                "raw floor (sum of the raw steps)",
+                f"{total:.1f}",
+                "s",
+                "host boot excluded; no TLS, signing or least privilege",
+            ),
+            Row(
+                "fresh up",
+                f"{seconds:.1f}",
+                "s",
+                f"{ran} remote commands, {changes.get('create', 0)} resources created; config/certs excluded",
+            ),
+            Row("fresh up / raw floor", f"{seconds / total:.2f}", "x", "issue 22's goal: <= 1.3"),
+        ]
+        + timeline(stack, events, began, seconds)
+    )
+
+
+def timeline(stack: ProjectStack, events: UpEvents, began: float, seconds: float) -> list[Row]:
+    """The fresh `up`'s critical path (deploy_timeline) and the slowest steps off it."""
+    state = stack.stack.export_stack().deployment["resources"]
+    custom = {r["urn"] for r in state if r.get("custom")}
+    timed = {u: s for u, s in deploy_timeline.spans(events.starts, events.ends).items() if u in custom}
+    path = deploy_timeline.critical_path(
+        timed,
+        # A resource waits for its provider too (a rabbitmq provider for the broker's admin login).
+        {
+            r["urn"]: [*r.get("dependencies", []), *([r["provider"].rsplit("::", 1)[0]] if r.get("provider") else [])]
+            for r in state
+        },
+        {r["urn"]: r["parent"] for r in state if r.get("parent")},
+    )
+    if not path:
+        return [Row("fresh up: critical path", "n/a", "", "no resource events")]
+    rows = [Row("fresh up: engine before the first step", f"{path[0].start - began:.1f}", "s", "CLI, plugins, program")]
+    for i, span in enumerate(path):
+        waited = span.start - path[i - 1].end if i else 0.0
+        rows.append(
+            Row(
+                f"  path {i + 1}: {span.name}",
+                f"{span.seconds:.1f}",
+                "s",
+                f"from {span.start - began:.1f} s" + (f"; {waited:.1f} s after the step before" if i else ""),
+            )
+        )
+    steps = sum(s.seconds for s in path)
+    rows.append(
         Row(
-            "raw floor (sum of the raw steps)",
-            f"{total:.1f}",
+            "fresh up: critical path, steps",
+            f"{steps:.1f}",
             "s",
-            "host boot excluded; no TLS, signing or least privilege",
-        ),
-        Row(
-            "fresh up",
-            f"{seconds:.1f}",
-            "s",
-            f"{ran} remote commands, {changes.get('create', 0)} resources created; config/certs excluded",
-        ),
-        Row("fresh up / raw floor", f"{seconds / total:.2f}", "x", "issue 7's goal: <= 1.5 (reported, not checked)"),
+            f"{len(path)} steps; between them {path[-1].end - path[0].start - steps:.1f} s",
+        )
+    )
+    rows.append(Row("fresh up: engine after the last step", f"{began + seconds - path[-1].end:.1f}", "s", ""))
+    off_path = [s for s in deploy_timeline.slowest(timed.values(), 8) if s not in path][:3]
+    rows += [
+        Row(f"  off the path: {s.name}", f"{s.seconds:.1f}", "s", f"from {s.start - began:.1f} s") for s in off_path
     ]
+    return rows
 
 
 # --- 2. no-op up, preview, drift probes ------------------------------------------------------
@@ -361,81 +404,6 @@ def no_op(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
 
 # --- 3./4. producer, throughput, rotation ----------------------------------------------------
 
-PRODUCER = """
-import sys, time
-from edd import add
-total, prefix, pace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-print("start", time.time(), flush=True)
-for i in range(total):
-    add.apply_async((i, 1), task_id=f"{prefix}-{i}", ignore_result=True)
-    if pace:
-        time.sleep(pace)
-print("end", time.time(), flush=True)
-"""
-
-
-class Producer:
-    """PRODUCER on a host, with the broker URL of `env` (an env file) or the app's default."""
-
-    def __init__(self, host: sandbox_hosts.SandboxHost, env: str | None, total: int, pace: float = 0.0):
-        self.host, self.total = host, total
-        self.prefix = f"b{secrets.token_hex(4)}"
-        self.out = f"/tmp/{self.prefix}.out"
-        self.since = int(sh(host, "date +%s").strip()) - 1
-        load = f"set -a; . {env}; set +a; " if env else ""
-        sh(host, "cat > /tmp/bench_producer.py", input=PRODUCER)
-        sh(
-            host,
-            f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
-            f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)",
-        )
-
-    def marks(self) -> dict[str, float]:
-        """`start` and (once done) `end`: the producer's clock around its publishes."""
-        text = sh(self.host, f"cat {self.out}")
-        if "Traceback" in text:
-            raise RuntimeError(f"producer failed on {self.host.name}:\n{text[-1500:]}")
-        return {
-            line.split()[0]: float(line.split()[1])
-            for line in text.splitlines()
-            if line.split()[:1] in (["start"], ["end"])
-        }
-
-    def succeeded(self, unit: str) -> dict[str, float]:
-        """Task id -> journal time of the worker's first `succeeded` line for it."""
-        out = sh(
-            self.host,
-            f"journalctl -u {unit} -o short-unix --no-pager --since=@{self.since} "
-            f"| grep -F '[{self.prefix}-' | grep -F ' succeeded in ' || true",
-        )
-        done: dict[str, float] = {}
-        for line in out.splitlines():
-            match = re.search(rf"\[({self.prefix}-\d+)\] succeeded", line)
-            if match:
-                done.setdefault(match.group(1), float(line.split()[0]))
-        return done
-
-    def wait(self, unit: str, timeout: float = 1200) -> tuple[dict[str, float], dict[str, float]]:
-        """Wait until the worker logged every task as succeeded; (producer marks, successes)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            marks, done = self.marks(), self.succeeded(unit)
-            if "end" in marks and len(done) >= self.total:
-                return marks, done
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{len(done)} of {self.total} tasks succeeded after {timeout:.0f} s (journald rate limit?)"
-                )
-            time.sleep(5)
-
-
-def measure_throughput(host, unit: str, env: str | None) -> tuple[float, str]:
-    """Tasks per second from the first publish to the last success; a note on the publish side."""
-    producer = Producer(host, env, TASKS)
-    marks, done = producer.wait(unit)
-    rate = TASKS / (max(done.values()) - marks["start"])
-    return rate, f"publishing took {marks['end'] - marks['start']:.1f} s"
-
 
 def management_get(stack: ProjectStack, host, path: str) -> dict:
     """GET the deployed management API over HTTPS, trusting only the stack's CA, as the admin."""
@@ -459,43 +427,35 @@ def wait_acked(stack: ProjectStack, host, before: int, total: int, timeout: floa
     return count
 
 
-def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int) -> list[Row]:
-    phase(f"throughput: {TASKS} edd.add tasks through the deployed stack")
+def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int, signing: Path) -> list[Row]:
+    """The breakdown on the raw host (bench_throughput: features added one at a time), then
+    the deployed stack the same way, RUNS runs each."""
+    phase(f"throughput breakdown on {raw.name}: {TASKS} tasks x {RUNS} runs per row")
+    prepare(raw, signing, stack.work_dir)
+    rows_measured = breakdown(raw, concurrency)
+    phase(f"throughput: {TASKS} tasks x {RUNS} runs through the deployed stack on {host.name}")
     before = acked(stack, host)
-    deployed, note = measure_throughput(host, f"celery-{worker}", f"/etc/edd-infra/celery-{worker}.env")
-    count = wait_acked(stack, host, before, TASKS)
-    phase(f"throughput: {TASKS} tasks on {raw.name}, stock broker, a worker started by hand")
-    node = f"baseline@{raw.name}"
-    sh(raw, f"{raw_config_module()}\nprintf '{RAW_CONFIG_ENV}' > /etc/edd-bench/baseline.env")
-    sh(
-        raw,
-        f"systemd-run -q --unit=bench-baseline -p User=celery -p WorkingDirectory={APP_TARGET} "
-        f"-p EnvironmentFile=/etc/edd-bench/baseline.env {VENV}/bin/celery -A edd worker -Q edd -n {node} --concurrency {concurrency} --loglevel INFO",
-    )
-    sh(
-        raw,
-        UNTIL.format(
-            probe=f"(set -a; . /etc/edd-bench/baseline.env; set +a; cd {APP_TARGET} && "
-            f"{VENV}/bin/celery -A edd inspect ping -d {node} --timeout 3) >/dev/null 2>&1"
-        ),
-    )
-    baseline, base_note = measure_throughput(raw, "bench-baseline", "/etc/edd-bench/baseline.env")
-    left = sh(raw, "rabbitmqctl -q list_queues -p / name messages --no-table-headers | awk '$1 == \"edd\" {print $2}'")
-    return [
+    units = {"worker": f"celery-{worker}", "broker": "rabbitmq-server", "flower": "flower"}
+    env = f"/etc/edd-infra/celery-{worker}.env"
+    deployed_runs = [measure_throughput(host, f"celery-{worker}", env, units) for _ in range(RUNS)]
+    count = wait_acked(stack, host, before, TASKS * RUNS)
+    measured = [*rows_measured, ("deployed stack", deployed_runs)]
+    summaries = [(label, *summary(runs)) for label, runs in measured]
+    stock, same_settings = summaries[0][1].median, summaries[2][1].median
+    rows = [
+        Row(f"throughput: {label}", f"{rates.median:.0f}", "tasks/s", f"{rates.median / stock:.2f}x stock; {note}")
+        for label, rates, note in summaries
+    ]
+    deployed = summaries[-1][1].median
+    rows[-1].note += f"; signed, confirmed, -E, Flower on, worker on loopback; {count} acked per management API"
+    return rows + [
+        Row("throughput deployed / stock", f"{deployed / stock:.2f}", "x", "Celery's defaults on a stock broker"),
         Row(
-            "throughput, deployed stack",
-            f"{deployed:.0f}",
-            "tasks/s",
-            f"{TASKS} tasks, {note}; {count} acked per management API; signed tasks, -E, Flower on",
+            "throughput deployed / stock, same settings",
+            f"{deployed / same_settings:.2f}",
+            "x",
+            "issue 22's goal: >= 0.8; the stock broker with the program's Celery settings (late acks, confirms)",
         ),
-        Row(
-            "throughput, stock local broker",
-            f"{baseline:.0f}",
-            "tasks/s",
-            f"same app and concurrency ({concurrency}), guest on localhost, no -E/Flower/signing; "
-            f"{base_note}; {left.strip() or '?'} left in queue edd",
-        ),
-        Row("throughput deployed / stock", f"{deployed / baseline:.2f}", "x", ""),
     ]
 
 
@@ -577,9 +537,23 @@ def new_stack(work: Path) -> ProjectStack:
     return ProjectStack("bench", work, f"file://{work / 'state'}", PASSPHRASE)
 
 
-def measure(rows: list[Row]) -> None:
+PARTS = ("throughput", "rotation", "fleet", "cluster")  # after the fresh, no-op up and preview rows
+
+
+def unlimited_journal(host: sandbox_hosts.SandboxHost) -> None:
+    """No journald rate limit on a bench host: every `succeeded` line must reach the journal."""
+    sh(
+        host,
+        "mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\nRateLimitBurst=0\\n' "
+        "> /etc/systemd/journald.conf.d/edd-bench.conf && systemctl restart systemd-journald",
+    )
+
+
+def measure(rows: list[Row], parts: tuple[str, ...] = PARTS) -> None:
     """Every figure, appended to `rows` as it is measured (so a failure keeps the earlier ones)."""
     host, raw = sandbox_hosts.boot([HOST, RAW_HOST])
+    for h in (host, raw):
+        unlimited_journal(h)
     with tempfile.TemporaryDirectory(prefix="work-", dir=cache_dir() / "bench") as work:
         stack = new_stack(Path(work))
         configure(stack, host, hardened=True)
@@ -587,11 +561,15 @@ def measure(rows: list[Row]) -> None:
         concurrency = workers[0]["concurrency"]
         rows += fresh_deploy(stack, host, raw_floor(raw, concurrency))
         rows += no_op(stack, host)
-        rows += throughput(stack, host, raw, workers[0]["name"], concurrency)
-        rows += rotation(stack, host, [w["name"] for w in workers])
-        rows += fleet(stack, host)
-        fresh = next(float(r.value) for r in rows if r.name == "fresh up")
-        rows += cluster(Path(work) / "cluster", fresh)
+        if "throughput" in parts:
+            rows += throughput(stack, host, raw, workers[0]["name"], concurrency, stack.work_dir / tls_dir(stack))
+        if "rotation" in parts:
+            rows += rotation(stack, host, [w["name"] for w in workers])
+        if "fleet" in parts:
+            rows += fleet(stack, host)
+        if "cluster" in parts:
+            fresh = next(float(r.value) for r in rows if r.name == "fresh up")
+            rows += cluster(Path(work) / "cluster", fresh)
 
 
 def fleet(stack: ProjectStack, host: sandbox_hosts.SandboxHost) -> list[Row]:
@@ -686,7 +664,12 @@ def cluster(work: Path, single_fresh: float) -> list[Row]:
         sandbox_hosts.shutdown(CLUSTER_HOSTS)
 
 
-def main() -> int:
+def main(parts: tuple[str, ...] = PARTS) -> int:
+    """`python -m sandbox.bench [part ...]`: the fresh/no-op rows and the named PARTS (all by
+    default; `deploy` alone: the fresh/no-op rows only)."""
+    unknown = set(parts) - {*PARTS, "deploy"}
+    if unknown:
+        sys.exit(f"unknown bench part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     problem = engine_problem()
     if problem:
         sys.exit(problem)
@@ -698,7 +681,7 @@ def main() -> int:
         [HOST, RAW_HOST, *FLEET_HOSTS, *CLUSTER_HOSTS]
     )  # left by a crashed run: measure fresh hosts only
     try:
-        measure(rows)
+        measure(rows, parts)
     except Exception as error:  # noqa: BLE001 - report what was measured, then the failure
         traceback.print_exc()
         failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
@@ -716,7 +699,8 @@ def main() -> int:
     ]
     report = render(rows, header)
     print("\n" + report, end="")
-    for out in (cache_dir() / "bench" / "last.txt", REPORT):
+    # A partial run is a working figure, not the report: docs/bench.txt holds whole runs only.
+    for out in (cache_dir() / "bench" / "last.txt", *([REPORT] if parts == PARTS else [])):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report)
         phase(f"written to {out}")
@@ -724,4 +708,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(tuple(sys.argv[1:]) or PARTS))

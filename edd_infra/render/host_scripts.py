@@ -313,6 +313,28 @@ fi"""
 )
 
 
+# While apt installs or upgrades the package, its postinst must not start the broker: the
+# script starts it once, after the install, on the config it wrote (a package start is then
+# stopped and started again: seconds of a fresh `up`). A host's own policy-rc.d is left alone
+# (one of ours, left by a script killed mid-install, is replaced).
+POLICY_RC = "/usr/sbin/policy-rc.d"
+NO_START_POLICY = r"""#!/bin/sh
+# Written by edd-infra for one apt-get run; removed after it. Lets the script start RabbitMQ itself.
+case "$1" in rabbitmq-server|rabbitmq-server.service) ;; *) exit 0 ;; esac
+case "$2" in *start*|*reload*) exit 101 ;; esac
+exit 0"""
+INSTALL_WITHOUT_START = f"""install_without_start() {{
+  if [ -e {POLICY_RC} ] && ! grep -qF 'Written by edd-infra' {POLICY_RC}; then install_version "$1"; return; fi
+  cat > {POLICY_RC} <<'EDD_INFRA_POLICY'
+{NO_START_POLICY}
+EDD_INFRA_POLICY
+  chmod 0755 {POLICY_RC}
+  rc=0; install_version "$1" || rc=$?
+  rm -f {POLICY_RC}
+  return "$rc"
+}}"""
+
+
 def disk_check(memory_high_watermark: float) -> str:
     """Refuse, before anything changes, a host whose free disk is already below the free-disk
     limit the broker will get (that share of its memory): the broker would block every publisher."""
@@ -413,6 +435,7 @@ def broker_install(
         secrets,
         drain_before_stop(start_timeout) if clustered else "",
         f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
+        f"{INSTALL_WITHOUT_START}\n"
         f'if [ "$installed" != "$target" ]; then\n'
         f"  export DEBIAN_FRONTEND=noninteractive\n"
         f"  {mark_users}\n"
@@ -428,7 +451,7 @@ def broker_install(
         f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
         f"  systemctl restart epmd.socket 2>/dev/null || true\n"
         f"  pending=1\n"
-        f'  install_version "$target"\n'
+        f'  install_without_start "$target"\n'
         f"  changed=1\nfi\n"
         "apt-mark hold rabbitmq-server >/dev/null",
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
@@ -578,13 +601,14 @@ def read_password(command: str, user: str) -> str:
 def broker_admin(*, user: str, start_timeout: int) -> str:
     """Create or re-password the admin Pulumi uses (password: stdin's first line), tag it,
     drop guest. Lines after the first carry drift repair tokens and are ignored."""
-    exists = f"rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF -- {q(user)}"
+    # One list of users serves both questions (each rabbitmqctl call starts an Erlang VM: ~1 s).
+    has = 'printf "%s\\n" "$users" | grep -qxF --'
     return broker_script(
         wait_for_broker(start_timeout),
-        f"if {exists}; then {read_password('change_password', user)}; else {read_password('add_user', user)}; fi",
+        "users=$(rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1)",
+        f"if {has} {q(user)}; then {read_password('change_password', user)}; else {read_password('add_user', user)}; fi",
         f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
-        "if rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1 | grep -qxF guest; then "
-        "rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
+        f"if {has} guest; then rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
     )
 
 
@@ -774,15 +798,32 @@ def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], 
 # Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.
 # stdin: `inspect conf --json`'s reply; argv[1]: {"name" or "name.key": value} the worker must
 # run with. Prints the names it runs without; exit 2 when there was no reply.
-SETTINGS_CHECK = """import json, sys
+# argv: the app (`-A`), the node, seconds to wait, the required settings (JSON). Asks the node
+# for its config (`inspect conf`) every 0.25 s with one Python and one Celery import, until it
+# answers: exit 3 if the app does not import, 2 if the node never answered, 1 naming the
+# settings that differ (stdout), 0 otherwise.
+# The reply holds the broker URL: it stays in this process.
+WORKER_CONF_CHECK = """import json, sys, time
 try:
-    conf = list(json.load(sys.stdin).values())[0]
+    from celery.app.utils import find_app
+    app = find_app(sys.argv[1])
 except Exception:
-    sys.exit(2)
+    sys.exit(3)
+node, wait, required = sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
+deadline, conf = time.monotonic() + wait, None
+while conf is None:
+    try:
+        conf = (app.control.inspect(destination=[node], timeout=0.5).conf() or {}).get(node)
+    except Exception:
+        conf = None  # the broker does not answer yet either
+    if conf is None:
+        if time.monotonic() > deadline:
+            sys.exit(2)
+        time.sleep(0.25)
 def value(name):
     head, _, key = name.partition(".")
     return (conf.get(head) or {}).get(key) if key else conf.get(head)
-off = [name for name, want in json.loads(sys.argv[1]).items() if value(name) != want]
+off = [name for name, want in required.items() if value(name) != want]
 print(" ".join(off))
 sys.exit(1 if off else 0)"""
 
@@ -796,29 +837,28 @@ def worker_ping(
     app: str,
     node: str,
     required: Mapping[str, object],
-    attempts: int = 60,
+    wait_seconds: int = 180,
 ) -> str:
     """Wait until the worker answers through the broker (the broker URL comes from its env
     file), asking for its config: a worker whose app ignored or overrode the program's Celery
     config module (render.celery_config) would run without publisher confirms or late acks,
     and `up` says so, naming the settings (`required`). One `inspect conf` serves as both the
-    ping and the check; its reply (which holds the broker URL) goes through a pipe, never into a file."""
-    inspect = (
+    ping and the check (WORKER_CONF_CHECK: one process asks until the worker answers, so a
+    worker that has just started is seen within a quarter second)."""
+    check = (
         f"(set -a; . {q(env_file)}; set +a; cd {q(working_directory)} && runuser -u {q(user)} -- "
-        f'{q(virtualenv + "/bin/celery")} -A {q(app)} inspect conf --json -d {q(node)}@"$(hostname)" '
-        f"--timeout 2) 2>/dev/null"
+        f'{q(virtualenv + "/bin/python")} -c {q(WORKER_CONF_CHECK)} {q(app)} {q(node)}@"$(hostname)" '
+        f"{wait_seconds} {q(json.dumps(dict(required), sort_keys=True))}) 2>/dev/null"
     )
     return (
-        f"start=$(date +%s); i=0\nwhile :; do\n"
-        f"  rc=0\n"
+        "start=$(date +%s); rc=0\n"
         # shellcheck cannot read the env file: it exists only on the host, root-only (it holds the broker URL).
-        f"  # shellcheck source=/dev/null # the env file exists only on the host (it holds secrets)\n"
-        f"  off=$( {inspect} | {q(virtualenv + '/bin/python')} -c {q(SETTINGS_CHECK)} "
-        f"{q(json.dumps(dict(required), sort_keys=True))}) || rc=$?\n"
-        f'  [ "$rc" -ne 2 ] && break\n'
-        f'  i=$((i+1)); if [ $i -ge {attempts} ]; then echo "worker {node} did not answer ping (inspect conf)" >&2; '
-        # A started worker answers within milliseconds: ask often rather than wait long.
-        f"exit 1; fi; sleep 1\ndone\n"
+        "# shellcheck source=/dev/null # the env file exists only on the host (it holds secrets)\n"
+        f"off=$( {check} ) || rc=$?\n"
+        f'if [ "$rc" -eq 3 ]; then echo "worker {node}: its app {app} does not import in {working_directory} '
+        f'as {user} with its env file" >&2; exit 1; fi\n'
+        f'if [ "$rc" -ge 2 ]; then echo "worker {node} did not answer ping (inspect conf) within {wait_seconds} s" '
+        ">&2; exit 1; fi\n"
         f'case " $off " in *\' broker_transport_options.confirm_publish \'*) echo "worker {node} runs without '
         f"publisher confirms: its app does not load CELERY_CONFIG_MODULE or overrides broker_transport_options "
         f'(README: Publisher confirms)" >&2; exit 1 ;; esac\n'
@@ -847,14 +887,13 @@ def http_report(*, virtualenv: str, url: str, ca_file: str | None = None) -> str
 
 
 def health_probe(*, vhost: str) -> str:
-    """On the broker host, after every service `up` touched: the server's version, the cluster's
-    running nodes and `vhost`'s queues (messages, consumers), one `<section> <text>` line each
+    """On the broker host, after every service `up` touched: the cluster's running nodes and
+    their versions, `vhost`'s queues (messages, consumers), one `<section> <text>` line each
     (health_report.broker_report). Reads only; its stdin (what it follows, as a digest) is unused."""
     one_line = "tr -d '\\n'"
     return script(
         "cat >/dev/null",
         f'echo "checkedAt $({UTC_NOW})"',
-        'echo "version $(rabbitmq-diagnostics -q server_version)"',
         f'echo "cluster $(rabbitmqctl -q cluster_status --formatter json | {one_line})"',
         f'echo "queues $(rabbitmqctl -q list_queues -p {q(vhost)} name messages consumers --formatter json '
         f'| {one_line})"',

@@ -14,7 +14,11 @@ from tests.http_serving import serving
 
 pytestmark = pytest.mark.unit
 
-CLUSTER = '{"running_nodes":["rabbit@n1","rabbit@n2"],"disk_nodes":["rabbit@n1","rabbit@n2","rabbit@n3"],"alarms":[]}'
+CLUSTER = (
+    '{"running_nodes":["rabbit@n1","rabbit@n2"],"disk_nodes":["rabbit@n1","rabbit@n2","rabbit@n3"],"alarms":[],'
+    '"versions":{"rabbit@n1":{"erlang_version":"27.3.4.1","rabbitmq_version":"4.0.5"},'
+    '"rabbit@n2":{"erlang_version":"27.3.4.1","rabbitmq_version":"4.0.5"}}}'
+)
 QUEUES = (
     '[{"name":"edd","messages":12,"consumers":0},{"name":"w1@n1.celery.pidbox","messages":0,"consumers":1},'
     '{"name":"w2@n2.celery.pidbox","messages":0,"consumers":0},{"name":"edd.dead-letter","messages":1,"consumers":0}]'
@@ -26,9 +30,7 @@ def probe(*lines: str) -> str:
 
 
 def test_a_cluster_with_a_node_down_and_no_consumer_is_reported_as_measured():
-    report = broker_report(
-        probe("checkedAt 2026-12-06T22:00:01Z", "version 4.0.5", f"cluster {CLUSTER}", f"queues {QUEUES}"), "edd", 3
-    )
+    report = broker_report(probe("checkedAt 2026-12-06T22:00:01Z", f"cluster {CLUSTER}", f"queues {QUEUES}"), "edd", 3)
     assert report == {
         "checkedAt": "2026-12-06T22:00:01Z",
         "version": "4.0.5",
@@ -37,6 +39,13 @@ def test_a_cluster_with_a_node_down_and_no_consumer_is_reported_as_measured():
         "queue": {"name": "edd", "consumers": 0, "messages": 12},
         "workersConnected": ["w1@n1"],
     }
+
+
+def test_a_rolling_upgrade_shows_each_version_the_nodes_run():
+    cluster = CLUSTER.replace('"rabbitmq_version":"4.0.5"}}', '"rabbitmq_version":"3.13.7"}}')
+    assert broker_report(probe(f"cluster {cluster}"), "edd", 2)["version"] == "3.13.7+4.0.5"
+    hostile = CLUSTER.replace('"rabbitmq_version":"4.0.5"}}', '"rabbitmq_version":"4; reboot"}}')
+    assert broker_report(probe(f"cluster {hostile}"), "edd", 2)["version"] == "4.0.5"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 """Host scripts run for real in a scratch directory: idempotent writes and the secret bundle."""
 
-import json
 import os
 import shlex
 import socket
@@ -216,20 +215,41 @@ DELIVERED = {"broker_transport_options": {"confirm_publish": True}, "task_acks_l
             1,
             "worker w1 runs without the program's Celery settings task_acks_late task_time_limit: its app overrides them",
         ),
-        (None, 1, "worker w1 did not answer ping (inspect conf)"),
+        (None, 1, "worker w1 did not answer ping (inspect conf) within 1 s"),
+        ("no app", 1, "worker w1: its app edd does not import in"),
     ],
 )
 def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, exit_code, message):
-    """The health check of a worker unit, with `celery` and `runuser` stood in for: an answer
-    with confirms passes, one without fails naming the worker, no answer fails after retries."""
-    bin_dir = tmp_path / "venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    answer = json.dumps(reply) if reply is not None else ""
-    (bin_dir / "celery").write_text(f"#!/bin/sh\nprintf '%s' '{answer}'\n[ -n '{answer}' ]\n")
-    (bin_dir / "python").symlink_to(sys.executable)
+    """The health check of a worker unit, with Celery's app lookup and `runuser` stood in for:
+    an answer with confirms passes, one without fails naming the worker, no answer fails when
+    the wait is over, an app that does not import says so."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    # The working directory is on the check's sys.path: a stand-in `celery` package there.
+    (tmp_path / "celery" / "app").mkdir(parents=True)
+    (tmp_path / "celery" / "__init__.py").write_text("")
+    (tmp_path / "celery" / "app" / "__init__.py").write_text("")
+    conf = None if reply is None or reply == "no app" else next(iter(reply.values()))
+    (tmp_path / "celery" / "app" / "utils.py").write_text(
+        f"""CONF = {conf!r}
+class Inspect:
+    def __init__(self, destination):
+        self.node = destination[0]
+    def conf(self):
+        return {{}} if CONF is None else {{self.node: CONF}}
+class Control:
+    def inspect(self, destination, timeout):
+        return Inspect(destination)
+class App:
+    control = Control()
+def find_app(name):
+    if {reply == "no app"!r}:
+        raise ImportError(name)
+    return App()
+"""
+    )
     (tmp_path / "runuser").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # runuser -u USER -- CMD...
-    for tool in (bin_dir / "celery", tmp_path / "runuser"):
-        tool.chmod(0o755)
+    (tmp_path / "runuser").chmod(0o755)
     (tmp_path / "worker.env").write_text("CELERY_BROKER_URL='amqp://u:p@h//edd'\n")
     check = host_scripts.worker_ping(
         env_file=str(tmp_path / "worker.env"),
@@ -238,7 +258,7 @@ def test_worker_health_needs_an_answer_with_publisher_confirms(tmp_path, reply, 
         virtualenv=str(tmp_path / "venv"),
         app="edd",
         node="w1",
-        attempts=2,
+        wait_seconds=1,
         required={"broker_transport_options.confirm_publish": True, "task_acks_late": True, "task_time_limit": 3600},
     )
     result = subprocess.run(
@@ -404,7 +424,7 @@ def test_only_a_clustered_node_is_drained():
     text = install(True)
     assert (
         text.index("rabbitmq-upgrade -q drain")
-        < text.index('install_version "$target"')
+        < text.index('install_without_start "$target"')
         < text.index("then systemctl restart rabbitmq-server; fi")
     )
 
