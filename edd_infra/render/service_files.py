@@ -44,6 +44,10 @@ def render_flower_config(
         "broker_api": broker_api,
         "persistent": persistent,
         "db": db_path,
+        # Workers send events when their own config says (`-E`); Flower's default would broadcast
+        # `enable_events` every 5 s, which a keyless Flower sends unsigned and every worker
+        # refuses, logging a CRITICAL "Can't decode message body" each time.
+        "enable_events": False,
     }
     if certfile or keyfile:
         if not (certfile and keyfile):

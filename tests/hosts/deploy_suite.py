@@ -126,6 +126,17 @@ def test_services_active_and_enabled(deployed):
     assert verify.returncode == 0, verify.stderr
 
 
+def test_a_fresh_install_starts_the_broker_once_on_its_config(deployed):
+    """The package's postinst does not start RabbitMQ (policy-rc.d for that apt run, removed
+    after): the script starts it once, on the files it wrote; a start, stop and start again
+    cost a fresh `up` seconds."""
+    starts = deployed.sh(
+        "journalctl -u rabbitmq-server -o cat --no-pager | grep -c '^Starting rabbitmq-server' || true"
+    )
+    assert int(starts.strip()) == 1
+    assert deployed.sh("test -e /usr/sbin/policy-rc.d && echo left || echo gone").strip() == "gone"
+
+
 def test_health_output_is_what_up_measured(deployed):
     """The `health` output holds figures `up` read on the host after every service started:
     they agree with the host read now, and nothing in it is a secret."""
@@ -434,6 +445,27 @@ def test_flower_requires_auth_and_shows_the_edd_queue(deployed):
     assert status == 200
     status, page = flower_get(deployed, "broker", auth=True)
     assert status == 200 and ">edd<" in page.replace(" ", "")
+
+
+def test_flower_sees_tasks_by_the_workers_events_and_leaves_their_log_quiet(deployed):
+    """Flower does not broadcast `enable_events` (its default, every 5 s): a keyless Flower's
+    broadcasts go out unsigned and every worker refused each one with a CRITICAL "Can't decode
+    message body". The workers' own `-E` keeps Flower's task list current."""
+    since = host_now(deployed)
+    assert send_task(deployed.host, 20, 22) == "42"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, body = flower_get(deployed, "api/tasks?taskname=edd.add&state=SUCCESS", auth=True)
+        if status == 200 and any(t.get("result") == "42" for t in json.loads(body).values()):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("Flower never showed the succeeded edd.add(20, 22)")
+    time.sleep(max(0.0, since + 12 - host_now(deployed)))  # two of Flower's 5 s broadcast periods
+    refused = deployed.sh(
+        f"journalctl -u celery-{WORKER} --since=@{int(since)} -o cat --no-pager | grep -c 'decode message body' || true"
+    )
+    assert int(refused.strip()) == 0
 
 
 ANONYMOUS_LOGIN = """import amqp, sys

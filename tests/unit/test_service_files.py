@@ -120,6 +120,8 @@ def test_flower_config_executes_to_the_configured_values(password):
     exec(compile(text, "flowerconfig.py", "exec"), namespace)
     assert namespace["basic_auth"] == [f"admin:{password}"]
     assert namespace["address"] == "127.0.0.1" and namespace["port"] == 5555 and namespace["persistent"] is True
+    # Workers send events by their own -E; Flower never broadcasts enable_events (unsigned when keyless).
+    assert namespace["enable_events"] is False
 
 
 def test_flower_config_with_tls_serves_https_and_needs_both_files():
