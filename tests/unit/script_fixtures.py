@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-LAST = 'for a; do last=$a; done; '
+LAST = "for a; do last=$a; done; "
 STAND_INS = {
     "systemctl": LAST + 'echo "systemctl $*" >> "$FAKE/calls"\n'
     '[ ! -e "$FAKE/fail.$1" ] || exit 1\n'
