@@ -353,7 +353,7 @@ BROKER_ORDER = FileSpec(
 BROKER_LOCALE = "export LC_ALL=C.UTF-8"
 
 
-def broker_script(*parts: str) -> str:
+def broker_script(*parts: str | Step) -> str:
     """`script` for a broker host: rabbitmqctl gets a UTF-8 locale."""
     return script(BROKER_LOCALE, *parts)
 

@@ -468,9 +468,9 @@ def test_indenting_the_steps_changes_no_file_text_message_or_embedded_code(monke
             ["bash", "-c", 'eval "$1"; declare -f', "_", defs], capture_output=True, text=True, check=True
         ).stdout
 
+    real = host_scripts.indent
     for name, render in renders.items():
         indented = render()
-        real = host_scripts.indent
         monkeypatch.setattr(host_scripts, "indent", lambda body, pad="  ": real(body, ""))
         flat = render()
         monkeypatch.setattr(host_scripts, "indent", real)
