@@ -52,7 +52,7 @@ class EddSettingsFile(pulumi.ComponentResource):
         self.file = host.run(
             f"{name}-file",
             create=host_scripts.secret_files_install(config.restart_units),
-            delete=host_scripts.script(host_scripts.remove_files([config.path])),
+            delete=host_scripts.files_remove([config.path]),
             stdin=bundle,
             repairable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), delete_before_replace=True),

@@ -18,11 +18,12 @@ from .host_scripts import (
     IMPORT_DEFINITIONS,
     MANIFEST_DIR,
     FileSpec,
-    activate,
+    activate_steps,
     q,
     queue_exists,
     retry,
     script,
+    step,
     write_file,
 )
 
@@ -160,7 +161,14 @@ def backup_files(*, schedule: str, keep: int, vhost: str, queue: str, start_time
 
 def backups_install(files: list[FileSpec]) -> str:
     """Write the scripts and units; the timer enabled and started (its service runs on its own)."""
-    return script(*(write_file(f) for f in files), activate("systemd", f"{UNIT}.timer"))
+    return script(
+        step(
+            "write_backup_files",
+            "Write the backup and restore scripts and their units.",
+            *(write_file(f) for f in files),
+        ),
+        *activate_steps("systemd", f"{UNIT}.timer"),
+    )
 
 
 def backups_remove(files: list[FileSpec]) -> str:
@@ -168,7 +176,15 @@ def backups_remove(files: list[FileSpec]) -> str:
     (data, like the broker's own with purgeOnDestroy off)."""
     # rm only: /usr/local/sbin and /etc/systemd/system stay, empty or not.
     return script(
-        f"systemctl disable --now {UNIT}.timer >/dev/null 2>&1 || true",
-        f"rm -f {' '.join(q(f.path) for f in files)}",
-        "systemctl daemon-reload",
+        step(
+            "stop_timer",
+            "Stop the backup timer and disable it at boot.",
+            f"systemctl disable --now {UNIT}.timer >/dev/null 2>&1 || true",
+        ),
+        step(
+            "remove_backup_files",
+            "Remove the scripts and units (the backups stay).",
+            f"rm -f {' '.join(q(f.path) for f in files)}",
+        ),
+        step("reload_systemd", "Make systemd forget the removed units.", "systemctl daemon-reload"),
     )

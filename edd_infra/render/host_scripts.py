@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
@@ -171,8 +172,70 @@ def without_manifest(name: str, text: str) -> str:
     )
 
 
-def script(*parts: str) -> str:
-    return "\n".join((PRELUDE,) + parts) + "\n"
+@dataclass(frozen=True)
+class Step:
+    """One step of a script: a shell function `name` under a one-line comment (`what`)."""
+
+    name: str
+    what: str
+    body: str
+    # False: a helper the other steps use, defined but not called from the main block.
+    call: bool = True
+
+
+def step(name: str, what: str, *lines: str, call: bool = True) -> Step:
+    """A Step of the non-empty `lines`; one with no lines is left out of the script."""
+    if "\n" in what:
+        raise ValueError(f"a step's comment is one line: {what!r}")
+    return Step(name, what, "\n".join(line for line in lines if line), call)
+
+
+HEREDOC = re.compile(r"<<-?'?([A-Za-z_][A-Za-z0-9_]*)'?$")
+
+
+def indent(body: str, pad: str = "  ") -> str:
+    """`body` with `pad` before each line that starts outside a quoted string or a heredoc
+    (so no file text, message or embedded Python changes)."""
+    out, quote, heredoc = [], "", ""
+    for line in body.split("\n"):
+        if heredoc:
+            out.append(line)
+            heredoc = "" if line == heredoc else heredoc
+            continue
+        out.append(pad + line if line and not quote else line)
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if quote == "'":
+                quote = "" if c == "'" else quote
+            elif c == "\\":
+                i += 1
+            elif quote:
+                quote = "" if c == '"' else quote
+            elif c in "'\"":
+                quote = c
+            elif c == "#" and (i == 0 or line[i - 1] in " \t;|&("):
+                break
+            i += 1
+        if not quote and (m := HEREDOC.search(line)):
+            heredoc = m[1]
+    if quote or heredoc:
+        raise ValueError(f"unterminated {'quote' if quote else 'heredoc'} in a step: {body[:80]!r}")
+    return "\n".join(out)
+
+
+def script(*parts: str | Step) -> str:
+    """PRELUDE, then each Step as a shell function under its comment, then the main block:
+    the plain `parts` (settings) and a call of each step, in order. Empty parts are left out."""
+    steps = [p for p in parts if isinstance(p, Step) and p.body]
+    if not steps:
+        return "\n".join((PRELUDE,) + tuple(p for p in parts if isinstance(p, str))) + "\n"
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two steps of one script share a name: {names}")
+    functions = "\n\n".join(f"# {s.what}\n{s.name}() {{\n{indent(s.body)}\n}}" for s in steps)
+    main = [p.name if isinstance(p, Step) else p for p in parts if (p.body and p.call if isinstance(p, Step) else p)]
+    return f"{PRELUDE}\n\n{functions}\n\n" + "\n".join(main) + "\n"
 
 
 # ---- service managers ---------------------------------------------------------------
@@ -184,24 +247,40 @@ def unit_path(manager: ServiceManager, name: str) -> str:
     return f"/Library/LaunchDaemons/{name}.plist"
 
 
-def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
+def activate_steps(manager: ServiceManager, name: str, timeout: int = 60) -> list[Step]:
     """Enable at boot, (re)start when a file changed or it is down, wait until active."""
     if manager == "systemd":
-        return (
+        restart = step(
+            "restart_if_changed",
+            f"Enable {name} at boot; restart it when one of its files changed or it is down.",
             # reset-failed: a unit that crash-looped on the bad files hit systemd's start limit,
             # and a plain restart would be refused, leaving it down on the good ones.
             f'on_rollback="$on_rollback; systemctl daemon-reload; systemctl reset-failed {name} 2>/dev/null; '
-            f'systemctl restart {name}"\n'
-            f"systemctl daemon-reload\nsystemctl enable -q {q(name)}\n"
-            f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi\n'
-            f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "
-            f'systemctl status --no-pager {q(name)} || true; echo "{name} did not become active" >&2; exit 1; fi; sleep 1; done'
+            f'systemctl restart {name}"',
+            f"systemctl daemon-reload\nsystemctl enable -q {q(name)}",
+            f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(name)}; then systemctl restart {q(name)}; fi',
         )
+        wait = step(
+            "wait_until_active",
+            f"Wait up to {timeout} s for systemd to report {name} active.",
+            f"i=0; until systemctl is-active -q {q(name)}; do i=$((i+1)); if [ $i -ge {timeout} ]; then "
+            f'systemctl status --no-pager {q(name)} || true; echo "{name} did not become active" >&2; exit 1; fi; sleep 1; done',
+        )
+        return [restart, wait]
     path = q(unit_path(manager, name))
-    return (
-        f'if [ "$changed" = 1 ] || ! launchctl print system/{q(name)} >/dev/null 2>&1; then\n'
-        f"  launchctl bootout system/{q(name)} 2>/dev/null || true\n  launchctl bootstrap system {path}\nfi"
-    )
+    return [
+        step(
+            "restart_if_changed",
+            f"Load {name} into launchd again when its plist changed or it is not loaded.",
+            f'if [ "$changed" = 1 ] || ! launchctl print system/{q(name)} >/dev/null 2>&1; then\n'
+            f"  launchctl bootout system/{q(name)} 2>/dev/null || true\n  launchctl bootstrap system {path}\nfi",
+        )
+    ]
+
+
+def activate(manager: ServiceManager, name: str, timeout: int = 60) -> str:
+    """`activate_steps` as one fragment."""
+    return "\n".join(s.body for s in activate_steps(manager, name, timeout))
 
 
 def remove_files(paths: Sequence[str]) -> str:
@@ -221,15 +300,33 @@ def remove_files(paths: Sequence[str]) -> str:
     return f"rm -f {' '.join(q(p) for p in paths)}\nrmdir {' '.join(q(d) for d in deepest_first)} 2>/dev/null || true"
 
 
-def deactivate(manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()) -> str:
+def deactivate_steps(
+    manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()
+) -> list[Step]:
     """Stop, disable and remove a service and its files (the delete of `activate`), and the
     `caches`: directories others fill in beside them (Python's __pycache__)."""
-    files = remove_files([unit_path(manager, name), *paths])
-    if caches:
-        files = f"rm -rf {' '.join(q(c) for c in caches)}\n{files}"
+    stop = (
+        f"systemctl disable --now -q {q(name)} 2>/dev/null || true"
+        if manager == "systemd"
+        else f"launchctl bootout system/{q(name)} 2>/dev/null || true"
+    )
+    steps = [
+        step("stop_service", f"Stop {name} and disable it at boot.", stop),
+        step(
+            "remove_service_files",
+            "Remove its unit and files, then the directories that left empty.",
+            f"rm -rf {' '.join(q(c) for c in caches)}" if caches else "",
+            remove_files([unit_path(manager, name), *paths]),
+        ),
+    ]
     if manager == "systemd":
-        return f"systemctl disable --now -q {q(name)} 2>/dev/null || true\n{files}\nsystemctl daemon-reload"
-    return f"launchctl bootout system/{q(name)} 2>/dev/null || true\n{files}"
+        steps.append(step("reload_systemd", "Make systemd forget the removed unit.", "systemctl daemon-reload"))
+    return steps
+
+
+def deactivate(manager: ServiceManager, name: str, paths: Sequence[str], caches: Sequence[str] = ()) -> str:
+    """`deactivate_steps` as one fragment."""
+    return "\n".join(s.body for s in deactivate_steps(manager, name, paths, caches))
 
 
 def retry(command: str, attempts: int, what: str, on_fail: str = "") -> str:
@@ -256,7 +353,7 @@ BROKER_ORDER = FileSpec(
 BROKER_LOCALE = "export LC_ALL=C.UTF-8"
 
 
-def broker_script(*parts: str) -> str:
+def broker_script(*parts: str | Step) -> str:
     """`script` for a broker host: rabbitmqctl gets a UTF-8 locale."""
     return script(BROKER_LOCALE, *parts)
 
@@ -268,6 +365,12 @@ def wait_for_broker(timeout: int) -> str:
         max(1, timeout // 2),
         f"RabbitMQ did not answer within {timeout} s",
         on_fail="journalctl -u rabbitmq-server -n 20 --no-pager >&2 || true; ",
+    )
+
+
+def wait_for_rabbitmq(timeout: int) -> Step:
+    return step(
+        "wait_for_rabbitmq", f"Wait up to {timeout} s until the RabbitMQ node answers.", wait_for_broker(timeout)
     )
 
 
@@ -286,30 +389,53 @@ fi"""
 
 # The version to run: the pinned one; unpinned, the one installed, else apt's candidate (lists
 # refreshed once). Unpinned never upgrades by itself: an upgrade is a packageVersion change.
-TARGET_VERSION = r"""candidate() { apt-cache policy rabbitmq-server 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
-# "hold ok installed" once held: any wanted state, but installed.
+CANDIDATE = step(
+    "candidate",
+    "The version of rabbitmq-server apt would install.",
+    "apt-cache policy rabbitmq-server 2>/dev/null | sed -n 's/^ *Candidate: //p'",
+    call=False,
+)
+CHOOSE_VERSION = step(
+    "choose_version",
+    "Choose the version to run: the pinned one, else the one installed, else apt's candidate.",
+    r"""# "hold ok installed" once held: any wanted state, but installed.
 installed=$(dpkg-query -W -f='${Status} ${Version}' rabbitmq-server 2>/dev/null | sed -n 's/^[a-z]* ok installed //p')
 target=${wanted:-${installed:-$(candidate)}}
 if [ -z "$target" ] || [ "$target" = "(none)" ]; then apt-get update -q </dev/null >/dev/null; target=$(candidate); fi
-if [ -z "$target" ] || [ "$target" = "(none)" ]; then echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; fi"""
+if [ -z "$target" ] || [ "$target" = "(none)" ]; then echo "rabbitmq-server: no version to install (apt has no candidate)" >&2; exit 1; fi""",
+)
 
 # RabbitMQ supports an in-place upgrade to the next minor series only, with every feature
 # flag enabled first (docs: Upgrading RabbitMQ); never a downgrade.
 # The same rule as upgrade_path (which `preview` applies), against the installed package.
 _MAJOR_STEPS = " ".join(f'{a}.{b}) echo "{c} {d}" ;;' for (a, b), (c, d) in MAJOR_STEPS.items())
 UPGRADE_PATH = (
-    r"""series() { echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'; }
-next_series() { series "$1" | { read -r major minor; case "$major.$minor" in """
-    + _MAJOR_STEPS
-    + r""" *) echo "$major $((minor + 1))" ;; esac; }; }
-if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
+    step(
+        "series",
+        "The release series of a package version: MAJOR MINOR.",
+        r"""echo "$1" | sed -E 's/^([0-9]+:)?([0-9]+)\.([0-9]+).*/\2 \3/'""",
+        call=False,
+    ),
+    step(
+        "next_series",
+        "The series RabbitMQ upgrades to in place from this version's.",
+        r"""series "$1" | { read -r major minor; case "$major.$minor" in """
+        + _MAJOR_STEPS
+        + r""" *) echo "$major $((minor + 1))" ;; esac; }""",
+        call=False,
+    ),
+    step(
+        "refuse_unsupported_upgrade",
+        "Refuse, before anything changes, a downgrade or an upgrade that skips a release series.",
+        r"""if [ -n "$installed" ] && [ "$installed" != "$target" ]; then
   if dpkg --compare-versions "$target" lt "$installed"; then
     echo "rabbitmq-server $installed -> $target is a downgrade: RabbitMQ cannot run on data of a newer version. Set broker.packageVersion back to $installed" >&2; exit 1
   fi
   if [ "$(series "$target")" != "$(series "$installed")" ] && [ "$(series "$target")" != "$(next_series "$installed")" ]; then
     echo "rabbitmq-server $installed -> $target skips a release series: RabbitMQ upgrades one minor series at a time ($(series "$installed" | tr ' ' .) -> $(next_series "$installed" | tr ' ' .)), each with every feature flag enabled. Upgrade through each series in turn, or migrate to a new host (README: Upgrades)" >&2; exit 1
   fi
-fi"""
+fi""",
+    ),
 )
 
 
@@ -323,16 +449,14 @@ NO_START_POLICY = r"""#!/bin/sh
 case "$1" in rabbitmq-server|rabbitmq-server.service) ;; *) exit 0 ;; esac
 case "$2" in *start*|*reload*) exit 101 ;; esac
 exit 0"""
-INSTALL_WITHOUT_START = f"""install_without_start() {{
-  if [ -e {POLICY_RC} ] && ! grep -qF 'Written by edd-infra' {POLICY_RC}; then install_version "$1"; return; fi
-  cat > {POLICY_RC} <<'EDD_INFRA_POLICY'
+INSTALL_WITHOUT_START = f"""if [ -e {POLICY_RC} ] && ! grep -qF 'Written by edd-infra' {POLICY_RC}; then install_version "$1"; return; fi
+cat > {POLICY_RC} <<'EDD_INFRA_POLICY'
 {NO_START_POLICY}
 EDD_INFRA_POLICY
-  chmod 0755 {POLICY_RC}
-  rc=0; install_version "$1" || rc=$?
-  rm -f {POLICY_RC}
-  return "$rc"
-}}"""
+chmod 0755 {POLICY_RC}
+rc=0; install_version "$1" || rc=$?
+rm -f {POLICY_RC}
+return "$rc\""""
 
 
 def disk_check(memory_high_watermark: float) -> str:
@@ -396,14 +520,20 @@ def broker_install(
         f"touch {STATE_DIR}/created/package-user-$u; done"
     )
     secrets = (
-        (
-            mark_users
-            + "\ngetent group rabbitmq >/dev/null || groupadd --system rabbitmq\n"
-            + READ_SECRET_FILES
-            + ("\n" + INSTALL_COOKIE if erlang_cookie else "")
+        step(
+            "install_secret_files",
+            "Write the TLS key (and the staged Erlang cookie) from stdin, readable by the rabbitmq group.",
+            mark_users,
+            "getent group rabbitmq >/dev/null || groupadd --system rabbitmq",
+            READ_SECRET_FILES,
         )
         if secret_files
-        else ""
+        else None
+    )
+    cookie = step(
+        "install_erlang_cookie",
+        "Install the Erlang cookie, stopping the node first when it changes.",
+        INSTALL_COOKIE if secret_files and erlang_cookie else "",
     )
     version_conf = ""
     if rabbitmq4_conf:
@@ -422,44 +552,96 @@ def broker_install(
             "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 </dev/null >/dev/null",
         )
     return broker_script(
-        mode_guard,
-        disk_check(memory_high_watermark) if memory_high_watermark is not None else "",
+        step(
+            "refuse_distribution_mode_switch",
+            "Refuse to switch a running node between plain and TLS distribution.",
+            mode_guard,
+        ),
+        step(
+            "refuse_low_disk",
+            "Refuse a host whose free disk is already below the broker's free-disk limit.",
+            disk_check(memory_high_watermark) if memory_high_watermark is not None else "",
+        ),
         f"wanted={q(wanted)}",
-        TARGET_VERSION,
-        UPGRADE_PATH,
-        refresh,
-        *(write_file(f) for f in files),
-        version_conf,
+        CANDIDATE,
+        CHOOSE_VERSION,
+        *UPGRADE_PATH,
+        step(
+            "write_apt_source",
+            "Write the apt source, its key and pin; refresh that source's lists when they changed.",
+            refresh,
+        ),
+        step(
+            "write_broker_config",
+            "Write the broker's config files (a change restarts it).",
+            *(write_file(f) for f in files),
+            version_conf,
+        ),
         # Ordering only: the daemon-reload in `activate` applies it, no restart needed.
-        write_without_restart([BROKER_ORDER, *site_files]),
-        secrets,
-        drain_before_stop(start_timeout) if clustered else "",
-        f"install_version() {{ {install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}; }}\n"
-        f"{INSTALL_WITHOUT_START}\n"
-        f'if [ "$installed" != "$target" ]; then\n'
-        f"  export DEBIAN_FRONTEND=noninteractive\n"
-        f"  {mark_users}\n"
-        f'  if [ -n "$installed" ]; then\n'
-        f"    if systemctl is-active -q rabbitmq-server; then\n"
-        f'      rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo "cannot enable every feature flag on $installed before the upgrade" >&2; exit 1; }}\n'
-        f"    fi\n"
-        # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
-        f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
-        f"  fi\n"
-        # The package starts the node: epmd must already listen where the drop-ins say (a
-        # rerun after a failed install finds epmd.socket running with the old binding).
-        f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
-        f"  systemctl restart epmd.socket 2>/dev/null || true\n"
-        f"  pending=1\n"
-        f'  install_without_start "$target"\n'
-        f"  changed=1\nfi\n"
-        "apt-mark hold rabbitmq-server >/dev/null",
+        step(
+            "write_side_files",
+            "Write the files the broker does not read (unit ordering, alert rules): no restart.",
+            write_without_restart([BROKER_ORDER, *site_files]),
+        ),
+        *((secrets,) if secrets else ()),
+        cookie,
+        step(
+            "drain_node",
+            "A cluster node about to restart hands its queues to the others first.",
+            drain_before_stop(start_timeout) if clustered else "",
+        ),
+        step(
+            "install_version",
+            "apt-get install rabbitmq-server=VERSION, offline first (apt's lists refreshed once when that fails).",
+            f"{install} >/dev/null || {{ apt-get update -q </dev/null >/dev/null && {install}; }}",
+            call=False,
+        ),
+        step(
+            "install_without_start",
+            "install_version VERSION, the package's own start of the broker held back (started once, below).",
+            INSTALL_WITHOUT_START,
+            call=False,
+        ),
+        step(
+            "install_rabbitmq",
+            "Install the chosen version unless it is installed; an upgrade enables every feature flag first.",
+            f'if [ "$installed" != "$target" ]; then\n'
+            f"  export DEBIAN_FRONTEND=noninteractive\n"
+            f"  {mark_users}\n"
+            f'  if [ -n "$installed" ]; then\n'
+            f"    if systemctl is-active -q rabbitmq-server; then\n"
+            f'      rabbitmqctl -q enable_feature_flag all </dev/null >/dev/null || {{ echo "cannot enable every feature flag on $installed before the upgrade" >&2; exit 1; }}\n'
+            f"    fi\n"
+            # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
+            f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
+            f"  fi\n"
+            # The package starts the node: epmd must already listen where the drop-ins say (a
+            # rerun after a failed install finds epmd.socket running with the old binding).
+            f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
+            f"  systemctl restart epmd.socket 2>/dev/null || true\n"
+            f"  pending=1\n"
+            f'  install_without_start "$target"\n'
+            f"  changed=1\nfi",
+        ),
+        step(
+            "hold_rabbitmq",
+            "Hold the package: an unattended upgrade never restarts the broker behind the program's back.",
+            "apt-mark hold rabbitmq-server >/dev/null",
+        ),
         # A changed epmd binding needs epmd itself restarted, with the broker stopped first.
-        'if [ "$changed" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; '
-        "systemctl restart epmd.socket 2>/dev/null || true; fi",
-        activate("systemd", "rabbitmq-server", timeout=start_timeout),
-        wait_for_broker(start_timeout),
-        enable_feature_flags(clustered),
+        step(
+            "restart_epmd_if_changed",
+            "When anything changed, stop the broker and restart epmd (it may listen elsewhere now).",
+            'if [ "$changed" = 1 ]; then systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true; '
+            "systemctl restart epmd.socket 2>/dev/null || true; fi",
+        ),
+        *activate_steps("systemd", "rabbitmq-server", timeout=start_timeout),
+        wait_for_rabbitmq(start_timeout),
+        step(
+            "enable_feature_flags",
+            "Enable every feature flag: the next upgrade needs them.",
+            enable_feature_flags(clustered),
+        ),
     )
 
 
@@ -510,22 +692,29 @@ def firewall_install(*, rules: FileSpec, unit: FileSpec, unit_name: str, nft: st
     rules changed (a reload: no moment without it). A failure puts the previous rules back."""
     install = "apt-get install -y -q nftables </dev/null >/dev/null"
     return script(
-        f"if ! [ -x {q(nft)} ]; then\n"
-        f"  export DEBIAN_FRONTEND=noninteractive\n"
-        f"  {install} || {{ apt-get update -q </dev/null >/dev/null && {install}; }}\nfi",
-        write_file(rules),
-        write_file(unit),
-        f"{q(nft)} -c -f {q(rules.path)}",
-        f'on_rollback="$on_rollback; systemctl daemon-reload; systemctl reload-or-restart {unit_name}"',
-        f"systemctl daemon-reload\nsystemctl enable -q {q(unit_name)}",
-        f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(unit_name)}; then systemctl reload-or-restart {q(unit_name)}; fi',
+        step(
+            "install_nftables",
+            "Install nftables unless it is there, offline first.",
+            f"if ! [ -x {q(nft)} ]; then\n"
+            f"  export DEBIAN_FRONTEND=noninteractive\n"
+            f"  {install} || {{ apt-get update -q </dev/null >/dev/null && {install}; }}\nfi",
+        ),
+        step("write_firewall", "Write the rules and the unit that loads them.", write_file(rules), write_file(unit)),
+        step("check_rules", "Check the rules with nft before they are used.", f"{q(nft)} -c -f {q(rules.path)}"),
+        step(
+            "load_rules",
+            f"Enable {unit_name}; load the table, or replace it in one transaction when the rules changed.",
+            f'on_rollback="$on_rollback; systemctl daemon-reload; systemctl reload-or-restart {unit_name}"',
+            f"systemctl daemon-reload\nsystemctl enable -q {q(unit_name)}",
+            f'if [ "$changed" = 1 ] || ! systemctl is-active -q {q(unit_name)}; then systemctl reload-or-restart {q(unit_name)}; fi',
+        ),
     )
 
 
 def firewall_remove(*, paths: Sequence[str], unit_name: str) -> str:
     """The delete of `firewall_install`: the unit stopped (which deletes the table) and removed
     with the rules. nftables itself stays (a site may use it)."""
-    return script(deactivate("systemd", unit_name, paths))
+    return script(*deactivate_steps("systemd", unit_name, paths))
 
 
 def drain_before_stop(timeout: int) -> str:
@@ -553,14 +742,22 @@ def cluster_join(*, seed: str, node: str, start_timeout: int) -> str:
     takes a replica of every quorum queue. Only a node that says it is not yet a member is
     reset (its own data goes: the cluster's replaces it); one that does not answer is left alone."""
     return broker_script(
-        wait_for_broker(start_timeout),
-        f"members=$(rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null) || "
-        f'{{ echo "{node} did not say which cluster it is in: not resetting it" >&2; exit 1; }}',
-        f"if ! printf '%s\\n' \"$members\" | grep -qF {q(repr(seed))}; then\n"
-        f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
-        f"  {retry(f'rabbitmqctl -q join_cluster {q(seed)} </dev/null', max(1, start_timeout // 2), f'{node} could not join {seed}')}\n"
-        f"  rabbitmqctl -q start_app </dev/null\n"
-        f"  rabbitmq-queues -q grow {q(node)} all </dev/null >/dev/null\nfi",
+        wait_for_rabbitmq(start_timeout),
+        step(
+            "list_cluster_members",
+            "Ask the node which cluster it is in; one that does not say is left alone.",
+            f"members=$(rabbitmqctl -q eval 'rabbit_nodes:all().' </dev/null) || "
+            f'{{ echo "{node} did not say which cluster it is in: not resetting it" >&2; exit 1; }}',
+        ),
+        step(
+            "join_cluster",
+            f"Unless it is a member already, reset the node, join {seed}'s cluster and take quorum replicas.",
+            f"if ! printf '%s\\n' \"$members\" | grep -qF {q(repr(seed))}; then\n"
+            f"  rabbitmqctl -q stop_app </dev/null\n  rabbitmqctl -q reset </dev/null\n"
+            f"  {retry(f'rabbitmqctl -q join_cluster {q(seed)} </dev/null', max(1, start_timeout // 2), f'{node} could not join {seed}')}\n"
+            f"  rabbitmqctl -q start_app </dev/null\n"
+            f"  rabbitmq-queues -q grow {q(node)} all </dev/null >/dev/null\nfi",
+        ),
     )
 
 
@@ -568,9 +765,13 @@ def cluster_leave(*, node: str) -> str:
     """The delete of `cluster_join`: hand this node's quorum replicas back, then leave the
     cluster (reset tells the other nodes); a stopped node is left as it is."""
     return broker_script(
-        "if systemctl is-active -q rabbitmq-server; then\n"
-        f"  rabbitmq-queues -q shrink {q(node)} </dev/null >/dev/null || true\n"
-        "  rabbitmqctl -q stop_app </dev/null && rabbitmqctl -q reset </dev/null && rabbitmqctl -q start_app </dev/null\nfi"
+        step(
+            "leave_cluster",
+            "On a running node: hand its quorum replicas back, then reset it out of the cluster.",
+            "if systemctl is-active -q rabbitmq-server; then\n"
+            f"  rabbitmq-queues -q shrink {q(node)} </dev/null >/dev/null || true\n"
+            "  rabbitmqctl -q stop_app </dev/null && rabbitmqctl -q reset </dev/null && rabbitmqctl -q start_app </dev/null\nfi",
+        )
     )
 
 
@@ -587,7 +788,11 @@ def broker_remove(*, files: Sequence[str], purge_package: bool) -> str:
     )
     # The hold is the program's: a host it no longer manages takes upgrades again.
     unhold = "apt-mark unhold rabbitmq-server >/dev/null 2>&1 || true"
-    return broker_script(deactivate("systemd", "rabbitmq-server", [*files, BROKER_ORDER.path]), unhold, purge)
+    return broker_script(
+        *deactivate_steps("systemd", "rabbitmq-server", [*files, BROKER_ORDER.path]),
+        step("unhold_rabbitmq", "Let the package take upgrades again.", unhold),
+        step("purge_rabbitmq", "Purge the package and its data; remove the users it made here.", purge),
+    )
 
 
 def read_password(command: str, user: str) -> str:
@@ -601,30 +806,56 @@ def read_password(command: str, user: str) -> str:
 def broker_admin(*, user: str, start_timeout: int) -> str:
     """Create or re-password the admin Pulumi uses (password: stdin's first line), tag it,
     drop guest. Lines after the first carry drift repair tokens and are ignored."""
-    # One list of users serves both questions (each rabbitmqctl call starts an Erlang VM: ~1 s).
     has = 'printf "%s\\n" "$users" | grep -qxF --'
     return broker_script(
-        wait_for_broker(start_timeout),
-        "users=$(rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1)",
-        f"if {has} {q(user)}; then {read_password('change_password', user)}; else {read_password('add_user', user)}; fi",
-        f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
-        f"if {has} guest; then rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
+        wait_for_rabbitmq(start_timeout),
+        step(
+            "list_users",
+            "List the broker's users once (each rabbitmqctl call starts an Erlang VM: about a second).",
+            "users=$(rabbitmqctl -q list_users --no-table-headers </dev/null | cut -f1)",
+        ),
+        step(
+            "set_admin_password",
+            f"Create {user}, or set its password, from stdin's first line.",
+            f"if {has} {q(user)}; then {read_password('change_password', user)}; else {read_password('add_user', user)}; fi",
+        ),
+        step(
+            "tag_administrator",
+            f"Tag {user} administrator.",
+            f"rabbitmqctl -q set_user_tags {q(user)} administrator </dev/null >/dev/null",
+        ),
+        step(
+            "delete_guest",
+            "Delete RabbitMQ's default guest user.",
+            f"if {has} guest; then rabbitmqctl -q delete_user guest </dev/null >/dev/null; fi",
+        ),
     )
 
 
 def password_restore(*, user: str, start_timeout: int) -> str:
     """Set a broker user's password back to stdin's first line (the user must exist)."""
     return broker_script(
-        wait_for_broker(start_timeout),
-        read_password("change_password", user),
+        wait_for_rabbitmq(start_timeout),
+        step(
+            "restore_password",
+            f"Set {user}'s password back from stdin's first line.",
+            read_password("change_password", user),
+        ),
+    )
+
+
+def delete_user(user: str) -> Step:
+    """On a running broker, delete `user` if it is there."""
+    return step(
+        "delete_broker_user",
+        f"Delete the broker user {user} if the broker runs and has it.",
+        f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
+        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi",
     )
 
 
 def broker_admin_remove(*, user: str) -> str:
-    return broker_script(
-        f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
-        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
-    )
+    return broker_script(delete_user(user))
 
 
 # ---- blue/green migration (broker.migrateFrom) ----------------------------------------
@@ -643,18 +874,24 @@ def queue_exists(vhost: str, queue: str) -> str:
     return f"rabbitmqctl -q list_queues -p {q(vhost)} name --no-table-headers </dev/null | grep -qxF -- {q(queue)}"
 
 
-def queue_messages(vhost: str, queue: str) -> str:
+def queue_messages(vhost: str, queue: str) -> Step:
     """Shell function `left`: messages (ready and unacked) in `queue`, empty if there is no
     such queue, `unknown` if the broker does not answer."""
-    return (
-        f"left() {{ out=$(rabbitmqctl -q list_queues -p {q(vhost)} name messages --no-table-headers </dev/null) "
-        f"|| {{ echo unknown; return 0; }}; printf '%s\\n' \"$out\" | awk -v q={q(queue)} '$1 == q {{ print $2 }}'; }}"
+    return step(
+        "left",
+        f"Messages left in {queue}: empty without the queue, unknown when the broker does not answer.",
+        f"out=$(rabbitmqctl -q list_queues -p {q(vhost)} name messages --no-table-headers </dev/null) "
+        f"|| {{ echo unknown; return 0; }}; printf '%s\\n' \"$out\" | awk -v q={q(queue)} '$1 == q {{ print $2 }}'",
+        call=False,
     )
 
 
 def definitions_export(*, start_timeout: int) -> str:
     """The old broker's definitions on stdout (users with their password hashes)."""
-    return broker_script(wait_for_broker(start_timeout), "rabbitmqctl -q export_definitions - </dev/null")
+    return broker_script(
+        wait_for_rabbitmq(start_timeout),
+        step("export_definitions", "Print the broker's definitions.", "rabbitmqctl -q export_definitions - </dev/null"),
+    )
 
 
 def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, start_timeout: int) -> str:
@@ -665,34 +902,50 @@ def definitions_import(*, user: str, vhost: str, queue: str, exchange: str, star
     has_queue = queue_exists(vhost, queue)
     password = "printf '%s\\n' \"$password\" | rabbitmqctl"
     return broker_script(
-        wait_for_broker(start_timeout),
-        "IFS= read -r password",
-        IMPORT_DEFINITIONS,
-        retry(has_queue, 30, f"the imported definitions made no queue {queue} in {vhost} within 60 s"),
-        f"if {exists}; then {password} change_password {q(user)} >/dev/null; "
-        f"else {password} add_user {q(user)} >/dev/null; fi",
-        f"rabbitmqctl -q set_permissions -p {q(vhost)} {q(user)} '^$' {q('^' + exchange + '$')} '^$' </dev/null >/dev/null",
+        wait_for_rabbitmq(start_timeout),
+        step("read_password", "Read the shovel account's password: stdin's first line.", "IFS= read -r password"),
+        step("import_definitions", "Import the old broker's definitions: the rest of stdin.", IMPORT_DEFINITIONS),
+        step(
+            "wait_for_queue",
+            f"Wait until the import (asynchronous) made {queue} in {vhost}.",
+            retry(has_queue, 30, f"the imported definitions made no queue {queue} in {vhost} within 60 s"),
+        ),
+        step(
+            "set_shovel_password",
+            f"Create {user}, or set its password.",
+            f"if {exists}; then {password} change_password {q(user)} >/dev/null; "
+            f"else {password} add_user {q(user)} >/dev/null; fi",
+        ),
+        step(
+            "set_shovel_permissions",
+            f"Allow {user} to publish to {exchange} only.",
+            f"rabbitmqctl -q set_permissions -p {q(vhost)} {q(user)} '^$' {q('^' + exchange + '$')} '^$' </dev/null >/dev/null",
+        ),
     )
 
 
 def definitions_import_remove(*, user: str) -> str:
     """Retire the shovel's account on the new broker."""
-    return broker_script(
-        f"if systemctl is-active -q rabbitmq-server && rabbitmqctl -q list_users --no-table-headers </dev/null "
-        f"| cut -f1 | grep -qxF -- {q(user)}; then rabbitmqctl -q delete_user {q(user)} </dev/null >/dev/null; fi"
-    )
+    return broker_script(delete_user(user))
 
 
 def shovel_start(*, ca: FileSpec, vhost: str, queue: str, drain_timeout: int, start_timeout: int) -> str:
     """On the old broker: the shovel plugin (enabled online, no restart), the new broker's CA,
     the shovel (definitions on stdin), then wait until `queue` is empty."""
     return broker_script(
-        wait_for_broker(start_timeout),
-        "rabbitmq-plugins -q enable rabbitmq_shovel </dev/null >/dev/null",
-        write_file(ca),
-        IMPORT_DEFINITIONS,
+        wait_for_rabbitmq(start_timeout),
+        step(
+            "enable_shovel_plugin",
+            "Enable the shovel plugin (online, no restart).",
+            "rabbitmq-plugins -q enable rabbitmq_shovel </dev/null >/dev/null",
+        ),
+        step("write_ca", "Write the new broker's CA, which the shovel verifies it against.", write_file(ca)),
+        step("import_definitions", "Import the shovel's definition from stdin.", IMPORT_DEFINITIONS),
         queue_messages(vhost, queue),
-        f"""waited=0
+        step(
+            "wait_until_drained",
+            f"Wait up to {drain_timeout} s until the shovel has moved every message out of {queue}.",
+            f"""waited=0
 while n=$(left); [ "${{n:-0}}" != 0 ]; do
   if [ "$waited" -ge {drain_timeout} ]; then
     echo "$n messages still in {queue} on the old broker after {drain_timeout} s (broker.migrateFrom.drainTimeout); \\
@@ -703,6 +956,7 @@ the shovel goes on moving them: rerun up to wait again" >&2
   sleep 2; waited=$((waited + 2))
 done
 echo "the old {queue} queue was empty after $waited s\"""",
+        ),
     )
 
 
@@ -713,16 +967,24 @@ def shovel_retire(*, vhost: str, queue: str, units: Sequence[str]) -> str:
     stop = " ".join(q(u) for u in [*units, "rabbitmq-server"])
     return broker_script(
         queue_messages(vhost, queue),
-        f"""if systemctl is-active -q rabbitmq-server; then
+        step(
+            "drop_shovel",
+            f"On a running broker: refuse while {queue} still holds messages, then drop the shovel.",
+            f"""if systemctl is-active -q rabbitmq-server; then
   n=$(left)
   if [ "${{n:-0}}" != 0 ]; then
     echo "$n messages still in {queue} on the old broker: the shovel is moving them; retire it once that is 0" >&2
     exit 1
   fi
   rabbitmqctl -q clear_parameter -p {q(vhost)} shovel {SHOVEL_NAME} </dev/null >/dev/null 2>&1 || true
-fi
-for unit in {stop}; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done""",
-        remove_files([MIGRATION_CA_PATH]),
+fi""",
+        ),
+        step(
+            "stop_old_services",
+            "Stop and disable the old services and broker for good (files and data stay).",
+            f"""for unit in {stop}; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done""",
+        ),
+        step("remove_ca", "Remove the new broker's CA.", remove_files([MIGRATION_CA_PATH])),
     )
 
 
@@ -732,26 +994,49 @@ for unit in {stop}; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; 
 def account_create(*, user: str, group: str, extra_groups: Sequence[str]) -> str:
     """System user and group, created once; markers record what this stack created."""
     marks = f"{STATE_DIR}/created"
-    lines = [
-        f"mkdir -p {marks}",
-        f"getent group {q(group)} >/dev/null || {{ groupadd --system {q(group)}; touch {marks}/group-{group}; }}",
-        f"id -u {q(user)} >/dev/null 2>&1 || {{ useradd --system --gid {q(group)} --home-dir /nonexistent "
-        f"--no-create-home --shell /usr/sbin/nologin {q(user)}; touch {marks}/user-{user}; }}",
-    ]
-    for extra in extra_groups:
-        lines.append(
-            f'getent group {q(extra)} >/dev/null || {{ echo "group {extra} does not exist on $(hostname)" >&2; exit 1; }}\n'
-            f"usermod -a -G {q(extra)} {q(user)}"
-        )
-    return script(*lines)
+    return script(
+        step(
+            "create_group",
+            f"Create the system group {group} unless it exists, noting that this stack made it.",
+            f"mkdir -p {marks}",
+            f"getent group {q(group)} >/dev/null || {{ groupadd --system {q(group)}; touch {marks}/group-{group}; }}",
+        ),
+        step(
+            "create_user",
+            f"Create the system user {user} (no home, no login) unless it exists, noting that this stack made it.",
+            f"id -u {q(user)} >/dev/null 2>&1 || {{ useradd --system --gid {q(group)} --home-dir /nonexistent "
+            f"--no-create-home --shell /usr/sbin/nologin {q(user)}; touch {marks}/user-{user}; }}",
+        ),
+        step(
+            "add_to_groups",
+            f"Add {user} to the groups it needs, which must exist already.",
+            *(
+                f'getent group {q(extra)} >/dev/null || {{ echo "group {extra} does not exist on $(hostname)" >&2; exit 1; }}\n'
+                f"usermod -a -G {q(extra)} {q(user)}"
+                for extra in extra_groups
+            ),
+        ),
+    )
 
 
 def account_remove(*, user: str, group: str) -> str:
     marks = f"{STATE_DIR}/created"
     return script(
-        f"if [ -e {marks}/user-{user} ]; then userdel {q(user)} 2>/dev/null || true; rm -f {marks}/user-{user}; fi",
-        f"if [ -e {marks}/group-{group} ]; then groupdel {q(group)} 2>/dev/null || true; rm -f {marks}/group-{group}; fi",
-        f"rmdir {marks} {STATE_DIR} 2>/dev/null || true",
+        step(
+            "remove_user",
+            f"Remove {user} if this stack created it.",
+            f"if [ -e {marks}/user-{user} ]; then userdel {q(user)} 2>/dev/null || true; rm -f {marks}/user-{user}; fi",
+        ),
+        step(
+            "remove_group",
+            f"Remove {group} if this stack created it.",
+            f"if [ -e {marks}/group-{group} ]; then groupdel {q(group)} 2>/dev/null || true; rm -f {marks}/group-{group}; fi",
+        ),
+        step(
+            "remove_state_dir",
+            "Remove edd-infra's state directory once it is empty.",
+            f"rmdir {marks} {STATE_DIR} 2>/dev/null || true",
+        ),
     )
 
 
@@ -773,7 +1058,12 @@ def service_install(
     unit = FileSpec(unit_path(manager, name), definition, "0644", "root", "root" if manager == "systemd" else "wheel")
     hold = f"mkdir -p {LOCK_WAIT}; echo {int(lock_wait)} > {LOCK_WAIT}/{q(name)}" if lock_wait else ""
     return script(
-        READ_SECRET_FILES, hold, *(remove_file(p) for p in absent), write_file(unit), activate(manager, name), health
+        step("install_secret_files", "Write the service's files from stdin (never on argv).", READ_SECRET_FILES),
+        step("record_lock_wait", "Let other scripts wait for the host lock as long as this restart may take.", hold),
+        step("remove_stale_files", "Remove the files it must no longer have.", *(remove_file(p) for p in absent)),
+        step("write_unit", f"Write {name}'s {'unit' if manager == 'systemd' else 'plist'}.", write_file(unit)),
+        *activate_steps(manager, name),
+        step("check_health", f"Check that {name} works, not only runs.", health),
     )
 
 
@@ -785,19 +1075,32 @@ def secret_files_install(restart_units: Sequence[str] = ()) -> str:
         if restart_units
         else ""
     )
-    return script(READ_SECRET_FILES, restart)
+    return script(
+        step("install_secret_files", "Write the files from stdin (never on argv).", READ_SECRET_FILES),
+        step(
+            "restart_if_changed",
+            "When a file changed, restart the running services that read it only at start.",
+            restart,
+        ),
+    )
+
+
+def files_remove(paths: Sequence[str]) -> str:
+    """The delete of `secret_files_install`: the files, then the directories that left empty."""
+    return script(step("remove_files", "Remove the files, then the directories that left empty.", remove_files(paths)))
 
 
 def service_remove(*, manager: ServiceManager, name: str, files: Sequence[str], caches: Sequence[str] = ()) -> str:
     return script(
-        deactivate(manager, name, files, caches),
-        f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true",
+        *deactivate_steps(manager, name, files, caches),
+        step(
+            "forget_lock_wait",
+            "Drop its lock wait, and edd-infra's state directory once it is empty.",
+            f"rm -f {LOCK_WAIT}/{q(name)}; rmdir {LOCK_WAIT} {STATE_DIR} 2>/dev/null || true",
+        ),
     )
 
 
-# Reads `celery inspect conf --json` on stdin: exit 0 with confirms on, 1 without, 2 no reply.
-# stdin: `inspect conf --json`'s reply; argv[1]: {"name" or "name.key": value} the worker must
-# run with. Prints the names it runs without; exit 2 when there was no reply.
 # argv: the app (`-A`), the node, seconds to wait, the required settings (JSON). Asks the node
 # for its config (`inspect conf`) every 0.25 s with one Python and one Celery import, until it
 # answers: exit 3 if the app does not import, 2 if the node never answered, 1 naming the
@@ -892,11 +1195,19 @@ def health_probe(*, vhost: str) -> str:
     (health_report.broker_report). Reads only; its stdin (what it follows, as a digest) is unused."""
     one_line = "tr -d '\\n'"
     return script(
-        "cat >/dev/null",
-        f'echo "checkedAt $({UTC_NOW})"',
-        f'echo "cluster $(rabbitmqctl -q cluster_status --formatter json | {one_line})"',
-        f'echo "queues $(rabbitmqctl -q list_queues -p {q(vhost)} name messages consumers --formatter json '
-        f'| {one_line})"',
+        step(
+            "discard_stdin",
+            "Read stdin away: a digest that only tells Pulumi when to run this again.",
+            "cat >/dev/null",
+        ),
+        step(
+            "report_broker",
+            f"Print the time, the cluster's running nodes and their versions, and {vhost}'s queues.",
+            f'echo "checkedAt $({UTC_NOW})"',
+            f'echo "cluster $(rabbitmqctl -q cluster_status --formatter json | {one_line})"',
+            f'echo "queues $(rabbitmqctl -q list_queues -p {q(vhost)} name messages consumers --formatter json '
+            f'| {one_line})"',
+        ),
     )
 
 

@@ -28,6 +28,7 @@ from edd_infra.render.rabbitmq_conf import (
 from edd_infra.settings import Broker
 from tests.unit.certificates import server_certificate_pem
 from tests.unit.samples import sample_raw, with_changes
+from tests.unit.script_fixtures import run_script
 
 TLS = TlsListeners(5671, 15671)
 
@@ -162,17 +163,9 @@ def test_the_mode_guard_refuses_only_a_switch_on_a_running_node(tmp_path, want, 
     env = tmp_path / "rabbitmq-env.conf"
     if installed:
         env.write_text(render_rabbitmq_env("rabbit@10.0.0.2", INTER_NODE_TLS_PATH if installed == "tls" else None))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexit {0 if running else 3}\n")
-    (bin_dir / "systemctl").chmod(0o755)
     guard = distribution_mode_guard(env_path=str(env), mark=INTER_NODE_TLS_MARK, inter_node_tls=want)
-    result = subprocess.run(
-        ["sh", "-c", f"set -eu\n{guard}\necho went-on"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
+    systemctl = f"exit {0 if running else 3}"
+    result = run_script(f"set -eu\n{guard}\necho went-on", tmp_path, tools={"systemctl": systemctl})
     if refused:
         assert result.returncode == 1 and "went-on" not in result.stdout
         assert "cannot roll" in result.stderr and "Stop rabbitmq-server on every cluster node" in result.stderr
@@ -252,16 +245,8 @@ FLAG_CASES = [
 def test_feature_flags_wait_for_the_last_node_only_when_peers_are_down(tmp_path, answer, status, clustered, expected):
     from edd_infra.render.host_scripts import enable_feature_flags
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "rabbitmqctl").write_text(f"#!/bin/sh\nprintf '%s\\n' '{answer}'\nexit {status}\n")
-    (bin_dir / "rabbitmqctl").chmod(0o755)
-    result = subprocess.run(
-        ["sh", "-c", f"set -eu\n{enable_feature_flags(clustered)}"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
+    rabbitmqctl = f"printf '%s\\n' '{answer}'\nexit {status}"
+    result = run_script(f"set -eu\n{enable_feature_flags(clustered)}", tmp_path, tools={"rabbitmqctl": rabbitmqctl})
     assert (result.returncode != 0) == (expected != 0), (result.returncode, result.stderr)
     if expected == 0 and status:
         assert "the last node to start enables them" in result.stderr

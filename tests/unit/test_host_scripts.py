@@ -13,6 +13,7 @@ from edd_infra.render import host_scripts
 from edd_infra.render.host_scripts import FileSpec
 from tests.conftest import ROOT
 from tests.unit.samples import HOSTILE_PASSWORDS
+from tests.unit.script_fixtures import run_script
 
 me = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
 grp = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
@@ -79,44 +80,25 @@ def test_removing_a_service_removes_the_bytecode_python_left_beside_its_config_m
     assert not (tmp_path / "etc" / "edd-infra" / "celery").exists()
 
 
-# rabbitmqctl as RabbitMQ 4.0's wrapper behaves: add_user/change_password read stdin only with
-# exactly two arguments (a third looks like a password on argv); it records what it was given.
-FAKE_RABBITMQCTL = r"""#!/bin/sh
-log={log}
-case "$*" in
-  *list_users*) cat {log}.users 2>/dev/null; exit 0 ;;
-  *add_user*|*change_password*)
-    if [ "$#" -eq 2 ]; then read -r pw; else pw="<stdin not read>"; fi
-    printf '%s %s %s LC_ALL=%s\n' "$1" "$2" "$pw" "${{LC_ALL:-}}" >> "$log"; echo "$2" >> {log}.users ;;
-  *) echo "$*" >> "$log" ;;
-esac
-"""
-
-
 @pytest.mark.parametrize("existing", [False, True])
 def test_admin_password_reaches_rabbitmqctl_on_stdin_under_rabbitmq_4s_argument_rules(tmp_path, existing):
-    log = tmp_path / "calls"
-    if existing:
-        (tmp_path / "calls.users").write_text("edd-infra-admin\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "rabbitmqctl").write_text(FAKE_RABBITMQCTL.format(log=log))
-    (bin_dir / "rabbitmqctl").chmod(0o755)
+    """The rabbitmqctl stand-in reads stdin only with exactly two arguments, as RabbitMQ 4.0's
+    wrapper does (a third looks like a password on argv), and keeps what it read."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "users").write_text("guest\n" + ("edd-infra-admin\n" if existing else ""))
     text = host_scripts.broker_admin(user="edd-infra-admin", start_timeout=60)
     password = "pässwörd ünïcode"
-    result = subprocess.run(
-        ["sh", "-c", text],
-        input=password + "\nrepair-token\n",
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
+    result = run_script(text, tmp_path, stdin=password + "\nrepair-token\n", FAKE=str(fake))
     assert result.returncode == 0, result.stderr
     verb = "change_password" if existing else "add_user"
-    calls = log.read_text().splitlines()
-    assert f"{verb} edd-infra-admin {password} LC_ALL=C.UTF-8" in calls
-    assert "delete_user" not in " ".join(calls) or "guest" in " ".join(calls)
-    assert password not in text
+    assert (fake / "calls").read_text().splitlines() == [
+        f"rabbitmqctl {verb} edd-infra-admin",
+        "rabbitmqctl -q set_user_tags edd-infra-admin administrator",
+        "rabbitmqctl -q delete_user guest",
+    ]
+    assert (fake / "password.edd-infra-admin").read_text() == password + "\n"
+    assert password not in text and "LC_ALL=C.UTF-8" in text
 
 
 UPGRADES = [
@@ -140,7 +122,7 @@ UPGRADES = [
 @pytest.mark.parametrize("installed, target, refused", UPGRADES)
 def test_a_version_change_is_refused_unless_rabbitmq_supports_that_upgrade(installed, target, refused):
     result = subprocess.run(
-        ["sh", "-euc", f"installed='{installed}'; target='{target}'\n{host_scripts.UPGRADE_PATH}"],
+        ["sh", "-c", host_scripts.script(f"installed='{installed}'; target='{target}'", *host_scripts.UPGRADE_PATH)],
         capture_output=True,
         text=True,
     )
@@ -273,85 +255,6 @@ def find_app(name):
     assert report["answered"] == (f"w1@{socket.gethostname()}" if exit_code == 0 else None)
 
 
-# Stand-ins for the broker host's package and service tools: dpkg-query reports the state in
-# `installed`, apt-get "installs" any version but the broken one, every call is logged.
-FAKE_TOOLS = {
-    "dpkg-query": 'cat "$FAKE/installed" 2>/dev/null || true',
-    "apt-cache": 'echo "  Candidate: 4.0.5-1"',
-    "apt-get": 'echo "apt-get $*" >> "$FAKE/calls"\n'
-    'case "$*" in *"rabbitmq-server=$FAKE_BROKEN"*) exit 100 ;; *rabbitmq-server=*) '
-    'v=${*##*rabbitmq-server=}; echo "hold ok installed ${v%% *}" > "$FAKE/installed" ;; esac',
-    "apt-mark": "exit 0",
-    "systemctl": 'echo "systemctl $*" >> "$FAKE/calls"',
-    "rabbitmqctl": 'echo "rabbitmqctl $*" >> "$FAKE/calls"',
-}
-
-BROKER_CASES = [
-    # before (dpkg status), packageVersion, broken build, exit code, installed after, calls that must appear
-    (
-        "",
-        None,
-        "",
-        0,
-        "4.0.5-1",
-        ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"],
-    ),
-    ("hold ok installed 4.0.5-1", None, "", 0, "4.0.5-1", ["rabbitmqctl -q enable_feature_flag all"]),
-    (
-        "hold ok installed 4.0.5-1",
-        "4.0.5-2",
-        "",
-        0,
-        "4.0.5-2",
-        [
-            "rabbitmqctl -q enable_feature_flag all",
-            "apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-2",
-        ],
-    ),
-    (
-        "hold ok installed 4.0.5-1",
-        "4.0.5-2",
-        "4.0.5-2",
-        100,
-        "4.0.5-1",
-        ["apt-get install -y -q --allow-change-held-packages --allow-downgrades rabbitmq-server=4.0.5-1"],
-    ),
-    ("hold ok installed 4.0.5-1", "4.2.0-1", "", 1, "4.0.5-1", []),
-]
-
-
-@pytest.mark.parametrize(
-    "before, version, broken, code, after, calls",
-    BROKER_CASES,
-    ids=["fresh host", "no-op", "upgrade", "failed upgrade rolls back", "refused jump"],
-)
-def test_broker_install_cases(tmp_path, before, version, broken, code, after, calls):
-    """The broker script on a fresh host, a no-op rerun, an upgrade, an upgrade whose package
-    fails (the old one is put back) and a jump RabbitMQ refuses (nothing installed). A held
-    package (`hold ok installed`) counts as installed."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool, body in FAKE_TOOLS.items():
-        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / tool).chmod(0o755)
-    if before:
-        (tmp_path / "installed").write_text(before + "\n")
-    text = host_scripts.broker_install(files=[], package_version=version, start_timeout=2)
-    result = subprocess.run(
-        ["sh", "-c", text],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE=str(tmp_path), FAKE_BROKEN=broken or "none"),
-    )
-    assert result.returncode == code, result.stderr
-    assert (tmp_path / "installed").read_text().split()[-1] == after
-    logged = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
-    for call in calls:
-        assert call in logged, logged
-    if code == 1:
-        assert not [c for c in logged if c.startswith("apt-get install")], logged
-
-
 @pytest.mark.parametrize(
     "answer, resets",
     [
@@ -362,18 +265,11 @@ def test_broker_install_cases(tmp_path, before, version, broken, code, after, ca
     ],
 )
 def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, answer, resets):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     log = tmp_path / "calls"
     eval_reply = f"echo {shlex.quote(answer)}" if answer else "exit 69"
-    (bin_dir / "rabbitmqctl").write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *eval*) {eval_reply} ;; esac\n')
-    (bin_dir / "rabbitmq-queues").write_text("#!/bin/sh\n")
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
+    tools = {"rabbitmqctl": f'echo "$*" >> {log}\ncase "$*" in *eval*) {eval_reply} ;; esac', "rabbitmq-queues": ""}
     text = host_scripts.cluster_join(seed="rabbit@10.0.0.2", node="rabbit@10.0.0.3", start_timeout=10)
-    result = subprocess.run(
-        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    )
+    result = run_script(text, tmp_path, tools=tools)
     calls = log.read_text()
     assert ("-q reset" in calls) is resets, calls
     if answer is None:
@@ -393,22 +289,15 @@ def test_cluster_join_resets_only_a_node_that_says_it_is_not_a_member(tmp_path, 
 def test_a_cluster_node_restarts_only_drained_and_only_while_its_peers_hold_quorum(
     tmp_path, changed, quorum_ok, expected
 ):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     log = tmp_path / "calls"
     tools = {
         "rabbitmq-upgrade": f"echo \"$*\" | awk '{{print $NF}}' >> {log}; "
         f'case "$*" in *await*) exit {0 if quorum_ok else 1} ;; esac',
         "systemctl": f'case "$*" in restart*|stop*) echo "$*" >> {log} ;; esac',
     }
-    for tool, body in tools.items():
-        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / tool).chmod(0o755)
     step = host_scripts.drain_before_stop(30) + '\nif [ "$changed" = 1 ]; then systemctl restart rabbitmq-server; fi'
     text = host_scripts.script(f"changed={int(changed)}; installed=3.10.8; target=3.10.8", step)
-    result = subprocess.run(
-        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    )
+    result = run_script(text, tmp_path, tools=tools)
     assert (result.returncode == 0) is quorum_ok, result.stderr
     calls = log.read_text().splitlines() if log.exists() else []
     assert calls == expected
@@ -429,44 +318,12 @@ def test_only_a_clustered_node_is_drained():
     )
 
 
-@pytest.mark.parametrize("content, restarts", [("new password\n", True), ("same\n", False)])
-def test_edds_units_restart_only_when_its_settings_file_changed(tmp_path, content, restarts):
-    path = tmp_path / "edd-rabbitmq.json"
-    path.write_text("same\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n')
-    (bin_dir / "systemctl").chmod(0o755)
-    text = host_scripts.secret_files_install(["edd-web.service", "edd-producer@1.service"])
-    result = subprocess.run(
-        ["sh", "-c", text],
-        input=host_scripts.secret_bundle([FileSpec(str(path), content, "0640", me, grp)]),
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
-    assert result.returncode == 0, result.stderr
-    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
-    assert ("try-restart edd-web.service edd-producer@1.service" in calls) is restarts, calls
-
-
 @pytest.mark.parametrize("free_bytes, refused", [(10 * 2**40, False), (2**20, True)])
 def test_a_host_without_the_free_disk_the_broker_needs_is_refused_before_anything_changes(
     tmp_path, free_bytes, refused
 ):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "df").write_text(
-        f"#!/bin/sh\necho 'Filesystem 1-blocks Used Available Capacity Mounted'\necho '/dev/x 1 1 {free_bytes} 1% /'\n"
-    )
-    (bin_dir / "df").chmod(0o755)
-    text = host_scripts.disk_check(0.4) + "\necho checked"
-    result = subprocess.run(
-        ["sh", "-euc", text],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
+    df = f"echo 'Filesystem 1-blocks Used Available Capacity Mounted'\necho '/dev/x 1 1 {free_bytes} 1% /'"
+    result = run_script(f"set -eu\n{host_scripts.disk_check(0.4)}\necho checked", tmp_path, tools={"df": df})
     if refused:
         assert result.returncode == 1 and "checked" not in result.stdout
         assert "1 MiB free on /var/lib" in result.stderr and "edd-infra:broker.memoryHighWatermark" in result.stderr
@@ -491,19 +348,14 @@ def test_the_policy_pack_reads_the_bundle_format_the_program_writes():
 def test_a_rolled_back_unit_that_crash_looped_is_started_again(tmp_path):
     """The bad unit hit systemd's start limit while it crash-looped: the rollback clears that
     (reset-failed) before it restarts the unit on the files put back."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(
-        f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
+    systemctl = (
+        f'echo "$*" >> {tmp_path}/calls\n'
         f'case "$1" in is-active) exit 0 ;; reset-failed) touch {tmp_path}/reset ;; '
-        f"restart) [ -f {tmp_path}/reset ] || {{ echo 'Start request repeated too quickly.' >&2; exit 1; }} ;; esac\n"
+        f"restart) [ -f {tmp_path}/reset ] || {{ echo 'Start request repeated too quickly.' >&2; exit 1; }} ;; esac"
     )
-    (bin_dir / "systemctl").chmod(0o755)
     unit = FileSpec(str(tmp_path / "w.service"), "[Service]\nExecStart=/bad\n", "0644", me, grp)
-    text = host_scripts.script(host_scripts.write_file(unit), host_scripts.activate("systemd", "w"), "false")
-    result = subprocess.run(
-        ["sh", "-c", text], capture_output=True, text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    )
+    text = host_scripts.script(host_scripts.write_file(unit), *host_scripts.activate_steps("systemd", "w"), "false")
+    result = run_script(text, tmp_path, tools={"systemctl": systemctl})
     assert result.returncode != 0
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[-2:] == ["reset-failed w", "restart w"], calls
@@ -516,10 +368,6 @@ def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path
     """A worker's restart waits for its running tasks (up to the hard time limit), holding the
     host lock: every other script on the host waits that long for it, not 15 min."""
     waits_dir = tmp_path / "lock-wait"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "flock").write_text(f'#!/bin/sh\necho "$2" > {tmp_path}/waited\n')
-    (bin_dir / "flock").chmod(0o755)
     text = host_scripts.service_install(manager="systemd", name="celery-a", definition="", lock_wait=4530)
     assert f"echo 4530 > {host_scripts.LOCK_WAIT}/celery-a" in text
     if written:
@@ -531,12 +379,7 @@ def test_scripts_wait_for_the_host_lock_as_long_as_a_worker_may_hold_it(tmp_path
         .replace(host_scripts.LOCK_WAIT, str(waits_dir))
         .replace("/var/run/edd-infra.lock", str(tmp_path / "lock"))
     )
-    result = subprocess.run(
-        ["sh", "-c", prelude],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
-    )
+    result = run_script(prelude, tmp_path, tools={"flock": f'echo "$2" > {tmp_path}/waited'})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "waited").read_text().strip() == waits
 
@@ -614,3 +457,48 @@ def test_rendered_scripts_are_the_same_in_every_process():
         for seed in range(8)
     }
     assert len(texts) == 1, texts
+
+
+def test_indenting_the_steps_changes_no_file_text_message_or_embedded_code(monkeypatch):
+    """Steps are indented line by line except inside quotes and heredocs: bash parses each
+    function the same indented as flat (a file's text, a continued message, Python in -c)."""
+    conf = FileSpec("/etc/rabbitmq/conf.d/40.conf", "  indented = 1\n'quote\n")
+    renders = {
+        "worker": lambda: host_scripts.service_install(
+            manager="systemd",
+            name="celery-w",
+            definition="[Service]\n  ExecStart=/x\n",
+            health=host_scripts.worker_ping(
+                env_file="/e", user="u", working_directory="/w", virtualenv="/v", app="a", node="n", required={}
+            )
+            + "\n"
+            + host_scripts.http_report(virtualenv="/v", url="http://127.0.0.1:5555/"),
+        ),
+        "broker": lambda: host_scripts.broker_install(
+            files=[conf], package_version=None, start_timeout=10, rabbitmq4_conf=conf, clustered=True
+        ),
+        "shovel": lambda: host_scripts.shovel_start(
+            ca=conf, vhost="/edd", queue="edd", drain_timeout=60, start_timeout=10
+        ),
+    }
+
+    def functions(text):
+        defs = text.split("trap finish EXIT\n", 1)[1].rsplit("\n}\n", 1)[0] + "\n}\n"
+        return subprocess.run(
+            ["bash", "-c", 'eval "$1"; declare -f', "_", defs], capture_output=True, text=True, check=True
+        ).stdout
+
+    real = host_scripts.indent
+    for name, render in renders.items():
+        indented = render()
+        monkeypatch.setattr(host_scripts, "indent", lambda body, pad="  ": real(body, ""))
+        flat = render()
+        monkeypatch.setattr(host_scripts, "indent", real)
+        assert indented != flat and functions(indented) == functions(flat), name
+
+
+def test_a_step_with_an_unterminated_quote_is_refused():
+    with pytest.raises(ValueError):
+        host_scripts.indent("echo 'open")
+    with pytest.raises(ValueError):
+        host_scripts.step("x", "two\nlines", "true")
