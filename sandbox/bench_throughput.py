@@ -26,14 +26,16 @@ from sandbox.tls import make_broker_certificates
 
 TASKS = 2000
 RUNS = 3
+# Producers side by side in the rows that ask for several: EDD publishes from several web processes.
+PRODUCERS = 4
 WAIT = "i=0; until {probe}; do i=$((i+1)); [ $i -lt 240 ] || exit 1; sleep 0.5; done"
 
 PRODUCER = """
 import sys, time
 from edd import add
-total, prefix, pace = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+total, prefix, pace, first, step = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print("start", time.time(), flush=True)
-for i in range(total):
+for i in range(first, total, step):
     add.apply_async((i, 1), task_id=f"{prefix}-{i}", ignore_result=True)
     if pace:
         time.sleep(pace)
@@ -52,32 +54,42 @@ def sh(host: sandbox_hosts.SandboxHost, command: str, input: str | None = None, 
 
 
 class Producer:
-    """PRODUCER on a host, with the broker URL of `env` (an env file) or the app's default."""
+    """PRODUCER on a host, with the broker URL of `env` (an env file) or the app's default;
+    `processes` of them side by side share the `total` tasks (as a site's web processes do)."""
 
-    def __init__(self, host: sandbox_hosts.SandboxHost, env: str | None, total: int, pace: float = 0.0):
+    def __init__(
+        self, host: sandbox_hosts.SandboxHost, env: str | None, total: int, pace: float = 0.0, processes: int = 1
+    ):
         self.host, self.total = host, total
         self.prefix = f"b{secrets.token_hex(4)}"
-        self.out = f"/tmp/{self.prefix}.out"
+        self.outs = [f"/tmp/{self.prefix}.{k}.out" for k in range(processes)]
         self.since = int(sh(host, "date +%s").strip()) - 1
         load = f"set -a; . {env}; set +a; " if env else ""
         sh(host, "cat > /tmp/bench_producer.py", input=PRODUCER)
         sh(
             host,
-            f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
-            f"/tmp/bench_producer.py {total} {self.prefix} {pace} > {self.out} 2>&1 < /dev/null &)",
+            "; ".join(
+                f"({load}cd {APP_TARGET}; PYTHONPATH={APP_TARGET}:${{PYTHONPATH:-}} nohup {VENV}/bin/python "
+                f"/tmp/bench_producer.py {total} {self.prefix} {pace} {k} {processes} > {out} 2>&1 < /dev/null &)"
+                for k, out in enumerate(self.outs)
+            ),
         )
 
     def marks(self) -> dict[str, float]:
-        """`start` and (once done) `end`: the producer's clock around its publishes; `cpu`: its
-        CPU seconds."""
-        text = sh(self.host, f"cat {self.out}")
-        if "Traceback" in text:
-            raise RuntimeError(f"producer failed on {self.host.name}:\n{text[-1500:]}")
-        return {
-            line.split()[0]: float(line.split()[1])
-            for line in text.splitlines()
-            if line.split()[:1] in (["start"], ["end"], ["cpu"])
-        }
+        """`start` (the first producer's) and, once every producer is done, `end` (the last's);
+        `cpu`: their CPU seconds together."""
+        marks: dict[str, list[float]] = {}
+        for out in self.outs:
+            text = sh(self.host, f"cat {out}")
+            if "Traceback" in text:
+                raise RuntimeError(f"producer failed on {self.host.name}:\n{text[-1500:]}")
+            for line in text.splitlines():
+                if line.split()[:1] in (["start"], ["end"], ["cpu"]):
+                    marks.setdefault(line.split()[0], []).append(float(line.split()[1]))
+        done = len(marks.get("cpu", [])) == len(self.outs)  # `cpu` is each producer's last line
+        return ({"start": min(marks["start"])} if "start" in marks else {}) | (
+            {"end": max(marks["end"]), "cpu": sum(marks["cpu"])} if done and "cpu" in marks else {}
+        )
 
     def _journal(self, unit: str, count: bool) -> str:
         return sh(
@@ -114,9 +126,14 @@ class Producer:
 
 
 def cpu_seconds(host: sandbox_hosts.SandboxHost, units: dict[str, str]) -> dict[str, float]:
-    """CPU seconds each unit's processes used so far (systemd's accounting: the cgroup's)."""
-    out = sh(host, f"systemctl show -p CPUUsageNSec --value {' '.join(units.values())}").split()
-    return {name: int(ns) / 1e9 if ns.isdigit() else float("nan") for name, ns in zip(units, out)}
+    """CPU seconds each unit's processes used so far: its cgroup's `cpu.stat` (cgroup v2 keeps
+    usage_usec for every group, accounting on or not)."""
+    command = "; ".join(
+        f"awk '/^usage_usec/ {{ print $2 }}' /sys/fs/cgroup$(systemctl show -p ControlGroup --value {unit})/cpu.stat"
+        for unit in units.values()
+    )
+    out = sh(host, command).split()
+    return {name: int(us) / 1e6 if us.isdigit() else float("nan") for name, us in zip(units, out)}
 
 
 @dataclass(frozen=True)
@@ -129,13 +146,13 @@ class Run:
 
 
 def measure_throughput(
-    host, unit: str, env: str | None, units: dict[str, str] | None = None, total: int = TASKS
+    host, unit: str, env: str | None, units: dict[str, str] | None = None, total: int = TASKS, producers: int = 1
 ) -> Run:
     """Tasks per second from the first publish to the last success; the CPU `units` (name ->
-    systemd unit) and the producer used per task."""
+    systemd unit) and the producers used per task."""
     units = units or {}
     before = cpu_seconds(host, units) if units else {}
-    producer = Producer(host, env, total)
+    producer = Producer(host, env, total, processes=producers)
     marks, done = producer.wait(unit)
     after = cpu_seconds(host, units) if units else {}
     cpu = {"producer": marks.get("cpu", float("nan")) * 1000 / total}
@@ -290,19 +307,23 @@ def start_flower(raw: sandbox_hosts.SandboxHost, v: Variant) -> None:
     sh(raw, WAIT.format(probe=probe))
 
 
-def run_variant(raw: sandbox_hosts.SandboxHost, v: Variant, concurrency: int, runs: int = RUNS) -> list[Run]:
+def run_variant(
+    raw: sandbox_hosts.SandboxHost, v: Variant, concurrency: int, runs: int = RUNS, producers: int = 1
+) -> list[Run]:
     if v.events:
         start_flower(raw, v)
     measured = []
     try:
         for n in range(runs):
-            unit = f"bench-{v.key}-{n}"
+            unit = f"bench-{v.key}-{producers}p-{n}"
             start_worker(raw, v, unit, concurrency)
             units = {"worker": unit, "broker": "rabbitmq-server"} | (
                 {"flower": f"bench-flower-{v.key}"} if v.events else {}
             )
             try:
-                measured.append(measure_throughput(raw, unit, f"/etc/edd-bench/v-{v.key}.env", units))
+                measured.append(
+                    measure_throughput(raw, unit, f"/etc/edd-bench/v-{v.key}.env", units, producers=producers)
+                )
             finally:
                 sh(raw, f"systemctl stop {unit}")
     finally:
