@@ -127,9 +127,10 @@ class Producer:
 
 def cpu_seconds(host: sandbox_hosts.SandboxHost, units: dict[str, str]) -> dict[str, float]:
     """CPU seconds each unit's processes used so far: its cgroup's `cpu.stat` (cgroup v2 keeps
-    usage_usec for every group, accounting on or not)."""
+    usage_usec for every group, accounting on or not; the sandbox hosts see v2 as `unified`)."""
     command = "; ".join(
-        f"awk '/^usage_usec/ {{ print $2 }}' /sys/fs/cgroup$(systemctl show -p ControlGroup --value {unit})/cpu.stat"
+        f"cg=$(systemctl show -p ControlGroup --value {unit}); f=/sys/fs/cgroup/unified$cg/cpu.stat; "
+        '[ -r "$f" ] || f=/sys/fs/cgroup$cg/cpu.stat; awk \'/^usage_usec/ { print $2 }\' "$f" 2>/dev/null || echo nan'
         for unit in units.values()
     )
     out = sh(host, command).split()
