@@ -44,42 +44,25 @@ def make_broker_certificates(directory: Path, address: str, *cluster_addresses: 
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        f"/CN={address}",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        cwd=directory,
-    )
     ips = "".join(f"IP:{a}, " for a in addresses) + "".join(f"DNS:{a}, " for a in addresses if cluster_addresses)
-    (directory / "san.ext").write_text(f"subjectAltName = {ips}IP:127.0.0.1, IP:::1, DNS:localhost\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-        cwd=directory,
-    )
+    _issued(directory, address, "server", f"{ips}IP:127.0.0.1, IP:::1, DNS:localhost")
     for key in ("ca.key", "server.key"):
         files[key].chmod(0o600)
     return files
+
+
+def _issued(directory: Path, common_name: str, stem: str, alt_names: str) -> None:
+    """<stem>.pem and <stem>.key in `directory`: an RSA certificate for 30 days signed by the CA
+    there (ca.pem, ca.key), naming `alt_names` (openssl's subjectAltName syntax)."""
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={common_name}",
+        "-keyout", f"{stem}.key", "-out", f"{stem}.csr", cwd=directory,
+    )  # fmt: skip
+    (directory / f"{stem}.ext").write_text(f"subjectAltName = {alt_names}\n")
+    _openssl(
+        "x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "30", "-extfile", f"{stem}.ext", "-out", f"{stem}.pem", cwd=directory,
+    )  # fmt: skip
 
 
 def _self_signed(directory: Path, common_name: str, stem: str, *extensions: str) -> None:
@@ -125,38 +108,7 @@ def make_flower_certificate(directory: Path, address: str) -> dict[str, Path]:
         and _issued_by(files["flower.pem"], directory / "ca.pem")
     ):
         return files
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        f"/CN={address}",
-        "-keyout",
-        "flower.key",
-        "-out",
-        "flower.csr",
-        cwd=directory,
-    )
-    (directory / "flower.ext").write_text(f"subjectAltName = IP:{address}\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "flower.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "flower.ext",
-        "-out",
-        "flower.pem",
-        cwd=directory,
-    )
+    _issued(directory, address, "flower", f"IP:{address}")
     files["flower.key"].chmod(0o600)
     return files
 
