@@ -66,7 +66,7 @@ from sandbox.bench_throughput import (
     run_variant,
     sh,
     summary,
-    variants,
+    SAME_SETTINGS,
 )
 from sandbox.deploy import PASSPHRASE, WORKER, configure, phase, random_secrets, tls_dir
 from sandbox.probes import ConsumerSampler
@@ -451,14 +451,16 @@ def throughput(stack: ProjectStack, host, raw, worker: str, concurrency: int, si
     env = f"/etc/edd-infra/celery-{worker}.env"
     deployed_runs = [measure_throughput(host, f"celery-{worker}", env, units) for _ in range(RUNS)]
     phase(f"throughput with {PRODUCERS} producers side by side: the stock broker's same settings, the deployed stack")
-    same_parallel = run_variant(raw, variants()[2], concurrency, producers=PRODUCERS)
+    same = next(v for v, _ in rows_measured if v.key == SAME_SETTINGS)
+    same_parallel = run_variant(raw, same, concurrency, producers=PRODUCERS)
     deployed_parallel = [
         measure_throughput(host, f"celery-{worker}", env, units, producers=PRODUCERS) for _ in range(RUNS)
     ]
     count = wait_acked(stack, host, before, TASKS * RUNS * 2)
-    measured = [*rows_measured, ("deployed stack", deployed_runs)]
+    measured = [*((v.label, runs) for v, runs in rows_measured), ("deployed stack", deployed_runs)]
     summaries = [(label, *summary(runs)) for label, runs in measured]
-    stock, same_settings = summaries[0][1].median, summaries[2][1].median
+    medians = {label: rates.median for label, rates, _ in summaries}
+    stock, same_settings = summaries[0][1].median, medians[same.label]
     rows = [
         Row(f"throughput: {label}", f"{rates.median:.0f}", "tasks/s", f"{rates.median / stock:.2f}x stock; {note}")
         for label, rates, note in summaries

@@ -15,7 +15,7 @@ import re
 import secrets
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,6 @@ class Variant:
     signing: bool = False
     events: bool = False
     tls: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> str:
         """The env file: config module, broker URL (guest: loopback only), signing, CA."""
@@ -222,7 +221,7 @@ class Variant:
 
 def variants() -> list[Variant]:
     """Each row adds one feature to the row before it."""
-    rows = [
+    return [
         Variant("stock", "stock Celery defaults", STOCK),
         Variant("acks", "+ late acks, prefetch 1", STOCK | RELIABILITY),
         Variant("confirms", "+ publisher confirms", STOCK | RELIABILITY | CONFIRMS),
@@ -230,7 +229,10 @@ def variants() -> list[Variant]:
         Variant("events", "+ task events, Flower", STOCK | RELIABILITY | CONFIRMS, signing=True, events=True),
         Variant("tls", "+ AMQP over TLS", STOCK | RELIABILITY | CONFIRMS, signing=True, events=True, tls=True),
     ]
-    return rows
+
+
+# The row whose Celery settings are the program's (late acks, confirms): the issue's "stock".
+SAME_SETTINGS = "confirms"
 
 
 # --- the raw host: files for every row, a worker per run --------------------------------------
@@ -333,9 +335,9 @@ def run_variant(
     return measured
 
 
-def breakdown(raw: sandbox_hosts.SandboxHost, concurrency: int, runs: int = RUNS) -> list[tuple[str, list[Run]]]:
-    """(row label, its runs) for each row of `variants`."""
-    return [(v.label, run_variant(raw, v, concurrency, runs)) for v in variants()]
+def breakdown(raw: sandbox_hosts.SandboxHost, concurrency: int, runs: int = RUNS) -> list[tuple[Variant, list[Run]]]:
+    """Each row of `variants` with its runs."""
+    return [(v, run_variant(raw, v, concurrency, runs)) for v in variants()]
 
 
 def summary(runs: list[Run]) -> tuple[Spread, str]:
