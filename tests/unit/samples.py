@@ -54,3 +54,24 @@ def sample_raw(**overrides):
     }
     raw.update(overrides)
     return raw
+
+
+# A two-node cluster with TLS, Flower on IPv6 loopback under a URL prefix: the overrides of
+# `sample_raw` the scrape-target and Prometheus-config tests share.
+TLS_CLUSTER = {
+    "broker": {
+        "host": "queue",
+        "managementAddress": "10.0.0.2",
+        "nodeAddress": "10.0.0.2",
+        "nodeName": "rabbit@10.0.0.2",
+        "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
+        "clusterNodes": [{"host": "n2", "address": "10.0.0.3"}],
+    },
+    "flower": {
+        "host": "queue",
+        "workingDirectory": "/opt/edd/code",
+        "virtualenv": "/opt/edd/venv",
+        "address": "::1",
+        "urlPrefix": "flower",
+    },
+}

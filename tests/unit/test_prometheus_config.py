@@ -15,25 +15,7 @@ from edd_infra.render.alert_rules import render_alert_rules
 from edd_infra.render.prometheus_config import BasicAuth, render_prometheus_config, scrape_jobs
 from edd_infra.render.scrape_targets import scrape_targets
 from edd_infra.settings import StackSettings
-from tests.unit.samples import sample_raw
-
-TLS_CLUSTER = {
-    "broker": {
-        "host": "queue",
-        "managementAddress": "10.0.0.2",
-        "nodeAddress": "10.0.0.2",
-        "nodeName": "rabbit@10.0.0.2",
-        "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
-        "clusterNodes": [{"host": "n2", "address": "10.0.0.3"}],
-    },
-    "flower": {
-        "host": "queue",
-        "workingDirectory": "/opt/edd/code",
-        "virtualenv": "/opt/edd/venv",
-        "address": "::1",
-        "urlPrefix": "flower",
-    },
-}
+from tests.unit.samples import TLS_CLUSTER, sample_raw
 
 
 def settings(**overrides) -> StackSettings:

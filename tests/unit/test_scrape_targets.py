@@ -3,7 +3,7 @@
 from edd_infra.program import metrics_nodes
 from edd_infra.render.scrape_targets import detailed_path, scrape_targets
 from edd_infra.settings import StackSettings
-from tests.unit.samples import sample_raw
+from tests.unit.samples import TLS_CLUSTER, sample_raw
 
 
 def targets(**overrides):
@@ -33,26 +33,7 @@ def test_default_loopback_targets():
 
 
 def test_tls_cluster_targets_every_node_over_https():
-    urls = [
-        t["url"]
-        for t in targets(
-            broker={
-                "host": "queue",
-                "managementAddress": "10.0.0.2",
-                "nodeAddress": "10.0.0.2",
-                "nodeName": "rabbit@10.0.0.2",
-                "tls": {"caFile": "ca.pem", "certFile": "server.pem"},
-                "clusterNodes": [{"host": "n2", "address": "10.0.0.3"}],
-            },
-            flower={
-                "host": "queue",
-                "workingDirectory": "/opt/edd/code",
-                "virtualenv": "/opt/edd/venv",
-                "address": "::1",
-                "urlPrefix": "flower",
-            },
-        )
-    ]
+    urls = [t["url"] for t in targets(**TLS_CLUSTER)]
     assert urls == [
         "https://10.0.0.2:15691/metrics",
         f"https://10.0.0.2:15691{detailed_path('/edd')}",
