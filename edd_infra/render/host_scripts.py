@@ -615,8 +615,9 @@ def broker_install(
             # Put the old package back (the data is still the old version's: no new flag was enabled) and start it.
             f"    on_rollback=\"echo 'putting rabbitmq-server $installed back' >&2; install_version '$installed' && systemctl daemon-reload && systemctl restart rabbitmq-server\"\n"
             f"  fi\n"
-            # The package starts the node: epmd must already listen where the drop-ins say (a
-            # rerun after a failed install finds epmd.socket running with the old binding).
+            # The package may start epmd (and, under a host's own policy-rc.d, the node): epmd must
+            # already listen where the drop-ins say (a rerun after a failed install finds
+            # epmd.socket running with the old binding).
             f"  systemctl daemon-reload; systemctl stop rabbitmq-server epmd.service 2>/dev/null || true\n"
             f"  systemctl restart epmd.socket 2>/dev/null || true\n"
             f"  pending=1\n"
