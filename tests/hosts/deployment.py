@@ -29,7 +29,7 @@ from urllib.parse import quote
 from edd_infra.render.broker_urls import amqp_url
 from edd_infra.workspace import ProjectStack
 from sandbox import hosts as sandbox_hosts
-from sandbox.deploy import WORKER, configure
+from sandbox.deploy import WORKER, configure, tls_dir
 from sandbox.image import APP_TARGET, VENV
 from tests.engine.conftest import PASSPHRASE
 
@@ -83,6 +83,8 @@ def deployment(host: sandbox_hosts.SandboxHost, work_dir: Path, prefix: str = "t
     configure(stack, host, **config)
     secrets = {k.split(":", 1)[1]: v.value for k, v in stack.stack.get_all_config().items() if v.secret}
     d = Deployment(host, stack, secrets)
+    if config.get("hardened"):
+        d.ca_file = str(work_dir / tls_dir(stack) / "ca.pem")
     try:
         result, seconds = d.up()
         assert result.summary.result == "succeeded", result.summary

@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sandbox.deploy import tls_dir
 from sandbox.hosts import _alive, _descendants, _start_time
 from tests.hosts.deployment import deployment, print_figures, print_line, secret_forms
 
@@ -141,7 +140,6 @@ def deployed(request, plugins_ready, sandbox_hosts, browser, tmp_path_factory):
     with deployment(host, tmp_path_factory.mktemp(f"flower{request.param}"), prefix="fb", hardened=True) as d:
         outputs = d.stack.stack.outputs()
         d.flower_url = outputs["flowerUrl"].value
-        d.ca_file = str(d.stack.work_dir / tls_dir(d.stack) / "ca.pem")
         config = {k.split(":", 1)[1]: v.value for k, v in d.stack.stack.get_all_config().items()}
         workers = plain(config["workers"])
         # Celery's node name is `<name>@%h`, and a sandbox host's hostname is its name.

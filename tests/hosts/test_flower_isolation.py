@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-from sandbox.deploy import tls_dir
 from tests.hosts import flower_isolation as iso
 from tests.hosts.deployment import deployment, print_figures
 
@@ -23,7 +22,6 @@ FIGURES: dict[str, float] = {}
 def deployed(request, plugins_ready, sandbox_hosts, tmp_path_factory):
     (host,) = sandbox_hosts(HOSTS[request.param], debian=request.param)
     with deployment(host, tmp_path_factory.mktemp(f"fi{request.param}"), prefix="fi", hardened=True) as d:
-        d.ca_file = str(d.stack.work_dir / tls_dir(d.stack) / "ca.pem")
         FIGURES[f"fresh up, Debian {request.param}"] = d.fresh_up_seconds
         yield d
     print_figures(request, "flower isolation", FIGURES)

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from edd_infra.render.alert_rules import RULES_PATH, metric_names
-from sandbox.deploy import send_task, tls_dir
+from sandbox.deploy import send_task
 from sandbox.image import APP_TARGET, VENV
 from tests.hosts.deployment import WORKER_UNIT, WORKER_ENV, deployment, print_figures, secret_forms
 
@@ -36,7 +36,6 @@ FIGURES: dict[str, float] = {}
 def deployed(request, plugins_ready, sandbox_hosts, tmp_path_factory):
     (host,) = sandbox_hosts(HOSTS[request.param], debian=request.param)
     with deployment(host, tmp_path_factory.mktemp(f"metrics{request.param}"), prefix="met", hardened=True) as d:
-        d.ca_file = str(d.stack.work_dir / tls_dir(d.stack) / "ca.pem")
         d.targets = d.stack.stack.outputs()["scrapeTargets"].value
         FIGURES[f"fresh up, Debian {request.param}"] = d.fresh_up_seconds
         # A task through the worker, so Flower has task events to count.

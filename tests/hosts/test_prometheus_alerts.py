@@ -22,7 +22,6 @@ import pytest
 
 from edd_infra.render.alert_rules import RULES_PATH
 from sandbox import prometheus
-from sandbox.deploy import tls_dir
 from sandbox.hosts import SUBNET
 from tests.hosts.deployment import WORKER_UNIT, Producer, completed_tasks, deployment, print_figures
 
@@ -46,12 +45,10 @@ def prom(request, plugins_ready, sandbox_hosts, tmp_path_factory):
         pytest.skip(f"sandbox Prometheus: {problem}")
     (host,) = sandbox_hosts(HOST, debian=13)
     with deployment(host, tmp_path_factory.mktemp("prom13"), prefix="pm", hardened=True) as d:
-        # Not d.ca_file: Deployment.management_get would then dial HTTPS on 15672 (TLS serves 15671).
-        ca_file = str(d.stack.work_dir / tls_dir(d.stack) / "ca.pem")
         d.targets = d.stack.stack.outputs()["scrapeTargets"].value
         d.rules_text = d.sh(f"cat {RULES_PATH}")
         started = time.monotonic()
-        server = prometheus.start(host, d.targets, d.rules_text, ca_file=ca_file)
+        server = prometheus.start(host, d.targets, d.rules_text, ca_file=d.ca_file)
         try:
             FIGURES["Prometheus ready"] = time.monotonic() - started
             FIGURES["targets up and rules loaded"] = prometheus.wait_loaded(server, len(d.targets), d.rules_text)
